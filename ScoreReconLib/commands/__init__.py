@@ -1,0 +1,1 @@
+"""Subcommands of the ``scorerecon`` CLI; each module has ``register(subparsers)``."""

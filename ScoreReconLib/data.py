@@ -1,0 +1,227 @@
+"""Image I/O with geometry, HU windowing and intensity normalisation.
+
+Reads a 2-D image or 3-D volume from a DICOM file or series folder, NIfTI, NRRD, PNG or ``.npy``
+with SimpleITK, keeping spacing (mm), origin (mm) and direction. Arrays are numpy in SimpleITK's
+index order: ``(H, W)`` for 2-D, ``(Z, H, W)`` for 3-D (slices along the first axis).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import ScoreReconError
+from .utils import atomic_path
+
+#: file suffixes :func:`read_image` accepts (a folder is read as a DICOM series)
+IMAGE_SUFFIXES = (".dcm", ".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".npy", ".ima")
+
+
+@dataclass
+class Image:
+    """A 2-D or 3-D image with its physical geometry.
+
+    ``array``: float32, ``(H, W)`` or ``(Z, H, W)``. ``spacing``/``origin``/``direction`` follow
+    SimpleITK (x, y[, z]) order, in mm; ``direction`` is row-major, length 4 or 9.
+    """
+
+    array: np.ndarray
+    spacing: tuple[float, ...] = (1.0, 1.0)
+    origin: tuple[float, ...] = (0.0, 0.0)
+    direction: tuple[float, ...] = (1.0, 0.0, 0.0, 1.0)
+    modality: str = ""
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def is_volume(self) -> bool:
+        return self.array.ndim == 3
+
+    def geometry(self) -> dict:
+        """JSON-serialisable geometry (spacing, origin, direction, ndim)."""
+        return {
+            "spacing": [float(s) for s in self.spacing],
+            "origin": [float(o) for o in self.origin],
+            "direction": [float(d) for d in self.direction],
+            "ndim": int(self.array.ndim),
+        }
+
+    def with_array(self, array: np.ndarray) -> Image:
+        """Same geometry, another array of the same spatial shape."""
+        return Image(np.asarray(array, dtype=np.float32), self.spacing, self.origin, self.direction,
+                     self.modality, dict(self.metadata))
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for s in (".nii.gz",):
+        if name.endswith(s):
+            return s
+    return path.suffix.lower()
+
+
+def read_image(path: str | Path) -> Image:
+    """Read an image or volume, keeping geometry; raise :class:`ScoreReconError` on any problem."""
+    path = Path(path)
+    if not path.exists():
+        raise ScoreReconError(f"input {path} does not exist; check the path")
+    try:
+        if path.is_dir():
+            reader = sitk.ImageSeriesReader()
+            series = reader.GetGDCMSeriesIDs(str(path))
+            if not series:
+                raise ScoreReconError(f"folder {path} holds no DICOM series; point to a DICOM folder or an image file")
+            files = reader.GetGDCMSeriesFileNames(str(path), series[0])
+            reader.SetFileNames(files)
+            reader.MetaDataDictionaryArrayUpdateOn()
+            img = reader.Execute()
+            modality = reader.GetMetaData(0, "0008|0060").strip() if reader.HasMetaDataKey(0, "0008|0060") else ""
+            return _from_sitk(img, modality)
+        suffix = _suffix(path)
+        if suffix == ".npy":
+            try:
+                arr = np.load(path, allow_pickle=False)
+            except ValueError as exc:
+                raise ScoreReconError(f"{path} is not a plain numeric .npy array ({exc})") from None
+            if arr.ndim not in (2, 3) or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+                raise ScoreReconError(
+                    f"{path} holds a {arr.dtype} array of shape {arr.shape}; expected a real 2-D (H, W) "
+                    "or 3-D (Z, H, W) image"
+                )
+            n = arr.ndim
+            return Image(arr.astype(np.float32), (1.0,) * n, (0.0,) * n, tuple(np.eye(n).ravel()))
+        if suffix not in IMAGE_SUFFIXES and suffix != "":
+            raise ScoreReconError(
+                f"unsupported file type '{suffix}' for {path}; use DICOM, NIfTI, NRRD, MHA, PNG or .npy"
+            )
+        img = sitk.ReadImage(str(path))
+        modality = img.GetMetaData("0008|0060").strip() if img.HasMetaDataKey("0008|0060") else ""
+        return _from_sitk(img, modality)
+    except ScoreReconError:
+        raise
+    except RuntimeError as exc:  # SimpleITK reports unreadable files as RuntimeError
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reader error"
+        raise ScoreReconError(f"cannot read {path}: corrupt or unsupported file ({first[:160]})") from None
+
+
+def _from_sitk(img: sitk.Image, modality: str = "") -> Image:
+    if img.GetNumberOfComponentsPerPixel() > 1:  # RGB(A) PNG → luminance
+        arr = sitk.GetArrayFromImage(img).astype(np.float32)
+        arr = arr[..., :3].mean(axis=-1)
+    else:
+        arr = sitk.GetArrayFromImage(img).astype(np.float32)
+    spacing, origin, direction = img.GetSpacing(), img.GetOrigin(), img.GetDirection()
+    if arr.ndim == 3 and arr.shape[0] == 1:  # a single 2-D slice stored as 3-D (DICOM file)
+        arr = arr[0]
+        spacing, origin = spacing[:2], origin[:2]
+        d = np.asarray(direction).reshape(3, 3)[:2, :2]
+        direction = tuple(d.ravel())
+    if arr.ndim not in (2, 3):
+        raise ScoreReconError(f"expected a 2-D image or 3-D volume, got an array of shape {arr.shape}")
+    return Image(arr, tuple(spacing), tuple(origin), tuple(direction), modality)
+
+
+def to_sitk(image: Image) -> sitk.Image:
+    """Convert an :class:`Image` to a SimpleITK image with its geometry."""
+    img = sitk.GetImageFromArray(np.asarray(image.array, dtype=np.float32))
+    n = image.array.ndim
+    spacing = tuple(image.spacing)[:n] if len(image.spacing) >= n else tuple(image.spacing) + (1.0,)
+    origin = tuple(image.origin)[:n] if len(image.origin) >= n else tuple(image.origin) + (0.0,)
+    direction = tuple(image.direction)
+    if len(direction) != n * n:
+        direction = tuple(np.eye(n).ravel())
+    img.SetSpacing([float(s) for s in spacing])
+    img.SetOrigin([float(o) for o in origin])
+    img.SetDirection([float(d) for d in direction])
+    return img
+
+
+def write_image(image: Image, path: str | Path) -> Path:
+    """Write NRRD / NIfTI / MHA (or .npy) atomically with the image's geometry; return the path."""
+    path = Path(path)
+    suffix = _suffix(path)
+    if suffix not in (".nrrd", ".nii", ".nii.gz", ".mha", ".mhd", ".npy"):
+        raise ScoreReconError(f"cannot write '{suffix}' files; name the output .nrrd, .nii.gz, .mha or .npy")
+    with atomic_path(path) as tmp:
+        if suffix == ".npy":
+            with open(tmp, "wb") as fh:
+                np.save(fh, np.asarray(image.array, dtype=np.float32))
+        else:
+            sitk.WriteImage(to_sitk(image), str(tmp), useCompression=True)
+    return path
+
+
+def image_from_geometry(array: np.ndarray, geometry: dict) -> Image:
+    """Build an :class:`Image` from an array and a dict made by :meth:`Image.geometry`."""
+    return Image(np.asarray(array, dtype=np.float32), tuple(geometry.get("spacing", (1.0,) * array.ndim)),
+                 tuple(geometry.get("origin", (0.0,) * array.ndim)),
+                 tuple(geometry.get("direction", np.eye(array.ndim).ravel())))
+
+
+# ------------------------------------------------------------------------------- normalisation
+@dataclass(frozen=True)
+class Normalization:
+    """Linear map between physical intensities and the model's [0, 1] range.
+
+    CT: ``kind="hu"``, ``low``/``high`` the HU window mapped to 0 and 1.
+    MRI: ``kind="scale"``, ``low = 0``, ``high`` the intensity mapped to 1 (a high percentile).
+    """
+
+    kind: str
+    low: float
+    high: float
+
+    def forward(self, a):
+        """physical → normalised (no clipping; the operators are linear)."""
+        return (a - self.low) / (self.high - self.low)
+
+    def inverse(self, a):
+        """normalised → physical."""
+        return a * (self.high - self.low) + self.low
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "low": float(self.low), "high": float(self.high)}
+
+    @staticmethod
+    def from_dict(d: dict) -> Normalization:
+        return Normalization(str(d["kind"]), float(d["low"]), float(d["high"]))
+
+
+#: default CT window in HU mapped to [0, 1] (air … dense bone)
+DEFAULT_CT_WINDOW = (-1000.0, 2000.0)
+
+
+def ct_normalization(low: float = DEFAULT_CT_WINDOW[0], high: float = DEFAULT_CT_WINDOW[1]) -> Normalization:
+    return Normalization("hu", low, high)
+
+
+def mr_normalization(array: np.ndarray, percentile: float = 99.5) -> Normalization:
+    """Scale so that the ``percentile`` of non-zero intensities maps to 1."""
+    a = np.asarray(array, dtype=np.float32)
+    nz = a[a > 0]
+    hi = float(np.percentile(nz, percentile)) if nz.size else float(a.max() or 1.0)
+    return Normalization("scale", 0.0, hi if hi > 0 else 1.0)
+
+
+def window(array: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Clip HU to ``[low, high]`` and map to [0, 1]."""
+    return np.clip((np.asarray(array, np.float32) - low) / (high - low), 0.0, 1.0)
+
+
+def guess_modality(image: Image) -> str:
+    """"CT" or "MR" from DICOM metadata, else from intensities (negative values ≈ HU)."""
+    m = image.modality.upper()
+    if m in ("CT", "MR"):
+        return m
+    return "CT" if float(np.min(image.array)) < -200 else "MR"
+
+
+def save_json(obj: dict, path: str | Path) -> Path:
+    """Write JSON atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    return path

@@ -1,0 +1,123 @@
+"""Linear measurement operators in the A = P(Λ) T form of Song et al. (ICLR 2022).
+
+An operator maps an image batch ``x`` of shape ``(B, 1, H, W)`` (float32, intensities normalised
+to about [0, 1]) to measurements. ``T`` is the full transform (Radon over the full angle set for
+CT, the centred orthonormal 2-D FFT for MRI) and ``Λ`` (``mask``) a 0/1 selection of measured rows.
+
+Convention: measurements ``y`` are kept in *full layout* — the shape of ``T(x)`` with zeros where
+nothing was measured — so ``A(x) = Λ ⊙ T(x)`` and ``A_adjoint(y) = Tᴴ(Λ ⊙ y)``. Mathematically this
+is P⁻¹(Λ) P(Λ) T, the same operator seen on the measured rows; it batches cleanly and keeps the
+adjoint identity ``<A x, y> = <x, Aᴴ y>``. :meth:`compact` / :meth:`expand` convert to and from the
+measured rows only (P(Λ) and P⁻¹(Λ)).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+from ..errors import ScoreReconError
+
+
+class MeasurementOperator(ABC):
+    """Base class: ``A = P(Λ) T`` acting on ``(B, 1, H, W)`` images.
+
+    Subclasses implement :meth:`T`, :meth:`T_adjoint`, :meth:`T_inv` and :attr:`mask`.
+    """
+
+    #: task name as used by the CLI and measurement files ("sparse-ct", "limited-angle-ct", "metal-ct", "mri")
+    task: str = ""
+    #: image side length in pixels (images are square)
+    image_size: int = 0
+
+    # ----------------------------------------------------------------------------------- transform
+    @abstractmethod
+    def T(self, x: torch.Tensor) -> torch.Tensor:
+        """Full transform of ``x`` (B, 1, H, W) → full-layout measurement."""
+
+    @abstractmethod
+    def T_adjoint(self, m: torch.Tensor) -> torch.Tensor:
+        """Adjoint of :meth:`T` (full-layout measurement → (B, 1, H, W))."""
+
+    @abstractmethod
+    def T_inv(self, m: torch.Tensor) -> torch.Tensor:
+        """(Pseudo-)inverse of :meth:`T` used by the proximal step (FBP for CT, IFFT for MRI)."""
+
+    @property
+    @abstractmethod
+    def mask(self) -> torch.Tensor:
+        """Λ as a 0/1 float tensor broadcastable to the full-layout measurement shape."""
+
+    # ------------------------------------------------------------------------------------ derived
+    def A(self, x: torch.Tensor) -> torch.Tensor:
+        """Forward model ``Λ ⊙ T x`` in full layout."""
+        self.check_image(x)
+        return self.mask_apply(self.T(x))
+
+    def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """Adjoint ``Tᴴ (Λ ⊙ y)``."""
+        return self.T_adjoint(self.mask_apply(y))
+
+    def A_dagger(self, y: torch.Tensor) -> torch.Tensor:
+        """Simple classical reconstruction from ``y`` (subclasses override: FBP, zero-filled IFFT)."""
+        return self.T_inv(self.mask_apply(y))
+
+    def mask_apply(self, m: torch.Tensor) -> torch.Tensor:
+        mask = self.mask.to(m.device)
+        return m * mask.to(m.real.dtype if m.is_complex() else m.dtype)
+
+    def proximal(self, x: torch.Tensor, y_hat: torch.Tensor, lam: float) -> torch.Tensor:
+        """The paper's data-consistency step.
+
+        ``x' = T⁻¹[λ Λ ŷ + (1−λ) Λ T x + (I−Λ) T x]``, computed as ``x + T⁻¹[λ Λ (ŷ − T x)]`` so
+        that λ = 0 returns ``x`` exactly even when T⁻¹ T ≠ I (FBP). Subclasses with an exact
+        inverse (MRI) or a least-squares solver (CT) may override.
+        """
+        if lam == 0:
+            return x
+        residual = self.mask_apply(y_hat - self.T(x))
+        return x + lam * self.T_inv(residual)
+
+    def compact(self, y: torch.Tensor) -> torch.Tensor:
+        """P(Λ): keep only the measured entries, flattened per batch item → (B, M)."""
+        mask = torch.broadcast_to(self.mask.to(y.device) > 0, y.shape)
+        return y[mask].reshape(y.shape[0], -1)
+
+    def expand(self, y_compact: torch.Tensor) -> torch.Tensor:
+        """P⁻¹(Λ): place measured entries (B, M) back into the full layout with zeros elsewhere."""
+        shape = self.measurement_shape(y_compact.shape[0])
+        mask = torch.broadcast_to(self.mask.to(y_compact.device) > 0, shape)
+        out = torch.zeros(shape, dtype=y_compact.dtype, device=y_compact.device)
+        out[mask] = y_compact.reshape(-1)
+        return out
+
+    @abstractmethod
+    def measurement_shape(self, batch: int = 1) -> tuple[int, ...]:
+        """Shape of a full-layout measurement for ``batch`` images."""
+
+    # --------------------------------------------------------------------------------- validation
+    def check_image(self, x: torch.Tensor) -> None:
+        """Raise :class:`ScoreReconError` unless ``x`` is a finite (B, 1, N, N) batch of this size."""
+        if x.ndim != 4 or x.shape[1] != 1:
+            raise ScoreReconError(
+                f"expected an image batch of shape (B, 1, H, W), got {tuple(x.shape)}; add batch/channel axes"
+            )
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            raise ScoreReconError(
+                f"image is {x.shape[-2]}x{x.shape[-1]} but this {self.task} operator was built for "
+                f"{self.image_size}x{self.image_size}; resample the image or build the operator for its size"
+            )
+
+    def to(self, device: torch.device | str) -> MeasurementOperator:
+        """Move the operator's tensors to ``device`` (returns self)."""
+        return self
+
+    # ---------------------------------------------------------------------------- serialisation
+    @abstractmethod
+    def spec(self) -> dict:
+        """JSON-serialisable description (must include ``task`` and ``image_size``)."""
+
+    def arrays(self) -> dict:
+        """Numpy arrays (masks) needed besides :meth:`spec` to rebuild the operator."""
+        return {}

@@ -1,0 +1,29 @@
+"""Shared pytest setup: few threads, a private projector cache, fixed seeds."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Keep the CT system-matrix cache of the test run out of the user's cache."""
+    cache = tmp_path_factory.mktemp("scorerecon-cache")
+    old = os.environ.get("SCORERECON_CACHE")
+    os.environ["SCORERECON_CACHE"] = str(cache)
+    yield cache
+    if old is None:
+        os.environ.pop("SCORERECON_CACHE", None)
+    else:
+        os.environ["SCORERECON_CACHE"] = old
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
