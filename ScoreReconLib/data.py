@@ -12,13 +12,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 from .errors import ScoreReconError
 from .utils import atomic_path
 
+
+class _LazySimpleITK:
+    """Import SimpleITK on first use, so numpy-only paths (.npy volumes) work without it."""
+
+    def __getattr__(self, name):
+        import SimpleITK
+
+        return getattr(SimpleITK, name)
+
+
+sitk = _LazySimpleITK()
+
 #: file suffixes :func:`read_image` accepts (a folder is read as a DICOM series)
 IMAGE_SUFFIXES = (".dcm", ".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".npy", ".ima")
+#: file suffixes :func:`write_image` writes (single-file formats only, so writes stay atomic)
+WRITE_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha", ".npy")
 
 
 @dataclass
@@ -84,8 +97,9 @@ def read_image(path: str | Path) -> Image:
         if suffix == ".npy":
             try:
                 arr = np.load(path, allow_pickle=False)
-            except ValueError as exc:
-                raise ScoreReconError(f"{path} is not a plain numeric .npy array ({exc})") from None
+            except (ValueError, OSError, EOFError) as exc:
+                msg = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+                raise ScoreReconError(f"{path} is not a plain numeric .npy array ({msg})") from None
             if arr.ndim not in (2, 3) or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
                 raise ScoreReconError(
                     f"{path} holds a {arr.dtype} array of shape {arr.shape}; expected a real 2-D (H, W) "
@@ -107,7 +121,7 @@ def read_image(path: str | Path) -> Image:
         raise ScoreReconError(f"cannot read {path}: corrupt or unsupported file ({first[:160]})") from None
 
 
-def _from_sitk(img: sitk.Image, modality: str = "") -> Image:
+def _from_sitk(img, modality: str = "") -> Image:
     if img.GetNumberOfComponentsPerPixel() > 1:  # RGB(A) PNG → luminance
         arr = sitk.GetArrayFromImage(img).astype(np.float32)
         arr = arr[..., :3].mean(axis=-1)
@@ -121,10 +135,11 @@ def _from_sitk(img: sitk.Image, modality: str = "") -> Image:
         direction = tuple(d.ravel())
     if arr.ndim not in (2, 3):
         raise ScoreReconError(f"expected a 2-D image or 3-D volume, got an array of shape {arr.shape}")
-    return Image(arr, tuple(spacing), tuple(origin), tuple(direction), modality)
+    return Image(arr, tuple(float(v) for v in spacing), tuple(float(v) for v in origin),
+                 tuple(float(v) for v in direction), modality)
 
 
-def to_sitk(image: Image) -> sitk.Image:
+def to_sitk(image: Image):
     """Convert an :class:`Image` to a SimpleITK image with its geometry."""
     img = sitk.GetImageFromArray(np.asarray(image.array, dtype=np.float32))
     n = image.array.ndim
@@ -142,9 +157,8 @@ def to_sitk(image: Image) -> sitk.Image:
 def write_image(image: Image, path: str | Path) -> Path:
     """Write NRRD / NIfTI / MHA (or .npy) atomically with the image's geometry; return the path."""
     path = Path(path)
+    check_writable_suffix(path)
     suffix = _suffix(path)
-    if suffix not in (".nrrd", ".nii", ".nii.gz", ".mha", ".mhd", ".npy"):
-        raise ScoreReconError(f"cannot write '{suffix}' files; name the output .nrrd, .nii.gz, .mha or .npy")
     with atomic_path(path) as tmp:
         if suffix == ".npy":
             with open(tmp, "wb") as fh:
@@ -154,11 +168,65 @@ def write_image(image: Image, path: str | Path) -> Path:
     return path
 
 
+def check_writable_suffix(path: str | Path) -> None:
+    """Raise :class:`ScoreReconError` unless :func:`write_image` can write ``path``'s format."""
+    suffix = _suffix(Path(path))
+    if suffix not in WRITE_SUFFIXES:
+        raise ScoreReconError(
+            f"cannot write '{suffix or Path(path).name}' files; name the output .nrrd, .nii.gz, .nii, .mha or .npy"
+        )
+
+
 def image_from_geometry(array: np.ndarray, geometry: dict) -> Image:
     """Build an :class:`Image` from an array and a dict made by :meth:`Image.geometry`."""
     return Image(np.asarray(array, dtype=np.float32), tuple(geometry.get("spacing", (1.0,) * array.ndim)),
                  tuple(geometry.get("origin", (0.0,) * array.ndim)),
                  tuple(geometry.get("direction", np.eye(array.ndim).ravel())))
+
+
+def image_slices(array: np.ndarray) -> np.ndarray:
+    """View a (H, W) image or (Z, H, W) volume as a stack of 2-D slices (S, H, W) along axis 0."""
+    a = np.asarray(array)
+    if a.ndim == 2:
+        return a[None]
+    if a.ndim == 3:
+        return a
+    raise ScoreReconError(f"expected a 2-D image or 3-D volume, got an array of shape {a.shape}")
+
+
+def resample_image(image: Image, size: int) -> Image:
+    """Resample every slice in-plane to ``size`` × ``size`` pixels, keeping the physical extent.
+
+    Bilinear with antialiasing when shrinking. Spacing grows/shrinks per axis so the field of view
+    (mm) is unchanged (a non-square image becomes anisotropic); the origin (centre of the first
+    pixel) moves by half the change of pixel size along the image axes; the slice axis is kept.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if size < 1:
+        raise ScoreReconError(f"resampling size must be a positive number of pixels, got {size}")
+    stack = image_slices(image.array).astype(np.float32)
+    h, w = stack.shape[-2:]
+    if (h, w) == (size, size):
+        return image.with_array(image.array)
+    t = torch.from_numpy(np.ascontiguousarray(stack))[:, None]
+    out = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False,
+                        antialias=size < max(h, w))[:, 0].numpy()
+    arr = out if image.array.ndim == 3 else out[0]
+    n = image.array.ndim
+    spacing = [float(v) for v in image.spacing[:n]]
+    old = np.asarray(spacing, dtype=np.float64)
+    spacing[0] = old[0] * w / size  # x ↔ columns (W)
+    spacing[1] = old[1] * h / size  # y ↔ rows (H)
+    shift = np.zeros(n)
+    shift[0] = (spacing[0] - old[0]) / 2
+    shift[1] = (spacing[1] - old[1]) / 2
+    direction = np.asarray(image.direction, dtype=np.float64)
+    direction = direction.reshape(n, n) if direction.size == n * n else np.eye(n)
+    origin = np.asarray(image.origin[:n], dtype=np.float64) + direction @ shift
+    return Image(arr.astype(np.float32), tuple(spacing), tuple(float(o) for o in origin),
+                 tuple(float(d) for d in direction.ravel()), image.modality, dict(image.metadata))
 
 
 # ------------------------------------------------------------------------------- normalisation

@@ -1,0 +1,333 @@
+"""Classical reconstructions for any :class:`~ScoreReconLib.operators.base.MeasurementOperator`.
+
+- ``fbp`` (CT): the operator's own ``A_dagger`` (filtered back-projection of the measured views,
+  or of the inpainted sinogram for metal).
+- ``zero-filled`` (MRI): the operator's ``A_dagger`` (inverse FFT of the measured k-space).
+- ``tv``: total-variation regularised least squares, solved with PDHG (Chambolle & Pock 2011)::
+
+      min_x  ½‖A x − y‖² + weight·‖A‖²·TV(x)   (+ x ≥ 0 when ``nonneg``)
+
+  with isotropic TV on forward differences (Neumann boundary). The weight is relative to ‖A‖²
+  (estimated by power iteration and cached per operator), so one weight fits operators of very
+  different scale (MRI's unitary FFT, CT projections in pixel units).
+- ``cs`` (MRI): compressed sensing — the same PDHG with TV (default) or an L1 penalty on an
+  undecimated (shift-invariant) multi-level Haar wavelet frame (low-pass band not penalised).
+
+All functions take full-layout measurements ``y`` of shape ``op.measurement_shape(B)`` (complex for
+MRI) and return real ``(B, 1, N, N)`` float32 images on ``y``'s device.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .errors import ScoreReconError
+from .operators.base import MeasurementOperator
+from .utils import ProgressFn, check_cancel
+
+#: methods :func:`classical_reconstruct` accepts
+METHODS = ("fbp", "tv", "zero-filled", "cs")
+_METHOD_ALIASES = {"fbp": "fbp", "tv": "tv", "zero-filled": "zero-filled", "zero_filled": "zero-filled",
+                   "zerofilled": "zero-filled", "zf": "zero-filled", "cs": "cs"}
+
+#: default relative weights and iteration counts, per modality, tuned on [0, 1] images at 128²
+#: (see docs/baselines.md for how)
+DEFAULTS: dict[str, dict[str, dict[str, float]]] = {
+    "tv": {"CT": {"weight": 2e-4, "iters": 300}, "MR": {"weight": 2e-3, "iters": 300},
+           "other": {"weight": 1e-3, "iters": 300}},
+    "cs-tv": {"MR": {"weight": 2e-3, "iters": 300}},
+    "cs-wavelet": {"MR": {"weight": 5e-3, "iters": 300}},
+}
+#: power-iteration steps for the operator norm
+NORM_ITERS = 30
+
+_NORM_CACHE: weakref.WeakKeyDictionary[MeasurementOperator, float] = weakref.WeakKeyDictionary()
+
+
+# ------------------------------------------------------------------------------------- helpers
+def _modality(op: MeasurementOperator) -> str:
+    if op.task == "mri":
+        return "MR"
+    if op.task.endswith("ct"):
+        return "CT"
+    return "other"
+
+
+def _mask_batch(op: MeasurementOperator) -> int:
+    mask = op.mask
+    return int(mask.shape[0]) if mask.ndim == 4 else 1
+
+
+def methods_for(task: str) -> tuple[str, ...]:
+    """Classical methods that fit ``task`` ("mri" → zero-filled, tv, cs; CT tasks → fbp, tv)."""
+    return ("zero-filled", "tv", "cs") if task == "mri" else ("fbp", "tv")
+
+
+def _check_y(y: torch.Tensor, op: MeasurementOperator) -> torch.Tensor:
+    if not isinstance(y, torch.Tensor):
+        raise ScoreReconError("measurements must be a torch tensor; convert numpy arrays with torch.from_numpy")
+    want = op.measurement_shape(1)[1:]
+    if y.ndim != len(want) + 1 or tuple(y.shape[1:]) != tuple(want):
+        raise ScoreReconError(
+            f"measurement has shape {tuple(y.shape)} but the {op.task or 'given'} operator expects "
+            f"(B, {', '.join(str(s) for s in want)}) in full layout; simulate or load y for this operator"
+        )
+    mb = _mask_batch(op)
+    if mb > 1 and y.shape[0] != mb:
+        raise ScoreReconError(f"this operator holds {mb} per-image masks but y has {y.shape[0]} images; "
+                              "pass one measurement per mask")
+    if not torch.isfinite(y).all():
+        raise ScoreReconError("measurement contains NaN or infinite values; clean or mask them before reconstructing")
+    if op.task == "mri" and not y.is_complex():
+        y = y.to(torch.complex64)
+    if op.task != "mri" and y.is_complex():
+        raise ScoreReconError(f"{op.task or 'this'} operator takes real measurements but y is complex; "
+                              "pass the real sinogram")
+    return y
+
+
+def operator_norm(op: MeasurementOperator, iters: int = NORM_ITERS, device: torch.device | str | None = None) -> float:
+    """‖A‖ (largest singular value) by power iteration on AᴴA with a fixed seed; cached per operator."""
+    cached = _NORM_CACHE.get(op)
+    if cached is not None:
+        return cached
+    gen = torch.Generator().manual_seed(1234)
+    v = torch.randn((_mask_batch(op), 1, op.image_size, op.image_size), generator=gen)
+    v = v.to(device if device is not None else op.mask.device)
+    v = v / v.norm()
+    lam = 0.0
+    for _ in range(iters):
+        w = op.A_adjoint(op.A(v))
+        lam = float(w.norm())
+        if lam == 0.0:
+            raise ScoreReconError("the operator maps everything to zero (empty mask?); check the sampling mask")
+        v = w / lam
+    norm = math.sqrt(lam) * 1.01  # power iteration approaches from below
+    _NORM_CACHE[op] = norm
+    return norm
+
+
+# -------------------------------------------------------------------------------- regularisers
+def gradient(x: torch.Tensor) -> torch.Tensor:
+    """Forward differences (Neumann boundary): (B, 1, H, W) → (B, 2, H, W) [d/dH, d/dW]."""
+    gh = F.pad(x[..., 1:, :] - x[..., :-1, :], (0, 0, 0, 1))
+    gw = F.pad(x[..., :, 1:] - x[..., :, :-1], (0, 1, 0, 0))
+    return torch.cat([gh, gw], dim=1)
+
+
+def gradient_adjoint(q: torch.Tensor) -> torch.Tensor:
+    """Adjoint of :func:`gradient` (= −divergence): (B, 2, H, W) → (B, 1, H, W)."""
+    qh = q[:, 0:1, :-1, :]
+    qw = q[:, 1:2, :, :-1]
+    return (F.pad(qh, (0, 0, 1, 0)) - F.pad(qh, (0, 0, 0, 1))
+            + F.pad(qw, (1, 0, 0, 0)) - F.pad(qw, (0, 1, 0, 0)))
+
+
+def _low(x: torch.Tensor, d: int, dim: int) -> torch.Tensor:
+    return (x + torch.roll(x, d, dims=dim)) / 2
+
+
+def _high(x: torch.Tensor, d: int, dim: int) -> torch.Tensor:
+    return (x - torch.roll(x, d, dims=dim)) / 2
+
+
+def haar_frame(x: torch.Tensor, levels: int) -> torch.Tensor:
+    """Undecimated (shift-invariant) 2-D Haar transform, circular boundary, Parseval (Wᵀ W = I).
+
+    (B, 1, H, W) → (B, 3·levels + 1, H, W): per level j (filter dilation 2^j) the bands
+    [LH, HL, HH], then the final low-pass band LL.
+    """
+    bands = []
+    a = x
+    for j in range(levels):
+        d = 2**j
+        lo, hi = _low(a, d, -2), _high(a, d, -2)
+        bands += [_high(lo, d, -1), _low(hi, d, -1), _high(hi, d, -1)]
+        a = _low(lo, d, -1)
+    return torch.cat(bands + [a], dim=1)
+
+
+def haar_frame_adjoint(w: torch.Tensor, levels: int) -> torch.Tensor:
+    """Adjoint (= inverse) of :func:`haar_frame`: (B, 3·levels + 1, H, W) → (B, 1, H, W)."""
+    a = w[:, -1:]
+    for j in reversed(range(levels)):
+        d = 2**j
+        lh, hl, hh = w[:, 3 * j:3 * j + 1], w[:, 3 * j + 1:3 * j + 2], w[:, 3 * j + 2:3 * j + 3]
+        lo = _low(a, -d, -1) + _high(lh, -d, -1)
+        hi = _low(hl, -d, -1) + _high(hh, -d, -1)
+        a = _low(lo, -d, -2) + _high(hi, -d, -2)
+    return a
+
+
+def _haar_levels(size: int, levels: int) -> int:
+    return max(1, min(int(levels), int(math.log2(max(size, 4))) - 2))
+
+
+class _TV:
+    norm_sq = 8.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return gradient(x)
+
+    def adjoint(self, q: torch.Tensor) -> torch.Tensor:
+        return gradient_adjoint(q)
+
+    def project(self, q: torch.Tensor, weight: float) -> torch.Tensor:
+        mag = q.pow(2).sum(dim=1, keepdim=True).sqrt()
+        return q / (mag / weight).clamp_min(1.0)
+
+
+class _Wavelet:
+    norm_sq = 1.0
+
+    def __init__(self, size: int, levels: int) -> None:
+        self.levels = _haar_levels(size, levels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return haar_frame(x, self.levels)
+
+    def adjoint(self, q: torch.Tensor) -> torch.Tensor:
+        return haar_frame_adjoint(q, self.levels)
+
+    def project(self, q: torch.Tensor, weight: float) -> torch.Tensor:
+        detail = q[:, :-1].clamp(-weight, weight)
+        return torch.cat([detail, torch.zeros_like(q[:, -1:])], dim=1)
+
+
+# ------------------------------------------------------------------------------------------ PDHG
+def _pdhg(y: torch.Tensor, op: MeasurementOperator, reg: _TV | _Wavelet, weight: float, iters: int, nonneg: bool,
+          x0: torch.Tensor | None, progress: ProgressFn | None, cancel: threading.Event | None,
+          label: str) -> torch.Tensor:
+    """Chambolle–Pock for min ½‖Ãx − ỹ‖² + weight·R(Kx) with Ã = A/‖A‖, ỹ = y/‖A‖."""
+    if not math.isfinite(float(weight)) or weight < 0:
+        raise ScoreReconError(f"regularisation weight {weight} must be ≥ 0; use e.g. 1e-3")
+    if int(iters) < 1:
+        raise ScoreReconError(f"iters = {iters} must be at least 1; use e.g. 300")
+    s = operator_norm(op, device=y.device)
+    yn = op.mask_apply(y) / s
+    x = op.A_dagger(y).float() if x0 is None else x0.detach().float().clone()
+    op.check_image(x)
+    if nonneg:
+        x = x.clamp_min(0.0)
+    import os
+    rho = float(os.environ.get("RHO", "0")) or min(max(1.0 / math.sqrt(max(weight, 1e-12)), 1.0), 300.0)
+    L = math.sqrt(1.0 + reg.norm_sq)
+    tau, sigma = 0.99 * rho / L, 0.99 / (rho * L)
+    x_bar = x
+    p = torch.zeros_like(yn)
+    q = torch.zeros_like(reg.forward(x))
+    iters = int(iters)
+    report_every = max(1, iters // 50)
+    for it in range(iters):
+        check_cancel(cancel)
+        p = (p + sigma * (op.A(x_bar) / s - yn)) / (1.0 + sigma)
+        q = reg.project(q + sigma * reg.forward(x_bar), weight)
+        x_new = x - tau * (op.A_adjoint(p) / s + reg.adjoint(q))
+        if nonneg:
+            x_new = x_new.clamp_min(0.0)
+        x_bar = 2.0 * x_new - x
+        x = x_new
+        if progress is not None and ((it + 1) % report_every == 0 or it + 1 == iters):
+            progress(it + 1, iters, label)
+    return x
+
+
+def _default(key: str, op: MeasurementOperator, name: str, value: float | None) -> float:
+    if value is not None:
+        return value
+    table = DEFAULTS[key]
+    return table.get(_modality(op), table.get("MR", next(iter(table.values()))))[name]
+
+
+def tv_reconstruct(y: torch.Tensor, op: MeasurementOperator, weight: float | None = None, iters: int | None = None,
+                   nonneg: bool = True, x0: torch.Tensor | None = None, progress: ProgressFn | None = None,
+                   cancel: threading.Event | None = None) -> torch.Tensor:
+    """TV-regularised least squares by PDHG → (B, 1, N, N).
+
+    Solves ``min ½‖Ax − y‖² + weight·‖A‖²·TV(x)`` (x ≥ 0 if ``nonneg``), starting from ``x0`` or
+    ``op.A_dagger(y)``. ``weight``/``iters`` default to :data:`DEFAULTS` ["tv"] for the modality.
+    """
+    y = _check_y(y, op)
+    return _pdhg(y, op, _TV(), _default("tv", op, "weight", weight), int(_default("tv", op, "iters", iters)),
+                 nonneg, x0, progress, cancel, "tv")
+
+
+def cs_reconstruct(y: torch.Tensor, op: MeasurementOperator, regularizer: str = "tv", weight: float | None = None,
+                   iters: int | None = None, levels: int = 3, nonneg: bool = True,
+                   progress: ProgressFn | None = None, cancel: threading.Event | None = None) -> torch.Tensor:
+    """Compressed-sensing MRI → (B, 1, N, N): TV (default) or L1 on an undecimated Haar frame ("wavelet").
+
+    Objective ``min ½‖Ax − y‖² + weight·‖A‖²·R(x)``; ``levels`` = Haar decomposition levels.
+    """
+    if op.task != "mri":
+        raise ScoreReconError(f"cs (compressed sensing) is an MRI method but the task is '{op.task}'; use tv")
+    y = _check_y(y, op)
+    if regularizer == "tv":
+        reg: _TV | _Wavelet = _TV()
+    elif regularizer == "wavelet":
+        reg = _Wavelet(op.image_size, levels)
+    else:
+        raise ScoreReconError(f"unknown cs regularizer '{regularizer}'; use 'tv' or 'wavelet'")
+    key = f"cs-{regularizer}"
+    return _pdhg(y, op, reg, _default(key, op, "weight", weight), int(_default(key, op, "iters", iters)),
+                 nonneg, None, progress, cancel, f"cs-{regularizer}")
+
+
+def fbp(y: torch.Tensor, op: MeasurementOperator) -> torch.Tensor:
+    """Filtered back-projection (CT): the operator's ``A_dagger`` → (B, 1, N, N)."""
+    if _modality(op) != "CT":
+        raise ScoreReconError(f"fbp is a CT method but the task is '{op.task}'; use zero-filled for MRI")
+    return op.A_dagger(_check_y(y, op)).float()
+
+
+def zero_filled(y: torch.Tensor, op: MeasurementOperator) -> torch.Tensor:
+    """Zero-filled inverse FFT (MRI): the operator's ``A_dagger`` → (B, 1, N, N)."""
+    if op.task != "mri":
+        raise ScoreReconError(f"zero-filled is an MRI method but the task is '{op.task}'; use fbp for CT")
+    return op.A_dagger(_check_y(y, op)).float()
+
+
+_OPTIONS: dict[str, tuple[str, ...]] = {
+    "fbp": (),
+    "zero-filled": (),
+    "tv": ("weight", "iters", "nonneg", "x0"),
+    "cs": ("regularizer", "weight", "iters", "levels", "nonneg"),
+}
+
+
+def classical_reconstruct(method: str, y: torch.Tensor, op: MeasurementOperator,
+                          progress: ProgressFn | None = None, cancel: threading.Event | None = None,
+                          **kw: Any) -> torch.Tensor:
+    """Run ``method`` (one of :data:`METHODS`) on ``y`` for ``op`` → (B, 1, N, N) float32."""
+    name = _METHOD_ALIASES.get(str(method).lower())
+    if name is None:
+        raise ScoreReconError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")
+    if op.task and name not in methods_for(op.task):
+        raise ScoreReconError(f"method '{name}' does not fit task '{op.task}'; use one of "
+                              f"{', '.join(methods_for(op.task))}")
+    extra = sorted(set(kw) - set(_OPTIONS[name]))
+    if extra:
+        allowed = ", ".join(_OPTIONS[name]) or "none"
+        raise ScoreReconError(f"option(s) {', '.join(extra)} do not apply to method '{name}'; allowed: {allowed}")
+    run: Callable[..., torch.Tensor]
+    if name in ("fbp", "zero-filled"):
+        check_cancel(cancel)
+        out = (fbp if name == "fbp" else zero_filled)(y, op)
+        if progress is not None:
+            progress(1, 1, name)
+        return out
+    run = tv_reconstruct if name == "tv" else cs_reconstruct
+    return run(y, op, progress=progress, cancel=cancel, **kw)
+
+
+__all__ = [
+    "DEFAULTS", "METHODS", "classical_reconstruct", "cs_reconstruct", "fbp", "gradient", "gradient_adjoint",
+    "haar_frame", "haar_frame_adjoint", "methods_for", "operator_norm", "tv_reconstruct", "zero_filled",
+]

@@ -1,0 +1,490 @@
+"""``scorerecon reconstruct``: reconstruct a measurement file (or a folder of them) into an image.
+
+Classical methods (``fbp``, ``tv``, ``zero-filled``, ``cs``) come from :mod:`ScoreReconLib.baselines`;
+``score`` samples the posterior under a score prior (:func:`ScoreReconLib.reconstruction.reconstruct`).
+Slices are reconstructed in batches of ``--batch-size``; the result is written in physical units
+(HU for CT) with the geometry stored in the measurement file.
+
+Batch mode: ``--input`` a folder of ``.npz`` files, ``--output`` a folder; each ``NAME.npz`` becomes
+``NAME<--output-suffix>``. Under ``torchrun`` (``WORLD_SIZE`` > 1) rank ``r`` takes files
+``r::WORLD_SIZE`` on its own device (``cuda:LOCAL_RANK`` when CUDA is used) and rank 0 writes the
+merged metrics JSON.
+
+Metrics (with ``--reference``): PSNR and SSIM per slice on normalised images clipped to [0, 1]
+(data range 1), metal pixels excluded for metal-ct.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..baselines import METHODS as CLASSICAL_METHODS
+from ..baselines import methods_for
+from ..data import (
+    IMAGE_SUFFIXES,
+    WRITE_SUFFIXES,
+    check_writable_suffix,
+    image_from_geometry,
+    read_image,
+    save_json,
+    write_image,
+)
+from ..errors import ScoreReconError
+from ..measurement import Measurement, load_measurement, reference_slices
+from ..operators import TASKS
+from ..operators.base import MeasurementOperator
+from ..utils import resolve_device
+
+#: every --method
+METHODS = (*CLASSICAL_METHODS, "score")
+#: methods that fit each task
+METHODS_FOR_TASK: dict[str, tuple[str, ...]] = {task: (*methods_for(task), "score") for task in TASKS}
+#: --sampler choices of the score method
+SAMPLERS = ("proximal", "song2021", "fast")
+PROGRESS_FORMATS = ("tqdm", "json", "none")
+#: progress units per slice for classical methods (per-mille of a slice's iterations)
+CLASSICAL_UNITS = 1000
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "reconstruct",
+        help="reconstruct an image from a measurement file (classical or score-based)",
+        description="Reconstruct the image(s) of a measurement file made by 'scorerecon simulate' (or a folder of "
+                    "them) with a classical method or the score prior, and write them in physical units with "
+                    "the source geometry.",
+    )
+    p.add_argument("--input", required=True, metavar="MEAS.npz", help="measurement file, or a folder of them")
+    p.add_argument("--output", required=True, metavar="OUT.nrrd",
+                   help="image to write (.nrrd, .nii.gz, .nii, .mha, .npy); a folder in batch mode")
+    p.add_argument("--method", required=True, choices=METHODS,
+                   help="fbp/tv (CT), zero-filled/cs/tv (MRI) or score (score prior)")
+    p.add_argument("--reference", metavar="IMAGE",
+                   help="clean image that was simulated, for PSNR/SSIM (a folder of NAME.* images in batch mode)")
+    p.add_argument("--metrics-json", metavar="FILE", help="write timings and metrics as JSON")
+    p.add_argument("--batch-size", type=int, default=8, help="slices reconstructed together (default 8)")
+    p.add_argument("--progress-format", choices=PROGRESS_FORMATS, default="tqdm",
+                   help="tqdm: bar on stderr; json: lines {\"progress\": done, \"total\": n} on stdout; none")
+    p.add_argument("--output-suffix", default=".nrrd", help="batch mode: suffix of the written images")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
+    c = p.add_argument_group("tv / cs methods")
+    c.add_argument("--weight", type=float, default=None,
+                   help="regularisation weight relative to ||A||^2 (default: tuned per modality)")
+    c.add_argument("--iters", type=int, default=None, help="PDHG iterations (default 300)")
+    c.add_argument("--regularizer", choices=("tv", "wavelet"), default=None, help="cs: TV (default) or L1-Haar")
+    s = p.add_argument_group("score method")
+    s.add_argument("--model", default=None,
+                   help="default-ct, default-mri or a checkpoint folder (default: the task's default model)")
+    s.add_argument("--sampler", choices=SAMPLERS, default=None,
+                   help="fast (default, ~50 steps), proximal (Song et al. 2022) or song2021")
+    s.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's tuned value)")
+    s.add_argument("--lam", type=float, default=None, help="data-consistency weight λ in [0, 1]")
+    s.add_argument("--snr", type=float, default=None, help="Langevin corrector signal-to-noise ratio")
+    s.add_argument("--samples", type=int, default=1, help="posterior samples averaged (std needs >= 2)")
+    s.add_argument("--seed", type=int, default=0, help="sampling seed; batch b uses seed + its first slice index")
+    s.add_argument("--std-output", metavar="FILE",
+                   help="write the per-pixel posterior std (physical units); a folder in batch mode")
+    p.set_defaults(func=run)
+
+
+# ------------------------------------------------------------------------------------- planning
+@dataclass
+class Job:
+    """One measurement file to reconstruct and where its results go."""
+
+    name: str
+    input: Path
+    output: Path
+    std_output: Path | None = None
+    reference: Path | None = None
+    measurement: Measurement | None = None
+    reference_x: torch.Tensor | None = None
+
+
+def dist_env() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) outside torchrun."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    except ValueError:
+        raise ScoreReconError("WORLD_SIZE/RANK/LOCAL_RANK are not integers; launch with torchrun") from None
+    return rank, max(world, 1), local
+
+
+def shard(items: list, rank: int, world: int) -> list:
+    """The items rank ``rank`` of ``world`` processes: ``items[rank::world]``."""
+    return list(items[rank::world])
+
+
+def _strip_suffix(path: Path) -> str:
+    name = path.name
+    for suffix in sorted(IMAGE_SUFFIXES + (".npz",), key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _find_reference(folder: Path, name: str) -> Path:
+    hits = sorted(p for p in folder.iterdir()
+                  if _strip_suffix(p) == name and (p.is_dir() or p.suffix) and not p.name.lower().endswith(".npz"))
+    if not hits:
+        raise ScoreReconError(f"no reference image named {name}.* in {folder}; add it or drop --reference")
+    return hits[0]
+
+
+def plan_jobs(args: argparse.Namespace) -> tuple[list[Job], bool]:
+    """Validate paths and list the jobs; returns (jobs, batch_mode). Writes nothing."""
+    inp, out = Path(args.input), Path(args.output)
+    if not inp.exists():
+        raise ScoreReconError(f"input {inp} does not exist; check the path")
+    ref = Path(args.reference) if args.reference else None
+    if ref is not None and not ref.exists():
+        raise ScoreReconError(f"reference {ref} does not exist; check the path")
+    std = Path(args.std_output) if args.std_output else None
+    if not inp.is_dir():
+        if out.is_dir():
+            raise ScoreReconError(f"--output {out} is a folder; give an image file name such as {out / 'recon.nrrd'}")
+        check_writable_suffix(out)
+        if std is not None:
+            check_writable_suffix(std)
+        return [Job(_strip_suffix(inp), inp, out, std, ref)], False
+    files = sorted(p for p in inp.iterdir() if p.is_file() and p.suffix.lower() == ".npz")
+    if not files:
+        raise ScoreReconError(f"folder {inp} holds no .npz measurement files; make them with 'scorerecon simulate'")
+    if out.exists() and not out.is_dir():
+        raise ScoreReconError(f"--input is a folder, so --output must be a folder too, but {out} is a file")
+    if std is not None and std.exists() and not std.is_dir():
+        raise ScoreReconError(f"--input is a folder, so --std-output must be a folder too, but {std} is a file")
+    if ref is not None and not ref.is_dir():
+        raise ScoreReconError(f"--input is a folder, so --reference must be a folder of NAME.* images, not {ref}")
+    suffix = args.output_suffix if args.output_suffix.startswith(".") else "." + args.output_suffix
+    if suffix.lower() not in WRITE_SUFFIXES:
+        raise ScoreReconError(f"--output-suffix {suffix} cannot be written; use one of {', '.join(WRITE_SUFFIXES)}")
+    jobs = []
+    for f in files:
+        name = _strip_suffix(f)
+        jobs.append(Job(name, f, out / f"{name}{suffix}", None if std is None else std / f"{name}_std{suffix}",
+                        None if ref is None else _find_reference(ref, name)))
+    return jobs, True
+
+
+def check_method(task: str, method: str) -> None:
+    """Refuse a method that does not fit ``task`` (e.g. zero-filled on CT), naming those that do."""
+    fits = METHODS_FOR_TASK.get(task, ())
+    if method not in fits:
+        raise ScoreReconError(f"--method {method} does not fit task {task}; use one of {', '.join(fits)}")
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    if args.batch_size < 1:
+        raise ScoreReconError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.samples < 1:
+        raise ScoreReconError(f"--samples must be at least 1, got {args.samples}")
+    if args.std_output and args.method != "score":
+        raise ScoreReconError("--std-output needs --method score (classical methods have no posterior std)")
+    if args.std_output and args.samples < 2:
+        raise ScoreReconError("--std-output needs --samples 2 or more (the std of a single sample is undefined)")
+    for flag in ("model", "sampler", "steps", "lam", "snr"):
+        if getattr(args, flag) is not None and args.method != "score":
+            raise ScoreReconError(f"--{flag} only applies to --method score")
+    for flag, methods in (("weight", ("tv", "cs")), ("iters", ("tv", "cs")), ("regularizer", ("cs",))):
+        if getattr(args, flag) is not None and args.method not in methods:
+            raise ScoreReconError(f"--{flag} only applies to --method {' or '.join(methods)}")
+    if args.weight is not None and not (math.isfinite(args.weight) and args.weight >= 0):
+        raise ScoreReconError(f"--weight must be a finite number >= 0, got {args.weight}")
+    if args.iters is not None and args.iters < 1:
+        raise ScoreReconError(f"--iters must be at least 1, got {args.iters}")
+
+
+# -------------------------------------------------------------------------------------- progress
+class Progress:
+    """Overall progress in work units (slices, or slices × sampler steps) as a tqdm bar or JSON lines."""
+
+    def __init__(self, total_units: int, units_per_slice: int, fmt: str, enabled: bool = True) -> None:
+        self.total = max(int(total_units), 1)
+        self.per_slice = max(int(units_per_slice), 1)
+        self.fmt = fmt if enabled else "none"
+        self.done = 0
+        self.last = 0.0
+        #: seconds between two reports (the bar and JSON lines are throttled)
+        self.interval = 0.2
+        self.bar = None
+        if self.fmt == "tqdm":
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total / self.per_slice, unit="slice", file=sys.stderr, dynamic_ncols=True,
+                            bar_format="{l_bar}{bar}| {n:.1f}/{total:.0f} slices [{elapsed}<{remaining}]")
+
+    def update(self, done_units: int, message: str = "", force: bool = False) -> None:
+        """Report ``done_units``; JSON lines at most every :attr:`interval` s unless ``force`` or finished."""
+        done = min(int(done_units), self.total)
+        now = time.monotonic()
+        if done == self.done and not force:
+            return
+        self.done = done
+        if not (force or done == self.total or now - self.last >= self.interval):
+            return
+        self.last = now
+        if self.fmt == "json":
+            line = {"progress": self.done, "total": self.total}
+            if message:
+                line["message"] = message
+            print(json.dumps(line), flush=True)
+        elif self.bar is not None:
+            self.bar.n = self.done / self.per_slice
+            if message:
+                self.bar.set_postfix_str(message, refresh=False)
+            self.bar.refresh()
+
+    def write(self, text: str, record: dict | None = None) -> None:
+        if self.fmt == "json":
+            print(json.dumps({"result": record or {"message": text}}), flush=True)
+        elif self.bar is not None:
+            self.bar.write(text, file=sys.stdout)
+        elif self.fmt == "none":
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# ---------------------------------------------------------------------------------- reconstruction
+def _subset(op: MeasurementOperator, m: Measurement, idx: slice, device: torch.device) -> MeasurementOperator:
+    """Operator for slices ``idx`` (only metal-ct has per-slice masks)."""
+    if m.task != "metal-ct" or (idx.start == 0 and idx.stop >= m.n_slices):
+        return op
+    if hasattr(op, "batch_subset"):
+        return op.batch_subset(idx)
+    return m.operator(device, slices=idx)
+
+
+def compute_metrics(x: torch.Tensor, ref: torch.Tensor, metal_mask: torch.Tensor | None) -> dict[str, Any]:
+    """Per-slice PSNR/SSIM of ``x`` vs ``ref`` (S,1,N,N) normalised, clipped to [0, 1], metal excluded."""
+    from ..metrics import psnr, ssim
+
+    xc, rc = x.float().clamp(0, 1), ref.float().clamp(0, 1)
+    keep = None if metal_mask is None else ~metal_mask.to(torch.bool)
+    p = [float(v) for v in psnr(xc, rc, data_range=1.0, mask=keep)]
+    s = [float(v) for v in ssim(xc, rc, data_range=1.0, mask=keep)]
+    return {
+        "psnr": float(np.mean(p)), "ssim": float(np.mean(s)), "psnr_per_slice": p, "ssim_per_slice": s,
+        "data_range": 1.0, "metal_excluded": keep is not None,
+    }
+
+
+@dataclass
+class Engine:
+    """What reconstructs a batch: a classical method, or the score prior with its settings."""
+
+    method: str
+    device: torch.device
+    prior: Any = None
+    sampler: str | None = None
+    settings: dict = field(default_factory=dict)
+    units_per_slice: int = CLASSICAL_UNITS
+    model_name: str | None = None
+    options: dict = field(default_factory=dict)
+
+    def run(self, y: torch.Tensor, op: MeasurementOperator, seed: int,
+            progress: Any = None) -> tuple[torch.Tensor, torch.Tensor | None, int | None]:
+        """Reconstruct a batch: (mean (B,1,N,N), std or None, nfe or None), normalised units, on CPU."""
+        if self.method == "score":
+            from ..reconstruction import reconstruct
+
+            res = reconstruct(y, op, self.prior, method=self.sampler, steps=self.settings.get("steps"),
+                              lam=self.settings.get("lam"), snr=self.settings.get("snr"),
+                              samples=self.settings.get("samples", 1), seed=seed, progress=progress,
+                              device=self.device)
+            return res.mean.float().cpu(), None if res.std is None else res.std.float().cpu(), int(res.nfe)
+        from ..baselines import classical_reconstruct
+
+        with torch.no_grad():
+            x = classical_reconstruct(self.method, y, op, progress=progress, **self.options)
+        return x.float().cpu(), None, None
+
+
+def make_engine(args: argparse.Namespace, measurements: list[Measurement], device: torch.device) -> Engine:
+    """Check the method against every measurement and, for score, load and check the model (no work yet)."""
+    for m in measurements:
+        check_method(m.task, args.method)
+    if args.method != "score":
+        options = {k: getattr(args, k) for k in ("weight", "iters", "regularizer") if getattr(args, k) is not None}
+        return Engine(args.method, device, options=options)
+    try:
+        from ..networks import load_prior
+        from ..reconstruction import resolve_settings
+    except ImportError as exc:
+        raise ScoreReconError(
+            f"--method score is unavailable: this installation lacks {exc.name}; reinstall scorerecon or "
+            "use a classical method"
+        ) from None
+    modalities = {m.modality for m in measurements}
+    if args.model is None and len(modalities) > 1:
+        raise ScoreReconError("the measurements mix CT and MRI tasks; pass --model or split the folder")
+    model = args.model or ("default-ct" if modalities == {"CT"} else "default-mri")
+    prior = load_prior(model, device=device)
+    for m in measurements:
+        prior.check_compatible(m.image_size, m.modality)
+        if m.normalization.to_dict() != prior.normalization.to_dict():
+            print(f"scorerecon reconstruct: warning: the measurement was normalised as {m.normalization.to_dict()} "
+                  f"but the model expects {prior.normalization.to_dict()}; results may be off",
+                  file=sys.stderr)
+    recommended = prior.recommended.get("sampler")
+    sampler = args.sampler or (recommended if recommended in SAMPLERS else "fast")
+    settings = resolve_settings(sampler, prior, args.steps, args.lam, args.snr)
+    steps = int(settings.steps)
+    return Engine("score", device, prior, sampler,
+                  {"steps": steps, "lam": float(settings.lam), "snr": float(settings.snr), "samples": args.samples},
+                  steps * args.samples, model)
+
+
+def reconstruct_job(job: Job, engine: Engine, batch_size: int, seed: int, progress: Progress,
+                    done_units: int) -> dict[str, Any]:
+    """Reconstruct one measurement file, write its outputs; return its metrics record."""
+    m = job.measurement
+    assert m is not None
+    t0 = time.perf_counter()
+    op = m.operator(engine.device)
+    means, stds, nfe = [], [], None
+    S = m.n_slices
+    for start in range(0, S, batch_size):
+        idx = slice(start, min(S, start + batch_size))
+        count = idx.stop - idx.start
+        before = done_units + start * engine.units_per_slice
+
+        def on_step(done: int, total: int, message: str, _before: int = before, _count: int = count) -> None:
+            frac = min(max(done / max(total, 1), 0.0), 1.0)
+            progress.update(_before + int(_count * engine.units_per_slice * frac), message)
+
+        mean, std, nfe_b = engine.run(m.y_tensor(idx, engine.device), _subset(op, m, idx, engine.device),
+                                      seed + start, on_step)
+        means.append(mean)
+        if std is not None:
+            stds.append(std)
+        nfe = nfe_b if nfe_b is not None else nfe
+        progress.update(done_units + idx.stop * engine.units_per_slice, f"{job.name} slice {idx.stop}/{S}",
+                        force=True)
+    seconds = time.perf_counter() - t0
+    mean = torch.cat(means)
+    if not bool(torch.isfinite(mean).all()):
+        raise ScoreReconError(f"{engine.method} produced NaN/inf for {job.input}; check the measurement and settings")
+    record: dict[str, Any] = {
+        "input": str(job.input), "output": str(job.output), "task": m.task, "method": engine.method,
+        "n_slices": S, "image_size": m.image_size, "seconds": seconds, "seconds_per_slice": seconds / S,
+        "device": str(engine.device), "psnr": None, "ssim": None,
+    }
+    if engine.method == "score":
+        record.update({"sampler": engine.sampler, "nfe": nfe, "seed": seed, "model": engine.model_name,
+                       **engine.settings})
+    if job.reference_x is not None:
+        metal = None if m.metal_mask is None else torch.from_numpy(m.metal_mask)
+        record.update(compute_metrics(mean, job.reference_x, metal))
+        record["reference"] = str(job.reference)
+    _write(m, mean, job.output)
+    if job.std_output is not None and stds:
+        _write(m, torch.cat(stds), job.std_output, is_std=True)
+        record["std_output"] = str(job.std_output)
+    return record
+
+
+def _write(m: Measurement, x: torch.Tensor, path: Path, is_std: bool = False) -> None:
+    """Normalised (S,1,N,N) → physical units with the measurement's geometry, written atomically."""
+    a = x.numpy()[:, 0].astype(np.float32)
+    norm = m.normalization
+    phys = a * (norm.high - norm.low) if is_std else norm.inverse(a)
+    arr = phys if int(m.geometry.get("ndim", 3)) == 3 else phys[0]
+    write_image(image_from_geometry(np.asarray(arr, dtype=np.float32), m.geometry), path)
+
+
+# -------------------------------------------------------------------------------------------- run
+def _device(args: argparse.Namespace, world: int, local_rank: int) -> torch.device:
+    dev = resolve_device(args.device)
+    if world > 1 and dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
+    return dev
+
+
+def _init_group(world: int) -> Any:
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        raise ScoreReconError("WORLD_SIZE > 1 but torch.distributed is unavailable; run without torchrun")
+    if not os.environ.get("MASTER_ADDR") or not os.environ.get("MASTER_PORT"):
+        raise ScoreReconError("WORLD_SIZE > 1 but MASTER_ADDR/MASTER_PORT are unset; launch with torchrun")
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=timedelta(days=1))
+    return dist
+
+
+def _summary(records: list[dict], method: str) -> dict[str, Any]:
+    psnrs = [v for r in records for v in (r.get("psnr_per_slice") or [])]
+    ssims = [v for r in records for v in (r.get("ssim_per_slice") or [])]
+    tasks = sorted({r["task"] for r in records})
+    return {
+        "method": method, "task": tasks[0] if len(tasks) == 1 else tasks, "n_files": len(records),
+        "n_slices": sum(r["n_slices"] for r in records),
+        "psnr": float(np.mean(psnrs)) if psnrs else None, "ssim": float(np.mean(ssims)) if ssims else None,
+        "seconds": float(sum(r["seconds"] for r in records)), "files": records,
+    }
+
+
+def _fmt(record: dict) -> str:
+    text = f"wrote {record['output']} ({record['method']}, {record['n_slices']} slice(s), {record['seconds']:.2f} s"
+    if record.get("psnr") is not None and math.isfinite(record["psnr"]):
+        text += f", PSNR {record['psnr']:.2f} dB, SSIM {record['ssim']:.4f}"
+    return text + ")"
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_numbers(args)
+    if args.metrics_json and Path(args.metrics_json).is_dir():
+        raise ScoreReconError(f"--metrics-json {args.metrics_json} is a folder; give a .json file name")
+    rank, world, local_rank = dist_env()
+    jobs, batch = plan_jobs(args)
+    if world > 1:
+        jobs = shard(jobs, rank, world) if batch else (jobs if rank == 0 else [])
+    device = _device(args, world, local_rank)
+    for job in jobs:  # validate everything before any work
+        job.measurement = load_measurement(job.input)
+        if job.reference is not None:
+            job.reference_x = reference_slices(read_image(job.reference), job.measurement)
+    measurements = [j.measurement for j in jobs if j.measurement is not None]
+    engine = make_engine(args, measurements, device) if jobs else Engine(args.method, device)
+    dist = _init_group(world) if (batch and world > 1) else None
+
+    total = sum(m.n_slices for m in measurements) * engine.units_per_slice
+    progress = Progress(total, engine.units_per_slice, args.progress_format, enabled=rank == 0)
+    records: list[dict] = []
+    done = 0
+    try:
+        for job in jobs:
+            record = reconstruct_job(job, engine, args.batch_size, args.seed, progress, done)
+            done += job.measurement.n_slices * engine.units_per_slice
+            records.append(record)
+            progress.write(_fmt(record), record)
+    finally:
+        progress.close()
+
+    if dist is not None:
+        gathered: list[list[dict] | None] = [None] * world
+        dist.all_gather_object(gathered, records)
+        records = sorted((r for part in gathered for r in (part or [])), key=lambda r: r["input"])
+        dist.destroy_process_group()
+    writer = rank == 0 if dist is not None else bool(records)
+    if args.metrics_json and writer:
+        save_json(_summary(records, args.method) if batch else records[0], args.metrics_json)
+    return 0

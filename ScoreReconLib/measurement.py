@@ -1,0 +1,549 @@
+"""Measurement files: simulate measurements from an image and store them self-describingly.
+
+A :class:`Measurement` holds everything a reconstruction needs besides the prior: the task, the
+measurements ``y`` in the operators' *full layout* (``(S, 1, n_angles, n_det)`` float32 sinograms
+for CT, ``(S, 1, N, N)`` complex64 k-space for MRI, zeros where nothing was measured; ``S`` slices
+taken along axis 0 of a volume), the operator (``spec()`` + ``arrays()``), the intensity
+normalisation, the source geometry (to write results back in physical units and space), the noise
+level and seed, and for metal-artefact CT the metal mask (pixels excluded from metrics).
+
+On disk it is one ``.npz`` (``np.savez_compressed``, written atomically, read with
+``allow_pickle=False``): a JSON ``header`` string plus the arrays ``y``, ``op__<name>`` for each
+operator array and optionally ``metal_mask``.
+
+Noise model (:func:`simulate`): per slice ``s``, ``σ_s = noise × max |y_s|`` over the measured
+entries; CT adds real Gaussian noise ``σ_s · N(0, 1)``, MRI complex Gaussian noise
+``σ_s · (N(0, 1) + i N(0, 1)) / √2`` (so ``E|ε|² = σ_s²``), on measured entries only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from . import FORMAT_VERSION, __version__
+from .data import (
+    DEFAULT_CT_WINDOW,
+    Image,
+    Normalization,
+    ct_normalization,
+    guess_modality,
+    image_slices,
+    mr_normalization,
+    resample_image,
+)
+from .errors import ScoreReconError
+from .operators import TASKS, build_operator, operator_from_spec
+from .operators.base import MeasurementOperator
+from .utils import atomic_path, check_finite
+
+#: tasks whose operator is a CT projection
+CT_TASKS = ("sparse-ct", "limited-angle-ct", "metal-ct")
+#: MRI sampling mask kinds (see :func:`ScoreReconLib.operators.mri.make_mask`)
+MRI_MASKS = ("equispaced", "random", "variable-density", "poisson")
+#: smallest image side the library accepts (pixels)
+MIN_IMAGE_SIZE = 16
+#: prefix of operator arrays inside the .npz
+_OP_PREFIX = "op__"
+#: slices projected per operator call while simulating (bounds memory on large volumes)
+_CHUNK = 16
+
+
+def task_modality(task: str) -> str:
+    """"CT" for the CT tasks, "MR" for mri."""
+    if task in CT_TASKS:
+        return "CT"
+    if task == "mri":
+        return "MR"
+    raise ScoreReconError(f"unknown task '{task}'; choose one of {', '.join(TASKS)}")
+
+
+@dataclass
+class Measurement:
+    """Simulated (or acquired) measurements of ``S`` slices plus what is needed to reconstruct them.
+
+    ``y``: full-layout measurements ``(S, 1, ...)`` (float32 CT sinograms in pixel-unit line
+    integrals of the normalised image, complex64 MRI k-space). ``operator_spec`` / ``operator_arrays``
+    rebuild the operator (:meth:`operator`). ``normalization`` maps physical intensities (HU for CT)
+    to the normalised images ``y`` was made from. ``geometry`` is the reconstructed image's
+    :meth:`Image.geometry` (``ndim`` 2 for one slice, 3 for a volume). ``metal_mask``: ``(S, 1, N, N)``
+    bool, pixels to exclude from metrics (metal-ct only). ``noise`` is the relative noise level,
+    ``noise_std`` the absolute per-slice standard deviations that were applied.
+    """
+
+    task: str
+    y: np.ndarray
+    operator_spec: dict
+    operator_arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    normalization: Normalization = field(default_factory=ct_normalization)
+    geometry: dict = field(default_factory=dict)
+    slice_axis: int = 0
+    noise: float = 0.0
+    noise_std: list[float] = field(default_factory=list)
+    seed: int = 0
+    metal: dict = field(default_factory=dict)
+    metal_mask: np.ndarray | None = None
+    options: dict = field(default_factory=dict)
+    source: dict = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+    library_version: str = __version__
+
+    # ------------------------------------------------------------------------------ properties
+    @property
+    def n_slices(self) -> int:
+        return int(self.y.shape[0])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.operator_spec["image_size"])
+
+    @property
+    def modality(self) -> str:
+        """"CT" or "MR" (from the task)."""
+        return task_modality(self.task)
+
+    def header(self) -> dict:
+        """The JSON header stored in the file."""
+        return {
+            "format_version": int(self.format_version),
+            "library_version": str(self.library_version),
+            "task": self.task,
+            "operator": self.operator_spec,
+            "normalization": self.normalization.to_dict(),
+            "geometry": self.geometry,
+            "slice_axis": int(self.slice_axis),
+            "n_slices": self.n_slices,
+            "image_size": self.image_size,
+            "y_shape": [int(s) for s in self.y.shape],
+            "noise": float(self.noise),
+            "noise_std": [float(s) for s in self.noise_std],
+            "seed": int(self.seed),
+            "metal": self.metal,
+            "options": self.options,
+            "source": self.source,
+        }
+
+    # ------------------------------------------------------------------------------- operators
+    def operator(self, device: torch.device | str = "cpu", slices: slice | None = None) -> MeasurementOperator:
+        """Rebuild the operator, for all slices or for ``slices`` (metal-ct masks differ per slice)."""
+        arrays = dict(self.operator_arrays)
+        n = self.n_slices
+        if slices is not None and self.task == "metal-ct":
+            arrays = {k: (v[slices] if v.ndim == 4 and v.shape[0] == n else v) for k, v in arrays.items()}
+        op = operator_from_spec(self.operator_spec, arrays, device=device)
+        count = len(range(n)[slices]) if slices is not None else n
+        expected = tuple(op.measurement_shape(count))
+        got = tuple(self.y[slices].shape) if slices is not None else tuple(self.y.shape)
+        if expected != got:
+            raise ScoreReconError(
+                f"measurements have shape {got} but the stored {self.task} operator expects {expected}; "
+                "the file is inconsistent: re-simulate it"
+            )
+        return op
+
+    def y_tensor(self, slices: slice | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Measurements of ``slices`` (all by default) as a tensor on ``device``."""
+        y = self.y if slices is None else self.y[slices]
+        return torch.from_numpy(np.ascontiguousarray(y)).to(device)
+
+
+# ------------------------------------------------------------------------------------ file I/O
+def save_measurement(path: str | Path, m: Measurement) -> Path:
+    """Write ``m`` to ``path`` (.npz, compressed, atomic); return the path."""
+    path = Path(path)
+    if path.suffix.lower() != ".npz":
+        raise ScoreReconError(f"measurement files are .npz; name the output {path.with_suffix('.npz').name}")
+    arrays: dict[str, np.ndarray] = {
+        "header": np.array(json.dumps(m.header(), sort_keys=True)),
+        "y": np.ascontiguousarray(m.y),
+    }
+    for name, arr in m.operator_arrays.items():
+        arrays[_OP_PREFIX + name] = np.ascontiguousarray(np.asarray(arr))
+    if m.metal_mask is not None:
+        arrays["metal_mask"] = np.ascontiguousarray(np.asarray(m.metal_mask, dtype=bool))
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
+    return path
+
+
+def _bad_file(path: Path, why: str) -> ScoreReconError:
+    return ScoreReconError(
+        f"{path} is not a usable ScoreRecon measurement file ({why}); make one with 'scorerecon simulate'"
+    )
+
+
+def load_measurement(path: str | Path) -> Measurement:
+    """Read and validate a measurement file written by :func:`save_measurement`.
+
+    Raises :class:`ScoreReconError` for a missing or corrupt file, missing entries, another format
+    version, or shapes that do not fit together.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ScoreReconError(f"measurement file {path} does not exist; check the path")
+    if path.is_dir():
+        raise ScoreReconError(f"{path} is a folder; expected a measurement .npz file")
+    if not zipfile.is_zipfile(path):
+        raise _bad_file(path, "not an .npz (zip) archive")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            files = set(npz.files)
+            missing = [k for k in ("header", "y") if k not in files]
+            if missing:
+                raise _bad_file(path, f"missing {' and '.join(missing)}")
+            header_text = str(npz["header"][()])
+            try:
+                header = json.loads(header_text)
+            except json.JSONDecodeError:
+                raise _bad_file(path, "its header is not valid JSON") from None
+            if not isinstance(header, dict):
+                raise _bad_file(path, "its header is not a JSON object")
+            _check_version(path, header)
+            y = npz["y"]
+            op_arrays = {k[len(_OP_PREFIX):]: npz[k] for k in npz.files if k.startswith(_OP_PREFIX)}
+            metal_mask = npz["metal_mask"] if "metal_mask" in files else None
+    except ScoreReconError:
+        raise
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+        msg = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise _bad_file(path, f"corrupt or not an .npz archive: {msg}") from None
+    try:
+        m = Measurement(
+            task=str(header["task"]),
+            y=y,
+            operator_spec=dict(header["operator"]),
+            operator_arrays=op_arrays,
+            normalization=Normalization.from_dict(header["normalization"]),
+            geometry=dict(header["geometry"]),
+            slice_axis=int(header.get("slice_axis", 0)),
+            noise=float(header.get("noise", 0.0)),
+            noise_std=[float(s) for s in header.get("noise_std", [])],
+            seed=int(header.get("seed", 0)),
+            metal=dict(header.get("metal", {})),
+            metal_mask=metal_mask,
+            options=dict(header.get("options", {})),
+            source=dict(header.get("source", {})),
+            format_version=int(header["format_version"]),
+            library_version=str(header.get("library_version", "unknown")),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _bad_file(path, f"its header lacks or garbles {exc}") from None
+    _check_consistency(path, m)
+    return m
+
+
+def _check_version(path: Path, header: dict) -> None:
+    version = header.get("format_version")
+    if version is None:
+        raise _bad_file(path, "its header has no format_version")
+    if version != FORMAT_VERSION:
+        written_by = header.get("library_version", "unknown")
+        raise ScoreReconError(
+            f"{path} uses measurement format version {version} (written by scorerecon {written_by}) but this "
+            f"scorerecon {__version__} reads version {FORMAT_VERSION}; re-simulate it with this version "
+            "('scorerecon simulate')"
+        )
+
+
+def _check_consistency(path: Path, m: Measurement) -> None:
+    if m.task not in TASKS:
+        raise _bad_file(path, f"unknown task '{m.task}'")
+    if m.operator_spec.get("task") != m.task:
+        raise _bad_file(path, f"operator task '{m.operator_spec.get('task')}' differs from task '{m.task}'")
+    if "image_size" not in m.operator_spec:
+        raise _bad_file(path, "the operator spec has no image_size")
+    n = m.image_size
+    y = m.y
+    if y.ndim != 4 or y.shape[0] < 1 or y.shape[1] != 1:
+        raise _bad_file(path, f"y has shape {tuple(y.shape)}, expected (slices, 1, ...)")
+    if m.task == "mri":
+        if not np.iscomplexobj(y) or tuple(y.shape[-2:]) != (n, n):
+            raise _bad_file(path, f"MRI k-space must be complex (S, 1, {n}, {n}), got {y.dtype} {tuple(y.shape)}")
+    else:
+        if np.iscomplexobj(y) or not np.issubdtype(y.dtype, np.floating):
+            raise _bad_file(path, f"CT sinograms must be real floats, got {y.dtype}")
+        spec = m.operator_spec
+        for axis, key in ((-2, "n_angles"), (-1, "n_det")):
+            if key in spec and spec[key] is not None and int(spec[key]) != y.shape[axis]:
+                raise _bad_file(path, f"y has {y.shape[axis]} {key} but the operator has {spec[key]}")
+    check_finite(y, f"measurements in {path}")
+    if m.metal_mask is not None and tuple(m.metal_mask.shape) != (y.shape[0], 1, n, n):
+        raise _bad_file(path, f"metal_mask has shape {tuple(m.metal_mask.shape)}, expected ({y.shape[0]}, 1, {n}, {n})")
+    ndim = int(m.geometry.get("ndim", 0))
+    if ndim not in (2, 3) or (ndim == 2 and y.shape[0] != 1):
+        raise _bad_file(path, f"geometry of a {ndim}-D image does not fit {y.shape[0]} slices")
+    if m.noise_std and len(m.noise_std) != y.shape[0]:
+        raise _bad_file(path, f"{len(m.noise_std)} noise levels for {y.shape[0]} slices")
+
+
+# ---------------------------------------------------------------------------------- simulation
+def normalization_for(image: Image, task: str) -> Normalization:
+    """Intensity normalisation of ``image`` for ``task``.
+
+    CT tasks on an image in HU (DICOM modality CT, or values below −200) use the HU window
+    [-1000, 2000] → [0, 1]; otherwise (MRI, or CT tasks on a PNG/phantom) the 99.5th percentile of
+    the positive intensities maps to 1.
+    """
+    if task_modality(task) == "CT" and guess_modality(image) == "CT":
+        return ct_normalization()
+    return mr_normalization(image.array)
+
+
+def normalize_slices(stack: np.ndarray, norm: Normalization) -> np.ndarray:
+    """Physical slices → normalised float32, clipped below at 0 (nothing is darker than air / zero
+    signal: CT padding of −2000/−3024 HU becomes −1000 HU) and unclipped above (metal stays visible)."""
+    return np.maximum(np.asarray(norm.forward(np.asarray(stack, dtype=np.float32)), dtype=np.float32), 0.0)
+
+
+def _hu_equivalent() -> Normalization:
+    """Map normalised values to 'HU' with the default window (thresholds and metal values)."""
+    return ct_normalization(*DEFAULT_CT_WINDOW)
+
+
+def prepare_slices(image: Image, size: int | None = None) -> tuple[Image, np.ndarray]:
+    """Validate ``image``, resample to ``size``² if asked, return ``(image, slices (S, N, N))``."""
+    check_finite(image.array, "the input image")
+    if image.array.ndim not in (2, 3):
+        raise ScoreReconError(f"expected a 2-D image or 3-D volume, got shape {image.array.shape}")
+    h, w = image.array.shape[-2:]
+    if size is not None:
+        if size < MIN_IMAGE_SIZE:
+            raise ScoreReconError(f"--size {size} is too small; use at least {MIN_IMAGE_SIZE} pixels")
+        if (h, w) != (size, size):
+            image = resample_image(image, size)
+    else:
+        if h != w:
+            raise ScoreReconError(
+                f"image slices are {h}x{w} (rows x columns) but ScoreRecon needs square slices; "
+                "pass --size N to resample them to N x N"
+            )
+        if h < MIN_IMAGE_SIZE:
+            raise ScoreReconError(
+                f"image is {h}x{w}, smaller than {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE}; pass --size N (N >= "
+                f"{MIN_IMAGE_SIZE}) to resample it"
+            )
+    return image, image_slices(image.array).astype(np.float32)
+
+
+def _validate_options(task: str, size: int, views: int, arc: float, n_angles: int | None, acceleration: float,
+                      center_fraction: float, mask: str, noise: float, n_metal: int) -> None:
+    if task not in TASKS:
+        raise ScoreReconError(f"unknown task '{task}'; choose one of {', '.join(TASKS)}")
+    if not (math.isfinite(noise) and noise >= 0):
+        raise ScoreReconError(f"--noise must be a finite number >= 0 (relative to max |y|), got {noise}")
+    if task in CT_TASKS:
+        angles = size if n_angles is None else n_angles
+        if angles < 2:
+            raise ScoreReconError(f"--n-angles must be at least 2, got {angles}")
+        if task == "sparse-ct" and not 1 <= views <= angles:
+            raise ScoreReconError(
+                f"--views {views} does not fit the {angles} angles of the full set; choose 1..{angles} "
+                "or raise --n-angles"
+            )
+        if task == "limited-angle-ct" and not (0 < arc <= 180):
+            raise ScoreReconError(f"--arc must be in (0, 180] degrees, got {arc}")
+        if task == "metal-ct" and n_metal < 1:
+            raise ScoreReconError(f"the number of inserted metal objects must be >= 1, got {n_metal}")
+    else:
+        if not (math.isfinite(acceleration) and acceleration >= 1):
+            raise ScoreReconError(f"--acceleration must be >= 1 (1 = fully sampled), got {acceleration}")
+        if not (math.isfinite(center_fraction) and 0 <= center_fraction < 1):
+            raise ScoreReconError(f"--center-fraction must be in [0, 1), got {center_fraction}")
+        if mask not in MRI_MASKS:
+            raise ScoreReconError(f"unknown MRI mask '{mask}'; choose one of {', '.join(MRI_MASKS)}")
+
+
+def _metal_masks(x_norm: torch.Tensor, threshold: float, n_metal: int, metal_hu: float,
+                 seed: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Metal of each slice: found above ``threshold`` HU, else inserted; return (x_with_metal, mask, info).
+
+    Inserted objects lie inside the body: pixels above −500 HU with holes filled.
+    """
+    from .operators.ct import metal_mask_from_image, random_metal_mask
+
+    hu = _hu_equivalent()
+    found = metal_mask_from_image(hu.inverse(x_norm), threshold=threshold).to(torch.bool)
+    if found.any():
+        info = {"source": "image", "threshold_hu": float(threshold), "pixels": int(found.sum())}
+        return x_norm, found, info
+    n = x_norm.shape[-1]
+    body_level = float(hu.forward(-500.0))
+    masks = []
+    for s in range(x_norm.shape[0]):
+        inside = ndimage.binary_fill_holes((x_norm[s, 0] > body_level).cpu().numpy())
+        if inside.sum() < 4:  # an (almost) empty slice: place metal anywhere
+            inside = None
+        m = random_metal_mask(n, n_metal, seed + s, inside=inside)
+        masks.append(torch.as_tensor(np.asarray(m)).reshape(n, n).to(torch.bool))
+    mask = torch.stack(masks)[:, None].to(x_norm.device)
+    value = float(hu.forward(metal_hu))
+    x_metal = torch.where(mask, torch.full_like(x_norm, value), x_norm)
+    info = {"source": "inserted", "threshold_hu": float(threshold), "n_objects": int(n_metal),
+            "metal_hu": float(metal_hu), "pixels": int(mask.sum())}
+    return x_metal, mask, info
+
+
+def _add_noise(y: torch.Tensor, op_mask: torch.Tensor, noise: float, seed: int) -> tuple[torch.Tensor, list[float]]:
+    """Add Gaussian noise ``noise × max|y_s|`` per slice on measured entries (see module docstring)."""
+    s = y.shape[0]
+    measured = torch.broadcast_to(op_mask.to(y.device) > 0, y.shape)
+    peak = (y.abs() * measured).reshape(s, -1).amax(dim=1)
+    std = noise * peak
+    if noise == 0:
+        return y, [0.0] * s
+    g = torch.Generator().manual_seed(int(seed) + 1_000_003)
+    shape = (s, *y.shape[1:])
+    scale = std.reshape(s, *([1] * (y.ndim - 1)))
+    if y.is_complex():
+        real = torch.randn(shape, generator=g)
+        imag = torch.randn(shape, generator=g)
+        eps = torch.complex(real, imag).to(y.dtype) / math.sqrt(2.0)
+    else:
+        eps = torch.randn(shape, generator=g).to(y.dtype)
+    y = y + eps.to(y.device) * scale.to(torch.float32) * measured
+    return y, [float(v) for v in std]
+
+
+def simulate(
+    image: Image,
+    task: str,
+    *,
+    views: int = 23,
+    arc: float = 90.0,
+    n_angles: int | None = None,
+    metal_threshold: float = 3000.0,
+    n_metal: int = 2,
+    metal_hu: float = 4000.0,
+    acceleration: float = 8.0,
+    center_fraction: float = 0.08,
+    mask: str = "equispaced",
+    noise: float = 0.0,
+    seed: int = 0,
+    size: int | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[Measurement, torch.Tensor, dict[str, Any]]:
+    """Simulate ``task`` measurements of ``image`` (a slice or a volume, sliced along axis 0).
+
+    Returns ``(measurement, reference, extra)``: ``reference`` is the clean normalised target
+    ``(S, 1, N, N)`` float32 (for metal-ct with inserted metal, the image *without* the metal);
+    ``extra`` holds ``"image_measured"`` (the normalised image that was projected, with metal),
+    ``"metal_mask"`` ((S,1,N,N) bool or None) and ``"noise_std"`` (per slice).
+
+    Options: sparse-ct ``views`` of ``n_angles`` (default N) over 180°; limited-angle-ct ``arc``
+    degrees; metal-ct uses metal above ``metal_threshold`` HU if the image has any, else inserts
+    ``n_metal`` random dense objects of ``metal_hu`` HU inside the body (seeded by ``seed``);
+    mri ``acceleration``, ``center_fraction`` and ``mask`` kind. ``noise`` is relative (module
+    docstring). ``size`` resamples slices to ``size``²; without it slices must be square and
+    ≥ 16 pixels.
+    """
+    if task not in TASKS:
+        raise ScoreReconError(f"unknown task '{task}'; choose one of {', '.join(TASKS)}")
+    original_shape = [int(s) for s in image.array.shape]
+    image, stack = prepare_slices(image, size)
+    n = stack.shape[-1]
+    _validate_options(task, n, views, arc, n_angles, acceleration, center_fraction, mask, noise, n_metal)
+    norm = normalization_for(image, task)
+    x = torch.from_numpy(normalize_slices(stack, norm))[:, None].to(device)
+
+    options: dict[str, Any] = {}
+    metal_info: dict = {}
+    metal_mask: torch.Tensor | None = None
+    x_measured = x
+    if task == "sparse-ct":
+        options = {"views": int(views), "n_angles": n_angles}
+        op = build_operator(task, n, views=int(views), n_angles=n_angles, device=device)
+    elif task == "limited-angle-ct":
+        options = {"arc": float(arc), "n_angles": n_angles}
+        op = build_operator(task, n, arc=float(arc), n_angles=n_angles, device=device)
+    elif task == "metal-ct":
+        options = {"metal_threshold": float(metal_threshold), "n_metal": int(n_metal), "metal_hu": float(metal_hu),
+                   "n_angles": n_angles}
+        x_measured, metal_mask, metal_info = _metal_masks(x, float(metal_threshold), int(n_metal),
+                                                          float(metal_hu), int(seed))
+        op = build_operator(task, n, metal_mask=metal_mask, n_angles=n_angles, device=device)
+    else:
+        options = {"acceleration": float(acceleration), "center_fraction": float(center_fraction), "mask": mask}
+        op = build_operator(task, n, acceleration=float(acceleration), center_fraction=float(center_fraction),
+                            mask=mask, seed=int(seed), device=device)
+
+    with torch.no_grad():
+        full = torch.cat([op.T(x_measured[i:i + _CHUNK]) for i in range(0, x.shape[0], _CHUNK)])
+        y = op.mask_apply(full)
+        y, noise_std = _add_noise(y, op.mask, float(noise), int(seed))
+    y_np = y.cpu().numpy()
+    y_np = y_np.astype(np.complex64) if task == "mri" else y_np.astype(np.float32)
+
+    m = Measurement(
+        task=task,
+        y=y_np,
+        operator_spec=op.spec(),
+        operator_arrays={k: np.asarray(v) for k, v in op.arrays().items()},
+        normalization=norm,
+        geometry=image.geometry(),
+        slice_axis=0,
+        noise=float(noise),
+        noise_std=noise_std,
+        seed=int(seed),
+        metal=metal_info,
+        metal_mask=None if metal_mask is None else metal_mask.cpu().numpy().astype(bool),
+        options=options,
+        source={"shape": original_shape, "resampled": original_shape[-2:] != [n, n], "modality": image.modality},
+    )
+    extra = {
+        "image_measured": x_measured.cpu(),
+        "metal_mask": None if metal_mask is None else metal_mask.cpu(),
+        "noise_std": noise_std,
+    }
+    return m, x.cpu(), extra
+
+
+def reference_slices(reference: Image, m: Measurement) -> torch.Tensor:
+    """Normalise a clean reference image like ``m`` was simulated: ``(S, 1, N, N)`` float32.
+
+    The reference must have the measurement's slice count and either its size or the original
+    (pre-resampling) size recorded in the file.
+    """
+    check_finite(reference.array, "the reference image")
+    stack = image_slices(reference.array)
+    n = m.image_size
+    if stack.shape[0] != m.n_slices:
+        raise ScoreReconError(
+            f"the reference has {stack.shape[0]} slice(s) but the measurement has {m.n_slices}; "
+            "pass the image that was simulated"
+        )
+    if tuple(stack.shape[-2:]) != (n, n):
+        src = m.source.get("shape")
+        if src is not None and list(stack.shape[-2:]) == list(src[-2:]):
+            reference = resample_image(reference, n)
+            stack = image_slices(reference.array)
+        else:
+            raise ScoreReconError(
+                f"the reference is {stack.shape[-2]}x{stack.shape[-1]} but the measurement is {n}x{n}; "
+                "pass the image that was simulated"
+            )
+    return torch.from_numpy(normalize_slices(stack, m.normalization))[:, None]
+
+
+__all__ = [
+    "CT_TASKS",
+    "MRI_MASKS",
+    "MIN_IMAGE_SIZE",
+    "Measurement",
+    "load_measurement",
+    "normalization_for",
+    "normalize_slices",
+    "prepare_slices",
+    "reference_slices",
+    "save_measurement",
+    "simulate",
+    "task_modality",
+]

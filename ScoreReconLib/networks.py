@@ -1,0 +1,380 @@
+"""Score network on MONAI's ``DiffusionModelUNet``, the :class:`Prior` and its checkpoint format.
+
+:class:`ScoreModel` turns the UNet into a noise-conditional score ``s(x, t) ~ grad_x log p_t(x)``:
+
+* the UNet's sinusoidal timestep embedding receives ``c_noise = 999 t``. For the VE-SDE ``t`` is an
+  affine function of ``log sigma(t)`` (``t = log(sigma / sigma_min) / log(sigma_max / sigma_min)``), so
+  this is the NCSN++ ``log sigma`` conditioning rescaled to the DDPM label range; for the VP-SDE it
+  is the usual DDPM step index.
+* VE: the input is scaled by ``c_in = 1 / sqrt(sigma^2 + 0.25)`` (unit-variance input for ``[0, 1]``
+  data, as in EDM preconditioning; ``network["input_scaling"]``) and the output is divided by
+  ``sigma`` (NCSN++ output scaling), so the UNet predicts ``-z`` of ``x_t = x_0 + sigma z``.
+* VP: the output is ``-net / std``, so the UNet predicts the noise ``z`` (DDPM epsilon).
+
+A checkpoint is a folder with ``model.safetensors`` (EMA weights, no pickle) and ``config.json``
+(see :data:`CONFIG_KEYS`); ``training_state.pt`` (optimizer, raw weights, RNG) sits beside them
+while training and is only read by :mod:`ScoreReconLib.training`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import FORMAT_VERSION, __version__
+from .data import Normalization
+from .errors import ScoreReconError
+from .sde import SDE, VESDE, VPSDE, sde_from_dict
+
+#: files of a checkpoint folder
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+TRAINING_STATE_FILE = "training_state.pt"
+
+#: keys every config.json must hold
+CONFIG_KEYS = ("format_version", "sde", "network", "image_size", "modality", "normalization")
+
+#: default network shape (MONAI DiffusionModelUNet arguments plus ``input_scaling``)
+DEFAULT_NETWORK: dict = {
+    "channels": [32, 64, 64],
+    "attention_levels": [False, False, True],
+    "num_res_blocks": 1,
+    "num_head_channels": 32,
+    "norm_num_groups": None,  # None → the largest of 32, 16, 8, 4, 2, 1 dividing every channel count
+    "use_flash_attention": True,
+    "input_scaling": True,
+}
+
+#: sampler settings stored with a new checkpoint until tuned (official LIDC / BraTS values)
+DEFAULT_RECOMMENDED = {
+    "CT": {"sampler": "pc", "steps": 1000, "lam": 0.841, "snr": 0.246},
+    "MR": {"sampler": "pc", "steps": 1000, "lam": 1.0, "snr": 0.517},
+}
+
+#: sigma_data of [0, 1] images used by the VE input scaling
+SIGMA_DATA = 0.5
+
+
+def network_config(overrides: dict | None = None) -> dict:
+    """Complete network config: :data:`DEFAULT_NETWORK` updated with ``overrides``, validated."""
+    cfg = dict(DEFAULT_NETWORK)
+    unknown = set(overrides or {}) - set(cfg)
+    if unknown:
+        raise ScoreReconError(f"unknown network option(s) {sorted(unknown)}; known: {sorted(cfg)}")
+    cfg.update(overrides or {})
+    channels = [int(c) for c in cfg["channels"]]
+    attention = [bool(a) for a in cfg["attention_levels"]]
+    if not channels or any(c <= 0 for c in channels):
+        raise ScoreReconError(f"network channels {channels} must be positive integers, e.g. 32,64,64")
+    if len(attention) != len(channels):
+        raise ScoreReconError(
+            f"attention levels {attention} must have one entry per channel level ({len(channels)}), "
+            f"e.g. {','.join(['0'] * (len(channels) - 1) + ['1'])}"
+        )
+    groups = cfg["norm_num_groups"]
+    if groups is None:
+        groups = next(g for g in (32, 16, 8, 4, 2, 1) if all(c % g == 0 for c in channels))
+    groups = int(groups)
+    if any(c % groups for c in channels):
+        raise ScoreReconError(f"every channel count in {channels} must be a multiple of norm_num_groups={groups}")
+    heads = int(cfg["num_head_channels"])
+    for c, a in zip(channels, attention, strict=True):
+        if a and c % min(heads, c):
+            raise ScoreReconError(f"attention level with {c} channels is not a multiple of num_head_channels={heads}")
+    cfg.update(channels=channels, attention_levels=attention, norm_num_groups=groups,
+               num_res_blocks=int(cfg["num_res_blocks"]), num_head_channels=heads,
+               use_flash_attention=bool(cfg["use_flash_attention"]), input_scaling=bool(cfg["input_scaling"]))
+    if cfg["num_res_blocks"] < 1:
+        raise ScoreReconError("num_res_blocks must be at least 1")
+    return cfg
+
+
+class ScoreModel(nn.Module):
+    """Noise-conditional score network ``s_theta(x, t)`` for ``x`` (B,1,H,W) and ``t`` (B,) in (0, 1]."""
+
+    def __init__(self, sde: SDE, network: dict | None = None) -> None:
+        super().__init__()
+        from monai.networks.nets import DiffusionModelUNet
+
+        self.sde = sde
+        self.network = network_config(network)
+        cfg = self.network
+        heads = [min(cfg["num_head_channels"], c) for c in cfg["channels"]]
+        self.unet = DiffusionModelUNet(
+            spatial_dims=2, in_channels=1, out_channels=1, channels=cfg["channels"],
+            attention_levels=cfg["attention_levels"], num_res_blocks=cfg["num_res_blocks"],
+            num_head_channels=heads, norm_num_groups=cfg["norm_num_groups"], with_conditioning=False,
+            use_flash_attention=cfg["use_flash_attention"],
+        )
+
+    def min_size_multiple(self) -> int:
+        """Image sizes must be multiples of this (one halving per level below the first)."""
+        return 2 ** (len(self.network["channels"]) - 1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Score ``grad_x log p_t(x)``, same shape as ``x``."""
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        std = self.sde.beta(t).reshape(-1, 1, 1, 1).to(x.dtype)
+        x_in = x
+        if isinstance(self.sde, VESDE) and self.network["input_scaling"]:
+            x_in = x * torch.rsqrt(std**2 + SIGMA_DATA**2)
+        out = self.unet(x_in, 999.0 * t)
+        if isinstance(self.sde, VPSDE):
+            return -out / std
+        return out / std
+
+
+def build_score_model(sde: SDE, network: dict | None = None) -> ScoreModel:
+    """A fresh (untrained) :class:`ScoreModel`."""
+    return ScoreModel(sde, network)
+
+
+# ---------------------------------------------------------------------------------------- Prior
+class Prior:
+    """A trained score prior: EMA network (eval mode), its SDE, image size, modality and normalisation."""
+
+    def __init__(self, model: ScoreModel, config: dict, device: torch.device | str = "cpu") -> None:
+        self.model = model
+        self.config = config
+        self.sde: SDE = model.sde
+        self.image_size = int(config["image_size"])
+        self.modality = str(config["modality"])
+        self.normalization = Normalization.from_dict(config["normalization"])
+        self.recommended = dict(config.get("recommended") or DEFAULT_RECOMMENDED.get(self.modality, {}))
+        self.device = torch.device("cpu")
+        self.model.eval().requires_grad_(False)
+        self.to(device)
+
+    def to(self, device: torch.device | str) -> Prior:
+        """Move the network to ``device``; returns self."""
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        return self
+
+    def score(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        """``grad_x log p_t(x)`` for ``x`` (B,1,H,W) normalised images and ``t`` (B,) or a scalar."""
+        if not isinstance(t, torch.Tensor):
+            t = torch.full((x.shape[0],), float(t), device=x.device)
+        elif t.ndim == 0:
+            t = t.expand(x.shape[0])
+        return self.model(x, t.to(x.device, torch.float32))
+
+    def check_compatible(self, image_size: int, modality: str | None = None) -> None:
+        """Raise :class:`ScoreReconError` if images of ``image_size``/``modality`` do not fit this prior."""
+        name = self.config.get("name", "this prior")
+        if int(image_size) != self.image_size:
+            raise ScoreReconError(
+                f"{name} was trained on {self.image_size}x{self.image_size} images but got "
+                f"{image_size}x{image_size}; resample the input to {self.image_size} (e.g. --size "
+                f"{self.image_size}) or train a prior for size {image_size}"
+            )
+        if modality is not None and str(modality).upper() != self.modality:
+            raise ScoreReconError(
+                f"{name} is a {self.modality} prior but the input is {str(modality).upper()}; "
+                f"use a {str(modality).upper()} prior (e.g. default-{'ct' if str(modality).upper() == 'CT' else 'mri'})"
+            )
+
+    def __repr__(self) -> str:
+        return (f"Prior({self.config.get('name', '?')}, {self.modality}, {self.image_size}px, {self.sde!r}, "
+                f"device={self.device})")
+
+
+# ----------------------------------------------------------------------------------- checkpoints
+def make_config(model: ScoreModel, image_size: int, modality: str, normalization: Normalization | dict,
+                data: dict | None = None, steps: int = 0, final_loss: float | None = None,
+                recommended: dict | None = None, **extra) -> dict:
+    """The ``config.json`` content of a checkpoint."""
+    modality = str(modality).upper()
+    if modality not in ("CT", "MR"):
+        raise ScoreReconError(f"modality must be CT or MR, got '{modality}'")
+    norm = normalization.to_dict() if isinstance(normalization, Normalization) else dict(normalization)
+    cfg = {
+        "format_version": FORMAT_VERSION,
+        "library_version": __version__,
+        "sde": model.sde.to_dict(),
+        "network": dict(model.network),
+        "image_size": int(image_size),
+        "modality": modality,
+        "normalization": norm,
+        "data": dict(data or {}),
+        "steps": int(steps),
+        "final_loss": None if final_loss is None or not math.isfinite(final_loss) else float(final_loss),
+        "recommended": dict(recommended or DEFAULT_RECOMMENDED[modality]),
+    }
+    cfg.update(extra)
+    return cfg
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_weights(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Write a state dict as safetensors (contiguous CPU tensors) to ``path`` (not atomic by itself)."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, str(path),
+              metadata={"format": "pt", "library": "ScoreReconLib"})
+
+
+def save_checkpoint(folder: str | Path, model: ScoreModel, config: dict,
+                    training_state: dict | None = None) -> Path:
+    """Write ``model``'s weights, ``config`` (see :func:`make_config`) and optionally the training state.
+
+    Every file is first written to a temporary name in ``folder``; only when all are complete are
+    they renamed into place (weights, training state, then config) with Ctrl-C deferred, so the
+    folder always holds a consistent last good checkpoint. ``config["weights_sha256"]`` ties
+    config and weights together; a mismatched pair is refused on load.
+    """
+    import os
+    import signal
+    import tempfile
+    import threading
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    temps: list[tuple[Path, Path]] = []
+
+    def _tmp(name: str) -> Path:
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; checkpoints are meant to be shared
+        temps.append((Path(tmp), folder / name))
+        return Path(tmp)
+
+    try:
+        tmp_w = _tmp(WEIGHTS_FILE)
+        write_weights(model.state_dict(), tmp_w)
+        if training_state is not None:
+            torch.save(training_state, _tmp(TRAINING_STATE_FILE))
+        cfg = dict(config, weights_sha256=file_sha256(tmp_w))
+        _tmp(CONFIG_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=True))
+        main = threading.current_thread() is threading.main_thread()
+        interrupted: list[int] = []
+        old = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum)) if main else None
+        try:
+            for tmp, final in temps:
+                os.replace(tmp, final)
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, old)
+        if interrupted:  # Ctrl-C arrived while renaming: the checkpoint is complete, now stop
+            raise KeyboardInterrupt
+    finally:
+        for tmp, _ in temps:
+            if tmp.exists():
+                tmp.unlink()
+    return folder
+
+
+def read_config(folder: str | Path) -> dict:
+    """Read and validate ``config.json`` of a checkpoint folder."""
+    folder = Path(folder)
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        raise ScoreReconError(
+            f"checkpoint {folder} has no {CONFIG_FILE}; point to a folder written by scorerecon train"
+        )
+    try:
+        cfg = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ScoreReconError(f"{path} is not valid JSON ({exc}); restore it or retrain the checkpoint") from None
+    if not isinstance(cfg, dict):
+        raise ScoreReconError(f"{path} must hold a JSON object; restore it or retrain the checkpoint")
+    missing = [k for k in CONFIG_KEYS if k not in cfg]
+    if missing:
+        raise ScoreReconError(f"{path} lacks the key(s) {missing}; this is not a ScoreRecon checkpoint config")
+    if cfg["format_version"] != FORMAT_VERSION:
+        raise ScoreReconError(
+            f"{path} has checkpoint format version {cfg['format_version']} but this ScoreReconLib "
+            f"({__version__}) reads version {FORMAT_VERSION}; use a matching ScoreReconLib or retrain"
+        )
+    if str(cfg["modality"]).upper() not in ("CT", "MR"):
+        raise ScoreReconError(f"{path}: modality '{cfg['modality']}' must be CT or MR")
+    try:
+        cfg["image_size"] = int(cfg["image_size"])
+        Normalization.from_dict(cfg["normalization"])
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ScoreReconError(f"{path}: bad image_size or normalization ({exc}); re-save the checkpoint") from None
+    cfg["modality"] = str(cfg["modality"]).upper()
+    return cfg
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load a safetensors state dict into ``model`` with clear errors for missing/extra/mis-shaped tensors."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise ScoreReconError(f"checkpoint weights {path} are missing; the checkpoint folder is incomplete")
+    try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ScoreReconError(f"cannot read {path} ({exc}); the file is corrupt, restore or retrain it") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        raise ScoreReconError(
+            f"{path} does not match the network in config.json: {len(missing)} missing tensor(s) "
+            f"{missing[:3]}, {len(extra)} unexpected {extra[:3]}; the weights belong to another network"
+        )
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(expected[k].shape):
+            raise ScoreReconError(
+                f"{path}: tensor {k} has shape {tuple(v.shape)} but the network in config.json expects "
+                f"{tuple(expected[k].shape)}; the weights belong to another network"
+            )
+    model.load_state_dict(state)
+
+
+def load_checkpoint(folder: str | Path, device: torch.device | str = "cpu") -> Prior:
+    """Load a checkpoint folder as a :class:`Prior` on ``device``."""
+    folder = Path(folder)
+    if folder.is_file() and folder.name in (WEIGHTS_FILE, CONFIG_FILE):
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ScoreReconError(
+            f"model {folder} does not exist; give a checkpoint folder (model.safetensors + config.json) "
+            "or default-ct / default-mri"
+        )
+    cfg = read_config(folder)
+    sde = sde_from_dict(cfg["sde"])
+    if not isinstance(cfg["network"], dict):
+        raise ScoreReconError(f"{folder / CONFIG_FILE}: 'network' must be an object of network options")
+    model = ScoreModel(sde, cfg["network"])
+    weights = folder / WEIGHTS_FILE
+    if cfg.get("weights_sha256") and weights.is_file() and file_sha256(weights) != cfg["weights_sha256"]:
+        raise ScoreReconError(
+            f"{weights} does not match the checksum in {CONFIG_FILE} (interrupted write or edited file); "
+            "restore the checkpoint folder or retrain"
+        )
+    load_weights(model, weights)
+    cfg.setdefault("name", folder.name)
+    return Prior(model, cfg, device)
+
+
+#: shipped default priors
+DEFAULT_PRIORS = ("default-ct", "default-mri")
+
+
+def load_prior(name_or_path: str | Path, device: torch.device | str = "cpu") -> Prior:
+    """Load ``"default-ct"``/``"default-mri"`` (from ``Resources/models``) or a checkpoint folder."""
+    name = str(name_or_path)
+    if name in DEFAULT_PRIORS:
+        from .resources import resource_path
+
+        prior = load_checkpoint(resource_path("models", name), device)
+        prior.config["name"] = name
+        return prior
+    return load_checkpoint(Path(name_or_path).expanduser(), device)

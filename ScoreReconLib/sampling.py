@@ -1,0 +1,464 @@
+"""Samplers: predictors, correctors, unconditional PC / ODE sampling and the conditional samplers.
+
+Predictors and correctors are small registered pieces (as in Song et al.'s score_sde code) that a
+sampler composes. The conditional samplers solve ``y = A x + noise`` for an operator from
+:mod:`ScoreReconLib.operators` under a score prior (:class:`ScoreReconLib.networks.Prior`):
+
+- ``proximal`` — Song, Shen, Xing & Ermon (ICLR 2022): before the corrector and before the
+  predictor, ``x ← T⁻¹[λ Λ ŷ_t + (1−λ) Λ T x + (I−Λ) T x]`` with ``ŷ_t = α(t) y + β(t) A z``;
+  a final Tweedie denoise and a hard merge (λ = 1). 2 network evaluations per step.
+- ``song2021`` — conditional score ``s_θ(x, t) + ∇ₓ log p(ŷ_t | x)`` with a Gaussian likelihood whose
+  variance is ``(r·β(t))²`` (``r`` the noise-rate hyperparameter) in units of ``‖A‖²``.
+- ``fast`` — a DDS-style sampler (Chung et al. 2024): at each of K steps, the Tweedie estimate
+  ``x̂₀ = (x + β² s_θ)/α`` is made consistent with ``y`` by a few conjugate-gradient (CGLS) steps
+  on ``‖A x₀ − y‖`` started at ``x̂₀``, then a DDIM step moves to the next noise level. 1 network
+  evaluation per step.
+
+All tensors are ``(B, 1, H, W)``; measurements are in the operators' full layout.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .operators.base import MeasurementOperator
+from .utils import ProgressFn, check_cancel
+
+ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+_PREDICTORS: dict[str, type[Predictor]] = {}
+_CORRECTORS: dict[str, type[Corrector]] = {}
+
+
+def register_predictor(name: str):
+    """Class decorator adding a predictor under ``name``."""
+
+    def deco(cls):
+        _PREDICTORS[name] = cls
+        cls.name = name
+        return cls
+
+    return deco
+
+
+def register_corrector(name: str):
+    """Class decorator adding a corrector under ``name``."""
+
+    def deco(cls):
+        _CORRECTORS[name] = cls
+        cls.name = name
+        return cls
+
+    return deco
+
+
+def get_predictor(name: str) -> type[Predictor]:
+    if name not in _PREDICTORS:
+        raise KeyError(f"unknown predictor '{name}'; choose one of {sorted(_PREDICTORS)}")
+    return _PREDICTORS[name]
+
+
+def get_corrector(name: str) -> type[Corrector]:
+    if name not in _CORRECTORS:
+        raise KeyError(f"unknown corrector '{name}'; choose one of {sorted(_CORRECTORS)}")
+    return _CORRECTORS[name]
+
+
+def _randn(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+def _vec(t: float, x: torch.Tensor) -> torch.Tensor:
+    return torch.full((x.shape[0],), float(t), device=x.device, dtype=x.dtype)
+
+
+# ---------------------------------------------------------------------------------- predictors
+class Predictor:
+    """One step of the reverse SDE from time ``t`` to the next grid time."""
+
+    name = ""
+
+    def __init__(self, sde, score_fn: ScoreFn):
+        self.sde = sde
+        self.score_fn = score_fn
+
+    def update(self, x: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None):
+        """Return ``(x, x_mean)`` after one step (``x_mean`` without the fresh noise)."""
+        raise NotImplementedError
+
+
+@register_predictor("reverse_diffusion")
+class ReverseDiffusionPredictor(Predictor):
+    """Ancestral-style step of the discretised reverse SDE: ``x − (f − G² s) + G z``."""
+
+    def update(self, x, t, generator):
+        f, G = self.sde.discretize(x, t)
+        G = G.reshape(-1, *([1] * (x.ndim - 1)))
+        score = self.score_fn(x, t)
+        x_mean = x - (f - G**2 * score)
+        return x_mean + G * _randn(x, generator), x_mean
+
+
+@register_predictor("euler_maruyama")
+class EulerMaruyamaPredictor(Predictor):
+    """Euler–Maruyama step of the reverse SDE with ``dt = −1/N``."""
+
+    def update(self, x, t, generator):
+        dt = -1.0 / self.sde.N
+        drift, diffusion = self.sde.sde(x, t)
+        diffusion = diffusion.reshape(-1, *([1] * (x.ndim - 1)))
+        drift = drift - diffusion**2 * self.score_fn(x, t)
+        x_mean = x + drift * dt
+        return x_mean + diffusion * math.sqrt(-dt) * _randn(x, generator), x_mean
+
+
+@register_predictor("none")
+class NonePredictor(Predictor):
+    """No predictor step (corrector-only sampling)."""
+
+    def update(self, x, t, generator):
+        return x, x
+
+
+# ---------------------------------------------------------------------------------- correctors
+class Corrector:
+    """Langevin-type MCMC steps at a fixed noise level."""
+
+    name = ""
+
+    def __init__(self, sde, score_fn: ScoreFn, snr: float, n_steps: int = 1):
+        self.sde = sde
+        self.score_fn = score_fn
+        self.snr = snr
+        self.n_steps = n_steps
+
+    def update(self, x, t, generator):
+        raise NotImplementedError
+
+
+@register_corrector("langevin")
+class LangevinCorrector(Corrector):
+    """Annealed Langevin dynamics with the step size set by the signal-to-noise ratio ``snr``."""
+
+    def update(self, x, t, generator):
+        alpha = self._alpha(t, x)
+        x_mean = x
+        for _ in range(self.n_steps):
+            grad = self.score_fn(x, t)
+            noise = _randn(x, generator)
+            grad_norm = grad.reshape(grad.shape[0], -1).norm(dim=-1).mean()
+            noise_norm = noise.reshape(noise.shape[0], -1).norm(dim=-1).mean()
+            step = (self.snr * noise_norm / grad_norm.clamp_min(1e-12)) ** 2 * 2 * alpha
+            step = step.reshape(-1, *([1] * (x.ndim - 1)))
+            x_mean = x + step * grad
+            x = x_mean + torch.sqrt(step * 2) * noise
+        return x, x_mean
+
+    def _alpha(self, t, x):
+        # VP-SDE: α_i = 1 − β_i of the discrete chain; VE-SDE: 1.
+        if hasattr(self.sde, "beta_min") and hasattr(self.sde, "beta_max"):
+            beta = (self.sde.beta_min + t * (self.sde.beta_max - self.sde.beta_min)) / self.sde.N
+            return (1.0 - beta).reshape(-1)
+        return torch.ones(x.shape[0], device=x.device, dtype=x.dtype)
+
+
+@register_corrector("none")
+class NoneCorrector(Corrector):
+    """No corrector step."""
+
+    def update(self, x, t, generator):
+        return x, x
+
+
+# --------------------------------------------------------------------------- shared machinery
+@dataclass
+class SamplerContext:
+    """Everything a sampler loop needs besides the prior: randomness, progress and cancel."""
+
+    generator: torch.Generator | None = None
+    progress: ProgressFn | None = None
+    cancel: threading.Event | None = None
+    nfe: int = 0
+
+
+def _counted_score(prior, ctx: SamplerContext) -> ScoreFn:
+    def score(x, t):
+        ctx.nfe += 1
+        with torch.no_grad():
+            return prior.score(x, t)
+
+    return score
+
+
+def _timesteps(sde, steps: int, eps: float, device) -> torch.Tensor:
+    return torch.linspace(sde.T, eps, steps, device=device)
+
+
+def _report(ctx: SamplerContext, done: int, total: int, what: str) -> None:
+    check_cancel(ctx.cancel)
+    if ctx.progress is not None:
+        ctx.progress(done, total, what)
+
+
+def _alpha_beta(sde, t: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    shape = (-1, *([1] * (x.ndim - 1)))
+    tt = t if t.ndim else t.reshape(1)
+    return sde.alpha(tt).reshape(shape).to(x), sde.beta(tt).reshape(shape).to(x)
+
+
+def tweedie(prior, x: torch.Tensor, t: torch.Tensor, score: torch.Tensor | None = None,
+            ctx: SamplerContext | None = None) -> torch.Tensor:
+    """Posterior-mean estimate ``E[x₀ | x_t] = (x_t + β(t)² s(x_t, t)) / α(t)``."""
+    if score is None:
+        score = prior.score(x, t) if ctx is None else _counted_score(prior, ctx)(x, t)
+    a, b = _alpha_beta(prior.sde, t, x)
+    return (x + b**2 * score) / a
+
+
+# ------------------------------------------------------------------------ unconditional sampling
+def pc_sample(prior, shape: tuple[int, ...], steps: int | None = None, snr: float = 0.16,
+              predictor: str = "reverse_diffusion", corrector: str = "langevin",
+              generator: torch.Generator | None = None, progress: ProgressFn | None = None,
+              cancel: threading.Event | None = None, eps: float = 1e-5, denoise: bool = True) -> torch.Tensor:
+    """Unconditional predictor–corrector samples of ``shape`` (B, 1, H, W) from ``prior``."""
+    sde = _sde_with_steps(prior.sde, steps)
+    ctx = SamplerContext(generator, progress, cancel)
+    score = _counted_score(prior, ctx)
+    pred = get_predictor(predictor)(sde, score)
+    corr = get_corrector(corrector)(sde, score, snr)
+    x = sde.prior_sampling(shape, generator=generator, device=prior.device)
+    ts = _timesteps(sde, sde.N, eps, prior.device)
+    for i, t in enumerate(ts):
+        vt = _vec(t, x)
+        x, x_mean = corr.update(x, vt, generator)
+        x, x_mean = pred.update(x, vt, generator)
+        _report(ctx, i + 1, len(ts), "sampling")
+    return x_mean if denoise else x
+
+
+def ode_sample(prior, shape: tuple[int, ...], steps: int = 100, generator: torch.Generator | None = None,
+               progress: ProgressFn | None = None, cancel: threading.Event | None = None,
+               eps: float = 1e-3) -> torch.Tensor:
+    """Probability-flow ODE samples (Heun's method on ``steps`` time points, then Tweedie)."""
+    sde = prior.sde
+    ctx = SamplerContext(generator, progress, cancel)
+    score = _counted_score(prior, ctx)
+
+    def velocity(x, t):
+        drift, diffusion = sde.sde(x, t)
+        diffusion = diffusion.reshape(-1, *([1] * (x.ndim - 1)))
+        return drift - 0.5 * diffusion**2 * score(x, t)
+
+    x = sde.prior_sampling(shape, generator=generator, device=prior.device)
+    ts = torch.linspace(sde.T, eps, steps + 1, device=prior.device)
+    for i in range(steps):
+        t0, t1 = _vec(ts[i], x), _vec(ts[i + 1], x)
+        dt = ts[i + 1] - ts[i]
+        v0 = velocity(x, t0)
+        x_pred = x + v0 * dt
+        x = x + 0.5 * (v0 + velocity(x_pred, t1)) * dt
+        _report(ctx, i + 1, steps, "ODE")
+    return tweedie(prior, x, _vec(ts[-1], x), ctx=ctx)
+
+
+def _sde_with_steps(sde, steps: int | None):
+    """A copy of ``sde`` discretised with ``steps`` steps (same continuous process)."""
+    if steps is None or steps == sde.N:
+        return sde
+    from .sde import sde_from_dict
+
+    d = sde.to_dict()
+    d["N"] = int(steps)
+    return sde_from_dict(d)
+
+
+# -------------------------------------------------------------------------- data consistency
+def noisy_measurement(op: MeasurementOperator, y: torch.Tensor, sde, t: torch.Tensor,
+                      generator: torch.Generator | None) -> torch.Tensor:
+    """``ŷ_t = α(t) y + β(t) A z`` with ``z ~ N(0, I)`` drawn in image space."""
+    shape = (y.shape[0], 1, op.image_size, op.image_size)
+    z = torch.randn(shape, generator=generator, device=y.device, dtype=torch.float32)
+    a, b = _alpha_beta(sde, t, z)
+    az = op.A(z)
+    bshape = (-1, *([1] * (az.ndim - 1)))
+    return a.reshape(bshape) * y + b.reshape(bshape) * az
+
+
+def cgls(op: MeasurementOperator, x0: torch.Tensor, y: torch.Tensor, iters: int) -> torch.Tensor:
+    """Conjugate-gradient least squares on ``‖A x − y‖²`` started at ``x0`` (per batch item).
+
+    Early stopping after ``iters`` iterations acts as regularisation (DDS, Chung et al. 2024).
+    """
+    x = x0.clone()
+    r = y - op.A(x)
+    s = op.A_adjoint(r)
+    p = s.clone()
+    gamma = _dot(s, s)
+    for _ in range(iters):
+        q = op.A(p)
+        qq = _dot(q, q)
+        alpha = torch.where(qq > 0, gamma / qq.clamp_min(1e-30), torch.zeros_like(qq))
+        x = x + _b(alpha, x) * p
+        r = r - _b(alpha, r) * q
+        s = op.A_adjoint(r)
+        gamma_new = _dot(s, s)
+        beta = torch.where(gamma > 0, gamma_new / gamma.clamp_min(1e-30), torch.zeros_like(gamma))
+        p = s + _b(beta, p) * p
+        gamma = gamma_new
+        if bool((gamma < 1e-20).all()):
+            break
+    return x
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Real inner product per batch item → (B,)."""
+    return (a.conj() * b).real.reshape(a.shape[0], -1).sum(-1) if a.is_complex() else (a * b).reshape(
+        a.shape[0], -1).sum(-1)
+
+
+def _b(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.reshape(-1, *([1] * (like.ndim - 1))).to(like.real.dtype if like.is_complex() else like.dtype)
+
+
+def data_consistency(op: MeasurementOperator, x: torch.Tensor, y: torch.Tensor, lam: float,
+                     cg_iters: int) -> torch.Tensor:
+    """``x + λ (x_cg − x)`` where ``x_cg`` is ``cg_iters`` CGLS steps on ``‖A x − y‖`` from ``x``."""
+    if lam == 0:
+        return x
+    x_cg = cgls(op, x, y, cg_iters)
+    return x + lam * (x_cg - x)
+
+
+# ------------------------------------------------------------------------ conditional samplers
+@dataclass
+class SamplerSettings:
+    """Hyperparameters of the conditional samplers (``None`` → the prior's or method's default)."""
+
+    steps: int
+    lam: float
+    snr: float = 0.16
+    noise_rate: float = 1.0
+    cg_iters: int = 5
+    eta: float = 0.85
+    eps: float = 1e-5
+    corrector_steps: int = 1
+
+
+def proximal_sample(prior, op: MeasurementOperator, y: torch.Tensor, settings: SamplerSettings,
+                    ctx: SamplerContext) -> torch.Tensor:
+    """The paper's sampler: proximal data consistency before every corrector and predictor step."""
+    sde = _sde_with_steps(prior.sde, settings.steps)
+    score = _counted_score(prior, ctx)
+    pred = ReverseDiffusionPredictor(sde, score)
+    corr = LangevinCorrector(sde, score, settings.snr, settings.corrector_steps)
+    g = ctx.generator
+    shape = (y.shape[0], 1, op.image_size, op.image_size)
+    x = sde.prior_sampling(shape, generator=g, device=y.device)
+    ts = _timesteps(sde, sde.N, settings.eps, y.device)
+    lam = settings.lam
+    for i, t in enumerate(ts):
+        vt = _vec(t, x)
+        if settings.snr > 0:
+            x = op.proximal(x, noisy_measurement(op, y, sde, vt, g), lam)
+            x, _ = corr.update(x, vt, g)
+        x = op.proximal(x, noisy_measurement(op, y, sde, vt, g), lam)
+        x, _ = pred.update(x, vt, g)
+        _report(ctx, i + 1, len(ts), "proximal sampler")
+    t_end = _vec(ts[-1], x)
+    x0 = tweedie(prior, x, t_end, ctx=ctx)
+    return op.proximal(x0, y, 1.0)
+
+
+def song2021_sample(prior, op: MeasurementOperator, y: torch.Tensor, settings: SamplerSettings,
+                    ctx: SamplerContext) -> torch.Tensor:
+    """Conditional PC sampler with ``s_θ(x, t) + ∇ₓ log p(ŷ_t | x)``.
+
+    The likelihood is Gaussian, ``log p(ŷ_t | x) = −‖A x − ŷ_t‖² / (2 (r β(t))² L)`` with
+    ``L = ‖A‖²`` (power iteration) and ``r`` = ``settings.noise_rate``.
+    """
+    sde = _sde_with_steps(prior.sde, settings.steps)
+    g = ctx.generator
+    L = operator_norm_sq(op, y.device)
+    y_hat_holder: dict[str, torch.Tensor] = {}
+    base_score = _counted_score(prior, ctx)
+
+    def cond_score(x, t):
+        _, b = _alpha_beta(sde, t, x)
+        resid = op.A(x) - y_hat_holder["y"]
+        like = -op.A_adjoint(resid) / ((settings.noise_rate * b) ** 2 * L)
+        return base_score(x, t) + like
+
+    pred = ReverseDiffusionPredictor(sde, cond_score)
+    corr = LangevinCorrector(sde, cond_score, settings.snr, settings.corrector_steps)
+    shape = (y.shape[0], 1, op.image_size, op.image_size)
+    x = sde.prior_sampling(shape, generator=g, device=y.device)
+    ts = _timesteps(sde, sde.N, settings.eps, y.device)
+    for i, t in enumerate(ts):
+        vt = _vec(t, x)
+        y_hat_holder["y"] = noisy_measurement(op, y, sde, vt, g)
+        if settings.snr > 0:
+            x, _ = corr.update(x, vt, g)
+        x, x_mean = pred.update(x, vt, g)
+        _report(ctx, i + 1, len(ts), "song2021 sampler")
+    return tweedie(prior, x, _vec(ts[-1], x), ctx=ctx)
+
+
+def fast_sample(prior, op: MeasurementOperator, y: torch.Tensor, settings: SamplerSettings,
+                ctx: SamplerContext) -> torch.Tensor:
+    """DDS-style sampler: Tweedie estimate → CGLS data consistency → DDIM step, ``steps`` NFE."""
+    sde = prior.sde
+    g = ctx.generator
+    score = _counted_score(prior, ctx)
+    shape = (y.shape[0], 1, op.image_size, op.image_size)
+    x = sde.prior_sampling(shape, generator=g, device=y.device)
+    ts = torch.linspace(sde.T, settings.eps, settings.steps + 1, device=y.device)
+    x0 = x
+    for i in range(settings.steps):
+        t, s = _vec(ts[i], x), _vec(ts[i + 1], x)
+        a_t, b_t = _alpha_beta(sde, t, x)
+        a_s, b_s = _alpha_beta(sde, s, x)
+        x0_hat = tweedie(prior, x, t, score=score(x, t))
+        x0 = data_consistency(op, x0_hat, y, settings.lam, settings.cg_iters)
+        eps_hat = (x - a_t * x0_hat) / b_t
+        if i == settings.steps - 1:
+            break
+        ratio = ((a_t * b_s) / (a_s * b_t)).clamp(max=1.0)
+        c = settings.eta * b_s * torch.sqrt((1 - ratio**2).clamp_min(0))
+        x = a_s * x0 + torch.sqrt((b_s**2 - c**2).clamp_min(0)) * eps_hat + c * _randn(x, g)
+        _report(ctx, i + 1, settings.steps, "fast sampler")
+    _report(ctx, settings.steps, settings.steps, "fast sampler")
+    return x0
+
+
+def operator_norm_sq(op: MeasurementOperator, device, iters: int = 30) -> float:
+    """``‖A‖²`` (largest eigenvalue of AᴴA) by power iteration, cached on the operator."""
+    cached = getattr(op, "_scorerecon_norm_sq", None)
+    if cached is not None:
+        return cached
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    v = torch.randn((1, 1, op.image_size, op.image_size), generator=gen).to(device)
+    if op.mask.ndim == 4 and op.mask.shape[0] > 1:
+        v = v.expand(op.mask.shape[0], -1, -1, -1).contiguous()
+    lam = 1.0
+    for _ in range(iters):
+        w = op.A_adjoint(op.A(v))
+        lam = float(w.reshape(w.shape[0], -1).norm(dim=-1).max())
+        v = w / w.reshape(w.shape[0], -1).norm(dim=-1).clamp_min(1e-12).reshape(-1, 1, 1, 1)
+    op._scorerecon_norm_sq = lam
+    return lam
+
+
+#: conditional samplers by name: ``fn(prior, op, y, settings, ctx) -> (B,1,H,W)``
+SAMPLERS: dict[str, Callable] = {
+    "proximal": proximal_sample,
+    "song2021": song2021_sample,
+    "fast": fast_sample,
+}
+
+#: network evaluations per step of each sampler (plus one final Tweedie step where used)
+NFE_PER_STEP = {"proximal": 2, "song2021": 2, "fast": 1}

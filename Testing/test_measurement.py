@@ -1,0 +1,249 @@
+"""Measurement simulation and the self-describing .npz measurement file."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ScoreReconLib import FORMAT_VERSION
+from ScoreReconLib.data import Image, ct_normalization
+from ScoreReconLib.errors import ScoreReconError
+from ScoreReconLib.measurement import (
+    Measurement,
+    load_measurement,
+    normalization_for,
+    reference_slices,
+    save_measurement,
+    simulate,
+)
+
+
+def head_hu(n: int = 32, shift: float = 0.0) -> np.ndarray:
+    """A small head-like phantom in HU: air, a skull ring, soft tissue and two inserts."""
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float64)
+    r = np.hypot((yy - n / 2 + 0.5) / (0.42 * n), (xx - n / 2 + 0.5) / (0.36 * n))
+    img = np.full((n, n), -1000.0)
+    img[r < 1.0] = 1200.0
+    img[r < 0.85] = 40.0
+    img[np.hypot(yy - n * (0.4 + shift), xx - n * 0.4) < n * 0.08] = 300.0
+    img[np.hypot(yy - n * 0.6, xx - n * (0.58 - shift)) < n * 0.1] = -200.0
+    return img.astype(np.float32)
+
+
+def volume(n: int = 32, slices: int = 3, modality: str = "CT") -> Image:
+    """A 3-slice volume: the phantom in HU (CT) or as positive MR-like intensities (HU + 1000)."""
+    arr = np.stack([head_hu(n, 0.05 * k) for k in range(slices)])
+    if modality == "MR":
+        arr = arr + 1000.0
+    return Image(arr, (0.8, 0.9, 2.5), (-12.0, 4.0, 30.0), tuple(np.eye(3).ravel()), modality)
+
+
+TASK_OPTIONS = {
+    "sparse-ct": {"views": 8},
+    "limited-angle-ct": {"arc": 90.0},
+    "metal-ct": {},
+    "mri": {"acceleration": 4.0, "center_fraction": 0.1},
+}
+
+
+@pytest.mark.parametrize("task", list(TASK_OPTIONS))
+def test_simulate_matches_operator_and_round_trips(tmp_path, task):
+    img = volume(modality="MR" if task == "mri" else "CT")
+    m, ref, extra = simulate(img, task, seed=3, **TASK_OPTIONS[task])
+    assert m.task == task and m.n_slices == 3 and m.image_size == 32
+    assert ref.shape == (3, 1, 32, 32) and ref.dtype == torch.float32
+    assert m.y.dtype == (np.complex64 if task == "mri" else np.float32)
+    op = m.operator()
+    assert m.y.shape == op.measurement_shape(3)
+    # noiseless y is exactly A applied to the image that was measured, zero where unmeasured
+    expected = op.A(extra["image_measured"]).numpy()
+    np.testing.assert_allclose(m.y, expected, rtol=1e-5, atol=1e-5)
+    unmeasured = np.broadcast_to(op.mask.numpy() == 0, m.y.shape)
+    assert unmeasured.any() and np.all(m.y[unmeasured] == 0)
+    # the reference is the normalised input (HU window for CT, percentile scale for MRI)
+    norm = m.normalization
+    np.testing.assert_allclose(norm.inverse(ref[:, 0].numpy()), img.array, atol=1e-3)
+    assert (norm.kind == "scale") == (task == "mri")
+
+    path = save_measurement(tmp_path / "m.npz", m)
+    back = load_measurement(path)
+    np.testing.assert_array_equal(back.y, m.y)
+    assert back.y.dtype == m.y.dtype
+    assert back.header() == m.header()
+    assert back.operator_spec == m.operator_spec
+    assert set(back.operator_arrays) == set(m.operator_arrays)
+    assert back.geometry == img.geometry()
+    np.testing.assert_allclose(back.operator().A(ref).numpy(), op.A(ref).numpy(), rtol=1e-5, atol=1e-5)
+    with np.load(path, allow_pickle=False) as npz:  # plain arrays, no pickles
+        header = json.loads(str(npz["header"][()]))
+    assert header["format_version"] == FORMAT_VERSION and header["task"] == task
+    assert header["geometry"]["spacing"] == [0.8, 0.9, 2.5]
+
+
+def test_metal_inserted_into_clean_image():
+    img = volume(32, 2)
+    m, ref, extra = simulate(img, "metal-ct", n_metal=2, seed=5)
+    assert m.metal["source"] == "inserted" and m.metal["pixels"] > 0
+    mask = torch.from_numpy(m.metal_mask)
+    assert mask.shape == (2, 1, 32, 32) and mask.dtype == torch.bool
+    hu = ct_normalization()
+    measured = extra["image_measured"]
+    np.testing.assert_allclose(measured[mask].numpy(), hu.forward(4000.0), rtol=1e-6)
+    # the reference stays clean; outside the metal both images agree
+    assert float(hu.inverse(ref[mask]).max()) < 3000
+    torch.testing.assert_close(measured[~mask], ref[~mask])
+    # metal lies inside the body (filled skull) and its trace is excluded from the measurement
+    body = torch.from_numpy(img.array > -500)[:, None]
+    assert bool(body[mask].all())
+    assert float(m.operator().mask.mean()) < 1.0
+    # the same seed gives the same metal, another seed other metal
+    m2, _, _ = simulate(img, "metal-ct", n_metal=2, seed=5)
+    m3, _, _ = simulate(img, "metal-ct", n_metal=2, seed=6)
+    np.testing.assert_array_equal(m2.metal_mask, m.metal_mask)
+    assert not np.array_equal(m3.metal_mask, m.metal_mask)
+
+
+def test_metal_found_in_image_is_used():
+    arr = head_hu(32)
+    arr[14:17, 10:12] = 3500.0
+    m, ref, extra = simulate(Image(arr, modality="CT"), "metal-ct", metal_threshold=3000)
+    assert m.metal["source"] == "image" and m.metal["pixels"] == 6
+    assert m.metal_mask[0, 0, 14:17, 10:12].all() and m.metal_mask.sum() == 6
+    torch.testing.assert_close(extra["image_measured"], ref)
+
+
+@pytest.mark.parametrize("task", ["sparse-ct", "mri"])
+def test_noise_level_and_seed(task):
+    img = volume(32, 2, "MR" if task == "mri" else "CT")
+    clean, _, _ = simulate(img, task, noise=0.0, seed=1)
+    noisy, _, _ = simulate(img, task, noise=0.02, seed=1)
+    again, _, _ = simulate(img, task, noise=0.02, seed=1)
+    other, _, _ = simulate(img, task, noise=0.02, seed=2)
+    np.testing.assert_array_equal(noisy.y, again.y)
+    assert not np.array_equal(noisy.y, other.y)
+    mask = np.broadcast_to(clean.operator().mask.numpy() > 0, clean.y.shape)
+    for s in range(2):
+        peak = np.abs(clean.y[s][mask[s]]).max()
+        assert noisy.noise_std[s] == pytest.approx(0.02 * peak, rel=1e-5)
+        eps = (noisy.y[s] - clean.y[s])[mask[s]]
+        assert np.all((noisy.y[s] - clean.y[s])[~mask[s]] == 0)
+        assert np.sqrt(np.mean(np.abs(eps) ** 2)) == pytest.approx(noisy.noise_std[s], rel=0.1)
+        if task == "mri":  # circular complex noise: equal power in real and imaginary parts
+            assert np.std(eps.real) == pytest.approx(np.std(eps.imag), rel=0.15)
+
+
+def test_resampling_and_reference_slices():
+    arr = np.stack([head_hu(40)[:, 4:36]] * 2)  # 40 x 32, not square
+    img = Image(arr, (1.0, 1.0, 3.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()), "CT")
+    with pytest.raises(ScoreReconError, match="--size"):
+        simulate(img, "sparse-ct")
+    m, ref, _ = simulate(img, "sparse-ct", size=24)
+    assert m.image_size == 24 and ref.shape == (2, 1, 24, 24)
+    assert m.geometry["spacing"][0] == pytest.approx(32 / 24) and m.geometry["spacing"][1] == pytest.approx(40 / 24)
+    assert m.source["shape"] == [2, 40, 32] and m.source["resampled"]
+    # a reference of the original size is resampled the same way
+    torch.testing.assert_close(reference_slices(img, m), ref)
+    with pytest.raises(ScoreReconError, match="slice"):
+        reference_slices(Image(arr[0]), m)
+
+
+def test_normalization_choice():
+    assert normalization_for(Image(head_hu(16)), "sparse-ct").kind == "hu"
+    png_like = Image(np.linspace(0, 255, 256, dtype=np.float32).reshape(16, 16))
+    assert normalization_for(png_like, "sparse-ct").kind == "scale"
+    assert normalization_for(Image(head_hu(16), modality="CT"), "mri").kind == "scale"
+
+
+@pytest.mark.parametrize(
+    "change, options, pattern",
+    [
+        (lambda a: a[:, :12, :12], {}, "smaller than 16"),
+        (lambda a: np.where(a > 1000, np.nan, a), {}, "NaN"),
+        (lambda a: a, {"task": "sparse-ct", "views": 40}, "views"),
+        (lambda a: a, {"task": "mri", "acceleration": 0.5}, "acceleration"),
+        (lambda a: a, {"task": "limited-angle-ct", "arc": 200.0}, "arc"),
+        (lambda a: a, {"task": "sparse-ct", "noise": -1.0}, "noise"),
+        (lambda a: a, {"task": "mri", "mask": "spiral"}, "mask"),
+        (lambda a: a, {"task": "tomosynthesis"}, "unknown task"),
+    ],
+)
+def test_simulate_refuses_bad_input(change, options, pattern):
+    options = dict(options)
+    task = options.pop("task", "sparse-ct")
+    img = Image(change(volume(32, 1).array).astype(np.float32), modality="CT")
+    with pytest.raises(ScoreReconError, match=pattern):
+        simulate(img, task, **options)
+
+
+def _rewrite(src, dst, **changes):
+    with np.load(src, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    header = json.loads(str(arrays["header"][()]))
+    for key, value in changes.items():
+        if key == "header":
+            header.update(value)
+        elif value is None:
+            arrays.pop(key)
+        else:
+            arrays[key] = value
+    arrays["header"] = np.array(json.dumps(header))
+    np.savez_compressed(dst, **arrays)
+    return dst
+
+
+def test_load_refuses_bad_files(tmp_path):
+    m, _, _ = simulate(volume(32, 2), "sparse-ct", views=8)
+    good = save_measurement(tmp_path / "good.npz", m)
+    with pytest.raises(ScoreReconError, match="does not exist"):
+        load_measurement(tmp_path / "missing.npz")
+    (tmp_path / "text.npz").write_text("hello, not a zip")
+    with pytest.raises(ScoreReconError, match="not a usable"):
+        load_measurement(tmp_path / "text.npz")
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(ScoreReconError, match="not a usable"):
+        load_measurement(truncated)
+    np.save(tmp_path / "plain.npy", np.zeros(3))
+    with pytest.raises(ScoreReconError, match="not a usable"):
+        load_measurement(tmp_path / "plain.npy")
+
+    old = _rewrite(good, tmp_path / "old.npz", header={"format_version": FORMAT_VERSION + 98,
+                                                        "library_version": "9.9.9"})
+    with pytest.raises(ScoreReconError, match=rf"version {FORMAT_VERSION + 98}.*re-simulate") as info:
+        load_measurement(old)
+    assert "9.9.9" in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ScoreReconError, match="missing y"):
+        load_measurement(_rewrite(good, tmp_path / "noy.npz", y=None))
+    with pytest.raises(ScoreReconError, match="n_det"):
+        load_measurement(_rewrite(good, tmp_path / "shape.npz", y=m.y[..., :-3]))
+    with pytest.raises(ScoreReconError, match="NaN"):
+        load_measurement(_rewrite(good, tmp_path / "nan.npz", y=np.full_like(m.y, np.nan)))
+    with pytest.raises(ScoreReconError, match="slices"):
+        load_measurement(_rewrite(good, tmp_path / "geom.npz", header={"geometry": {"ndim": 2}}))
+    with pytest.raises(ScoreReconError, match="header"):
+        load_measurement(_rewrite(good, tmp_path / "nohdr.npz", header={"normalization": None}))
+    # an operator array that disagrees with y is caught when the operator is rebuilt
+    bad_views = _rewrite(good, tmp_path / "views.npz", op__views=np.arange(40))
+    with pytest.raises(ScoreReconError):
+        load_measurement(bad_views).operator()
+
+
+def test_save_refuses_other_suffix(tmp_path):
+    m = Measurement("mri", np.zeros((1, 1, 16, 16), np.complex64), {"task": "mri", "image_size": 16},
+                    geometry={"ndim": 2})
+    with pytest.raises(ScoreReconError, match=".npz"):
+        save_measurement(tmp_path / "m.npy", m)
+    assert not any(tmp_path.iterdir())
+
+
+def test_metal_operator_subset_per_slice():
+    m, _, _ = simulate(volume(32, 3), "metal-ct", seed=2)
+    full = m.operator()
+    part = m.operator(slices=slice(1, 3))
+    assert part.mask.shape[0] == 2
+    torch.testing.assert_close(part.mask, full.mask[1:3])
+    assert math.isclose(float(part.mask.mean()), float(full.mask[1:3].mean()))

@@ -1,0 +1,383 @@
+"""The ScoreRecon Slicer module's logic on real MRML (slicer-core), without the Slicer application.
+
+The module file is imported through test-only stand-ins for ``slicer.ScriptedLoadableModule`` and
+``slicer.parameterNodeWrapper`` (``Testing/slicer_stub``), installed into ``sys.modules`` by a
+fixture. Reconstructions run the real ``python -m ScoreReconLib`` CLI in a child process.
+Skipped when slicer-core (``pip install slicer-core==5.13.31053.0``) is not installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+_STANDIN_PATH = Path(__file__).resolve().parent / "slicer_stub" / "standin.py"
+
+
+def _standin():
+    spec = importlib.util.spec_from_file_location("scorerecon_slicer_standin", _STANDIN_PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def sr():
+    """The ScoreRecon module imported on slicer-core with the stand-ins in place."""
+    standin = _standin()
+    if standin.slicer_core() is None:
+        pytest.skip("slicer-core is not installed (pip install slicer-core==5.13.31053.0)")
+    with standin.stand_ins() as module:
+        yield module
+
+
+@pytest.fixture
+def slicer(sr):
+    """The ``slicer`` package with a fresh, empty scene for each test."""
+    import slicer as slicer_module
+
+    slicer_module.mrmlScene = slicer_module.vtkMRMLScene()
+    return slicer_module
+
+
+@pytest.fixture(autouse=True)
+def _few_threads(monkeypatch):
+    """Keep the child processes to few threads on shared CI machines."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    monkeypatch.setenv("MKL_NUM_THREADS", "2")
+
+
+def _ijk_to_ras(node) -> np.ndarray:
+    import vtk
+
+    m = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m)
+    return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+#: oblique, anisotropic IJK-to-RAS: rotated 30° about S, spacing 0.7 × 0.9 × 2.5 mm, off-centre origin
+_ANGLE = np.deg2rad(30.0)
+_OBLIQUE = np.array([
+    [-0.7 * np.cos(_ANGLE), 0.9 * np.sin(_ANGLE), 0.0, 12.5],
+    [-0.7 * np.sin(_ANGLE), -0.9 * np.cos(_ANGLE), 0.0, -40.0],
+    [0.0, 0.0, 2.5, 71.25],
+    [0.0, 0.0, 0.0, 1.0],
+])
+
+
+def _node_count(slicer) -> int:
+    return slicer.mrmlScene.GetNumberOfNodes()
+
+
+def _asymmetric_phantom(sr, size: int, slices: int) -> np.ndarray:
+    """The module's phantom plus a bright block off every symmetry axis (flips and transposes show)."""
+    volume = sr.makePhantom(size, slices)
+    q = size // 8
+    volume[:, 2 * q:3 * q, q + q // 2:4 * q] = 1500.0
+    return volume
+
+
+def _best_match(recon: np.ndarray, truth: np.ndarray) -> list[int]:
+    """For each reconstructed slice, the index of the truth slice it correlates with best."""
+    return [int(np.argmax([np.corrcoef(r.ravel(), t.ravel())[0, 1] for t in truth])) for r in recon]
+
+
+# --------------------------------------------------------------------------------------- geometry
+def test_volume_node_round_trip_keeps_geometry_and_slice_order(sr, slicer):
+    phantom = _asymmetric_phantom(sr, 32, 3)
+    node = slicer.util.addVolumeFromArray(phantom, ijkToRAS=_OBLIQUE, name="Head")
+    before = _node_count(slicer)
+    logic = sr.ScoreReconLogic()
+    job = logic.start(node, task="sparse-ct", views=32, method="fbp", computeBaseline=False)
+    assert os.path.isdir(job.tempDir)
+    assert job.process.wait(timeout=240) == "succeeded", job.process.errorMessage
+    result = logic.finish(job, showResults=False)
+    assert not os.path.exists(job.tempDir)
+
+    out = result.reconstructionNode
+    assert out is not None and out.GetName() == "Head FBP"
+    np.testing.assert_allclose(_ijk_to_ras(out), _OBLIQUE, atol=1e-9)
+    np.testing.assert_allclose(out.GetSpacing(), node.GetSpacing(), atol=1e-9)
+    np.testing.assert_allclose(out.GetOrigin(), node.GetOrigin(), atol=1e-9)
+    recon = slicer.util.arrayFromVolume(out)
+    assert recon.shape == phantom.shape
+    assert _best_match(recon, phantom) == [0, 1, 2]
+    for k in range(3):  # not flipped or transposed in-plane
+        same = np.corrcoef(recon[k].ravel(), phantom[k].ravel())[0, 1]
+        assert same > 0.95
+        for other in (phantom[k][::-1], phantom[k][:, ::-1], phantom[k].T):
+            assert same > np.corrcoef(recon[k].ravel(), other.ravel())[0, 1] + 0.1
+    assert result.metrics["fbp"]["psnr"] > 20.0
+    table = result.metricsTableNode.GetTable()
+    assert table.GetNumberOfRows() == 1 and table.GetValue(0, 0).ToString() == "FBP"
+    assert abs(table.GetValue(0, 1).ToDouble() - result.metrics["fbp"]["psnr"]) < 1e-9
+    assert _node_count(slicer) > before
+
+
+def test_array_input_returns_arrays_and_adds_no_nodes(sr, slicer):
+    """A 2-D numpy MR image through the MRI task (simulate options of mri, zero-filled)."""
+    image = np.clip(sr.makePhantom(32, 1)[0] + 1000.0, 0, None)  # non-negative "MR" intensities
+    before = _node_count(slicer)
+    result = sr.ScoreReconLogic().reconstruct(image, task="mri", acceleration=2.0, centerFraction=0.2,
+                                              maskKind="equispaced", method="zero-filled", computeBaseline=True,
+                                              showResults=False, timeout=240)
+    assert result.reconstruction.shape == (32, 32)
+    assert result.baseline is None  # the method is the baseline already
+    assert result.reconstructionNode is None and result.metricsTableNode is None
+    assert _node_count(slicer) == before
+    assert set(result.metrics) == {"zero-filled"}
+    assert np.corrcoef(result.reconstruction.ravel(), image.ravel())[0, 1] > 0.9
+
+
+# --------------------------------------------------------------------------------------- sinogram
+def _normalized_sinogram(phantom_hu: np.ndarray) -> np.ndarray:
+    """Full-set (N angles over 180°) sinograms of the [0, 1]-normalised phantom: (S, N, n_det)."""
+    import torch
+
+    from ScoreReconLib.data import ct_normalization
+    from ScoreReconLib.operators import build_operator
+
+    n = phantom_hu.shape[-1]
+    x = np.maximum(ct_normalization().forward(phantom_hu), 0.0).astype(np.float32)
+    op = build_operator("sparse-ct", n, views=n)
+    with torch.no_grad():
+        return op.T(torch.from_numpy(x)[:, None]).numpy()[:, 0]
+
+
+def test_sinogram_node_reconstructs(sr, slicer):
+    phantom = sr.makePhantom(32, 2)
+    full = _normalized_sinogram(phantom)  # (2, 32, 47)
+    measured = full[:, ::2]  # 16 views at 180°·k/16
+    sino = slicer.util.addVolumeFromArray(measured, ijkToRAS=np.diag([-0.8, -1.0, 2.5, 1.0]), name="Sino")
+    reference = slicer.util.addVolumeFromArray(phantom, ijkToRAS=np.diag([-0.8, -0.8, 2.5, 1.0]), name="Ref")
+    result = sr.ScoreReconLogic().reconstruct(sinogram=sino, reference=reference, task="sparse-ct",
+                                              method="tv", computeBaseline=True, showResults=False,
+                                              timeout=240)
+    out, baseline = result.reconstructionNode, result.baselineNode
+    assert (out.GetName(), baseline.GetName()) == ("Sino TV", "Sino FBP")
+    for node in (out, baseline):
+        recon = slicer.util.arrayFromVolume(node)
+        assert recon.shape == phantom.shape
+        np.testing.assert_allclose(node.GetSpacing(), (0.8, 0.8, 2.5), atol=1e-6)
+        assert _best_match(recon, phantom) == [0, 1]
+    assert result.metrics["fbp"]["psnr"] > 18.0
+    assert result.metrics["tv"]["psnr"] > result.metrics["fbp"]["psnr"]
+    assert result.metricsTableNode.GetTable().GetNumberOfRows() == 2
+
+
+def test_sinogram_units_and_layouts(sr, slicer, tmp_path):
+    """Attenuation values are converted; full-set and compact layouts give the same measurement."""
+    from ScoreReconLib.measurement import load_measurement
+
+    phantom = sr.makePhantom(32, 1)
+    full = _normalized_sinogram(phantom)
+    logic = sr.ScoreReconLogic()
+    settings = sr.ScoreReconSettings(task="sparse-ct", views=16)
+    pixel = 0.8
+    a = load_measurement(logic.sinogramToMeasurement(full[:, ::2], settings, (pixel, 1.0, 1.0),
+                                                     path=str(tmp_path / "a.npz")))
+    factor = 3000.0 * sr.WATER_ATTENUATION_PER_MM * pixel / 1000.0  # -ln(I/I0) per normalised pixel unit
+    att = sr.ScoreReconSettings(task="sparse-ct", views=16, sinogramUnits="attenuation")
+    b = load_measurement(logic.sinogramToMeasurement(full[:, ::2] * factor, att, (pixel, 1.0, 1.0),
+                                                     path=str(tmp_path / "b.npz")))
+    np.testing.assert_allclose(b.y, a.y, rtol=1e-5, atol=1e-5)
+    assert a.y.shape == (1, 1, 32, 47) and a.image_size == 32
+    assert np.count_nonzero(np.abs(a.y[0, 0]).sum(axis=1)) == 16
+    np.testing.assert_allclose(a.geometry["spacing"], [pixel, pixel])
+    c = load_measurement(logic.sinogramToMeasurement(full, sr.ScoreReconSettings(task="sparse-ct", views=16),
+                                                     (pixel, 1.0, 1.0), path=str(tmp_path / "c.npz")))
+    assert np.count_nonzero(np.abs(c.y[0, 0]).sum(axis=1)) == 16  # the task's views of the full set
+    with pytest.raises(sr.ScoreReconDimensionError, match="arc"):
+        logic.sinogramToMeasurement(full[:, :10], sr.ScoreReconSettings(task="limited-angle-ct", arc=90.0),
+                                    path=str(tmp_path / "d.npz"))
+    with pytest.raises(sr.ScoreReconDimensionError, match="detector bins"):
+        logic.sinogramToMeasurement(full[:, :, :40], settings, path=str(tmp_path / "e.npz"))
+
+
+# ----------------------------------------------------------------------------------- score method
+def _tiny_checkpoint(folder: Path, size: int, modality: str) -> Path:
+    """A tiny untrained prior: exercises the score path's plumbing, not its quality."""
+    from ScoreReconLib.data import Normalization, ct_normalization
+    from ScoreReconLib.networks import build_score_model, make_config, network_config, save_checkpoint
+    from ScoreReconLib.sde import VESDE
+
+    network = network_config({"channels": [8, 8], "attention_levels": [False, False], "num_head_channels": 8})
+    model = build_score_model(VESDE(0.01, 10.0, 100), network)
+    norm = ct_normalization() if modality == "CT" else Normalization("scale", 0.0, 1.0)
+    save_checkpoint(folder, model, make_config(model, size, modality, norm))
+    return folder
+
+
+def test_score_method_resamples_to_the_model_and_returns_uncertainty(sr, slicer, tmp_path):
+    checkpoint = _tiny_checkpoint(tmp_path / "ct-prior", 32, "CT")
+    node = slicer.util.addVolumeFromArray(sr.makePhantom(40, 2), ijkToRAS=np.diag([-0.5, -0.5, 3.0, 1.0]),
+                                          name="Small")
+    result = sr.ScoreReconLogic().reconstruct(
+        node, task="sparse-ct", views=12, method="score", model=str(checkpoint), sampler="fast",
+        useRecommended=False, steps=3, lam=1.0, snr=0.16, samples=2, showResults=False, timeout=300)
+    out, std = result.reconstructionNode, result.uncertaintyNode
+    assert (out.GetName(), std.GetName(), result.baselineNode.GetName()) == (
+        "Small ScoreRecon", "Small ScoreRecon std", "Small FBP")
+    assert slicer.util.arrayFromVolume(out).shape == (2, 32, 32)  # resampled to the model's size
+    np.testing.assert_allclose(out.GetSpacing(), (0.5 * 40 / 32, 0.5 * 40 / 32, 3.0), rtol=1e-6)
+    np.testing.assert_allclose(std.GetSpacing(), out.GetSpacing())
+    spread = slicer.util.arrayFromVolume(std)
+    assert np.isfinite(spread).all() and spread.min() >= 0.0 and spread.max() > 0.0
+    assert set(result.metrics) == {"score", "fbp"} and result.metrics["score"]["sampler"] == "fast"
+    assert result.metricsTableNode.GetTable().GetNumberOfRows() == 2
+
+
+# ------------------------------------------------------------------------------------- bad inputs
+def _mr_checkpoint(folder: Path, size: int) -> Path:
+    return _tiny_checkpoint(folder, size, "MR")
+
+
+def test_bad_inputs_raise_clear_errors_and_add_no_nodes(sr, slicer, tmp_path):
+    logic = sr.ScoreReconLogic()
+    volume = slicer.util.addVolumeFromArray(sr.makePhantom(32, 3), ijkToRAS=_OBLIQUE, name="Head")
+    single = slicer.util.addVolumeFromArray(sr.makePhantom(32, 1), name="OneSlice")
+    rgb = slicer.util.addVolumeFromArray(np.zeros((3, 32, 32, 3), np.uint8), name="Color",
+                                         nodeClassName="vtkMRMLVectorVolumeNode")
+    oblong = slicer.util.addVolumeFromArray(np.zeros((2, 32, 40), np.float32), name="Oblong")
+    before = _node_count(slicer)
+    temp_before = set(Path(tempfile.gettempdir()).glob("ScoreRecon-*"))
+
+    with pytest.raises(sr.ScoreReconModuleError, match="no input"):
+        logic.reconstruct(None, task="sparse-ct", method="fbp")
+    with pytest.raises(sr.ScoreReconDimensionError, match="1, 32, 32.*3, 32, 32"):
+        logic.reconstruct(sinogram=None, inputVolume=volume, reference=single, task="sparse-ct", method="fbp")
+    with pytest.raises(sr.ScoreReconDimensionError, match="components"):
+        logic.reconstruct(rgb, task="sparse-ct", method="fbp")
+    with pytest.raises(sr.ScoreReconDimensionError, match="4-D"):
+        logic.reconstruct(np.zeros((2, 3, 32, 32), np.float32), task="sparse-ct", method="fbp")
+    with pytest.raises(sr.ScoreReconDimensionError, match="square"):
+        logic.reconstruct(oblong, task="sparse-ct", method="fbp")
+    with pytest.raises(sr.ScoreReconModuleError, match="does not fit task"):
+        logic.reconstruct(volume, task="sparse-ct", method="zero-filled")
+    with pytest.raises(sr.ScoreReconModuleError, match="needs a CT task"):
+        logic.reconstruct(sinogram=volume, task="mri", method="zero-filled")
+    with pytest.raises(sr.ScoreReconModuleError, match="unknown option"):
+        logic.reconstruct(volume, task="sparse-ct", method="fbp", view=3)
+    with pytest.raises(sr.ScoreReconModuleError, match="does not exist"):
+        logic.reconstruct(volume, task="sparse-ct", method="score", model=str(tmp_path / "missing"))
+    with pytest.raises(sr.ScoreReconModuleError, match="measurement file .* does not exist"):
+        logic.reconstruct(measurementFile=str(tmp_path / "nothing.npz"), task="sparse-ct", method="fbp")
+
+    # a model of the wrong modality: the reconstruct command's exit-status-2 message is surfaced
+    checkpoint = _mr_checkpoint(tmp_path / "mr-prior", 32)
+    with pytest.raises(sr.ScoreReconModuleError) as info:
+        logic.reconstruct(volume, task="sparse-ct", method="score", model=str(checkpoint), timeout=240)
+    message = str(info.value)
+    assert "scorerecon reconstruct: error:" in message and "MR" in message and "CT" in message
+
+    assert _node_count(slicer) == before
+    assert set(Path(tempfile.gettempdir()).glob("ScoreRecon-*")) == temp_before
+
+
+# ------------------------------------------------------------------------------ background runs
+def test_background_run_cancel_kills_process_and_removes_temp_files(sr, slicer):
+    node = slicer.util.addVolumeFromArray(sr.makePhantom(64, 4), name="Big")
+    before = _node_count(slicer)
+    logic = sr.ScoreReconLogic()
+    job = logic.start(node, task="sparse-ct", views=23, method="tv", computeBaseline=True)
+    process = job.process
+    deadline = time.monotonic() + 120
+    while process.poll() == "running" and process.stepIndex < 1:  # wait for the TV step to start
+        assert time.monotonic() < deadline, "the simulate step did not finish"
+        time.sleep(0.05)
+    assert process.state == "running" and process.stepIndex == 1
+    time.sleep(0.5)
+    pid = process.pid
+    logic.discard(job)
+    assert process.state == "cancelled"
+    assert process._proc.poll() is not None
+    if os.name != "nt":
+        with pytest.raises(ProcessLookupError):
+            os.killpg(pid, 0)  # nothing of the command's process group is left
+    assert not os.path.exists(job.tempDir)
+    with pytest.raises(sr.ScoreReconCancelledError):
+        logic.finish(job)
+    assert _node_count(slicer) == before
+
+
+def test_process_runner_parses_progress_and_errors(sr):
+    script_ok = ("import json,sys\n"
+                 "print(json.dumps({'progress': 1, 'total': 4}), flush=True)\n"
+                 "print('plain log line', flush=True)\n"
+                 "print(json.dumps({'progress': 4, 'total': 4, 'message': 'slice 4/4'}), flush=True)\n")
+    script_bad = ("import sys\n"
+                  "print('Traceback-free noise', file=sys.stderr)\n"
+                  "print('scorerecon reconstruct: error: the model is MR; use a CT prior', file=sys.stderr)\n"
+                  "sys.exit(2)\n")
+    steps = [sr.ScoreReconStep("first", [sys.executable, "-c", script_ok], weight=1.0),
+             sr.ScoreReconStep("second", [sys.executable, "-c", script_bad], weight=3.0)]
+    process = sr.ScoreReconProcess(steps)
+    seen = []
+    assert process.wait(timeout=60, callback=lambda p: seen.append((p.stepIndex, p.progress))) == "failed"
+    assert process.returncode == 2 and process.stepIndex == 1
+    assert process.errorMessage == "scorerecon reconstruct: error: the model is MR; use a CT prior"
+    assert "plain log line" in process.log
+    assert all(0.0 <= p <= 1.0 for _, p in seen)
+    assert any(i == 1 and abs(p - 0.25) < 1e-9 for i, p in seen)  # first step done = 1 of 4 weight units
+
+    ok = sr.ScoreReconProcess([sr.ScoreReconStep("only", [sys.executable, "-c", script_ok])])
+    assert ok.wait(timeout=60) == "succeeded" and ok.progress == 1.0 and ok.message == "Done"
+
+    missing = sr.ScoreReconProcess([sr.ScoreReconStep("x", [str(Path(sys.executable).parent / "no-such-exe")])])
+    missing.start()
+    assert missing.state == "failed" and "cannot start" in missing.errorMessage
+
+
+# --------------------------------------------------------------------- parameter node, CLI args
+def test_parameter_node_defaults_match_settings(sr, slicer):
+    logic = sr.ScoreReconLogic()
+    pn = logic.getParameterNode()
+    assert sr.ScoreReconSettings.fromParameterNode(pn) == sr.ScoreReconSettings()
+    assert logic.getParameterNode().parameterNode is pn.parameterNode  # singleton per scene
+    with pytest.raises(ValueError):
+        pn.task = "pet"
+    with pytest.raises(ValueError):
+        pn.views = 0
+    volume = slicer.util.addVolumeFromArray(np.zeros((1, 16, 16), np.float32), name="V")
+    pn.inputVolume = volume
+    pn.modelChoice = "checkpoint"
+    pn.checkpointPath = Path("/models/ct")
+    assert pn.inputVolume is volume
+    assert sr.ScoreReconSettings.fromParameterNode(pn).model == "/models/ct"
+    with pytest.raises(sr.ScoreReconModuleError, match="no sinogram volume"):
+        pn.inputMode = "sinogram"
+        logic.startFromParameterNode(pn)
+
+
+def test_cli_arguments(sr):
+    s = sr.ScoreReconSettings(task="mri", acceleration=4.0, centerFraction=0.1, maskKind="random", seed=3)
+    sim = s.simulateArgs("in.nrrd", "m.npz")
+    assert sim[:7] == ["simulate", "--task", "mri", "--input", "in.nrrd", "--output", "m.npz"]
+    assert {"--acceleration", "--center-fraction", "--mask"} <= set(sim) and "--views" not in sim
+    classical = s.reconstructArgs("m.npz", "o.nrrd", "zero-filled", "ref.nrrd", "m.json")
+    assert not {"--model", "--sampler", "--steps", "--samples", "--std-output"} & set(classical)
+    assert classical[classical.index("--progress-format") + 1] == "json"
+    tuned = sr.ScoreReconSettings(task="metal-ct", useRecommended=False, steps=7, samples=2)
+    score = tuned.reconstructArgs("m.npz", "o.nrrd", "score", stdPath="s.nrrd")
+    assert score[score.index("--model") + 1] == "default-ct" and score[score.index("--steps") + 1] == "7"
+    assert score[score.index("--std-output") + 1] == "s.nrrd"
+    assert "--steps" not in sr.ScoreReconSettings().reconstructArgs("m.npz", "o.nrrd", "score")
+    assert "--metal-threshold" in tuned.simulateArgs("i", "o")
+
+
+# ------------------------------------------------------------------------------------- self-test
+def test_module_metadata_and_self_test(sr, slicer):
+    parent = types.SimpleNamespace(path=str(Path(sr.__file__)))
+    sr.ScoreRecon(parent)
+    assert parent.title == "ScoreRecon" and parent.categories == ["Reconstruction"]
+    assert "ICLR" in parent.helpText and "Song" in parent.helpText
+    test = sr.ScoreReconTest()
+    test.runTest()

@@ -1,0 +1,173 @@
+"""The module's Qt Designer file against its parameter node, checked without Qt.
+
+Slicer's ``parameterNodeWrapper.connectGui`` binds each widget whose ``SlicerParameterName``
+dynamic property names a parameter. These tests parse ``ScoreRecon.ui`` (XML) and the parameter
+class's annotations (AST of ``ScoreRecon.py``; with slicer-core also the imported class) and check
+what would otherwise only fail inside Slicer: one widget per parameter, no stray names, widget
+classes Slicer can connect to each type, defaults shown by the widgets, every ``self.ui.<name>``
+used by the widget code exists, and every node selector receives the scene.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import re
+import xml.etree.ElementTree as ET
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+UI_PATH = REPO_ROOT / "ScoreRecon" / "Resources" / "UI" / "ScoreRecon.ui"
+MODULE_PATH = REPO_ROOT / "ScoreRecon" / "ScoreRecon.py"
+PARAMETER_CLASS = "ScoreReconParameterNode"
+NODE_TYPES = {"vtkMRMLScalarVolumeNode", "vtkMRMLTableNode"}
+
+#: widget classes Slicer's GUI connectors bind to each parameter type
+CONNECTABLE = {
+    "str+Choice": {"QComboBox"},
+    "str": {"QLineEdit", "QTextEdit"},
+    "int": {"QSpinBox", "QSlider"},
+    "float": {"ctkSliderWidget", "QDoubleSpinBox"},
+    "bool": {"QCheckBox", "QPushButton"},
+    "pathlib.Path": {"ctkPathLineEdit", "ctkDirectoryButton"},
+    "node": {"qMRMLNodeComboBox"},
+}
+
+
+def _value(element):
+    """Python value of a Qt Designer property element (<string>, <number>, <double>, <bool>, <stringlist>)."""
+    child = list(element)[0]
+    if child.tag == "string":
+        return child.text or ""
+    if child.tag == "number":
+        return int(child.text)
+    if child.tag == "double":
+        return float(child.text)
+    if child.tag == "bool":
+        return child.text == "true"
+    if child.tag == "stringlist":
+        return [s.text for s in child]
+    return child.text
+
+
+def _widgets() -> list[dict]:
+    root = ET.parse(UI_PATH).getroot()
+    out = []
+    for w in root.iter("widget"):
+        props = {p.get("name"): _value(p) for p in w.findall("property")}
+        out.append({"class": w.get("class"), "name": w.get("name"), "props": props})
+    return out
+
+
+def _parameters() -> dict[str, dict]:
+    """Annotations of the parameter class: name → {"base", "annotations": {name: [args]}}."""
+    tree = ast.parse(MODULE_PATH.read_text())
+    classes = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == PARAMETER_CLASS]
+    assert len(classes) == 1, f"{PARAMETER_CLASS} not found in {MODULE_PATH}"
+    assert any(ast.unparse(d) == "parameterNodeWrapper" for d in classes[0].decorator_list)
+    params = {}
+    for stmt in classes[0].body:
+        if not isinstance(stmt, ast.AnnAssign):
+            continue
+        ann = stmt.annotation
+        extras: dict[str, list] = {}
+        if isinstance(ann, ast.Subscript) and ast.unparse(ann.value) == "Annotated":
+            base, *rest = ann.slice.elts
+            for call in rest:
+                assert isinstance(call, ast.Call)
+                extras[ast.unparse(call.func)] = call.args
+        else:
+            base = ann
+        params[stmt.target.id] = {"base": ast.unparse(base), "annotations": extras, "has_value": stmt.value}
+    return params
+
+
+def _kind(param: dict) -> str:
+    base = param["base"]
+    if base in NODE_TYPES:
+        return "node"
+    if base == "str" and "Choice" in param["annotations"]:
+        return "str+Choice"
+    return base
+
+
+def _bound() -> dict[str, list[dict]]:
+    bound: dict[str, list[dict]] = {}
+    for w in _widgets():
+        name = w["props"].get("SlicerParameterName")
+        if name is not None:
+            bound.setdefault(name, []).append(w)
+    return bound
+
+
+def test_every_parameter_has_exactly_one_widget_and_no_stray_names():
+    params = _parameters()
+    assert len(params) >= 30
+    counts = Counter({name: len(ws) for name, ws in _bound().items()})
+    assert set(counts) == set(params), (
+        f"parameters without a widget: {sorted(set(params) - set(counts))}; "
+        f"widgets naming no parameter: {sorted(set(counts) - set(params))}")
+    assert all(c == 1 for c in counts.values()), {n: c for n, c in counts.items() if c != 1}
+
+
+def test_widget_classes_can_represent_their_parameter_types():
+    params = _parameters()
+    for name, (widget,) in _bound().items():
+        param = params[name]
+        kind = _kind(param)
+        assert kind in CONNECTABLE, f"{name}: unsupported parameter type {param['base']}"
+        assert widget["class"] in CONNECTABLE[kind], f"{name}: {widget['class']} cannot show a {kind}"
+        annotations = param["annotations"]
+        if widget["class"] == "ctkSliderWidget":  # Slicer refuses unbounded sliders
+            assert "WithinRange" in annotations or {"Minimum", "Maximum"} <= set(annotations), name
+        if kind == "node":
+            assert widget["props"]["nodeTypes"] == [param["base"]], name
+        if "Default" in annotations and widget["class"] in ("QSpinBox", "ctkSliderWidget"):
+            default = ast.literal_eval(annotations["Default"][0])
+            assert widget["props"].get("value") == pytest.approx(default), f"{name}: .ui value differs from Default"
+        if "WithinRange" in annotations and widget["class"] in ("QSpinBox", "ctkSliderWidget"):
+            low, high = (ast.literal_eval(a) for a in annotations["WithinRange"])
+            assert widget["props"]["minimum"] == pytest.approx(low), name
+            assert widget["props"]["maximum"] == pytest.approx(high), name
+
+
+def test_widget_code_uses_only_widgets_of_the_ui():
+    names = {w["name"] for w in _widgets()}
+    used = set(re.findall(r"\bui\.(\w+)", MODULE_PATH.read_text()))
+    assert used, "the widget code refers to no self.ui widgets"
+    assert used <= names, f"ScoreRecon.py refers to widgets missing from the .ui: {sorted(used - names)}"
+    for required in ("applyButton", "cancelButton", "progressBar", "statusLabel"):
+        assert required in names
+
+
+def test_node_selectors_receive_the_scene():
+    root = ET.parse(UI_PATH).getroot()
+    top = root.find("widget")
+    assert top.get("class") == "qMRMLWidget"
+    signal, slot = "mrmlSceneChanged(vtkMRMLScene*)", "setMRMLScene(vtkMRMLScene*)"
+    receivers = {c.findtext("receiver") for c in root.iter("connection")
+                 if (c.findtext("sender"), c.findtext("signal"), c.findtext("slot")) == (top.get("name"), signal, slot)}
+    selectors = {w["name"] for w in _widgets() if w["class"] == "qMRMLNodeComboBox"}
+    assert selectors and selectors <= receivers
+    custom = {c.findtext("class") for c in root.iter("customwidget")}
+    used = {w["class"] for w in _widgets() if not w["class"].startswith("Q")}
+    assert used <= custom, f"custom widgets not declared: {sorted(used - custom)}"
+
+
+def test_imported_parameter_class_matches_the_ui():
+    """With slicer-core: the class as Slicer builds it has exactly the parameters the .ui binds."""
+    spec = importlib.util.spec_from_file_location("scorerecon_slicer_standin",
+                                                  REPO_ROOT / "Testing" / "slicer_stub" / "standin.py")
+    standin = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(standin)
+    if standin.slicer_core() is None:
+        pytest.skip("slicer-core is not installed (pip install slicer-core==5.13.31053.0)")
+    with standin.stand_ins() as sr:
+        cls = sr.ScoreReconParameterNode
+        assert set(cls.allParameters) == set(_bound()) == set(_parameters())
+        settings_fields = {f.name for f in sr.dataclasses.fields(sr.ScoreReconSettings)}
+        # every scalar setting of a run is a parameter (the model is modelChoice + checkpointPath)
+        assert settings_fields - {"model"} <= set(cls.allParameters)
