@@ -78,7 +78,8 @@ SINOGRAM_UNITS = ("normalized", "attenuation")
 WATER_ATTENUATION_PER_MM = 0.0192
 #: smallest image side the library accepts (pixels)
 MIN_IMAGE_SIZE = 16
-#: Python packages the reconstruction process needs besides torch (distribution → requirement)
+#: Python packages the reconstruction process needs besides torch (import name → pip requirement);
+#: Slicer bundles numpy and SimpleITK, so they are only installed where they are really missing
 PIP_REQUIREMENTS = {
     "monai": "monai[einops]>=1.4",
     "einops": "einops>=0.7",
@@ -804,15 +805,17 @@ class ScoreReconLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def missingDependencies() -> list[str]:
-        """Requirements of the reconstruction process that are not installed ("torch" first if missing)."""
-        import importlib.metadata
+        """Requirements of the reconstruction process that cannot be imported ("torch" first if missing).
+
+        Looks modules up without importing them (so a bundled package without pip metadata, like
+        Slicer's SimpleITK, counts as present).
+        """
+        import importlib.util
 
         missing = []
-        for dist in ["torch", *PIP_REQUIREMENTS]:
-            try:
-                importlib.metadata.version(dist)
-            except importlib.metadata.PackageNotFoundError:
-                missing.append("torch" if dist == "torch" else PIP_REQUIREMENTS[dist])
+        for name in ["torch", *PIP_REQUIREMENTS]:
+            if importlib.util.find_spec(name) is None:
+                missing.append("torch" if name == "torch" else PIP_REQUIREMENTS[name])
         return missing
 
     @staticmethod
@@ -823,10 +826,9 @@ class ScoreReconLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def makeTempDir() -> str:
-        """A new private folder for one run (Slicer's temporary folder inside the application)."""
+        """A new folder for one run: ``slicer.util.tempDirectory`` in the application, else ``tempfile``."""
         if hasattr(slicer, "app"):
-            base = slicer.util.tempDirectory("ScoreRecon")
-            return tempfile.mkdtemp(prefix="run-", dir=base)
+            return slicer.util.tempDirectory("ScoreRecon-")
         return tempfile.mkdtemp(prefix="ScoreRecon-")
 
     # ----------------------------------------------------------------------------------- runs

@@ -251,6 +251,15 @@ class SliceDataset(torch.utils.data.Dataset):
         }
 
 
+def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """Copy a CPU tensor to ``device``; to CUDA through pinned memory without blocking the host
+    (a pageable copy would make the host wait for all queued GPU work every step)."""
+    device = torch.device(device)
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def augment_batch(x: torch.Tensor, generator: torch.Generator, flip: bool = True, max_rotate_deg: float = 10.0,
                   zoom: tuple[float, float] = (0.9, 1.1), max_shift: float = 0.05) -> torch.Tensor:
     """Random horizontal flip, rotation, zoom and shift of a batch ``(B, 1, H, W)`` (zero padding).
@@ -266,5 +275,5 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, flip: bool = True
     tx, ty = (u[:, 3] * 2 - 1) * max_shift * 2, (u[:, 4] * 2 - 1) * max_shift * 2
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos * sx, -sin, tx], 1), torch.stack([sin * sx, cos, ty], 1)], 1)
-    grid = F.affine_grid(theta.to(x.device, torch.float32), list(x.shape), align_corners=False)
+    grid = F.affine_grid(to_device(theta.float(), x.device), list(x.shape), align_corners=False)
     return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)

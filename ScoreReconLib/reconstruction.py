@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import copy
 import threading
 import time
 from dataclasses import dataclass, field
@@ -71,14 +70,32 @@ def check_compatible(operator: MeasurementOperator, prior) -> None:
         )
 
 
+def tuned_values(prior, method: str, task: str | None = None) -> dict:
+    """Hyperparameters the prior's config (or its ``tuned.json`` sidecar) recommends for ``method``.
+
+    ``prior.recommended`` may hold flat values for its ``sampler``, per-sampler dicts
+    (``{"fast": {...}}``) and per-task dicts (``{"tasks": {"sparse-ct": {"fast": {...}}}}``); the
+    most specific wins.
+    """
+    rec = getattr(prior, "recommended", None) or {}
+    out: dict = {}
+    if rec.get("sampler") == method:
+        out.update({k: v for k, v in rec.items() if not isinstance(v, dict)})
+    if isinstance(rec.get(method), dict):
+        out.update(rec[method])
+    per_task = (rec.get("tasks") or {}).get(task or "", {})
+    if isinstance(per_task.get(method), dict):
+        out.update(per_task[method])
+    return out
+
+
 def resolve_settings(method: str, prior, steps: int | None = None, lam: float | None = None,
-                     snr: float | None = None, **extra) -> SamplerSettings:
-    """Merge call arguments, the prior's tuned values (``prior.recommended``) and :data:`DEFAULTS`."""
+                     snr: float | None = None, task: str | None = None, **extra) -> SamplerSettings:
+    """Merge call arguments, the prior's tuned values (:func:`tuned_values`) and :data:`DEFAULTS`."""
     if method not in SAMPLERS:
         raise ScoreReconError(f"unknown sampler '{method}'; choose one of {', '.join(SAMPLERS)}")
     base = dict(DEFAULTS[method].get(prior.modality, DEFAULTS[method]["CT"]))
-    rec = getattr(prior, "recommended", None) or {}
-    tuned = rec.get(method, rec if rec.get("sampler") == method else {})
+    tuned = tuned_values(prior, method, task)
     for key in ("steps", "lam", "snr", "cg_iters", "eta", "noise_rate"):
         if key in tuned and tuned[key] is not None:
             base[key] = tuned[key]
@@ -128,7 +145,7 @@ def reconstruct(y: torch.Tensor, operator: MeasurementOperator, prior, method: s
             "the measurement file and operator do not belong together"
         )
     check_finite(y, "the measurement")
-    settings = resolve_settings(method, prior, steps, lam, snr, **extra)
+    settings = resolve_settings(method, prior, steps, lam, snr, task=operator.task, **extra)
     dev = resolve_device(device) if device is not None else prior.device
     if prior.device != dev:
         prior = prior.to(dev)
@@ -204,8 +221,3 @@ def reconstruct_volume(y: torch.Tensor, operator: MeasurementOperator, prior, ba
         mean=torch.cat(means), std=torch.cat(stds) if stds else None, nfe=nfe,
         seconds=time.perf_counter() - t0, method=result.method, seed=seed, settings=result.settings,
     )
-
-
-def copy_operator(operator: MeasurementOperator) -> MeasurementOperator:
-    """Shallow copy of an operator (for per-batch variants)."""
-    return copy.copy(operator)

@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 
 from .data import Normalization, ct_normalization
-from .datasets import MR_PERCENTILE, SliceDataset, augment_batch
+from .datasets import MR_PERCENTILE, SliceDataset, augment_batch, to_device
 from .errors import ScoreReconError
 from .networks import (
     CONFIG_FILE,
@@ -99,6 +99,8 @@ class TrainConfig:
     num_workers: int = 0
     description: str = ""
     show_progress: bool = True
+    #: start from this checkpoint's EMA weights (fine-tuning / continuing with a fresh optimizer)
+    init_from: str | None = None
 
 
 @dataclass
@@ -218,8 +220,9 @@ class EMA:
     @torch.no_grad()
     def update(self, model: torch.nn.Module, step: int) -> None:
         d = min(self.decay, (1.0 + step) / (10.0 + step))
-        for e, p in zip(self.model.parameters(), model.parameters(), strict=True):
-            e.lerp_(p.detach(), 1.0 - d)
+        ema_params = list(self.model.parameters())
+        params = [p.detach() for p in model.parameters()]
+        torch._foreach_lerp_(ema_params, params, 1.0 - d)  # one fused call instead of one per tensor
         for e, b in zip(self.model.buffers(), model.buffers(), strict=True):
             e.copy_(b)
 
@@ -349,7 +352,19 @@ def _train(cfg: TrainConfig, saved_cfg: dict | None, out: Path, device: torch.de
         raise ScoreReconError(f"--size {cfg.image_size} must be a multiple of {model.min_size_multiple()} for a "
                               f"{len(model.network['channels'])}-level network")
     ema = EMA(model, cfg.ema)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+    if cfg.init_from and saved_cfg is None:
+        from .networks import load_checkpoint
+
+        init = load_checkpoint(cfg.init_from, "cpu")
+        init.check_compatible(cfg.image_size, modality)
+        try:
+            model.load_state_dict(init.model.state_dict())
+            ema.model.load_state_dict(init.model.state_dict())
+        except RuntimeError as exc:
+            raise ScoreReconError(f"--init-from {cfg.init_from} has another network shape than this run "
+                                  f"({str(exc).splitlines()[0][:120]}); use the same --channels/--res-blocks") from None
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8,
+                                 fused=device.type == "cuda")
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank + 1)
     start, elapsed = 0, 0.0
     warnings = list(dataset.warnings)
@@ -359,6 +374,12 @@ def _train(cfg: TrainConfig, saved_cfg: dict | None, out: Path, device: torch.de
         model.load_state_dict(state["model"])
         ema.model.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
+        for st in optimizer.state.values():  # fused CUDA Adam wants its step counters on the parameters' device
+            if torch.is_tensor(st.get("step")) and device.type == "cuda":
+                st["step"] = st["step"].to(device=device, dtype=torch.float32)
+        for group in optimizer.param_groups:  # the saved groups carry the old device's kernel choice
+            group["fused"] = device.type == "cuda"
+            group["foreach"] = None
         start = int(state["step"].item())
         elapsed = float(state["seconds"].item())
         rng = state["rng"]
@@ -465,12 +486,12 @@ def _train(cfg: TrainConfig, saved_cfg: dict | None, out: Path, device: torch.de
                 group["lr"] = lr
             b = cfg.batch_size
             idx = shard[torch.randint(len(shard), (b,), generator=gen)]
-            x0 = slices[idx.to(slices.device)].float()
+            x0 = slices[to_device(idx, slices.device)].float()
             if cfg.augment:
                 x0 = augment_batch(x0, gen)
-            t = (torch.rand(b, generator=gen) * (sde.T - cfg.eps) + cfg.eps).to(device)
-            z = torch.randn(x0.shape, generator=gen).to(device)
-            x0 = x0.to(device)
+            t = to_device(torch.rand(b, generator=gen) * (sde.T - cfg.eps) + cfg.eps, device)
+            z = to_device(torch.randn(x0.shape, generator=gen), device)
+            x0 = to_device(x0, device)
             loss = dsm_loss(train_model, sde, x0, t, z, amp=cfg.amp)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

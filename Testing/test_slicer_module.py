@@ -240,7 +240,10 @@ def _mr_checkpoint(folder: Path, size: int) -> Path:
     return _tiny_checkpoint(folder, size, "MR")
 
 
-def test_bad_inputs_raise_clear_errors_and_add_no_nodes(sr, slicer, tmp_path):
+def test_bad_inputs_raise_clear_errors_and_add_no_nodes(sr, slicer, tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(runs))  # where the logic makes its run folders
     logic = sr.ScoreReconLogic()
     volume = slicer.util.addVolumeFromArray(sr.makePhantom(32, 3), ijkToRAS=_OBLIQUE, name="Head")
     single = slicer.util.addVolumeFromArray(sr.makePhantom(32, 1), name="OneSlice")
@@ -248,7 +251,6 @@ def test_bad_inputs_raise_clear_errors_and_add_no_nodes(sr, slicer, tmp_path):
                                          nodeClassName="vtkMRMLVectorVolumeNode")
     oblong = slicer.util.addVolumeFromArray(np.zeros((2, 32, 40), np.float32), name="Oblong")
     before = _node_count(slicer)
-    temp_before = set(Path(tempfile.gettempdir()).glob("ScoreRecon-*"))
 
     with pytest.raises(sr.ScoreReconModuleError, match="no input"):
         logic.reconstruct(None, task="sparse-ct", method="fbp")
@@ -279,7 +281,7 @@ def test_bad_inputs_raise_clear_errors_and_add_no_nodes(sr, slicer, tmp_path):
     assert "scorerecon reconstruct: error:" in message and "MR" in message and "CT" in message
 
     assert _node_count(slicer) == before
-    assert set(Path(tempfile.gettempdir()).glob("ScoreRecon-*")) == temp_before
+    assert list(runs.iterdir()) == []  # the failed run removed its temporary folder
 
 
 # ------------------------------------------------------------------------------ background runs
@@ -358,6 +360,7 @@ def test_parameter_node_defaults_match_settings(sr, slicer):
 
 
 def test_cli_arguments(sr):
+    assert sr.ScoreReconLogic.missingDependencies() == []  # this environment runs the CLI
     s = sr.ScoreReconSettings(task="mri", acceleration=4.0, centerFraction=0.1, maskKind="random", seed=3)
     sim = s.simulateArgs("in.nrrd", "m.npz")
     assert sim[:7] == ["simulate", "--task", "mri", "--input", "in.nrrd", "--output", "m.npz"]

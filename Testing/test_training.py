@@ -82,6 +82,18 @@ def test_slice_dataset_reads_skips_and_reports(ct_folder):
     assert not torch.allclose(narrow.slices, ds.slices)
 
 
+def test_dicom_series_folder(tmp_path):
+    import shutil
+
+    pydicom_data = pytest.importorskip("pydicom.data")
+    series = tmp_path / "patient" / "series1"
+    series.mkdir(parents=True)
+    shutil.copy(pydicom_data.get_testdata_file("CT_small.dcm"), series / "IM0001")  # no suffix: DICM magic
+    ds = SliceDataset(tmp_path, 32, axis="all")
+    assert ds.modality == "CT" and len(ds) == 1 and ds.sources[0]["path"].endswith("series1")
+    assert float(ds.slices.std()) > 0.01
+
+
 def test_mr_percentile_scaling(tmp_path):
     vol = np.abs(ellipses(16, 3, 2)) * 3.0
     np.save(tmp_path / "mr.npy", vol)
@@ -268,6 +280,11 @@ def test_cli_train_and_sample_round_trip(ct_folder, tmp_path, capsys):
     rc = cli_main(["sample", "--model", str(out), "--n", "2", "--output", str(grid), "--steps", "3",
                    "--sampler", "em", "--device", "cpu", "--quiet"])
     assert rc == 0 and grid.is_file()
+    rc = cli_main(["sample", "--model", str(out), "--n", "1", "--output", str(grid), "--steps", "2",
+                   "--device", "cpu", "--quiet"])  # predictor-corrector sampler of ScoreReconLib.sampling
+    assert rc == 0
+    rc = cli_main(["sample", "--model", str(out), "--n", "1", "--output", str(tmp_path / "g.jpg"), "--quiet"])
+    assert rc == 2
     empty = tmp_path / "empty"
     empty.mkdir()
     capsys.readouterr()

@@ -33,7 +33,8 @@ def update_section(name: str, markdown: str, command: str) -> None:
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     body = (f"{begin}\n## {name}\n\nCommand: `{command}`  \nMachine: {machine_description()}  \n"
             f"Date: {stamp}\n\n{markdown.strip()}\n{end}")
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nEach section is written by the benchmark script it names.\n"
+    header = "# Benchmark results\n\nEach section is written by the benchmark script it names.\n"
+    text = RESULTS.read_text() if RESULTS.exists() else header
     if begin in text and end in text:
         pre, rest = text.split(begin, 1)
         post = rest.split(end, 1)[1]

@@ -4,7 +4,6 @@ default prior, print a PSNR/SSIM/seconds table, write NRRD volumes and one PNG f
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

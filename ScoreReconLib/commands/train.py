@@ -70,6 +70,8 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--num-workers", type=int, default=0, help="threads reading the image files")
     p.add_argument("--description", default="", help="free text about the training data for the model card")
+    p.add_argument("--init-from", default=None, metavar="CKPT",
+                   help="start from this checkpoint's weights (fine-tune, or continue with a fresh optimizer)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -95,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         network=network, sde=args.sde, sigma_max=args.sigma_max, checkpoint_every=args.checkpoint_every,
         sample_every=args.sample_every, resume=args.resume, seed=args.seed, device=args.device, amp=args.amp,
         num_workers=args.num_workers, description=args.description, show_progress=not args.quiet,
+        init_from=args.init_from,
     )
     result = train(cfg)
     import os

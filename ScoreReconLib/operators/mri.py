@@ -203,6 +203,7 @@ def _dart_throw(order: np.ndarray, radius: np.ndarray, calib: np.ndarray) -> np.
     accepted = np.zeros(size * size, dtype=bool)
     flat_forbidden = forbidden.ravel()
     stride = size + 2 * pad
+
     def accept(i: int, j: int) -> None:
         accepted[i * size + j] = True
         st = stencils[float(radius[i, j])]

@@ -25,9 +25,9 @@ import unittest as _unittest
 
 __all__ = [
     "ScriptedLoadableModule",
-    "ScriptedLoadableModuleWidget",
     "ScriptedLoadableModuleLogic",
     "ScriptedLoadableModuleTest",
+    "ScriptedLoadableModuleWidget",
 ]
 
 

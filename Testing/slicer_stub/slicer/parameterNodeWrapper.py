@@ -193,9 +193,8 @@ class _ParameterInfo:
     unalteredType: object
 
     def validate(self, value):
-        if self.serializer.kind == "node":
-            if value is not None and not isinstance(value, self.serializer.datatype):
-                raise ValueError(f"Value must be of type '{self.serializer.datatype}', is type '{type(value)}'")
+        if self.serializer.kind == "node" and value is not None and not isinstance(value, self.serializer.datatype):
+            raise ValueError(f"Value must be of type '{self.serializer.datatype}', is type '{type(value)}'")
         for v in self.validators:
             v.validate(value)
 
