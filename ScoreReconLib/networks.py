@@ -33,6 +33,8 @@ from .sde import SDE, VESDE, VPSDE, sde_from_dict
 
 #: files of a checkpoint folder
 WEIGHTS_FILE = "model.safetensors"
+#: optional sidecar written by ``scorerecon tune``: {"tasks": {task: {sampler: {"lam": ..., "snr": ...}}}}
+TUNED_FILE = "tuned.json"
 CONFIG_FILE = "config.json"
 TRAINING_STATE_FILE = "training_state.pt"
 
@@ -52,8 +54,8 @@ DEFAULT_NETWORK: dict = {
 
 #: sampler settings stored with a new checkpoint until tuned (official LIDC / BraTS values)
 DEFAULT_RECOMMENDED = {
-    "CT": {"sampler": "pc", "steps": 1000, "lam": 0.841, "snr": 0.246},
-    "MR": {"sampler": "pc", "steps": 1000, "lam": 1.0, "snr": 0.517},
+    "CT": {"sampler": "proximal", "steps": 1000, "lam": 0.841, "snr": 0.246},
+    "MR": {"sampler": "proximal", "steps": 1000, "lam": 1.0, "snr": 0.517},
 }
 
 #: sigma_data of [0, 1] images used by the VE input scaling
@@ -361,6 +363,13 @@ def load_checkpoint(folder: str | Path, device: torch.device | str = "cpu") -> P
         )
     load_weights(model, weights)
     cfg.setdefault("name", folder.name)
+    tuned = folder / TUNED_FILE
+    if tuned.is_file():  # λ/snr chosen by `scorerecon tune`, per task and sampler
+        try:
+            cfg["recommended"] = {**dict(cfg.get("recommended") or {}), **json.loads(tuned.read_text())}
+        except (OSError, ValueError) as exc:
+            raise ScoreReconError(f"{tuned} is not valid JSON ({exc}); delete it or re-run scorerecon tune") from None
+    cfg["path"] = str(folder)
     return Prior(model, cfg, device)
 
 

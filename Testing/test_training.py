@@ -280,8 +280,9 @@ def test_cli_train_and_sample_round_trip(ct_folder, tmp_path, capsys):
     rc = cli_main(["sample", "--model", str(out), "--n", "2", "--output", str(grid), "--steps", "3",
                    "--sampler", "em", "--device", "cpu", "--quiet"])
     assert rc == 0 and grid.is_file()
+    # predictor-corrector sampler of ScoreReconLib.sampling
     rc = cli_main(["sample", "--model", str(out), "--n", "1", "--output", str(grid), "--steps", "2",
-                   "--device", "cpu", "--quiet"])  # predictor-corrector sampler of ScoreReconLib.sampling
+                   "--device", "cpu", "--quiet", "--threads", "1"])
     assert rc == 0
     rc = cli_main(["sample", "--model", str(out), "--n", "1", "--output", str(tmp_path / "g.jpg"), "--quiet"])
     assert rc == 2

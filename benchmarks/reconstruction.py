@@ -64,6 +64,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="2 images, proximal at 200 NFE, sweep ≤ 200 NFE")
     ap.add_argument("--only", default=None, help="comma list of tasks to run (sparse-ct, mri, ...)")
     ap.add_argument("--no-sweep", action="store_true")
+    ap.add_argument("--sweep-only", action="store_true", help="only the PSNR-vs-NFE sweep")
     ap.add_argument("--json", default=None, help="also write all records to this JSON file")
     args = ap.parse_args()
     if args.quick:
@@ -76,7 +77,7 @@ def main() -> None:
     only = set(args.only.split(",")) if args.only else None
     tables, all_records = [], {}
     for label, task, opts in SETUPS:
-        if only and task not in only:
+        if (only and task not in only) or args.sweep_only:
             continue
         modality = "MR" if task == "mri" else "CT"
         prior = priors[modality]

@@ -102,13 +102,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--device", default="auto", help="auto (CPU, plus CUDA when present), cpu or cuda")
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "none"],
+                    help="auto (CPU, plus CUDA when present), cpu, cuda, or none (only --include rows)")
     ap.add_argument("--cpu-steps", type=int, default=4, help="timed steps per CPU measurement")
     ap.add_argument("--cuda-steps", type=int, default=100, help="timed steps per CUDA measurement")
     ap.add_argument("--json", help="also write the rows to this JSON file")
     ap.add_argument("--include", nargs="*", default=[], help="JSON row files from other machines to add")
     ap.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
+    ap.add_argument("--note", default="", help="a sentence added under the table (e.g. machine load)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     devices = []
     if args.device in ("auto", "cpu"):
@@ -118,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_description()
     rows = []
     for dev in devices:
-        name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
+        threads = torch.get_num_threads()
+        name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({threads} thread{'s' * (threads > 1)})"
         n = args.cuda_steps if dev.type == "cuda" else args.cpu_steps
         for size in args.sizes:
             results = [bench_step(size, args.batch, n, dev, amp=False)]
@@ -147,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
              "`train()` = the whole training loop (batch sampling, augmentation, logging, final checkpoint). "
              "CPU peak memory is the process's peak RSS (cumulative); CUDA peak is max_memory_allocated.", "",
              "Machines: " + "; ".join(machines)]
+    if args.note:
+        notes += ["", args.note]
     cmd = "python benchmarks/training.py" + (" --include " + " ".join(args.include) if args.include else "")
     update_section("training", "\n".join(lines + notes), cmd)
     return 0

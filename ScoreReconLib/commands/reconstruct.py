@@ -298,6 +298,8 @@ class Engine:
     units_per_slice: int = CLASSICAL_UNITS
     model_name: str | None = None
     options: dict = field(default_factory=dict)
+    #: λ / snr given on the command line (None → the model's tuned value for the measurement's task)
+    overrides: dict = field(default_factory=dict)
 
     def run(self, y: torch.Tensor, op: MeasurementOperator, seed: int,
             progress: Any = None) -> tuple[torch.Tensor, torch.Tensor | None, int | None]:
@@ -306,7 +308,7 @@ class Engine:
             from ..reconstruction import reconstruct
 
             res = reconstruct(y, op, self.prior, method=self.sampler, steps=self.settings.get("steps"),
-                              lam=self.settings.get("lam"), snr=self.settings.get("snr"),
+                              lam=self.overrides.get("lam"), snr=self.overrides.get("snr"),
                               samples=self.settings.get("samples", 1), seed=seed, progress=progress,
                               device=self.device)
             return res.mean.float().cpu(), None if res.std is None else res.std.float().cpu(), int(res.nfe)
@@ -326,7 +328,7 @@ def make_engine(args: argparse.Namespace, measurements: list[Measurement], devic
         return Engine(args.method, device, options=options)
     try:
         from ..networks import load_prior
-        from ..reconstruction import resolve_settings
+        from ..reconstruction import DEFAULT_METHOD, resolve_settings
     except ImportError as exc:
         raise ScoreReconError(
             f"--method score is unavailable: this installation lacks {exc.name}; reinstall scorerecon or "
@@ -343,13 +345,12 @@ def make_engine(args: argparse.Namespace, measurements: list[Measurement], devic
             print(f"scorerecon reconstruct: warning: the measurement was normalised as {m.normalization.to_dict()} "
                   f"but the model expects {prior.normalization.to_dict()}; results may be off",
                   file=sys.stderr)
-    recommended = prior.recommended.get("sampler")
-    sampler = args.sampler or (recommended if recommended in SAMPLERS else "fast")
-    settings = resolve_settings(sampler, prior, args.steps, args.lam, args.snr)
+    sampler = args.sampler or DEFAULT_METHOD
+    settings = resolve_settings(sampler, prior, args.steps, args.lam, args.snr, task=measurements[0].task)
     steps = int(settings.steps)
     return Engine("score", device, prior, sampler,
                   {"steps": steps, "lam": float(settings.lam), "snr": float(settings.snr), "samples": args.samples},
-                  steps * args.samples, model)
+                  steps * args.samples, model, overrides={"lam": args.lam, "snr": args.snr})
 
 
 def reconstruct_job(job: Job, engine: Engine, batch_size: int, seed: int, progress: Progress,

@@ -23,6 +23,8 @@ def register(subparsers) -> None:
                    help="pc: reverse diffusion + Langevin corrector; em: Euler-Maruyama (half the cost)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice; 1 is fastest on a busy shared CPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -34,7 +36,9 @@ def run(args: argparse.Namespace) -> int:
     from ..networks import load_prior
     from ..training import em_sample, save_image_grid
     from ..utils import resolve_device
+    from .train import _set_threads
 
+    _set_threads(args.threads)
     if args.n < 1:
         raise ScoreReconError(f"--n {args.n} must be at least 1")
     if not str(args.output).lower().endswith(".png"):

@@ -31,6 +31,17 @@ def _bool_list(text: str) -> list[bool]:
         raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of 0/1, e.g. 0,0,1") from None
 
 
+def _set_threads(threads: int | None) -> None:
+    """Apply ``--threads`` to this process (a CLI run owns its process)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ScoreReconError(f"--threads {threads} must be at least 1")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train", help="train a score prior on your images",
@@ -72,6 +83,8 @@ def register(subparsers) -> None:
     p.add_argument("--description", default="", help="free text about the training data for the model card")
     p.add_argument("--init-from", default=None, metavar="CKPT",
                    help="start from this checkpoint's weights (fine-tune, or continue with a fresh optimizer)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice; 1 is fastest on a busy shared CPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -79,6 +92,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..training import TrainConfig, train
 
+    _set_threads(args.threads)
     network = {}
     if args.channels is not None:
         network["channels"] = args.channels
