@@ -109,7 +109,7 @@ def test_save_load_identical_outputs(ve_model, tmp_path):
     assert not list(folder.glob(".*tmp"))  # no temporary files left behind
     prior = load_prior(folder)
     assert prior.image_size == 16 and prior.modality == "CT" and prior.sde.sigma_max == 20.0
-    assert prior.normalization == ct_normalization() and prior.recommended["sampler"] == "pc"
+    assert prior.normalization == ct_normalization() and prior.recommended["sampler"] == "proximal"
     assert not any(p.requires_grad for p in prior.model.parameters()) and not prior.model.training
     x = torch.rand(2, 1, 16, 16)
     t = torch.tensor([0.3, 0.8])
