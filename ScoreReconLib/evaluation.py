@@ -71,8 +71,16 @@ def list_images(data: str | Path) -> list[Path]:
     return files
 
 
-def resize_square(a: np.ndarray, size: int) -> torch.Tensor:
-    """Centre-pad a 2-D array to square (edge value) and resize to ``size``² → (1, 1, size, size)."""
+def resize_square(a: np.ndarray, size: int, spacing: tuple[float, float] = (1.0, 1.0)) -> torch.Tensor:
+    """Resample a 2-D array (H, W) with pixel ``spacing`` (x, y) in mm to square pixels, centre-pad it to a
+    square (minimum value) and resize to ``size``² → (1, 1, size, size). Keeps the physical aspect ratio."""
+    sx, sy = float(spacing[0]), float(spacing[1])
+    if abs(sx - sy) > 1e-3 * max(sx, sy):
+        step = min(sx, sy)
+        h0, w0 = a.shape
+        t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
+        new = (max(1, round(h0 * sy / step)), max(1, round(w0 * sx / step)))
+        a = F.interpolate(t, size=new, mode="bilinear", align_corners=False)[0, 0].numpy()
     h, w = a.shape
     n = max(h, w)
     pad = np.full((n, n), float(a.min()), dtype=np.float32)
@@ -98,8 +106,9 @@ def load_slices(data: str | Path, modality: str, size: int, n_slices: int = 8, p
         arr = norm.forward(img.array).astype(np.float32)
         if modality == "CT":
             arr = np.clip(arr, 0.0, None)
+        spacing = tuple(img.spacing[:2]) if len(img.spacing) >= 2 else (1.0, 1.0)
         if arr.ndim == 2:
-            out.append((path.name, resize_square(arr, size)))
+            out.append((path.name, resize_square(arr, size, spacing)))
         else:
             fg = (arr > 0.1).reshape(arr.shape[0], -1).mean(1)
             good = np.flatnonzero(fg >= min_foreground)
@@ -109,7 +118,7 @@ def load_slices(data: str | Path, modality: str, size: int, n_slices: int = 8, p
             span = hi - lo
             picks = np.unique(np.round(np.linspace(lo + 0.2 * span, hi - 0.2 * span, per_volume)).astype(int))
             for z in picks:
-                out.append((f"{path.name}[{z}]", resize_square(arr[z], size)))
+                out.append((f"{path.name}[{z}]", resize_square(arr[z], size, spacing)))
         if len(out) >= n_slices:
             break
     if not out:
@@ -218,4 +227,4 @@ def image_case_from_array(image: Image, size: int, modality: str) -> torch.Tenso
     a = norm.forward(arr).astype(np.float32)
     if modality == "CT":
         a = np.clip(a, 0, None)
-    return resize_square(a, size)
+    return resize_square(a, size, tuple(image.spacing[:2]) if len(image.spacing) >= 2 else (1.0, 1.0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import platform
 from datetime import datetime, timezone
@@ -34,7 +35,17 @@ def update_section(name: str, markdown: str, command: str) -> None:
     body = (f"{begin}\n## {name}\n\nCommand: `{command}`  \nMachine: {machine_description()}  \n"
             f"Date: {stamp}\n\n{markdown.strip()}\n{end}")
     header = "# Benchmark results\n\nEach section is written by the benchmark script it names.\n"
-    text = RESULTS.read_text() if RESULTS.exists() else header
+    with open(RESULTS.with_suffix(".lock"), "w") as lock:  # several benchmarks may finish at once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _replace(text_or(header), begin, end, body)
+
+
+def text_or(header: str) -> str:
+    """The current RESULTS.md, or ``header`` for a new file."""
+    return RESULTS.read_text() if RESULTS.exists() else header
+
+
+def _replace(text: str, begin: str, end: str, body: str) -> None:
     if begin in text and end in text:
         pre, rest = text.split(begin, 1)
         post = rest.split(end, 1)[1]

@@ -66,16 +66,20 @@ def main() -> None:
     ap.add_argument("--no-sweep", action="store_true")
     ap.add_argument("--sweep-only", action="store_true", help="only the PSNR-vs-NFE sweep")
     ap.add_argument("--json", default=None, help="also write all records to this JSON file")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = ap.parse_args()
     if args.quick:
         args.n_images, args.proximal_nfe, args.sweep_images = 2, 200, 2
         args.nfe = "20,50,100,200"
     device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     priors = {"CT": load_prior(args.ct_model, device=device), "MR": load_prior(args.mri_model, device=device)}
     data = {"CT": args.ct_data, "MR": args.mri_data}
     only = set(args.only.split(",")) if args.only else None
-    tables, all_records = [], {}
+    tables: dict[str, list[str]] = {"CT": [], "MR": []}
+    all_records = {}
     for label, task, opts in SETUPS:
         if (only and task not in only) or args.sweep_only:
             continue
@@ -94,11 +98,12 @@ def main() -> None:
             print(f"{label} {name}: " + ", ".join(f"{r.method} {r.psnr:.2f}" for r in records[-4:]),
                   file=sys.stderr, flush=True)
         summary = summarize(records)
-        tables.append(markdown_table(summary, f"{label} — {len(slices)} held-out slices"))
+        tables[modality].append(markdown_table(summary, f"{label} — {len(slices)} held-out slices"))
         all_records[label] = summary
     cmd = "python benchmarks/reconstruction.py " + " ".join(sys.argv[1:])
-    if tables:
-        update_section("reconstruction", "\n\n".join(tables) + _models_note(priors), cmd)
+    for modality, section in (("CT", "reconstruction-ct"), ("MR", "reconstruction-mri")):
+        if tables[modality]:
+            update_section(section, "\n\n".join(tables[modality]) + _models_note({modality: priors[modality]}), cmd)
     if not args.no_sweep and (not only or "sparse-ct" in only):
         sweep = nfe_sweep(priors["CT"], args.ct_data, [int(v) for v in args.nfe.split(",")], args.sweep_images,
                           device)

@@ -23,7 +23,8 @@ def build_operator(task: str, image_size: int, **options: Any) -> MeasurementOpe
     Options: sparse-ct ``views``, ``n_angles``; limited-angle-ct ``arc`` (degrees), ``n_angles``;
     metal-ct ``metal_mask`` ((B,1,H,W) bool), ``n_angles``; mri ``acceleration``,
     ``center_fraction``, ``mask`` kind ("equispaced", "random", "variable-density", "poisson"), ``seed``.
-    Common: ``device``.
+    CT also: ``solver`` ("cg" or "fbp" for the proximal step), ``cg_iterations``, ``backend`` ("auto",
+    "joseph", "torch-radon"), ``filter`` (FBP filter), ``dilation`` (metal trace). Common: ``device``.
     """
     if task in ("sparse-ct", "limited-angle-ct", "metal-ct"):
         from . import ct
