@@ -220,11 +220,15 @@ def task_modality(task: str) -> str:
     return "MR" if task == "mri" else "CT"
 
 
-def image_case_from_array(image: Image, size: int, modality: str) -> torch.Tensor:
-    """Normalised (1,1,size,size) tensor from a 2-D :class:`Image` (CT: HU window; MR: percentile)."""
+def image_case_from_array(image: Image, size: int, modality: str) -> tuple[torch.Tensor, Normalization, float]:
+    """Normalised (1,1,size,size) tensor from a 2-D :class:`Image` (CT: HU window; MR: percentile),
+    the :class:`Normalization` used, and the square pixel size in mm of the result."""
     arr = image.array if image.array.ndim == 2 else image.array[image.array.shape[0] // 2]
     norm = ct_normalization() if modality == "CT" else mr_normalization(arr)
     a = norm.forward(arr).astype(np.float32)
     if modality == "CT":
         a = np.clip(a, 0, None)
-    return resize_square(a, size, tuple(image.spacing[:2]) if len(image.spacing) >= 2 else (1.0, 1.0))
+    sx, sy = (tuple(image.spacing[:2]) if len(image.spacing) >= 2 else (1.0, 1.0))
+    step = min(sx, sy)
+    extent = max(arr.shape[0] * sy, arr.shape[1] * sx)  # mm along the longer side, after padding to square
+    return resize_square(a, size, (sx, sy)), norm, float(extent / size if step > 0 else 1.0)

@@ -366,9 +366,17 @@ def load_checkpoint(folder: str | Path, device: torch.device | str = "cpu") -> P
     tuned = folder / TUNED_FILE
     if tuned.is_file():  # λ/snr chosen by `scorerecon tune`, per task and sampler
         try:
-            cfg["recommended"] = {**dict(cfg.get("recommended") or {}), **json.loads(tuned.read_text())}
+            side = json.loads(tuned.read_text())
         except (OSError, ValueError) as exc:
             raise ScoreReconError(f"{tuned} is not valid JSON ({exc}); delete it or re-run scorerecon tune") from None
+        if not isinstance(side, dict) or not isinstance(side.get("tasks", {}), dict):
+            raise ScoreReconError(f"{tuned} is not a tune sidecar (a JSON object with 'tasks'); delete it or re-run "
+                                  "scorerecon tune")
+        rec = dict(cfg.get("recommended") or {})
+        tasks = {t: dict(v) for t, v in dict(rec.get("tasks") or {}).items()}
+        for task, per in side.get("tasks", {}).items():
+            tasks.setdefault(task, {}).update(per)
+        cfg["recommended"] = {**rec, **{k: v for k, v in side.items() if k != "tasks"}, "tasks": tasks}
     cfg["path"] = str(folder)
     return Prior(model, cfg, device)
 

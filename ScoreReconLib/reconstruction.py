@@ -113,6 +113,14 @@ def resolve_settings(method: str, prior, steps: int | None = None, lam: float | 
     return SamplerSettings(**base)
 
 
+def derive_seed(seed: int, *keys: int) -> int:
+    """A 63-bit seed for the stream ``keys`` (e.g. slice, sample) of ``seed``; streams never overlap."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(seed) % 2**63, *[int(k) for k in keys]]).generate_state(2, np.uint64)[0]
+               % 2**63)
+
+
 def _make_generator(seed: int | None, device: torch.device) -> torch.Generator:
     g = torch.Generator(device=device)
     if seed is None:
@@ -163,7 +171,7 @@ def reconstruct(y: torch.Tensor, operator: MeasurementOperator, prior, method: s
             if progress is not None:
                 progress(_before + done, total, f"{message} (sample {_k + 1}/{samples})")
 
-        ctx = SamplerContext(_make_generator(None if seed is None else seed + k, dev), prog, cancel)
+        ctx = SamplerContext(_make_generator(None if seed is None else derive_seed(seed, k), dev), prog, cancel)
         with torch.no_grad():
             outs.append(sampler(prior, operator, y, settings, ctx).float())
         nfe = ctx.nfe
@@ -193,9 +201,9 @@ def reconstruct_volume(y: torch.Tensor, operator: MeasurementOperator, prior, ba
                        **kwargs) -> ReconstructionResult:
     """Reconstruct ``S`` slices ``y`` (S, 1, ...) in batches of ``batch_size``; memory bounded by a batch.
 
-    Progress is reported per finished slice; ``cancel`` stops between sampler steps. Each batch uses
-    seed ``seed + first_slice_index`` so results do not depend on ``batch_size``… up to batching of
-    the network's arithmetic.
+    Progress is reported per finished slice; ``cancel`` stops between sampler steps. Each batch draws
+    from its own stream ``derive_seed(seed, first_slice_index)``, so a run is reproducible for a
+    given ``batch_size`` (another batch size gives other, equally valid, posterior samples).
     """
     t0 = time.perf_counter()
     check_compatible(operator, prior)
@@ -209,7 +217,7 @@ def reconstruct_volume(y: torch.Tensor, operator: MeasurementOperator, prior, ba
         idx = slice(start, min(S, start + batch_size))
         op_b = subset_operator(operator, idx)
         result = reconstruct(y[idx], op_b, prior, cancel=cancel,
-                             seed=None if seed is None else seed + start, **kwargs)
+                             seed=None if seed is None else derive_seed(seed, start), **kwargs)
         means.append(result.mean)
         if result.std is not None:
             stds.append(result.std)

@@ -161,9 +161,9 @@ class LangevinCorrector(Corrector):
 
     def _alpha(self, t, x):
         # VP-SDE: α_i = 1 − β_i of the discrete chain; VE-SDE: 1.
-        if hasattr(self.sde, "beta_min") and hasattr(self.sde, "beta_max"):
-            beta = (self.sde.beta_min + t * (self.sde.beta_max - self.sde.beta_min)) / self.sde.N
-            return (1.0 - beta).reshape(-1)
+        alphas = getattr(self.sde, "alphas", None)
+        if alphas is not None:
+            return alphas.to(t.device)[self.sde.timestep_index(t)].to(x.dtype)
         return torch.ones(x.shape[0], device=x.device, dtype=x.dtype)
 
 
@@ -378,8 +378,9 @@ def song2021_sample(prior, op: MeasurementOperator, y: torch.Tensor, settings: S
                     ctx: SamplerContext) -> torch.Tensor:
     """Conditional PC sampler with ``s_θ(x, t) + ∇ₓ log p(ŷ_t | x)``.
 
-    The likelihood is Gaussian, ``log p(ŷ_t | x) = −‖A x − ŷ_t‖² / (2 (r β(t))² L)`` with
-    ``L = ‖A‖²`` (power iteration) and ``r`` = ``settings.noise_rate``.
+    The likelihood is Gaussian, ``log p(ŷ_t | x) = −‖A x − ŷ_t‖² / (2 ((r β(t))² + G²) L)`` with
+    ``L = ‖A‖²`` (power iteration), ``G`` the step's diffusion and ``r`` = ``settings.noise_rate``.
+    λ is not used by this sampler.
     """
     sde = _sde_with_steps(prior.sde, settings.steps)
     g = ctx.generator
@@ -389,8 +390,11 @@ def song2021_sample(prior, op: MeasurementOperator, y: torch.Tensor, settings: S
 
     def cond_score(x, t):
         _, b = _alpha_beta(sde, t, x)
+        # the step's own variance G² keeps the likelihood step G²·(…) below 1 in units of ‖A‖², so it
+        # stays stable at any number of steps and for VP priors near t = 0
+        g2 = sde.discretize(x, t)[1].reshape(-1, *([1] * (x.ndim - 1))).to(x) ** 2
         resid = op.A(x) - y_hat_holder["y"]
-        like = -op.A_adjoint(resid) / ((settings.noise_rate * b) ** 2 * L)
+        like = -op.A_adjoint(resid) / (((settings.noise_rate * b) ** 2 + g2) * L)
         return base_score(x, t) + like
 
     pred = ReverseDiffusionPredictor(sde, cond_score)

@@ -180,6 +180,12 @@ class VPSDE(SDE):
         self.beta_1 = float(beta_max)
         #: DDPM per-step betas b_i = b(t_i) / N and alphas 1 - b_i
         self.discrete_betas = torch.linspace(self.beta_0 / self.N, self.beta_1 / self.N, self.N)
+        if self.beta_1 / self.N >= 0.5:
+            # few steps: b(t)/N would reach or pass 1 (NaN in sqrt(1 - b)); use the exact per-step betas
+            # 1 - (alpha(t_i) / alpha(t_{i-1}))^2 of the continuous process on the same grid instead
+            t = torch.linspace(0.0, 1.0, self.N + 1, dtype=torch.float64)
+            log_a = -0.25 * t**2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
+            self.discrete_betas = (1.0 - torch.exp(2.0 * (log_a[1:] - log_a[:-1]))).clamp(max=0.999).float()
         self.alphas = 1.0 - self.discrete_betas
 
     def rate(self, t: torch.Tensor) -> torch.Tensor:

@@ -52,4 +52,6 @@ def _replace(text: str, begin: str, end: str, body: str) -> None:
         text = pre + body + post
     else:
         text = text.rstrip() + "\n\n" + body + "\n"
-    RESULTS.write_text(text)
+    tmp = RESULTS.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, RESULTS)  # a crash mid-write never truncates RESULTS.md

@@ -13,7 +13,6 @@ Held-out data: ``data/heldout/ct`` (pydicom head CT slice, CT_small neck) and ``
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -110,7 +109,9 @@ def main() -> None:
         update_section("nfe", sweep, cmd)
         all_records["nfe"] = sweep
     if args.json:
-        Path(args.json).write_text(json.dumps(all_records, indent=2))
+        from ScoreReconLib.data import save_json
+
+        save_json(all_records, args.json)
 
 
 def _models_note(priors) -> str:

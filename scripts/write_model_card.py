@@ -78,8 +78,8 @@ def main() -> None:
         for sampler, v in per.items():
             lines.append(f"- Tuned by `scorerecon tune` for {task} ({json.dumps(v.get('task_options', {}))}), "
                          f"sampler {sampler}: λ = {v['lam']} (PSNR {v['psnr']:.2f} dB on {v['n_images']} "
-                         f"validation slices of {v['validated_on']}; these come from the training volumes, because the only "
-                         "other images available offline are the held-out test set).")
+                         f"validation slices of {v['validated_on']}; these come from the training volumes, "
+                         "because the only other images available offline are the held-out test set).")
     if args.grid:
         lines += ["", "## Unconditional samples", f"![samples]({args.grid})",
                   f"`scorerecon sample --model {folder} --n 8 --steps 200 --output {folder / args.grid}`"]

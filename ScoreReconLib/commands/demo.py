@@ -48,9 +48,10 @@ def run(args: argparse.Namespace) -> int:
     prior = load_prior(model, device=device)
     src = Path(args.input) if args.input else sample_path(args.task)
     image = read_image(src)
-    if image.array.ndim == 3:
-        image = image.with_array(image.array[image.array.shape[0] // 2]) if image.array.shape[0] > 1 else image
-    x = image_case_from_array(image, prior.image_size, modality)
+    if image.array.ndim == 3:  # a volume (or a (1, H, W) stack): its middle slice, 2-D geometry
+        image = Image(image.array[image.array.shape[0] // 2], tuple(image.spacing[:2]), tuple(image.origin[:2]),
+                      (1.0, 0.0, 0.0, 1.0), image.modality)
+    x, norm, pixel_mm = image_case_from_array(image, prior.image_size, modality)
     opts = {"views": args.views} if args.task == "sparse-ct" else {}
     if args.task == "mri":
         opts = {"acceleration": args.acceleration, "center_fraction": 0.08, "mask": "equispaced"}
@@ -65,11 +66,8 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    norm = prior.normalization
-    h, w = image.array.shape
-    spacing = tuple(float(s) * max(h, w) / prior.image_size for s in image.spacing[:2])
-    geom = Image(np.zeros((1, 1), np.float32), spacing, tuple(image.origin[:2]), tuple(image.direction[:4])
-                 if len(image.direction) == 4 else (1.0, 0.0, 0.0, 1.0))
+    geom = Image(np.zeros((1, 1), np.float32), (pixel_mm, pixel_mm), tuple(image.origin[:2]),
+                 tuple(image.direction[:4]) if len(image.direction) == 4 else (1.0, 0.0, 0.0, 1.0))
 
     def save(name: str, t: torch.Tensor, physical: bool = True) -> str:
         arr = t.detach().cpu().numpy()[0, 0].astype(np.float32)

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         task_modality,
     )
     from ..networks import load_prior
-    from ..utils import resolve_device
+    from ..utils import atomic_path, resolve_device
 
     device = resolve_device(args.device)
     prior = load_prior(args.model, device=device)
@@ -96,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     if args.output:
         out = Path(args.output)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "table.md").write_text(table + "\n")
+        with atomic_path(out / "table.md") as tmp:
+            tmp.write_text(table + "\n")
         save_json({"task": args.task, "options": task_options(args), "model": args.model, "summary": summary,
                    "records": [{"case": r.case, "method": r.method, "psnr": r.psnr, "ssim": r.ssim,
                                 "seconds": r.seconds} for r in records]}, out / "results.json")

@@ -45,6 +45,7 @@ from ..errors import ScoreReconError
 from ..measurement import Measurement, load_measurement, reference_slices
 from ..operators import TASKS
 from ..operators.base import MeasurementOperator
+from ..reconstruction import derive_seed
 from ..utils import resolve_device
 
 #: every --method
@@ -93,7 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--lam", type=float, default=None, help="data-consistency weight λ in [0, 1]")
     s.add_argument("--snr", type=float, default=None, help="Langevin corrector signal-to-noise ratio")
     s.add_argument("--samples", type=int, default=1, help="posterior samples averaged (std needs >= 2)")
-    s.add_argument("--seed", type=int, default=0, help="sampling seed; batch b uses seed + its first slice index")
+    s.add_argument("--seed", type=int, default=0, help="sampling seed (each batch draws from its own stream of it)")
     s.add_argument("--std-output", metavar="FILE",
                    help="write the per-pixel posterior std (physical units); a folder in batch mode")
     p.set_defaults(func=run)
@@ -372,7 +373,7 @@ def reconstruct_job(job: Job, engine: Engine, batch_size: int, seed: int, progre
             progress.update(_before + int(_count * engine.units_per_slice * frac), message)
 
         mean, std, nfe_b = engine.run(m.y_tensor(idx, engine.device), _subset(op, m, idx, engine.device),
-                                      seed + start, on_step)
+                                      derive_seed(seed, start), on_step)
         means.append(mean)
         if std is not None:
             stds.append(std)

@@ -26,9 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="checkpoint folder (or default-ct / default-mri)")
     p.add_argument("--data", required=True, help="validation images (not the test images)")
     add_task_options(p)
-    p.add_argument("--sampler", choices=("fast", "proximal", "song2021"), default="fast")
+    p.add_argument("--sampler", choices=("fast", "proximal"), default="fast",
+                   help="sampler to tune (song2021 has no λ)")
     p.add_argument("--lams", type=_floats, default=None, help="λ grid (default 0.25,0.5,0.75,0.9,1.0)")
-    p.add_argument("--snrs", type=_floats, default=None, help="snr grid for proximal/song2021 (default 0.08,0.16,0.3)")
+    p.add_argument("--snrs", type=_floats, default=None, help="snr grid for proximal (default 0.08,0.16,0.3)")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -77,7 +78,10 @@ def run(args: argparse.Namespace) -> int:
     sidecar = Path(args.output) if args.output else model_dir / "tuned.json"
     if not args.output and not model_dir.is_dir():
         raise ScoreReconError(f"cannot find the model folder of {args.model}; pass --output FILE for the sidecar")
-    existing = json.loads(sidecar.read_text()) if sidecar.exists() else {}
+    try:
+        existing = json.loads(sidecar.read_text()) if sidecar.exists() else {}
+    except ValueError as exc:
+        raise ScoreReconError(f"existing sidecar {sidecar} is not valid JSON ({exc}); delete it and re-run") from None
     existing.setdefault("tasks", {}).setdefault(args.task, {})[args.sampler] = {
         **choice, "validated_on": str(args.data), "n_images": len(cases), "psnr": best["psnr"],
         "ssim": best["ssim"], "grid": results, "task_options": task_options(args)}
