@@ -251,7 +251,7 @@ def tweedie(prior, x: torch.Tensor, t: torch.Tensor, score: torch.Tensor | None 
 
 # ------------------------------------------------------------------------ unconditional sampling
 def pc_sample(prior, shape: tuple[int, ...], steps: int | None = None, snr: float = 0.16,
-              predictor: str = "reverse_diffusion", corrector: str = "langevin",
+              predictor: str = "ancestral", corrector: str = "langevin",
               generator: torch.Generator | None = None, progress: ProgressFn | None = None,
               cancel: threading.Event | None = None, eps: float = 1e-5, denoise: bool = True) -> torch.Tensor:
     """Unconditional predictor–corrector samples of ``shape`` (B, 1, H, W) from ``prior``."""
