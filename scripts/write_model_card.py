@@ -82,7 +82,9 @@ def main() -> None:
                          "because the only other images available offline are the held-out test set).")
     if args.grid:
         lines += ["", "## Unconditional samples", f"![samples]({args.grid})",
-                  f"`scorerecon sample --model {folder} --n 8 --steps 200 --output {folder / args.grid}`"]
+                  f"`scorerecon sample --model {folder} --n 8 --steps 200 --output {folder / args.grid}` "
+                  "(this grid was "
+                  "drawn with the reverse-diffusion predictor, before `sample` switched to the ancestral one)."]
     lines += ["", "## Known limits", args.limits or "-", ""]
     (folder / "MODEL_CARD.md").write_text("\n".join(lines))
 
