@@ -65,7 +65,7 @@ METHODS_FOR_TASK = {
 }
 #: names used for output nodes
 METHOD_LABELS = {"score": "ScoreRecon", "fbp": "FBP", "tv": "TV", "zero-filled": "zero-filled", "cs": "CS"}
-SAMPLERS = ("fast", "proximal", "song2021")
+SAMPLERS = ("proximal", "fast", "song2021")
 DEVICES = ("auto", "cpu", "cuda")
 MRI_MASKS = ("equispaced", "random", "variable-density", "poisson")
 #: where the measurements come from: simulated from an image volume, a measured sinogram volume, a file
@@ -180,7 +180,7 @@ class ScoreReconParameterNode:
     method: Annotated[str, Choice(METHODS), Default("score")]
     modelChoice: Annotated[str, Choice(MODEL_CHOICES), Default("default")]
     checkpointPath: pathlib.Path
-    sampler: Annotated[str, Choice(SAMPLERS), Default("fast")]
+    sampler: Annotated[str, Choice(SAMPLERS), Default("proximal")]
     useRecommended: Annotated[bool, Default(True)]
     steps: Annotated[int, WithinRange(1, 10000), Default(50)]
     lam: Annotated[float, WithinRange(0.0, 1.0), Default(0.8)]
@@ -219,7 +219,7 @@ class ScoreReconSettings:
     sinogramUnits: str = "normalized"
     method: str = "score"
     model: str = "default"
-    sampler: str = "fast"
+    sampler: str = "proximal"
     useRecommended: bool = True
     steps: int = 50
     lam: float = 0.8

@@ -52,10 +52,10 @@ DEFAULT_NETWORK: dict = {
     "input_scaling": True,
 }
 
-#: sampler settings stored with a new checkpoint until tuned (official LIDC / BraTS values)
+#: sampler settings stored with a new checkpoint until tuned (official LIDC / BraTS λ and snr, 25 steps)
 DEFAULT_RECOMMENDED = {
-    "CT": {"sampler": "proximal", "steps": 1000, "lam": 0.841, "snr": 0.246},
-    "MR": {"sampler": "proximal", "steps": 1000, "lam": 1.0, "snr": 0.517},
+    "CT": {"sampler": "proximal", "steps": 25, "lam": 0.841, "snr": 0.246},
+    "MR": {"sampler": "proximal", "steps": 25, "lam": 1.0, "snr": 0.517},
 }
 
 #: sigma_data of [0, 1] images used by the VE input scaling

@@ -105,7 +105,7 @@ def main() -> None:
             update_section(section, "\n\n".join(tables[modality]) + _models_note({modality: priors[modality]}), cmd)
     if not args.no_sweep and (not only or "sparse-ct" in only):
         sweep = nfe_sweep(priors["CT"], args.ct_data, [int(v) for v in args.nfe.split(",")], args.sweep_images,
-                          device)
+                          device, lambda partial: update_section("nfe", partial + "\n\n(run in progress)", cmd))
         update_section("nfe", sweep, cmd)
         all_records["nfe"] = sweep
     if args.json:
@@ -116,17 +116,20 @@ def main() -> None:
 
 def _models_note(priors) -> str:
     lines = ["", "Models: " + "; ".join(
-        f"{m}: {p.config.get('name', '?')} ({p.image_size}², {p.config.get('steps', '?')} training steps)"
+        f"{m}: {p.config.get('name', '?')} ({p.image_size}², "
+        f"{p.config.get('total_steps', p.config.get('steps', '?'))} training steps)"
         for m, p in priors.items())]
     return "\n".join(lines)
 
 
-def nfe_sweep(prior, data: str, nfes: list[int], n_images: int, device) -> str:
-    """PSNR vs network evaluations for sparse-view CT (23 views), proximal and fast samplers."""
+def nfe_sweep(prior, data: str, nfes: list[int], n_images: int, device, on_row=None) -> str:
+    """PSNR vs network evaluations for sparse-view CT (23 views), fast then proximal sampler;
+    ``on_row(partial_markdown)`` after each row (so a long run leaves its finished rows)."""
     slices = load_slices(data, "CT", prior.image_size, n_images, per_volume=3, normalization=prior.normalization)
     cases = [make_case(n, x, "sparse-ct", seed=i, views=23) for i, (n, x) in enumerate(slices)]
     rows = ["| sampler | NFE | PSNR (dB) | SSIM | seconds / slice |", "|---|---|---|---|---|"]
-    for sampler in ("proximal", "fast"):
+    head = f"Sparse-view CT, 23 views, {len(cases)} held-out slice(s).\n\n"
+    for sampler in ("fast", "proximal"):
         for nfe in nfes:
             if sampler == "fast" and nfe > 200:
                 continue
@@ -138,7 +141,9 @@ def nfe_sweep(prior, data: str, nfes: list[int], n_images: int, device) -> str:
             rows.append(f"| {sampler} | {recs[0].extra['nfe']} | {s['psnr']:.2f} ± {s['psnr_sd']:.2f} | "
                         f"{s['ssim']:.3f} | {(time.perf_counter() - t0) / len(cases):.1f} |")
             print(rows[-1], file=sys.stderr, flush=True)
-    return f"Sparse-view CT, 23 views, {len(cases)} held-out slices.\n\n" + "\n".join(rows)
+            if on_row is not None:
+                on_row(head + "\n".join(rows))
+    return head + "\n".join(rows)
 
 
 if __name__ == "__main__":

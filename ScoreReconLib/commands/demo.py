@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", default="scorerecon-demo", help="output folder (default: ./scorerecon-demo)")
     p.add_argument("--model", default=None, help="default-ct / default-mri (by task) or a checkpoint folder")
     p.add_argument("--input", default=None, help="use this image instead of the shipped sample")
-    p.add_argument("--sampler", choices=("fast", "proximal", "song2021"), default="fast")
+    p.add_argument("--sampler", choices=("proximal", "fast", "song2021"), default="proximal",
+                   help="proximal (default, 25 steps), fast (DDS-style) or song2021")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--samples", type=int, default=4, help="posterior samples (mean and std map)")
     p.add_argument("--views", type=int, default=23)

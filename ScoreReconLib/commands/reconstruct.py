@@ -89,7 +89,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--model", default=None,
                    help="default-ct, default-mri or a checkpoint folder (default: the task's default model)")
     s.add_argument("--sampler", choices=SAMPLERS, default=None,
-                   help="fast (default, ~50 steps), proximal (Song et al. 2022) or song2021")
+                   help="proximal (default, Song et al. 2022; 25 steps unless --steps), fast (DDS-style) or song2021")
     s.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's tuned value)")
     s.add_argument("--lam", type=float, default=None, help="data-consistency weight λ in [0, 1]")
     s.add_argument("--snr", type=float, default=None, help="Langevin corrector signal-to-noise ratio")

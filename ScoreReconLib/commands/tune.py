@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="checkpoint folder (or default-ct / default-mri)")
     p.add_argument("--data", required=True, help="validation images (not the test images)")
     add_task_options(p)
-    p.add_argument("--sampler", choices=("fast", "proximal"), default="fast",
+    p.add_argument("--sampler", choices=("proximal", "fast"), default="proximal",
                    help="sampler to tune (song2021 has no λ)")
     p.add_argument("--lams", type=_floats, default=None, help="λ grid (default 0.25,0.5,0.75,0.9,1.0)")
     p.add_argument("--snrs", type=_floats, default=None, help="snr grid for proximal (default 0.08,0.16,0.3)")
