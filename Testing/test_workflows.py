@@ -54,9 +54,9 @@ def test_evaluate_writes_table_and_records(tiny_ct, ct_folder, tmp_path, capsys)
     rc, out, err = run(["evaluate", "--model", tiny_ct, "--data", ct_folder, "--task", "sparse-ct", "--views", "8",
                         "--steps", "2", "--device", "cpu", "--output", tmp_path / "ev"], capsys)
     assert rc == 0, err
-    assert "| fbp |" in out and "| tv |" in out and "| score-fast |" in out
+    assert "| fbp |" in out and "| tv |" in out and "| score-proximal |" in out
     res = json.loads((tmp_path / "ev" / "results.json").read_text())
-    assert {r["method"] for r in res["records"]} == {"fbp", "tv", "score-fast"}
+    assert {r["method"] for r in res["records"]} == {"fbp", "tv", "score-proximal"}
     assert len(res["records"]) == 6 and res["summary"]["fbp"]["n"] == 2
 
 
@@ -72,7 +72,7 @@ def test_tune_writes_sidecar_that_load_prior_uses(tiny_ct, ct_folder, tmp_path, 
     model = tmp_path / "model"
     shutil.copytree(tiny_ct, model)
     rc, out, err = run(["tune", "--model", model, "--data", ct_folder, "--task", "sparse-ct", "--views", "8",
-                        "--lams", "0.5,1.0", "--steps", "2", "--device", "cpu"], capsys)
+                        "--lams", "0.5,1.0", "--steps", "2", "--sampler", "fast", "--device", "cpu"], capsys)
     assert rc == 0, err
     choice = json.loads(out.strip().splitlines()[-1])["choice"]
     side = json.loads((model / "tuned.json").read_text())
