@@ -90,7 +90,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="default-ct, default-mri or a checkpoint folder (default: the task's default model)")
     s.add_argument("--sampler", choices=SAMPLERS, default=None,
                    help="proximal (default, Song et al. 2022; 25 steps unless --steps), fast (DDS-style) or song2021")
-    s.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's tuned value)")
+    s.add_argument("--steps", type=int, default=None,
+                   help="sampler steps (default: the model's tuned value, 25 for proximal; keep >= 10)")
     s.add_argument("--lam", type=float, default=None, help="data-consistency weight λ in [0, 1]")
     s.add_argument("--snr", type=float, default=None, help="Langevin corrector signal-to-noise ratio")
     s.add_argument("--samples", type=int, default=1, help="posterior samples averaged (std needs >= 2)")
