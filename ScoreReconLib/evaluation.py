@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from .data import IMAGE_SUFFIXES, Image, Normalization, ct_normalization, mr_normalization, read_image
 from .errors import ScoreReconError
+from .measurement import task_modality  # noqa: F401  (re-exported for the commands)
 from .operators import build_operator
 from .operators.base import MeasurementOperator
 
@@ -214,10 +215,6 @@ def markdown_table(summary: dict[str, dict[str, float]], title: str | None = Non
         lines.append(f"| {m} | {r['psnr']:.2f} ± {r['psnr_sd']:.2f} | {r['ssim']:.3f} ± {r['ssim_sd']:.3f} | "
                      f"{r['seconds']:.2f} | {r.get('nfe', '–')} | {r['n']} |")
     return "\n".join(lines)
-
-
-def task_modality(task: str) -> str:
-    return "MR" if task == "mri" else "CT"
 
 
 def image_case_from_array(image: Image, size: int, modality: str) -> tuple[torch.Tensor, Normalization, float]:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import ScoreReconError
+from .measurement import task_modality
+from .operators import TASKS
 from .operators.base import MeasurementOperator
 from .sampling import NFE_PER_STEP, SAMPLERS, SamplerContext, SamplerSettings
 from .utils import ProgressFn, check_cancel, check_finite, resolve_device
@@ -34,9 +36,6 @@ DEFAULTS: dict[str, dict[str, dict]] = {
     "fast": {"CT": {"steps": 50, "lam": 1.0, "snr": 0.0},
              "MR": {"steps": 50, "lam": 1.0, "snr": 0.0}},
 }
-
-#: modality a task's prior must have
-TASK_MODALITY = {"sparse-ct": "CT", "limited-angle-ct": "CT", "metal-ct": "CT", "mri": "MR"}
 
 DEFAULT_METHOD = "proximal"
 
@@ -64,7 +63,7 @@ def check_compatible(operator: MeasurementOperator, prior) -> None:
             f"{operator.image_size}x{operator.image_size}; use a model of that size or re-simulate with "
             f"--size {prior.image_size}"
         )
-    want = TASK_MODALITY.get(operator.task)
+    want = task_modality(operator.task) if operator.task in TASKS else None
     if want is not None and prior.modality != want:
         raise ScoreReconError(
             f"task {operator.task} needs a {want} model but the model is {prior.modality}; "

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .baselines import operator_norm
 from .operators.base import MeasurementOperator
 from .utils import ProgressFn, check_cancel
 
@@ -320,39 +321,8 @@ def noisy_measurement(op: MeasurementOperator, y: torch.Tensor, sde, t: torch.Te
 
 
 def cgls(op: MeasurementOperator, x0: torch.Tensor, y: torch.Tensor, iters: int) -> torch.Tensor:
-    """Conjugate-gradient least squares on ``‖A x − y‖²`` started at ``x0`` (per batch item).
-
-    Early stopping after ``iters`` iterations acts as regularisation (DDS, Chung et al. 2024).
-    """
-    x = x0.clone()
-    r = y - op.A(x)
-    s = op.A_adjoint(r)
-    p = s.clone()
-    gamma = _dot(s, s)
-    for _ in range(iters):
-        q = op.A(p)
-        qq = _dot(q, q)
-        alpha = torch.where(qq > 0, gamma / qq.clamp_min(1e-30), torch.zeros_like(qq))
-        x = x + _b(alpha, x) * p
-        r = r - _b(alpha, r) * q
-        s = op.A_adjoint(r)
-        gamma_new = _dot(s, s)
-        beta = torch.where(gamma > 0, gamma_new / gamma.clamp_min(1e-30), torch.zeros_like(gamma))
-        p = s + _b(beta, p) * p
-        gamma = gamma_new
-        if bool((gamma < 1e-20).all()):
-            break
-    return x
-
-
-def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Real inner product per batch item → (B,)."""
-    return (a.conj() * b).real.reshape(a.shape[0], -1).sum(-1) if a.is_complex() else (a * b).reshape(
-        a.shape[0], -1).sum(-1)
-
-
-def _b(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.reshape(-1, *([1] * (like.ndim - 1))).to(like.real.dtype if like.is_complex() else like.dtype)
+    """``iters`` CGLS steps on ``‖A x − y‖²`` started at ``x0`` (``x0`` + the operator's least-squares step)."""
+    return x0 + op.least_squares(y - op.A(x0), iters).to(x0.dtype)
 
 
 def data_consistency(op: MeasurementOperator, x: torch.Tensor, y: torch.Tensor, lam: float,
@@ -416,7 +386,7 @@ def song2021_sample(prior, op: MeasurementOperator, y: torch.Tensor, settings: S
     """
     sde = _sde_with_steps(prior.sde, settings.steps)
     g = ctx.generator
-    L = operator_norm_sq(op, y.device)
+    L = operator_norm(op, device=y.device) ** 2
     y_hat_holder: dict[str, torch.Tensor] = {}
     base_score = _counted_score(prior, ctx)
 
@@ -469,24 +439,6 @@ def fast_sample(prior, op: MeasurementOperator, y: torch.Tensor, settings: Sampl
         _report(ctx, i + 1, settings.steps, "fast sampler")
     _report(ctx, settings.steps, settings.steps, "fast sampler")
     return x0
-
-
-def operator_norm_sq(op: MeasurementOperator, device, iters: int = 30) -> float:
-    """``‖A‖²`` (largest eigenvalue of AᴴA) by power iteration, cached on the operator."""
-    cached = getattr(op, "_scorerecon_norm_sq", None)
-    if cached is not None:
-        return cached
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    v = torch.randn((1, 1, op.image_size, op.image_size), generator=gen).to(device)
-    if op.mask.ndim == 4 and op.mask.shape[0] > 1:
-        v = v.expand(op.mask.shape[0], -1, -1, -1).contiguous()
-    lam = 1.0
-    for _ in range(iters):
-        w = op.A_adjoint(op.A(v))
-        lam = float(w.reshape(w.shape[0], -1).norm(dim=-1).max())
-        v = w / w.reshape(w.shape[0], -1).norm(dim=-1).clamp_min(1e-12).reshape(-1, 1, 1, 1)
-    op._scorerecon_norm_sq = lam
-    return lam
 
 
 #: conditional samplers by name: ``fn(prior, op, y, settings, ctx) -> (B,1,H,W)``

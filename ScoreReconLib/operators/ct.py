@@ -513,38 +513,6 @@ class CTOperator(MeasurementOperator):
             step = self.least_squares(residual, self.default_cg_iterations if iterations is None else iterations)
         return x + lam * step.to(x.dtype)
 
-    def least_squares(self, r: torch.Tensor, iterations: int, tol: float = 1e-7) -> torch.Tensor:
-        """Min-norm ``argmin_d ||Λ T d − Λ r||`` per batch item by CGLS from ``d = 0``.
-
-        ``r``: full-layout sinogram (B, 1, n_angles, n_det); returns (B, 1, N, N). Stops early once
-        every item's normal-equation residual fell below ``tol`` times its start value.
-        """
-        iterations = _as_int(iterations, "iterations")
-        if iterations < 1:
-            raise ScoreReconError(f"CG iterations must be at least 1, got {iterations}")
-        dims = (1, 2, 3)
-        res = self.mask_apply(r.to(torch.float32))
-        s = self.A_adjoint(res)
-        d = torch.zeros_like(s)
-        p = s.clone()
-        gamma = (s * s).sum(dims, keepdim=True)
-        gamma0 = gamma.clone()
-        tiny = torch.finfo(torch.float32).tiny
-        for _ in range(iterations):
-            q = self.mask_apply(self.T(p))
-            qq = (q * q).sum(dims, keepdim=True)
-            alpha = torch.where(qq > tiny, gamma / qq.clamp_min(tiny), torch.zeros_like(qq))
-            d = d + alpha * p
-            res = res - alpha * q
-            s = self.A_adjoint(res)
-            gamma_new = (s * s).sum(dims, keepdim=True)
-            if bool((gamma_new <= (tol ** 2) * gamma0).all()):
-                break
-            beta = torch.where(gamma > tiny, gamma_new / gamma.clamp_min(tiny), torch.zeros_like(gamma))
-            p = s + beta * p
-            gamma = gamma_new
-        return d
-
     # ------------------------------------------------------------------------------ bookkeeping
     def to(self, device: torch.device | str) -> CTOperator:
         """Move the projector and masks to ``device`` (returns self)."""
