@@ -734,7 +734,9 @@ def _imageSizeForDetectors(nDet: int) -> int | None:
 
 
 def _modelImageSize(model: str) -> int | None:
-    """Image size a prior was trained on, from its config.json (None if it cannot be read)."""
+    """Image size a prior was trained on, from its config.json (None if it cannot be read).
+
+    A patch prior (config ``prior.kind == "patch"``) works at any size: this returns 0 for it."""
     try:
         if model in ("default-ct", "default-mri"):
             from ScoreReconLib.resources import resources_dir
@@ -745,6 +747,8 @@ def _modelImageSize(model: str) -> int | None:
             if folder.is_file():
                 folder = folder.parent
         config = json.loads((folder / "config.json").read_text())
+        if (config.get("prior") or {}).get("kind") == "patch":
+            return 0
         return int(config["image_size"])
     except Exception:  # missing or unreadable: the reconstruct command reports it precisely
         return None
@@ -975,10 +979,11 @@ class ScoreReconLogic(ScriptedLoadableModuleLogic):
                     f"the reference has {referenceArray.shape[0]} slice(s) but the sinogram has "
                     f"{sinogramArray.shape[0]}; choose the reference volume of these slices")
 
-        # the score prior works at its training size: resample automatically unless told otherwise
+        # a whole-image prior works at its training size: resample automatically unless told otherwise;
+        # a patch prior (size 0) reconstructs at the input's own grid
         if settings.size == 0 and settings.method == "score" and inputArray is not None:
             modelSize = _modelImageSize(settings.modelArgument)
-            if modelSize is not None and tuple(inputArray.shape[1:]) != (modelSize, modelSize):
+            if modelSize and tuple(inputArray.shape[1:]) != (modelSize, modelSize):
                 logging.info("ScoreRecon: resampling slices to %d x %d, the model's image size", modelSize, modelSize)
                 settings = dataclasses.replace(settings, size=modelSize)
 

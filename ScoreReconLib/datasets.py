@@ -180,8 +180,9 @@ class SliceDataset(torch.utils.data.Dataset):
                 if self.modality is None:
                     self.modality = guess_modality(img)
                 kept, total = self._add_image(img, axes, slices)
+                extent = [n * sp for n, sp in zip(img.array.shape, _axis_spacing(img), strict=False)]
                 self.sources.append({"path": str(path), "shape": list(img.array.shape), "slices": kept,
-                                     "candidates": total})
+                                     "candidates": total, "fov_mm": float(max(extent))})
                 if kept == 0:
                     self.warnings.append(f"{path}: all {total} slice(s) are nearly empty (< "
                                          f"{self.min_foreground:.0%} foreground); nothing used")

@@ -50,7 +50,11 @@ DEFAULT_NETWORK: dict = {
     "norm_num_groups": None,  # None → the largest of 32, 16, 8, 4, 2, 1 dividing every channel count
     "use_flash_attention": True,
     "input_scaling": True,
+    "coord_channels": 0,  # 2 for a patch prior: the pixels' (u, v) field-of-view coordinates
 }
+
+#: prior kinds: a whole-image network, or a position-aware patch network (:mod:`ScoreReconLib.patches`)
+PRIOR_KINDS = ("patch", "whole")
 
 #: sampler settings stored with a new checkpoint until tuned (official LIDC / BraTS λ and snr, 25 steps)
 DEFAULT_RECOMMENDED = {
@@ -90,14 +94,22 @@ def network_config(overrides: dict | None = None) -> dict:
             raise ScoreReconError(f"attention level with {c} channels is not a multiple of num_head_channels={heads}")
     cfg.update(channels=channels, attention_levels=attention, norm_num_groups=groups,
                num_res_blocks=int(cfg["num_res_blocks"]), num_head_channels=heads,
-               use_flash_attention=bool(cfg["use_flash_attention"]), input_scaling=bool(cfg["input_scaling"]))
+               use_flash_attention=bool(cfg["use_flash_attention"]), input_scaling=bool(cfg["input_scaling"]),
+               coord_channels=int(cfg["coord_channels"]))
     if cfg["num_res_blocks"] < 1:
         raise ScoreReconError("num_res_blocks must be at least 1")
+    if cfg["coord_channels"] not in (0, 2):
+        raise ScoreReconError(f"coord_channels must be 0 (whole-image prior) or 2 (patch prior), got "
+                              f"{cfg['coord_channels']}")
     return cfg
 
 
 class ScoreModel(nn.Module):
-    """Noise-conditional score network ``s_theta(x, t)`` for ``x`` (B,1,H,W) and ``t`` (B,) in (0, 1]."""
+    """Noise-conditional score network ``s_theta(x, t)`` for ``x`` (B,1,H,W) and ``t`` (B,) in (0, 1].
+
+    With ``network["coord_channels"] = 2`` (a patch network) ``forward`` also takes ``coords``
+    ``(B, 2, H, W)``, the pixels' field-of-view coordinates (see :mod:`ScoreReconLib.patches`).
+    """
 
     def __init__(self, sde: SDE, network: dict | None = None) -> None:
         super().__init__()
@@ -108,7 +120,7 @@ class ScoreModel(nn.Module):
         cfg = self.network
         heads = [min(cfg["num_head_channels"], c) for c in cfg["channels"]]
         self.unet = DiffusionModelUNet(
-            spatial_dims=2, in_channels=1, out_channels=1, channels=cfg["channels"],
+            spatial_dims=2, in_channels=1 + cfg["coord_channels"], out_channels=1, channels=cfg["channels"],
             attention_levels=cfg["attention_levels"], num_res_blocks=cfg["num_res_blocks"],
             num_head_channels=heads, norm_num_groups=cfg["norm_num_groups"], with_conditioning=False,
             use_flash_attention=cfg["use_flash_attention"],
@@ -118,14 +130,21 @@ class ScoreModel(nn.Module):
         """Image sizes must be multiples of this (one halving per level below the first)."""
         return 2 ** (len(self.network["channels"]) - 1)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Score ``grad_x log p_t(x)``, same shape as ``x``."""
+    def forward(self, x: torch.Tensor, t: torch.Tensor, coords: torch.Tensor | None = None) -> torch.Tensor:
+        """Score ``grad_x log p_t(x)``, same shape as ``x`` (``coords`` required for a patch network)."""
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         std = self.sde.beta(t).reshape(-1, 1, 1, 1).to(x.dtype)
         x_in = x
         if isinstance(self.sde, VESDE) and self.network["input_scaling"]:
             x_in = x * torch.rsqrt(std**2 + SIGMA_DATA**2)
+        if self.network["coord_channels"]:
+            want = (x.shape[0], 2, *x.shape[2:])
+            if coords is None or tuple(coords.shape) != want:
+                got = None if coords is None else tuple(coords.shape)
+                raise ScoreReconError(f"a patch score network needs coordinate channels (B, 2, H, W) matching x "
+                                      f"{tuple(x.shape)}; got {got}")
+            x_in = torch.cat([x_in, coords.to(x_in)], 1)
         out = self.unet(x_in, 999.0 * t)
         if isinstance(self.sde, VPSDE):
             return -out / std
@@ -149,6 +168,9 @@ class Prior:
         self.modality = str(config["modality"])
         self.normalization = Normalization.from_dict(config["normalization"])
         self.recommended = dict(config.get("recommended") or DEFAULT_RECOMMENDED.get(self.modality, {}))
+        spec = prior_spec(config)
+        self.kind: str = spec["kind"]
+        self.patch_size: int | None = spec.get("patch_size")
         self.device = torch.device("cpu")
         self.model.eval().requires_grad_(False)
         self.to(device)
@@ -159,18 +181,55 @@ class Prior:
         self.model.to(self.device)
         return self
 
-    def score(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
-        """``grad_x log p_t(x)`` for ``x`` (B,1,H,W) normalised images and ``t`` (B,) or a scalar."""
+    @property
+    def working_size(self) -> int:
+        """Grid on which tools without an input grid of their own (demo, evaluate, tune, sample) work:
+        the training size of a whole-image prior; ``prior.default_size`` (128) for a patch prior."""
+        if self.kind == "patch":
+            return int(self.config.get("prior", {}).get("default_size", 128))
+        return self.image_size
+
+    def size_for(self, requested: int | None) -> int:
+        """``requested`` if this prior can work on that grid (else a clear error), or :attr:`working_size`."""
+        if requested is None:
+            return self.working_size
+        self.check_compatible(int(requested))
+        return int(requested)
+
+    @property
+    def any_size(self) -> bool:
+        """True for a patch prior: it scores images of any size at their own grid."""
+        return self.kind == "patch"
+
+    def score(self, x: torch.Tensor, t: torch.Tensor | float,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+        """``grad_x log p_t(x)`` for ``x`` (B,1,H,W) normalised images and ``t`` (B,) or a scalar.
+
+        A patch prior tiles ``x`` at a random grid offset drawn from ``generator`` (and fills the
+        padding with noise from it); a whole-image prior ignores ``generator``.
+        """
         if not isinstance(t, torch.Tensor):
             t = torch.full((x.shape[0],), float(t), device=x.device)
         elif t.ndim == 0:
             t = t.expand(x.shape[0])
-        return self.model(x, t.to(x.device, torch.float32))
+        t = t.to(x.device, torch.float32)
+        if self.kind != "patch":
+            return self.model(x, t)
+        from .patches import random_offset, tiled_score
+
+        p = int(self.patch_size)
+        offset = random_offset(p, generator, x.device)
+        return tiled_score(self.model, x, t, self.sde.beta(t), p, offset, generator)
 
     def check_compatible(self, image_size: int, modality: str | None = None) -> None:
-        """Raise :class:`ScoreReconError` if images of ``image_size``/``modality`` do not fit this prior."""
+        """Raise :class:`ScoreReconError` if images of ``image_size``/``modality`` do not fit this prior.
+
+        A patch prior accepts any size of at least 8 pixels; a whole-image prior only its own."""
         name = self.config.get("name", "this prior")
-        if int(image_size) != self.image_size:
+        if self.any_size:
+            if int(image_size) < 8:
+                raise ScoreReconError(f"{name}: images must be at least 8x8 pixels, got {image_size}x{image_size}")
+        elif int(image_size) != self.image_size:
             raise ScoreReconError(
                 f"{name} was trained on {self.image_size}x{self.image_size} images but got "
                 f"{image_size}x{image_size}; resample the input to {self.image_size} (e.g. --size "
@@ -183,8 +242,32 @@ class Prior:
             )
 
     def __repr__(self) -> str:
-        return (f"Prior({self.config.get('name', '?')}, {self.modality}, {self.image_size}px, {self.sde!r}, "
+        size = f"{self.patch_size}px patches" if self.any_size else f"{self.image_size}px"
+        return (f"Prior({self.config.get('name', '?')}, {self.kind}, {self.modality}, {size}, {self.sde!r}, "
                 f"device={self.device})")
+
+
+def prior_spec(config: dict) -> dict:
+    """The ``prior`` section of a checkpoint config, validated: ``{"kind": "whole"}`` or
+    ``{"kind": "patch", "patch_size": P, ...}``. Configs without the section are whole-image priors."""
+    spec = config.get("prior") or {"kind": "whole"}
+    if not isinstance(spec, dict) or spec.get("kind") not in PRIOR_KINDS:
+        raise ScoreReconError(f"config 'prior' must be an object with kind one of {PRIOR_KINDS}, got {spec!r}; "
+                              "re-save the checkpoint")
+    spec = dict(spec)
+    net = config.get("network") or {}
+    if spec["kind"] == "patch":
+        try:
+            spec["patch_size"] = int(spec["patch_size"])
+        except (KeyError, TypeError, ValueError):
+            raise ScoreReconError(f"a patch prior's config needs an integer prior.patch_size, got {spec!r}") from None
+        if spec["patch_size"] < 4:
+            raise ScoreReconError(f"prior.patch_size {spec['patch_size']} must be at least 4")
+        if isinstance(net, dict) and int(net.get("coord_channels", 0)) != 2:
+            raise ScoreReconError("a patch prior's network must have coord_channels = 2; the config is inconsistent")
+    elif isinstance(net, dict) and int(net.get("coord_channels", 0)) != 0:
+        raise ScoreReconError("a whole-image prior's network must have coord_channels = 0; the config is inconsistent")
+    return spec
 
 
 # ----------------------------------------------------------------------------------- checkpoints
@@ -309,6 +392,7 @@ def read_config(folder: str | Path) -> dict:
     except (TypeError, ValueError, KeyError) as exc:
         raise ScoreReconError(f"{path}: bad image_size or normalization ({exc}); re-save the checkpoint") from None
     cfg["modality"] = str(cfg["modality"]).upper()
+    prior_spec(cfg)
     return cfg
 
 

@@ -56,8 +56,12 @@ class ReconstructionResult:
 
 
 def check_compatible(operator: MeasurementOperator, prior) -> None:
-    """Refuse a prior trained for another image size or modality, before any work starts."""
-    if prior.image_size != operator.image_size:
+    """Refuse a prior trained for another image size or modality, before any work starts.
+
+    A patch prior (``prior.any_size``) reconstructs any image size at the operator's own grid."""
+    if getattr(prior, "any_size", False):
+        prior.check_compatible(operator.image_size)
+    elif prior.image_size != operator.image_size:
         raise ScoreReconError(
             f"the model was trained on {prior.image_size}x{prior.image_size} images but the measurement is for "
             f"{operator.image_size}x{operator.image_size}; use a model of that size or re-simulate with "

@@ -9,13 +9,20 @@ sampler composes. The conditional samplers solve ``y = A x + noise`` for an oper
   a final Tweedie denoise and a hard merge (λ = 1). 2 network evaluations per step. The predictor
   is the ancestral step: at the paper's 1000 steps it has the same mean update as the reverse-diffusion
   step and a noise std 0.8 % smaller (VE, σ_max/σ_min = 3410); unlike it, it stays stable with few
-  steps (``predictor="reverse_diffusion"`` restores the paper's step).
+  steps (``predictor="reverse_diffusion"`` restores the paper's step). With ``tv_weight > 0`` every
+  merge is followed by a few warm-started PDHG iterations adding a TV penalty (:func:`tv_proximal`,
+  as DiffusionMBIR / DDS regularise their data-consistency steps).
 - ``song2021`` — conditional score ``s_θ(x, t) + ∇ₓ log p(ŷ_t | x)`` with a Gaussian likelihood whose
   variance is ``(r·β(t))²`` (``r`` the noise-rate hyperparameter) in units of ``‖A‖²``.
 - ``fast`` — a DDS-style sampler (Chung et al. 2024): at each of K steps, the Tweedie estimate
   ``x̂₀ = (x + β² s_θ)/α`` is made consistent with ``y`` by a few conjugate-gradient (CGLS) steps
   on ``‖A x₀ − y‖`` started at ``x̂₀``, then a DDIM step moves to the next noise level. 1 network
   evaluation per step.
+
+Warm start (all three samplers, ``init="classical"``): instead of pure noise at t = T, the reverse
+process starts at ``t_start`` ∈ (0, 1] from a classical reconstruction ``x_c`` (TV for CT, CS-TV for
+MRI; :func:`classical_init`) noised to that time, ``x = α(t_start) x_c + β(t_start) z``, and runs
+``steps`` steps from there down to ``eps`` (:func:`reverse_grid`).
 
 All tensors are ``(B, 1, H, W)``; measurements are in the operators' full layout.
 """
@@ -29,7 +36,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .baselines import operator_norm
+from .baselines import gradient, gradient_adjoint, operator_norm
+from .errors import ScoreReconError
 from .operators.base import MeasurementOperator
 from .utils import ProgressFn, check_cancel
 
@@ -215,13 +223,16 @@ class SamplerContext:
     progress: ProgressFn | None = None
     cancel: threading.Event | None = None
     nfe: int = 0
+    #: the classical reconstruction ``init="classical"`` starts from (computed once per call of
+    #: :func:`ScoreReconLib.reconstruction.reconstruct` and shared by its samples); ``None`` → compute
+    x_init: torch.Tensor | None = None
 
 
 def _counted_score(prior, ctx: SamplerContext) -> ScoreFn:
     def score(x, t):
         ctx.nfe += 1
         with torch.no_grad():
-            return prior.score(x, t)
+            return prior.score(x, t, generator=ctx.generator)
 
     return score
 
@@ -334,7 +345,132 @@ def data_consistency(op: MeasurementOperator, x: torch.Tensor, y: torch.Tensor, 
     return x + lam * (x_cg - x)
 
 
+def tv_proximal(op: MeasurementOperator, x0: torch.Tensor, y_hat: torch.Tensor, lam: float, weight: float,
+                iters: int = 10, norm: float | None = None) -> torch.Tensor:
+    """TV-regularised data-consistency step: the proximal merge, then ``iters`` PDHG iterations with TV.
+
+    ``x0`` (B, 1, N, N) is the current iterate, ``y_hat`` a full-layout measurement of ``op`` (the
+    sampler's ``ŷ_t``), ``lam`` ∈ [0, 1] the merge weight λ, ``weight`` = w ≥ 0 the TV weight in
+    the units of ``scorerecon reconstruct --method tv --weight`` (relative to ``‖A‖²``, on [0, 1]
+    images); ``norm`` = ‖A‖ (default :func:`~ScoreReconLib.baselines.operator_norm`, cached per
+    operator). Returns (B, 1, N, N) in ``x0``'s dtype.
+
+    With ``p = op.proximal(x0, y_hat, λ)`` (the paper's step) and ``γ = λ / (1 − λ)`` (∞ at λ = 1),
+    it approximately minimises, by Chambolle–Pock started at ``p`` with zero duals::
+
+        E(x) = ½‖A (x − p)‖² + (1 / (2γ))‖x − p‖² + w·‖A‖²·TV(x)        (isotropic TV)
+
+    (:func:`tv_proximal_objective`). Its w = 0 minimiser is ``p``, and w = 0 (or λ = 0) returns
+    ``p`` exactly. Where ``p`` is the exact minimiser of ``½‖A x − ŷ‖² + (1 / (2γ))‖x − x₀‖²``
+    (MRI's closed-form merge) ``E`` equals, up to a constant, the DiffusionMBIR-style objective
+    ``½‖A x − ŷ‖² + (1 / (2γ))‖x − x₀‖² + w·‖A‖²·TV(x)``; for CT (a CGLS merge, uniform λ on the
+    measured rows) it is the quadratic model of that objective centred at ``p``. At λ = 1 and
+    convergence it is ``--method tv``'s objective on the merged data. Costs ``iters`` applications
+    each of A and Aᴴ (no positivity constraint: the sampler's iterates carry noise).
+    """
+    if not math.isfinite(float(weight)) or weight < 0:
+        raise ScoreReconError(f"TV weight {weight} must be a finite number >= 0; use e.g. 1e-4")
+    if isinstance(iters, bool) or int(iters) != iters or iters < 1:
+        raise ScoreReconError(f"TV iterations must be a whole number of at least 1, got {iters}")
+    p = op.proximal(x0, y_hat, lam)
+    if weight == 0 or lam == 0:
+        return p
+    s = float(norm) if norm is not None else operator_norm(op, device=x0.device)
+    # everything below is E / ‖A‖²: data ½‖Ã d‖² with Ã = A/‖A‖, anchor (μ/2)‖d‖², w·TV(p + d), d = x − p
+    mu = (1.0 - float(lam)) / float(lam) / s**2
+    # τσ‖K‖² < 1 for K = [Ã; ∇] (‖K‖² ≤ 1 + 8); primal step enlarged by ρ = 1/√w as in baselines._pdhg
+    rho = min(max(1.0 / math.sqrt(weight), 1.0), 100.0)
+    tau, sigma = 0.99 * rho / 3.0, 0.99 / (rho * 3.0)
+    w = float(weight)
+    pf = p.float()
+    d = torch.zeros_like(pf)
+    d_bar = d
+    u: torch.Tensor | None = None
+    q = torch.zeros_like(gradient(pf))
+    for _ in range(int(iters)):
+        ad = op.A(d_bar) * (sigma / s)
+        u = ad / (1.0 + sigma) if u is None else (u + ad) / (1.0 + sigma)
+        q = q + sigma * gradient(pf + d_bar)
+        q = q / (q.pow(2).sum(dim=1, keepdim=True).sqrt() / w).clamp_min(1.0)
+        d_new = (d - tau * (op.A_adjoint(u).float() / s + gradient_adjoint(q))) / (1.0 + tau * mu)
+        d_bar = 2.0 * d_new - d
+        d = d_new
+    return (pf + d).to(p.dtype)
+
+
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    """Isotropic TV per batch item: Σ |∇x| over forward differences (Neumann), (B, 1, N, N) → (B,)."""
+    return gradient(x.float()).pow(2).sum(dim=1).sqrt().flatten(1).sum(1)
+
+
+def tv_proximal_objective(op: MeasurementOperator, x: torch.Tensor, center: torch.Tensor, lam: float,
+                          weight: float, norm: float | None = None) -> torch.Tensor:
+    """``E(x)`` of :func:`tv_proximal` per batch item (B,): ``center`` = ``p``, the merge's output."""
+    s = float(norm) if norm is not None else operator_norm(op, device=x.device)
+    d = (x - center).float()
+    ad = op.A(d)
+    data = 0.5 * (ad.abs() ** 2).flatten(1).sum(1)
+    anchor = 0.0 if lam >= 1 else 0.5 * (1.0 - lam) / lam * d.pow(2).flatten(1).sum(1)
+    return data + anchor + weight * s**2 * total_variation(x)
+
+
+def classical_init(op: MeasurementOperator, y: torch.Tensor, weight: float | None = None,
+                   cancel: threading.Event | None = None) -> torch.Tensor:
+    """The reconstruction ``init="classical"`` starts from: TV (CT) or CS-TV (MRI) → (B, 1, N, N) float32.
+
+    ``weight`` as ``--method tv/cs --weight`` (``None`` → that method's tuned default); 300 PDHG iterations.
+    """
+    from .baselines import classical_reconstruct
+
+    method = "cs" if op.task == "mri" else "tv"
+    return classical_reconstruct(method, y, op, cancel=cancel, weight=weight).float()
+
+
+def reverse_grid(sde, steps: int, t_start: float, eps: float, device) -> tuple:
+    """``(sde_N, ts)``: the discretisation and the ``steps`` times (descending) a PC sampler visits.
+
+    ``t_start = 1``: ``sde`` with N = ``steps`` and ``ts = linspace(T, eps, steps)`` (unchanged). Else
+    the discretisation with ``N = round((steps − 1) / t_start) + 1`` (so adjacent grid times stay the
+    predictor's adjacent noise levels) and its last ``steps`` times, the first of which is the grid
+    time nearest ``t_start·T``.
+    """
+    if t_start >= 1.0:
+        sde_n = _sde_with_steps(sde, steps)
+        return sde_n, _timesteps(sde_n, sde_n.N, eps, device)
+    n_full = max(2, int(round((steps - 1) / float(t_start))) + 1)
+    sde_n = _sde_with_steps(sde, n_full)
+    return sde_n, _timesteps(sde_n, n_full, eps, device)[n_full - steps:]
+
+
+def _initial_state(sde, op: MeasurementOperator, y: torch.Tensor, settings: SamplerSettings, ctx: SamplerContext,
+                   t0: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """``x`` at the first time ``t0``: a draw from p_T (``init="noise"``) or ``α(t0) x_c + β(t0) z``."""
+    if settings.init == "noise":
+        return sde.prior_sampling(shape, generator=ctx.generator, device=y.device)
+    if ctx.x_init is None:
+        ctx.x_init = classical_init(op, y, settings.init_weight, ctx.cancel)
+    z = torch.randn(shape, generator=ctx.generator, device=y.device, dtype=torch.float32)
+    a, b = _alpha_beta(sde, t0.reshape(1).to(z.device), z)
+    return a * ctx.x_init.to(z) + b * z
+
+
+def _consistency_step(op: MeasurementOperator, settings: SamplerSettings, device) -> Callable:
+    """``step(x, ŷ, λ)``: ``op.proximal`` itself (``tv_weight == 0``) or :func:`tv_proximal`."""
+    if settings.tv_weight == 0:
+        return op.proximal
+    norm = operator_norm(op, device=device)
+
+    def step(x, y_hat, lam):
+        return tv_proximal(op, x, y_hat, lam, settings.tv_weight, settings.tv_iters, norm)
+
+    return step
+
+
 # ------------------------------------------------------------------------ conditional samplers
+#: values of ``SamplerSettings.init``
+INITS = ("noise", "classical")
+
+
 @dataclass
 class SamplerSettings:
     """Hyperparameters of the conditional samplers (``None`` → the prior's or method's default)."""
@@ -349,31 +485,41 @@ class SamplerSettings:
     corrector_steps: int = 1
     #: predictor of the proximal / song2021 samplers ("ancestral", "reverse_diffusion", "euler_maruyama")
     predictor: str = "ancestral"
+    #: proximal only: TV weight w of :func:`tv_proximal` (``--method tv --weight`` units); 0 = the paper's step
+    tv_weight: float = 0.0
+    #: proximal only: PDHG iterations per TV-regularised step
+    tv_iters: int = 10
+    #: start of the reverse process: "noise" (p_T) or "classical" (:func:`classical_init` noised to t_start)
+    init: str = "noise"
+    #: time in (0, 1] the reverse process starts at; < 1 needs ``init="classical"``; ``steps`` are run from it
+    t_start: float = 1.0
+    #: TV / CS weight of the classical start (None → that method's default)
+    init_weight: float | None = None
 
 
 def proximal_sample(prior, op: MeasurementOperator, y: torch.Tensor, settings: SamplerSettings,
                     ctx: SamplerContext) -> torch.Tensor:
     """The paper's sampler: proximal data consistency before every corrector and predictor step."""
-    sde = _sde_with_steps(prior.sde, settings.steps)
+    sde, ts = reverse_grid(prior.sde, settings.steps, settings.t_start, settings.eps, y.device)
     score = _counted_score(prior, ctx)
     pred = get_predictor(settings.predictor)(sde, score)
     corr = LangevinCorrector(sde, score, settings.snr, settings.corrector_steps)
     g = ctx.generator
     shape = (y.shape[0], 1, op.image_size, op.image_size)
-    x = sde.prior_sampling(shape, generator=g, device=y.device)
-    ts = _timesteps(sde, sde.N, settings.eps, y.device)
+    x = _initial_state(sde, op, y, settings, ctx, ts[0], shape)
+    merge = _consistency_step(op, settings, y.device)
     lam = settings.lam
     for i, t in enumerate(ts):
         vt = _vec(t, x)
         if settings.snr > 0:
-            x = op.proximal(x, noisy_measurement(op, y, sde, vt, g), lam)
+            x = merge(x, noisy_measurement(op, y, sde, vt, g), lam)
             x, _ = corr.update(x, vt, g)
-        x = op.proximal(x, noisy_measurement(op, y, sde, vt, g), lam)
+        x = merge(x, noisy_measurement(op, y, sde, vt, g), lam)
         x, _ = pred.update(x, vt, g)
         _report(ctx, i + 1, len(ts), "proximal sampler")
     t_end = _vec(ts[-1], x)
     x0 = tweedie(prior, x, t_end, ctx=ctx)
-    return op.proximal(x0, y, 1.0)
+    return merge(x0, y, 1.0)
 
 
 def song2021_sample(prior, op: MeasurementOperator, y: torch.Tensor, settings: SamplerSettings,
@@ -384,7 +530,7 @@ def song2021_sample(prior, op: MeasurementOperator, y: torch.Tensor, settings: S
     ``L = ‖A‖²`` (power iteration), ``G`` the step's diffusion and ``r`` = ``settings.noise_rate``.
     λ is not used by this sampler.
     """
-    sde = _sde_with_steps(prior.sde, settings.steps)
+    sde, ts = reverse_grid(prior.sde, settings.steps, settings.t_start, settings.eps, y.device)
     g = ctx.generator
     L = operator_norm(op, device=y.device) ** 2
     y_hat_holder: dict[str, torch.Tensor] = {}
@@ -402,8 +548,7 @@ def song2021_sample(prior, op: MeasurementOperator, y: torch.Tensor, settings: S
     pred = get_predictor(settings.predictor)(sde, cond_score)
     corr = LangevinCorrector(sde, cond_score, settings.snr, settings.corrector_steps)
     shape = (y.shape[0], 1, op.image_size, op.image_size)
-    x = sde.prior_sampling(shape, generator=g, device=y.device)
-    ts = _timesteps(sde, sde.N, settings.eps, y.device)
+    x = _initial_state(sde, op, y, settings, ctx, ts[0], shape)
     for i, t in enumerate(ts):
         vt = _vec(t, x)
         y_hat_holder["y"] = noisy_measurement(op, y, sde, vt, g)
@@ -416,13 +561,15 @@ def song2021_sample(prior, op: MeasurementOperator, y: torch.Tensor, settings: S
 
 def fast_sample(prior, op: MeasurementOperator, y: torch.Tensor, settings: SamplerSettings,
                 ctx: SamplerContext) -> torch.Tensor:
-    """DDS-style sampler: Tweedie estimate → CGLS data consistency → DDIM step, ``steps`` NFE."""
+    """DDS-style sampler: Tweedie estimate → CGLS data consistency → DDIM step, ``steps`` NFE.
+
+    Its ``steps + 1`` times are equispaced from ``t_start·T`` to ``eps``."""
     sde = prior.sde
     g = ctx.generator
     score = _counted_score(prior, ctx)
     shape = (y.shape[0], 1, op.image_size, op.image_size)
-    x = sde.prior_sampling(shape, generator=g, device=y.device)
-    ts = torch.linspace(sde.T, settings.eps, settings.steps + 1, device=y.device)
+    ts = torch.linspace(sde.T * settings.t_start, settings.eps, settings.steps + 1, device=y.device)
+    x = _initial_state(sde, op, y, settings, ctx, ts[0], shape)
     x0 = x
     for i in range(settings.steps):
         t, s = _vec(ts[i], x), _vec(ts[i + 1], x)

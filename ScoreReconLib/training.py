@@ -45,6 +45,7 @@ from .networks import (
     read_config,
     save_checkpoint,
 )
+from .patches import DEFAULT_PATCH_SIZE, estimate_patch_sigma_max, sample_patches, tiled_score
 from .sde import SDE, VESDE, VPSDE, sde_from_dict
 from .utils import ProgressFn, atomic_path, check_cancel, resolve_device
 
@@ -101,6 +102,14 @@ class TrainConfig:
     show_progress: bool = True
     #: start from this checkpoint's EMA weights (fine-tuning / continuing with a fresh optimizer)
     init_from: str | None = None
+    #: "patch" (default): a position-aware patch network trained on random patches; "whole": whole images
+    prior: str = "patch"
+    #: patch side in pixels (patch priors)
+    patch_size: int = DEFAULT_PATCH_SIZE
+    #: canvas-size range of patch training relative to the stored ``image_size`` grid (pixel-size augmentation)
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    #: intensity gain range of patch training (None: 0.95–1.05 for CT, 0.85–1.15 for MR)
+    intensity_range: tuple[float, float] | None = None
 
 
 @dataclass
@@ -148,13 +157,15 @@ def make_sde(cfg: TrainConfig, sigma_max: float | None) -> SDE:
 
 
 def dsm_loss(model: torch.nn.Module, sde: SDE, x0: torch.Tensor, t: torch.Tensor, z: torch.Tensor,
-             amp: bool = False) -> torch.Tensor:
-    """Denoising score-matching loss ``mean ||beta(t) s(x_t, t) + z||^2`` for ``x0``, ``z`` (B,1,H,W), ``t`` (B,)."""
+             amp: bool = False, coords: torch.Tensor | None = None) -> torch.Tensor:
+    """Denoising score-matching loss ``mean ||beta(t) s(x_t, t) + z||^2`` for ``x0``, ``z`` (B,1,H,W), ``t`` (B,).
+
+    ``coords`` (B,2,H,W): coordinate channels of a patch network (None for a whole-image network)."""
     mean, std = sde.marginal_prob(x0, t)
     std_b = std.reshape(-1, 1, 1, 1)
     xt = mean + std_b * z
     with torch.autocast(device_type=x0.device.type, dtype=torch.bfloat16, enabled=amp):
-        score = model(xt, t)
+        score = model(xt, t) if coords is None else model(xt, t, coords)
     return ((score.float() * std_b + z) ** 2).mean()
 
 
@@ -290,8 +301,10 @@ def _resume_config(cfg: TrainConfig, out: Path) -> tuple[TrainConfig, dict]:
     for k in RESUME_OVERRIDES:
         merged[k] = getattr(cfg, k)
     merged["output"] = str(out)
-    if merged.get("hu_window") is not None:
-        merged["hu_window"] = tuple(merged["hu_window"])
+    merged.setdefault("prior", "whole")  # checkpoints written before patch priors existed
+    for key in ("hu_window", "scale_range", "intensity_range"):
+        if merged.get(key) is not None:
+            merged[key] = tuple(merged[key])
     return TrainConfig(**merged), saved
 
 
@@ -327,6 +340,9 @@ def _train(cfg: TrainConfig, saved_cfg: dict | None, out: Path, device: torch.de
                            cfg.num_workers)
     modality = dataset.modality
     cfg.modality = modality  # record what was guessed, so a resumed run reads the data the same way
+    is_patch = cfg.prior == "patch"
+    if is_patch and cfg.intensity_range is None:
+        cfg.intensity_range = (0.95, 1.05) if modality == "CT" else (0.85, 1.15)
     if saved_cfg is not None and modality != saved_cfg["modality"]:
         raise ScoreReconError(f"the data are {modality} but the checkpoint is {saved_cfg['modality']}; pass "
                               f"--modality {saved_cfg['modality']}")
@@ -334,35 +350,51 @@ def _train(cfg: TrainConfig, saved_cfg: dict | None, out: Path, device: torch.de
         for w in dataset.warnings:
             print(f"warning: {w}", file=sys.stderr)
 
+    init = None
+    if cfg.init_from and saved_cfg is None:
+        from .networks import load_checkpoint
+
+        init = load_checkpoint(cfg.init_from, "cpu")
+        if init.kind == "patch" and not is_patch:
+            raise ScoreReconError(f"--init-from {cfg.init_from} is a patch prior but this run trains a whole-image "
+                                  "prior; pass --prior patch or start from scratch")
+        if not is_patch:
+            init.check_compatible(cfg.image_size, modality)
+        elif modality != init.modality:
+            raise ScoreReconError(f"--init-from {cfg.init_from} is a {init.modality} prior but the data are {modality}")
+
     if saved_cfg is not None:
         sde = sde_from_dict(saved_cfg["sde"])
         network = saved_cfg["network"]
+    elif init is not None and cfg.sigma_max is None:  # keep the starting network's noise scale and shape
+        sde = init.sde
+        network = network_config({**init.model.network, "coord_channels": 2 if is_patch else 0})
     else:
         sigma_max = cfg.sigma_max
         if cfg.sde.lower() == "ve" and sigma_max is None:
-            sigma_max = estimate_sigma_max(dataset.slices, seed=cfg.seed)
+            sigma_max = (estimate_patch_sigma_max(dataset.slices, cfg.patch_size, seed=cfg.seed) if is_patch
+                         else estimate_sigma_max(dataset.slices, seed=cfg.seed))
         sde = make_sde(cfg, sigma_max)
-        network = network_config(cfg.network)
+        base = dict(init.model.network) if init is not None else dict(cfg.network)
+        network = network_config({**base, "coord_channels": 2 if is_patch else 0})
     if isinstance(sde, VESDE):
         cfg.sigma_max = sde.sigma_max
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank and every run
     model = ScoreModel(sde, network).to(device)
-    if cfg.image_size % model.min_size_multiple():
+    if is_patch and cfg.patch_size % model.min_size_multiple():
+        raise ScoreReconError(f"--patch-size {cfg.patch_size} must be a multiple of {model.min_size_multiple()} "
+                              f"for a {len(model.network['channels'])}-level network")
+    if not is_patch and cfg.image_size % model.min_size_multiple():
         raise ScoreReconError(f"--size {cfg.image_size} must be a multiple of {model.min_size_multiple()} for a "
                               f"{len(model.network['channels'])}-level network")
-    ema = EMA(model, cfg.ema)
-    if cfg.init_from and saved_cfg is None:
-        from .networks import load_checkpoint
-
-        init = load_checkpoint(cfg.init_from, "cpu")
-        init.check_compatible(cfg.image_size, modality)
+    if init is not None:
         try:
-            model.load_state_dict(init.model.state_dict())
-            ema.model.load_state_dict(init.model.state_dict())
+            model.load_state_dict(transplant_state(init.model.state_dict(), model.state_dict()))
         except RuntimeError as exc:
             raise ScoreReconError(f"--init-from {cfg.init_from} has another network shape than this run "
                                   f"({str(exc).splitlines()[0][:120]}); use the same --channels/--res-blocks") from None
+    ema = EMA(model, cfg.ema)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8,
                                  fused=device.type == "cuda")
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank + 1)
@@ -409,6 +441,9 @@ def _train(cfg: TrainConfig, saved_cfg: dict | None, out: Path, device: torch.de
         "training": {k: v for k, v in asdict(cfg).items() if k != "show_progress"},
     }
     norm = _normalization(modality, dataset.hu_window)
+    prior_section = ({"kind": "patch", "patch_size": int(cfg.patch_size), "scale_range": list(cfg.scale_range),
+                      "default_size": 128,
+                      "source_pixel_mm": _source_pixel_mm(dataset)} if is_patch else {"kind": "whole"})
     log_path = out / LOSS_LOG
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -432,7 +467,8 @@ def _train(cfg: TrainConfig, saved_cfg: dict | None, out: Path, device: torch.de
             recent = losses[-100:]
             final = float(np.mean(recent)) if recent else (saved_cfg or {}).get("final_loss")
             config = make_config(ema.model, cfg.image_size, modality, norm, steps=step_now,
-                                 final_loss=final if final is not None else float("nan"), **base_config)
+                                 final_loss=final if final is not None else float("nan"), prior=prior_section,
+                                 **base_config)
             if saved_cfg is not None and saved_cfg.get("recommended"):
                 config["recommended"] = saved_cfg["recommended"]
             state = {
@@ -486,13 +522,22 @@ def _train(cfg: TrainConfig, saved_cfg: dict | None, out: Path, device: torch.de
                 group["lr"] = lr
             b = cfg.batch_size
             idx = shard[torch.randint(len(shard), (b,), generator=gen)]
-            x0 = slices[to_device(idx, slices.device)].float()
-            if cfg.augment:
-                x0 = augment_batch(x0, gen)
+            coords = None
+            if is_patch:
+                aug = cfg.augment
+                x0, coords = sample_patches(slices, b, cfg.patch_size, gen, index=idx,
+                                            scale_range=tuple(cfg.scale_range) if aug else (1.0, 1.0),
+                                            max_rotate_deg=10.0 if aug else 0.0, flip=aug,
+                                            intensity=tuple(cfg.intensity_range) if aug else (1.0, 1.0))
+                coords = to_device(coords, device)
+            else:
+                x0 = slices[to_device(idx, slices.device)].float()
+                if cfg.augment:
+                    x0 = augment_batch(x0, gen)
             t = to_device(torch.rand(b, generator=gen) * (sde.T - cfg.eps) + cfg.eps, device)
             z = to_device(torch.randn(x0.shape, generator=gen), device)
             x0 = to_device(x0, device)
-            loss = dsm_loss(train_model, sde, x0, t, z, amp=cfg.amp)
+            loss = dsm_loss(train_model, sde, x0, t, z, amp=cfg.amp, coords=coords)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
@@ -519,8 +564,35 @@ def _train(cfg: TrainConfig, saved_cfg: dict | None, out: Path, device: torch.de
                        model=model, ema_model=ema.model)
 
 
+def transplant_state(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``source`` weights shaped for ``target``: a whole-image network's first convolution gets zero
+    weights for the patch network's two coordinate channels, so the patch network starts as the
+    whole-image denoiser applied to each patch; every other tensor is copied as it is."""
+    out = dict(source)
+    for k, v in source.items():
+        want = target.get(k)
+        if want is not None and v.ndim == 4 and want.ndim == 4 and v.shape[1] < want.shape[1] \
+                and v.shape[0] == want.shape[0] and v.shape[2:] == want.shape[2:]:
+            w = torch.zeros_like(want)
+            w[:, : v.shape[1]] = v
+            out[k] = w
+    return out
+
+
+def _source_pixel_mm(dataset: SliceDataset) -> float | None:
+    """Median pixel size (mm) of the stored training slices: the field of view over the stored grid."""
+    fov = [s.get("fov_mm") for s in dataset.sources if s.get("fov_mm")]
+    return round(float(np.median(fov)) / dataset.size, 4) if fov else None
+
+
 def _validate(cfg: TrainConfig) -> None:
+    lo, hi = (float(v) for v in cfg.scale_range)
     checks = [
+        (cfg.prior in ("patch", "whole"), f"--prior {cfg.prior} must be patch or whole"),
+        (cfg.prior != "patch" or 4 <= cfg.patch_size <= cfg.image_size,
+         f"--patch-size {cfg.patch_size} must lie in [4, --size {cfg.image_size}]"),
+        (math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= hi,
+         f"scale range {cfg.scale_range} must be two positive numbers LOW <= HIGH"),
         (cfg.steps >= 1, f"--steps {cfg.steps} must be at least 1"),
         (cfg.batch_size >= 1, f"--batch-size {cfg.batch_size} must be at least 1"),
         (cfg.lr > 0, f"--lr {cfg.lr} must be positive, e.g. 2e-4"),
@@ -580,8 +652,16 @@ def _sample_grid(model: ScoreModel, sde: SDE, cfg: TrainConfig, device: torch.de
     """A grid of ``cfg.sample_count`` EMA-model samples (fixed seed, own generator) at ``path``."""
     g = torch.Generator().manual_seed(1234)
     n = max(1, cfg.sample_count)
-    x = em_sample(model, sde, (n, 1, cfg.image_size, cfg.image_size), steps=max(2, cfg.sample_steps), generator=g,
-                  device=device)
+    score_fn = model
+    if cfg.prior == "patch":
+        gt = torch.Generator(device=device).manual_seed(4321)
+        p = int(cfg.patch_size)
+
+        def score_fn(x, t):
+            o = torch.randint(0, p, (2,), generator=gt, device=device)
+            return tiled_score(model, x, t, sde.beta(t), p, (int(o[0]), int(o[1])), gt)
+    x = em_sample(score_fn, sde, (n, 1, cfg.image_size, cfg.image_size), steps=max(2, cfg.sample_steps),
+                  generator=g, device=device)
     save_image_grid(x, path)
 
 

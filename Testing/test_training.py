@@ -60,7 +60,8 @@ def ct_folder(tmp_path_factory):
 
 def _cfg(data, out, **kw) -> TrainConfig:
     base = dict(data=str(data), output=str(out), image_size=16, steps=6, batch_size=4, network=TINY,
-                modality="CT", device="cpu", show_progress=False, checkpoint_every=3, warmup=2, log_every=2)
+                modality="CT", device="cpu", show_progress=False, checkpoint_every=3, warmup=2, log_every=2,
+                prior="whole")  # the whole-image path; patch priors are tested in test_patches.py
     base.update(kw)
     return TrainConfig(**base)
 
@@ -268,7 +269,7 @@ def test_ddp_two_gloo_processes_stay_in_sync(ct_folder, tmp_path):
 def test_cli_train_and_sample_round_trip(ct_folder, tmp_path, capsys):
     out = tmp_path / "cli"
     rc = cli_main(["train", "--data", str(ct_folder), "--output", str(out), "--size", "16", "--steps", "4",
-                   "--channels", "8,16,16", "--batch-size", "2", "--checkpoint-every", "2", "--device", "cpu",
+                   "--prior", "whole", "--channels", "8,16,16", "--batch-size", "2", "--checkpoint-every", "2", "--device", "cpu",
                    "--quiet", "--description", "ellipses"])
     assert rc == 0
     cfg = json.loads((out / CONFIG_FILE).read_text())
@@ -289,6 +290,6 @@ def test_cli_train_and_sample_round_trip(ct_folder, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     capsys.readouterr()
-    rc = cli_main(["train", "--data", str(empty), "--output", str(tmp_path / "x"), "--size", "16", "--steps", "2",
+    rc = cli_main(["train", "--data", str(empty), "--output", str(tmp_path / "x"), "--size", "64", "--steps", "2",
                    "--device", "cpu", "--quiet"])
     assert rc == 2 and "no images found" in capsys.readouterr().err

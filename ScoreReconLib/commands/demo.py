@@ -26,6 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--views", type=int, default=23)
     p.add_argument("--acceleration", type=float, default=8.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=None, metavar="N",
+                   help="image grid N x N (default: the model's working size; a patch prior takes any N, a whole-image "
+                        "prior only its training size)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=run)
 
@@ -50,13 +53,14 @@ def run(args: argparse.Namespace) -> int:
     if image.array.ndim == 3:  # a volume (or a (1, H, W) stack): its middle slice, 2-D geometry
         image = Image(image.array[image.array.shape[0] // 2], tuple(image.spacing[:2]), tuple(image.origin[:2]),
                       (1.0, 0.0, 0.0, 1.0), image.modality)
-    x, norm, pixel_mm = image_case_from_array(image, prior.image_size, modality)
+    size = prior.size_for(args.size)
+    x, norm, pixel_mm = image_case_from_array(image, size, modality)
     opts = {"views": args.views} if args.task == "sparse-ct" else {}
     if args.task == "mri":
         opts = {"acceleration": args.acceleration, "center_fraction": 0.08, "mask": "equispaced"}
     case = make_case(src.name, x, args.task, seed=args.seed, **opts)
 
-    print(f"ScoreRecon demo: {args.task} on {src.name} ({prior.image_size}x{prior.image_size}), "
+    print(f"ScoreRecon demo: {args.task} on {src.name} ({size}x{size}), "
           f"model {model}, device {device}", file=sys.stderr)
     records = [run_classical(case, m) for m in CLASSICAL[args.task]]
     score_rec = run_score(case, prior, sampler=args.sampler, samples=args.samples, seed=args.seed,

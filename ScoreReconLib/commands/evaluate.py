@@ -47,6 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--snr", type=float, default=None)
     p.add_argument("--samples", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=None, metavar="N",
+                   help="image grid N x N (default: the model's working size; a patch prior takes any N, a whole-image "
+                        "prior only its training size)")
     p.add_argument("--device", default="auto")
     p.add_argument("--output", default=None, help="write the table (Markdown) and a JSON of all records here")
     p.set_defaults(func=run)
@@ -76,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         if m != "score" and m not in CLASSICAL[args.task]:
             raise ScoreReconError(f"method '{m}' does not fit {args.task}; choose from "
                                   f"{', '.join([*CLASSICAL[args.task], 'score'])}")
-    slices = load_slices(args.data, modality, prior.image_size, args.n_images, args.per_volume,
+    slices = load_slices(args.data, modality, prior.size_for(args.size), args.n_images, args.per_volume,
                          normalization=prior.normalization if modality == "CT" else None)
     records = []
     for i, (name, x) in enumerate(slices):

@@ -22,6 +22,9 @@ def register(subparsers) -> None:
     p.add_argument("--sampler", choices=["pc", "em"], default="pc",
                    help="pc: reverse diffusion + Langevin corrector; em: Euler-Maruyama (half the cost)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--size", type=int, default=None, metavar="N",
+                   help="image grid N x N (default: the model's working size; a patch prior takes any N, a whole-image "
+                        "prior only its training size)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice; 1 is fastest on a busy shared CPU)")
@@ -48,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     steps = args.steps if args.steps is not None else min(int(prior.recommended.get("steps", 1000)), 1000)
     if steps < 2:
         raise ScoreReconError(f"--steps {steps} must be at least 2")
-    shape = (args.n, 1, prior.image_size, prior.image_size)
+    size = prior.size_for(args.size)
+    shape = (args.n, 1, size, size)
     bar = None
     if not args.quiet:
         from tqdm.auto import tqdm
@@ -73,12 +77,13 @@ def run(args: argparse.Namespace) -> int:
         else:
             gen = torch.Generator().manual_seed(args.seed)
             with torch.no_grad():
-                x = em_sample(prior.score, prior.sde, shape, steps=steps, generator=gen, device=device,
-                              progress=progress)
+                tiles = torch.Generator(device=device).manual_seed(args.seed + 1)  # patch priors' grid offsets
+                x = em_sample(lambda x, t: prior.score(x, t, generator=tiles), prior.sde, shape, steps=steps,
+                              generator=gen, device=device, progress=progress)
     finally:
         if bar is not None:
             bar.close()
     save_image_grid(x, args.output)
-    print(f"{args.n} samples of {prior.image_size}x{prior.image_size} ({args.sampler}, {steps} steps, "
+    print(f"{args.n} samples of {size}x{size} ({args.sampler}, {steps} steps, "
           f"{time.perf_counter() - t0:.1f} s) written to {args.output}", file=sys.stderr)
     return 0

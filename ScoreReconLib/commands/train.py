@@ -52,7 +52,16 @@ def register(subparsers) -> None:
     )
     p.add_argument("--data", required=True, help="folder (searched recursively) or one image file")
     p.add_argument("--output", required=True, help="checkpoint folder to write (must be new unless --resume)")
-    p.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
+    p.add_argument("--prior", choices=["patch", "whole"], default="patch",
+                   help="patch (default): a position-aware patch network that reconstructs any image size; whole: "
+                        "a whole-image network for --size images only")
+    p.add_argument("--patch-size", type=int, default=32, help="patch side in pixels for --prior patch (default 32)")
+    p.add_argument("--scale-range", type=float, nargs=2, metavar=("LOW", "HIGH"), default=(0.5, 2.0),
+                   help="patch priors: canvas sizes from LOW*size to HIGH*size pixels per field of view are "
+                        "drawn in training (pixel-size augmentation; default 0.5 2.0)")
+    p.add_argument("--size", type=int, default=128,
+                   help="image side in pixels (default 128); for a patch prior the grid the training slices are "
+                        "stored at (256 or more keeps fine detail for large inputs)")
     p.add_argument("--steps", type=int, default=10000, help="total optimisation steps (default 10000)")
     p.add_argument("--batch-size", type=int, default=8, help="images per step and process (default 8)")
     p.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (default 2e-4)")
@@ -111,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
         network=network, sde=args.sde, sigma_max=args.sigma_max, checkpoint_every=args.checkpoint_every,
         sample_every=args.sample_every, resume=args.resume, seed=args.seed, device=args.device, amp=args.amp,
         num_workers=args.num_workers, description=args.description, show_progress=not args.quiet,
-        init_from=args.init_from,
+        init_from=args.init_from, prior=args.prior, patch_size=args.patch_size,
+        scale_range=tuple(args.scale_range),
     )
     result = train(cfg)
     import os

@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--snrs", type=_floats, default=None, help="snr grid for proximal (default 0.08,0.16,0.3)")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=None, metavar="N",
+                   help="image grid N x N (default: the model's working size; a patch prior takes any N, a whole-image "
+                        "prior only its training size)")
     p.add_argument("--device", default="auto")
     p.add_argument("--output", default=None, help="sidecar path (default: <model folder>/tuned.json)")
     p.add_argument("--dry-run", action="store_true", help="print the choice without writing the sidecar")
@@ -54,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     snrs = (args.snrs or [0.08, 0.16, 0.3]) if args.sampler != "fast" else [0.0]
     if any(not 0 <= v <= 1 for v in lams):
         raise ScoreReconError("--lams values must lie in [0, 1]")
-    slices = load_slices(args.data, task_modality(args.task), prior.image_size, args.n_images, args.per_volume,
+    slices = load_slices(args.data, task_modality(args.task), prior.size_for(args.size), args.n_images, args.per_volume,
                          normalization=prior.normalization if task_modality(args.task) == "CT" else None)
     cases = [make_case(n, x, args.task, seed=args.seed + i, noise=args.noise, **task_options(args))
              for i, (n, x) in enumerate(slices)]

@@ -1,0 +1,224 @@
+"""Patch priors: tiling, coordinates, training patches, train/save/load/resume and any-size reconstruction."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ScoreReconLib.cli import main as cli_main
+from ScoreReconLib.errors import ScoreReconError
+from ScoreReconLib.networks import CONFIG_FILE, load_prior
+from ScoreReconLib.operators import build_operator
+from ScoreReconLib.patches import (
+    coordinate_grid,
+    from_patches,
+    pixel_coords,
+    sample_patches,
+    tile_layout,
+    tiled_score,
+    to_patches,
+)
+from ScoreReconLib.reconstruction import reconstruct
+from ScoreReconLib.training import TrainConfig, train, transplant_state
+
+TINY = {"channels": [8, 16], "attention_levels": [False, False]}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+# ------------------------------------------------------------------------------- tiling
+def test_tile_layout_covers_image_for_every_offset():
+    for h, w, p in [(37, 50, 8), (64, 64, 16), (5, 9, 4)]:
+        for oy in range(p):
+            top, bottom, left, right = tile_layout(h, w, p, (oy, (oy * 3) % p))
+            assert top == oy and (h + top + bottom) % p == 0 and 0 <= bottom < p
+            assert (w + left + right) % p == 0 and 0 <= right < p
+    with pytest.raises(ValueError):
+        tile_layout(10, 10, 4, (4, 0))
+
+
+def test_to_from_patches_roundtrip():
+    x = torch.randn(3, 2, 24, 40)
+    tiles = to_patches(x, 8)
+    assert tiles.shape == (3 * 3 * 5, 2, 8, 8)
+    torch.testing.assert_close(tiles[6], x[0, :, 8:16, 8:16])  # row 1, column 1 of image 0
+    torch.testing.assert_close(from_patches(tiles, 3, 3, 5), x)
+
+
+def test_coordinates_span_the_image_and_extend_into_padding():
+    c = pixel_coords(4, -1, 6)
+    torch.testing.assert_close(c, torch.tensor([-1.25, -0.75, -0.25, 0.25, 0.75, 1.25]))
+    g = coordinate_grid(10, 20, 0, 0, 10, 20)
+    assert g.shape == (2, 10, 20)
+    assert torch.allclose(g[0, 3], pixel_coords(20, 0, 20)) and torch.allclose(g[1, :, 5], pixel_coords(10, 0, 10))
+
+
+def _position_gaussian(mean_fn, s0: float):
+    """Score of a pixel-independent Gaussian prior N(mean_fn(u, v), s0^2) at noise std sigma: a patch-local
+    prior whose exact score needs the pixels' positions."""
+
+    def exact(x, sigma, h, w):
+        g = coordinate_grid(h, w, 0, 0, h, w)
+        return -(x - mean_fn(g[0], g[1])) / (s0**2 + sigma.reshape(-1, 1, 1, 1) ** 2)
+
+    def patch_net(tiles, t, coords):
+        sigma = t  # the test uses t as sigma directly
+        return -(tiles - mean_fn(coords[:, :1], coords[:, 1:])) / (s0**2 + sigma.reshape(-1, 1, 1, 1) ** 2)
+
+    return exact, patch_net
+
+
+def test_tiled_score_reproduces_exact_score_of_a_patch_local_prior():
+    exact, net = _position_gaussian(lambda u, v: 0.5 + 0.3 * u - 0.2 * v**2, s0=0.1)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 1, 45, 30, generator=g)
+    sigma = torch.tensor([0.3, 2.0])
+    want = exact(x, sigma, 45, 30)
+    for offset in [(0, 0), (3, 7), (15, 15)]:
+        got = tiled_score(net, x, sigma, sigma, 16, offset, generator=g, max_batch=5)
+        torch.testing.assert_close(got, want)
+
+
+def test_tiled_score_drops_padding_scores_and_fills_padding_with_noise():
+    seen = {}
+
+    def net(tiles, t, coords):
+        seen.setdefault("tiles", []).append(tiles.clone())
+        seen.setdefault("coords", []).append(coords.clone())
+        return torch.zeros_like(tiles)
+
+    x = torch.full((1, 1, 10, 10), 0.5)
+    tiled_score(net, x, torch.ones(1), torch.full((1,), 3.0), 8, (5, 2), generator=torch.Generator().manual_seed(1))
+    tiles = torch.cat(seen["tiles"])
+    coords = torch.cat(seen["coords"])
+    inside = (coords.abs() <= 1).all(1, keepdim=True)
+    assert torch.all(tiles[inside] == 0.5)
+    pad = tiles[~inside]
+    assert pad.numel() > 100 and 2.0 < float(pad.std()) < 4.0  # N(0, 3^2) noise in the padding
+
+
+# -------------------------------------------------------------------- training patches
+def test_sample_patches_without_augmentation_crops_the_padded_image():
+    img = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(5)
+    x, c = sample_patches(img, 6, 8, g, scale_range=(1.0, 1.0), max_rotate_deg=0.0, flip=False,
+                          index=torch.tensor([0, 1, 0, 1, 0, 1]))
+    assert x.shape == (6, 1, 8, 8) and c.shape == (6, 2, 8, 8)
+    padded = torch.nn.functional.pad(img, (8, 8, 8, 8))
+    for k in range(6):
+        # pixel coordinate u = (2 col + 1)/32 - 1  →  col = ((u + 1) * 32 - 1) / 2
+        col = int(round(((float(c[k, 0, 0, 0]) + 1) * 32 - 1) / 2))
+        row = int(round(((float(c[k, 1, 0, 0]) + 1) * 32 - 1) / 2))
+        torch.testing.assert_close(x[k, 0], padded[k % 2, 0, row + 8:row + 16, col + 8:col + 16])
+
+
+def test_sample_patches_is_deterministic_and_in_range():
+    img = torch.rand(3, 1, 64, 64)
+    a = sample_patches(img, 10, 16, torch.Generator().manual_seed(2), intensity=(0.9, 1.1))
+    b = sample_patches(img, 10, 16, torch.Generator().manual_seed(2), intensity=(0.9, 1.1))
+    torch.testing.assert_close(a[0], b[0])
+    torch.testing.assert_close(a[1], b[1])
+    assert 0.0 <= float(a[0].min()) and float(a[0].max()) <= 1.0
+
+
+def test_transplant_zero_inits_coordinate_channels():
+    src = {"conv.weight": torch.ones(4, 1, 3, 3), "b": torch.ones(4)}
+    tgt = {"conv.weight": torch.empty(4, 3, 3, 3), "b": torch.empty(4)}
+    out = transplant_state(src, tgt)
+    assert out["conv.weight"].shape == (4, 3, 3, 3)
+    assert torch.all(out["conv.weight"][:, 0] == 1) and torch.all(out["conv.weight"][:, 1:] == 0)
+
+
+# --------------------------------------------------------------- train / load / reconstruct
+def _phantoms(n: int, count: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[-1:1:n * 1j, -1:1:n * 1j]
+    out = np.zeros((count, n, n), np.float32)
+    for k in range(count):
+        out[k][(xx / 0.8) ** 2 + (yy / 0.7) ** 2 < 1] = 80.0
+        cx, cy = rng.uniform(-0.3, 0.3, 2)
+        out[k][((xx - cx) / 0.2) ** 2 + ((yy - cy) / 0.3) ** 2 < 1] = 200.0
+    return out
+
+
+@pytest.fixture(scope="module")
+def patch_prior(tmp_path_factory):
+    data = tmp_path_factory.mktemp("mr")
+    np.save(data / "vol.npy", _phantoms(32, 6, 0))
+    out = tmp_path_factory.mktemp("ckpt") / "patch"
+    cfg = TrainConfig(data=str(data), output=str(out), image_size=32, steps=8, batch_size=8, network=TINY,
+                      modality="MR", device="cpu", show_progress=False, checkpoint_every=4, warmup=2, log_every=2,
+                      prior="patch", patch_size=8)
+    res = train(cfg)
+    return out, res
+
+
+def test_patch_prior_trains_saves_and_loads(patch_prior):
+    out, res = patch_prior
+    assert res.steps == 8 and np.isfinite(res.final_loss)
+    cfg = json.loads((out / CONFIG_FILE).read_text())
+    assert cfg["prior"]["kind"] == "patch" and cfg["prior"]["patch_size"] == 8
+    assert cfg["network"]["coord_channels"] == 2
+    prior = load_prior(out)
+    assert prior.kind == "patch" and prior.any_size and prior.patch_size == 8
+    x = torch.rand(2, 1, 20, 20)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    torch.testing.assert_close(prior.score(x, 0.5, generator=g1), prior.score(x, 0.5, generator=g2))
+    with pytest.raises(ScoreReconError, match="coordinate channels"):
+        prior.model(x, torch.full((2,), 0.5))
+
+
+def test_patch_prior_resume_continues_the_same_run(patch_prior, tmp_path):
+    out, res = patch_prior
+    import shutil
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(out, a)
+    shutil.copytree(out, b)
+    base = dict(data=json.loads((out / CONFIG_FILE).read_text())["training"]["data"], steps=10,
+                device="cpu", show_progress=False, resume=True, checkpoint_every=4, log_every=2)
+    ra = train(TrainConfig(output=str(a), **base))
+    rb = train(TrainConfig(output=str(b), **base))
+    assert ra.start_step == 8 and ra.steps == 10
+    assert ra.losses == rb.losses  # the resumed run is deterministic
+    assert json.loads((a / CONFIG_FILE).read_text())["prior"]["kind"] == "patch"
+
+
+def test_one_patch_checkpoint_reconstructs_64_128_and_256(patch_prior):
+    out, _ = patch_prior
+    prior = load_prior(out)
+    for n, task, kw in [(64, "mri", {"acceleration": 4}), (128, "mri", {"acceleration": 4}),
+                        (256, "mri", {"acceleration": 4})]:
+        op = build_operator(task, n, **kw)
+        x = torch.zeros(1, 1, n, n)
+        x[..., n // 4: 3 * n // 4, n // 4: 3 * n // 4] = 0.5
+        res = reconstruct(op.A(x), op, prior, steps=3, snr=0.0, seed=0)
+        assert res.mean.shape == (1, 1, n, n) and torch.isfinite(res.mean).all()
+    # a whole-image prior still refuses another size
+    whole = load_prior("default-mri")
+    op = build_operator("mri", 64, acceleration=4)
+    with pytest.raises(ScoreReconError, match="128x128"):
+        reconstruct(op.A(torch.zeros(1, 1, 64, 64)), op, whole, steps=2)
+
+
+def test_train_cli_defaults_to_patch_and_refuses_bad_patch_size(tmp_path):
+    data = tmp_path / "d"
+    data.mkdir()
+    np.save(data / "v.npy", _phantoms(16, 3, 1))
+    rc = cli_main(["train", "--data", str(data), "--output", str(tmp_path / "m"), "--size", "16", "--patch-size",
+                   "8", "--steps", "2", "--batch-size", "2", "--channels", "8,16", "--attention-levels", "0,0",
+                   "--modality", "MR", "--quiet", "--device", "cpu"])
+    assert rc == 0
+    assert json.loads((tmp_path / "m" / CONFIG_FILE).read_text())["prior"]["kind"] == "patch"
+    rc = cli_main(["train", "--data", str(data), "--output", str(tmp_path / "m2"), "--size", "16", "--patch-size",
+                   "32", "--steps", "2", "--modality", "MR", "--quiet", "--device", "cpu"])
+    assert rc == 2 and not (tmp_path / "m2" / CONFIG_FILE).exists()
