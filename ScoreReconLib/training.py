@@ -50,6 +50,10 @@ from .sde import SDE, VESDE, VPSDE, sde_from_dict
 from .utils import ProgressFn, atomic_path, check_cancel, resolve_device
 
 LOSS_LOG = "loss_log.csv"
+#: validation loss per checkpoint (``--val-data``): ``step, val_loss``
+VAL_LOG = "val_log.csv"
+#: fixed validation examples (patches or slices) scored at every checkpoint
+VAL_COUNT = 256
 SAMPLES_DIR = "samples"
 
 #: keys of TrainConfig that a resumed run takes from the command line instead of the checkpoint
@@ -102,6 +106,8 @@ class TrainConfig:
     show_progress: bool = True
     #: start from this checkpoint's EMA weights (fine-tuning / continuing with a fresh optimizer)
     init_from: str | None = None
+    #: held-out folder of OTHER subjects: its denoising loss is logged at every checkpoint (split by subject)
+    val_data: str | None = None
     #: "patch" (default): a position-aware patch network trained on random patches; "whole": whole images
     prior: str = "patch"
     #: patch side in pixels (patch priors)
@@ -445,9 +451,14 @@ def _train(cfg: TrainConfig, saved_cfg: dict | None, out: Path, device: torch.de
                       "default_size": 128,
                       "source_pixel_mm": _source_pixel_mm(dataset)} if is_patch else {"kind": "whole"})
     log_path = out / LOSS_LOG
+    val = _validation_set(cfg, dataset, modality, device) if cfg.val_data and is_main else None
+    if val is not None:
+        base_config["data"]["validation"] = val["describe"]
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         _prepare_log(log_path, start)
+        if val is not None:
+            _prepare_log(out / VAL_LOG, start, header=("step", "val_loss"))
 
     losses: list[float] = []
     bar = None
@@ -471,6 +482,10 @@ def _train(cfg: TrainConfig, saved_cfg: dict | None, out: Path, device: torch.de
                                  **base_config)
             if saved_cfg is not None and saved_cfg.get("recommended"):
                 config["recommended"] = saved_cfg["recommended"]
+            if val is not None:
+                config["val_loss"] = _validation_loss(ema.model, sde, val)
+                with open(out / VAL_LOG, "a", newline="") as fh:
+                    csv.writer(fh).writerow([step_now, f"{config['val_loss']:.6f}"])
             state = {
                 "step": torch.tensor(step_now, dtype=torch.int64),
                 "seconds": torch.tensor(_seconds(), dtype=torch.float64),
@@ -579,6 +594,42 @@ def transplant_state(source: dict[str, torch.Tensor], target: dict[str, torch.Te
     return out
 
 
+def _validation_set(cfg: TrainConfig, train_data: SliceDataset, modality: str, device: torch.device) -> dict:
+    """Fixed validation examples from ``cfg.val_data`` (other subjects than the training data):
+    ``VAL_COUNT`` patches (patch prior, at the training scale range) or slices, with fixed ``t`` and ``z``."""
+    val = SliceDataset(cfg.val_data, cfg.image_size, modality, cfg.hu_window, cfg.axis, cfg.min_foreground,
+                       cfg.num_workers)
+    train_paths = {Path(s["path"]).resolve() for s in train_data.sources}
+    shared = [s["path"] for s in val.sources if Path(s["path"]).resolve() in train_paths]
+    if shared:
+        raise ScoreReconError(f"--val-data shares {shared[0]} with --data; validation must hold other subjects "
+                              "(split by subject, never by slice)")
+    g = torch.Generator().manual_seed(cfg.seed + 424242)
+    if cfg.prior == "patch":
+        x0, coords = sample_patches(val.slices, VAL_COUNT, cfg.patch_size, g, scale_range=tuple(cfg.scale_range),
+                                    max_rotate_deg=0.0, flip=False)
+    else:
+        x0 = val.slices[torch.randint(len(val), (VAL_COUNT,), generator=g)].float()
+        coords = None
+    n = x0.shape[0]
+    t = (torch.arange(n, dtype=torch.float32) + 0.5) / n * (1.0 - cfg.eps) + cfg.eps  # stratified over (eps, 1)
+    z = torch.randn(x0.shape, generator=g)
+    return {"x0": x0.to(device), "coords": None if coords is None else coords.to(device), "t": t.to(device),
+            "z": z.to(device), "describe": {**val.describe(), "count": n}}
+
+
+@torch.no_grad()
+def _validation_loss(model: ScoreModel, sde: SDE, val: dict, chunk: int = 64) -> float:
+    """Mean denoising score-matching loss of ``model`` on the fixed validation examples."""
+    total, n = 0.0, val["x0"].shape[0]
+    for i in range(0, n, chunk):
+        sl = slice(i, i + chunk)
+        coords = None if val["coords"] is None else val["coords"][sl]
+        part = dsm_loss(model, sde, val["x0"][sl], val["t"][sl], val["z"][sl], coords=coords)
+        total += float(part) * val["x0"][sl].shape[0]
+    return total / n
+
+
 def _source_pixel_mm(dataset: SliceDataset) -> float | None:
     """Median pixel size (mm) of the stored training slices: the field of view over the stored grid."""
     fov = [s.get("fov_mm") for s in dataset.sources if s.get("fov_mm")]
@@ -630,8 +681,8 @@ def _load_training_state(path: Path) -> dict:
     return state
 
 
-def _prepare_log(path: Path, start: int) -> None:
-    """Create the loss CSV, or on resume drop rows past ``start`` (written after the last checkpoint)."""
+def _prepare_log(path: Path, start: int, header: tuple[str, ...] = ("step", "loss", "lr", "seconds")) -> None:
+    """Create a log CSV, or on resume drop rows past ``start`` (written after the last checkpoint)."""
     rows: list[list[str]] = []
     if start > 0 and path.is_file():
         with open(path, newline="") as fh:
@@ -639,7 +690,7 @@ def _prepare_log(path: Path, start: int) -> None:
         rows = [r for r in rows if r and r[0].isdigit() and int(r[0]) <= start]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["step", "loss", "lr", "seconds"])
+        w.writerow(list(header))
         w.writerows(rows)
 
 

@@ -222,3 +222,21 @@ def test_train_cli_defaults_to_patch_and_refuses_bad_patch_size(tmp_path):
     rc = cli_main(["train", "--data", str(data), "--output", str(tmp_path / "m2"), "--size", "16", "--patch-size",
                    "32", "--steps", "2", "--modality", "MR", "--quiet", "--device", "cpu"])
     assert rc == 2 and not (tmp_path / "m2" / CONFIG_FILE).exists()
+
+
+def test_validation_split_by_subject_logs_a_loss_and_refuses_shared_files(tmp_path):
+    train_dir, val_dir = tmp_path / "train", tmp_path / "val"
+    train_dir.mkdir()
+    val_dir.mkdir()
+    np.save(train_dir / "subject1.npy", _phantoms(16, 4, 2))
+    np.save(val_dir / "subject2.npy", _phantoms(16, 3, 3))
+    base = dict(image_size=16, steps=4, batch_size=4, network=TINY, modality="MR", device="cpu", show_progress=False,
+                checkpoint_every=2, warmup=1, log_every=1, prior="patch", patch_size=8)
+    out = tmp_path / "m"
+    train(TrainConfig(data=str(train_dir), output=str(out), val_data=str(val_dir), **base))
+    rows = (out / "val_log.csv").read_text().splitlines()
+    assert rows[0] == "step,val_loss" and [r.split(",")[0] for r in rows[1:]] == ["2", "4"]
+    cfg = json.loads((out / CONFIG_FILE).read_text())
+    assert np.isfinite(cfg["val_loss"]) and cfg["data"]["validation"]["n_sources"] == 1
+    with pytest.raises(ScoreReconError, match="other subjects"):
+        train(TrainConfig(data=str(train_dir), output=str(tmp_path / "m2"), val_data=str(train_dir), **base))

@@ -51,6 +51,9 @@ def register(subparsers) -> None:
                     "Run under torchrun for several processes/GPUs.",
     )
     p.add_argument("--data", required=True, help="folder (searched recursively) or one image file")
+    p.add_argument("--val-data", default=None, metavar="DIR",
+                   help="images of OTHER subjects (never slices of the training volumes): their denoising loss is "
+                        "logged to val_log.csv and config.json at every checkpoint")
     p.add_argument("--output", required=True, help="checkpoint folder to write (must be new unless --resume)")
     p.add_argument("--prior", choices=["patch", "whole"], default="patch",
                    help="patch (default): a position-aware patch network that reconstructs any image size; whole: "
@@ -121,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         sample_every=args.sample_every, resume=args.resume, seed=args.seed, device=args.device, amp=args.amp,
         num_workers=args.num_workers, description=args.description, show_progress=not args.quiet,
         init_from=args.init_from, prior=args.prior, patch_size=args.patch_size,
-        scale_range=tuple(args.scale_range),
+        scale_range=tuple(args.scale_range), val_data=args.val_data,
     )
     result = train(cfg)
     import os
