@@ -45,6 +45,9 @@ LogFn = Callable[[str], None]
 #: nilearn release whose wheel holds the MNI152 template used for training
 NILEARN_REQUIREMENT = "nilearn==0.14.1"
 
+#: pydicom's external test-data wheel (the larger files pydicom itself no longer bundles)
+PYDICOM_DATA_REQUIREMENT = "pydicom-data==1.0.0"
+
 #: NRRD header key holding a file's provenance (source and licence)
 PROVENANCE_KEY = "scorerecon_source"
 
@@ -179,6 +182,74 @@ SOURCES: tuple[Source, ...] = (
         licence_file="pydicom dist-info licence file",
         note="As for the other pydicom test files.",
         sha256="3f27d1c22f1a66e80d7bb7c911e8610fd0bb70325a76746a7adb1c0ddefcf2bb",
+    ),
+    Source(
+        key="pydicom-data-abdomen-ct",
+        role="heldout",
+        modality="CT",
+        package=f"pypi:{PYDICOM_DATA_REQUIREMENT}",
+        member="data_store/data/explicit_VR-UN.dcm",
+        output="heldout/ct/pydicom_data_abdomen_ct.nrrd",
+        subject="one contrast-enhanced axial ABDOMEN CT slice of another patient ('PANCREAS_0001', NIH, "
+        "2015; kidneys, liver, pancreas), 512² at 0.859 mm, JPEG 2000 lossless, HU",
+        licence="MIT",
+        licence_file="pydicom_data-*.dist-info/LICENSE",
+        note="pydicom-data wheel (Darcy Mason and contributors), LICENSE: MIT. pydicom's test-file README: "
+        "'taken from test data in issue #968; original image taken from https://www.cancerimagingarchive.net "
+        "(freely available de-identified datasets); compressed using gdcmconv --j2k'. Upstream this is "
+        "TCIA's Pancreas-CT collection (CC BY; cite Roth et al.). Stored with rows running posterior → "
+        "anterior (direction y = -1): rows flipped so anterior is at the top.",
+        sha256="28c4a61022d7dbebec97e2f1bbdad0ed097bee2c62727c26a3f3720248c9c6e7",
+    ),
+    Source(
+        key="pydicom-data-spine-ct",
+        role="heldout",
+        modality="CT",
+        package=f"pypi:{PYDICOM_DATA_REQUIREMENT}",
+        member="data_store/data/bad_sequence.dcm",
+        output="heldout/ct/pydicom_data_spine_ct.nrrd",
+        subject="one axial CT slice of another patient (22-year-old male, Siemens SOMATOM Definition AS+, "
+        "2014, B30s): a 147 mm field of view around an upper thoracic vertebra and rib heads, 512² at "
+        "0.287 mm, JPEG lossless, HU",
+        licence="MIT",
+        licence_file="pydicom_data-*.dist-info/LICENSE",
+        note="pydicom-data wheel, LICENSE: MIT; pydicom's test-file README: 'Anonymized test dataset for "
+        "issue #1067, provided by @sylvainKritter'. The header's BodyPartExamined says NECK; the slice "
+        "shows a thoracic vertebra with rib heads. Decoded by SimpleITK (GDCM).",
+        sha256="0677915e5c3e8c98498eb3d1b726ccf38ba0d8ada657c8ca7fe1b8b9b5890f4f",
+    ),
+    Source(
+        key="pydicom-data-shoulder-mr",
+        role="heldout",
+        modality="MR",
+        package=f"pypi:{PYDICOM_DATA_REQUIREMENT}",
+        member="data_store/data/MR2_UNCR.dcm",
+        output="heldout/mri/pydicom_data_shoulder_mr.nrrd",
+        subject="one oblique-coronal T1-weighted spin-echo SHOULDER MR slice of another subject ('5MR2', "
+        "NEMA WG04 sample MR2, Philips 1.5 T, 2004), 1024² at 0.195 mm, 12-bit with rescale",
+        licence="MIT",
+        licence_file="pydicom_data-*.dist-info/LICENSE",
+        note="pydicom-data wheel, LICENSE: MIT; pydicom's test-file README: 'MR2_*.dcm ... From "
+        "ftp://medical.nema.org/MEDICAL/Dicom/DataSets/WG04' (uncompressed, rescale slope 3.774). Not a "
+        "head: a generalisation test for the brain-trained MRI prior. The 2-D direction is written as "
+        "identity (the obliquity is out of plane; rows already run superior → inferior).",
+        sha256="c14c7f0c6e25bd4dfbb822fe264e540fc7142bf1c9d15d4c652ec8f5f97fa9e8",
+    ),
+    Source(
+        key="pydicom-data-abdomen-mr",
+        role="heldout",
+        modality="MR",
+        package=f"pypi:{PYDICOM_DATA_REQUIREMENT}",
+        member="data_store/data/MR-SIEMENS-DICOM-WithOverlays.dcm",
+        output="heldout/mri/pydicom_data_abdomen_mr.nrrd",
+        subject="one axial contrast-enhanced gradient-echo ABDOMEN MR slice of another subject (58-year-old "
+        "male, Siemens Avanto, 2005; liver with a lesion, kidneys), an MPR of 484² at 0.723 mm, 12-bit",
+        licence="MIT",
+        licence_file="pydicom_data-*.dist-info/LICENSE",
+        note="pydicom-data wheel, LICENSE: MIT; pydicom's test-file README: 'MR-SIEMENS-DICOM-WithOverlays.dcm "
+        "(from GDCM)'. The lesion marks are in a separate overlay plane (group 6000), not in the pixels. "
+        "DERIVED/MPR image. Not a head: a generalisation test for the brain-trained MRI prior.",
+        sha256="094faf56c63bff84c30567e29de0c67d7c5a8ae05cf880ac12175491b6b645d2",
     ),
 )
 
@@ -540,6 +611,24 @@ def write_nrrd(image: Image, path: Path, provenance: str, dtype: type | None = N
     return path
 
 
+def dicom_slice_radiological(arr: np.ndarray, direction: Iterable[float]) -> np.ndarray:
+    """Flip a 2-D DICOM slice stored mirrored (e.g. rows running posterior → anterior) to the radiological view.
+
+    ``direction`` is the slice's row-major 2 × 2 direction (x of the column axis, ..., y of the row
+    axis). Columns are reversed when the column axis points to the patient's right (x < 0) and rows
+    when the row axis points anterior (y < 0); slices with a positive or zero diagonal (all axial
+    slices stored the usual way, oblique ones) are returned unchanged.
+    """
+    d = np.asarray(tuple(direction), float)
+    if d.size != 4:
+        return arr
+    if d[0] < 0:
+        arr = arr[:, ::-1]
+    if d[3] < 0:
+        arr = arr[::-1, :]
+    return np.ascontiguousarray(arr)
+
+
 def convert_source(src: Source, data: bytes) -> Image:
     """Convert a source file's bytes to the :class:`Image` written for it (LPS for volumes, HU for CT)."""
     name = PurePosixPath(src.member).name
@@ -557,6 +646,7 @@ def convert_source(src: Source, data: bytes) -> Image:
             raise ScoreReconError(f"{name} is a volume; expected one DICOM slice")
         if src.modality == "CT":
             arr = np.maximum(arr, -1024.0)  # outside-field-of-view padding (e.g. -2000) → air
+        arr = dicom_slice_radiological(arr, image.direction)
         return Image(arr.astype(np.float32), tuple(image.spacing[:2]), tuple(image.origin[:2]),
                      (1.0, 0.0, 0.0, 1.0), src.modality)
     raise ScoreReconError(f"no converter for source file {name}")

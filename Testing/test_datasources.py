@@ -247,3 +247,36 @@ def test_prepared_files_reads_manifest(tmp_path):
     assert ds.prepared_files(out, "heldout", "CT") == [out / "heldout/ct/pydicom_ct_small.nrrd"]
     with pytest.raises(ScoreReconError, match="--only ct"):
         ds.prepared_files(out, "train", "CT")
+
+
+# ------------------------------------------------------------------------------ pydicom-data sources
+def test_dicom_slice_radiological_flips_only_mirrored_axes():
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(ds.dicom_slice_radiological(a, (1.0, 0.0, 0.0, 1.0)), a)
+    np.testing.assert_array_equal(ds.dicom_slice_radiological(a, (1.0, 0.0, 0.0, -1.0)), a[::-1, :])
+    np.testing.assert_array_equal(ds.dicom_slice_radiological(a, (-1.0, 0.0, 0.0, 1.0)), a[:, ::-1])
+    np.testing.assert_array_equal(ds.dicom_slice_radiological(a, (0.57, 0.0, 0.82, 0.0)), a)  # oblique coronal
+
+
+def test_pydicom_data_sources_are_pinned_heldout():
+    keys = [s.key for s in ds.SOURCES if s.package == f"pypi:{ds.PYDICOM_DATA_REQUIREMENT}"]
+    assert keys == ["pydicom-data-abdomen-ct", "pydicom-data-spine-ct", "pydicom-data-shoulder-mr",
+                    "pydicom-data-abdomen-mr"]
+    assert ds.PYDICOM_DATA_REQUIREMENT.count("==") == 1
+    for key in keys:
+        src = ds.source(key)
+        assert src.role == "heldout" and key in ds.GROUPS["heldout"]
+        assert src.member.startswith("data_store/data/") and len(src.sha256) == 64
+        assert src.licence_file == "pydicom_data-*.dist-info/LICENSE"
+
+
+def test_fetch_wheel_finds_cached_pydicom_data_wheel(tmp_path):
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    whl = wheels / "pydicom_data-1.0.0-py3-none-any.whl"
+    with zipfile.ZipFile(whl, "w") as z:
+        z.writestr("data_store/data/x.dcm", b"DICM")
+        z.writestr("pydicom_data-1.0.0.dist-info/LICENSE", b"MIT License")
+    got = ds.fetch_wheel(ds.PYDICOM_DATA_REQUIREMENT, tmp_path, log=lambda m: None)
+    assert got == whl
+    assert ds.read_wheel_member(got, "pydicom_data-*.dist-info/LICENSE") == b"MIT License"
