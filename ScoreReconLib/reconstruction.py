@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,21 +22,29 @@ from .errors import ScoreReconError
 from .measurement import task_modality
 from .operators import TASKS
 from .operators.base import MeasurementOperator
-from .sampling import NFE_PER_STEP, SAMPLERS, SamplerContext, SamplerSettings
+from .sampling import INITS, NFE_PER_STEP, SAMPLERS, SamplerContext, SamplerSettings, classical_init
 from .utils import ProgressFn, check_cancel, check_finite, resolve_device
 
 #: defaults per sampler and modality, used where neither the call nor the prior's config says otherwise.
 #: proximal: snr and λ of the official LIDC CT / BraTS MRI configs, but 25 steps (51 network evaluations)
 #: instead of the official 1000: with the ancestral predictor it measured within 0.1 dB of 100 steps
-#: (benchmarks/RESULTS.md, "nfe"); pass steps=1000 for the paper's exact setting.
+#: (benchmarks/RESULTS.md, "nfe"); pass steps=1000 for the paper's exact setting. Every sampler starts
+#: from noise at t = 1 (``init``/``t_start``) and the proximal step has no TV term (``tv_weight`` 0)
+#: until a validation benchmark says otherwise.
+_START = {"init": "noise", "t_start": 1.0}
+_PLAIN_MERGE = {"tv_weight": 0.0, "tv_iters": 10}
 DEFAULTS: dict[str, dict[str, dict]] = {
-    "proximal": {"CT": {"steps": 25, "lam": 0.841, "snr": 0.246},
-                 "MR": {"steps": 25, "lam": 1.0, "snr": 0.517}},
-    "song2021": {"CT": {"steps": 1000, "lam": 1.0, "snr": 0.16},
-                 "MR": {"steps": 1000, "lam": 1.0, "snr": 0.16}},
-    "fast": {"CT": {"steps": 50, "lam": 1.0, "snr": 0.0},
-             "MR": {"steps": 50, "lam": 1.0, "snr": 0.0}},
+    "proximal": {"CT": {"steps": 25, "lam": 0.841, "snr": 0.246, **_PLAIN_MERGE, **_START},
+                 "MR": {"steps": 25, "lam": 1.0, "snr": 0.517, **_PLAIN_MERGE, **_START}},
+    "song2021": {"CT": {"steps": 1000, "lam": 1.0, "snr": 0.16, **_START},
+                 "MR": {"steps": 1000, "lam": 1.0, "snr": 0.16, **_START}},
+    "fast": {"CT": {"steps": 50, "lam": 1.0, "snr": 0.0, **_START},
+             "MR": {"steps": 50, "lam": 1.0, "snr": 0.0, **_START}},
 }
+
+#: keys a prior's ``recommended`` / ``tuned.json`` may set (see :func:`tuned_values`)
+TUNABLE = ("steps", "lam", "snr", "cg_iters", "eta", "noise_rate", "tv_weight", "tv_iters", "init", "t_start",
+           "init_weight")
 
 DEFAULT_METHOD = "proximal"
 
@@ -101,7 +110,7 @@ def resolve_settings(method: str, prior, steps: int | None = None, lam: float | 
         raise ScoreReconError(f"unknown sampler '{method}'; choose one of {', '.join(SAMPLERS)}")
     base = dict(DEFAULTS[method].get(prior.modality, DEFAULTS[method]["CT"]))
     tuned = tuned_values(prior, method, task)
-    for key in ("steps", "lam", "snr", "cg_iters", "eta", "noise_rate"):
+    for key in TUNABLE:
         if key in tuned and tuned[key] is not None:
             base[key] = tuned[key]
     for key, value in (("steps", steps), ("lam", lam), ("snr", snr)):
@@ -115,7 +124,50 @@ def resolve_settings(method: str, prior, steps: int | None = None, lam: float | 
     if float(base["snr"]) < 0:
         raise ScoreReconError(f"--snr must be non-negative, got {base['snr']}")
     base["steps"] = int(base["steps"])
+    _check_start_and_tv(method, base)
     return SamplerSettings(**base)
+
+
+def _number(base: dict, key: str, flag: str) -> float:
+    try:
+        value = float(base[key])
+    except (TypeError, ValueError):
+        raise ScoreReconError(f"{flag} must be a number, got {base[key]!r}") from None
+    if not math.isfinite(value):
+        raise ScoreReconError(f"{flag} must be a finite number, got {base[key]}")
+    return value
+
+
+def _check_start_and_tv(method: str, base: dict) -> None:
+    """Validate (and normalise in place) ``tv_weight``, ``tv_iters``, ``init``, ``t_start``, ``init_weight``."""
+    tv = _number(base, "tv_weight", "--tv-weight") if "tv_weight" in base else 0.0
+    if tv < 0:
+        raise ScoreReconError(f"--tv-weight must be >= 0 (0 = no TV term), got {base['tv_weight']}; try 1e-4")
+    if tv > 0 and method != "proximal":
+        raise ScoreReconError(f"--tv-weight applies only to the proximal sampler, not '{method}'; "
+                              "use --sampler proximal or drop --tv-weight")
+    if "tv_weight" in base:
+        base["tv_weight"] = tv
+    if "tv_iters" in base:
+        iters = base["tv_iters"]
+        if isinstance(iters, bool) or not float(iters).is_integer() or int(iters) < 1:
+            raise ScoreReconError(f"tv_iters must be a whole number of at least 1, got {iters}; e.g. 10")
+        base["tv_iters"] = int(iters)
+    init = base.get("init", "noise")
+    if init not in INITS:
+        raise ScoreReconError(f"--init must be one of {', '.join(INITS)}, got {init!r}")
+    t_start = _number(base, "t_start", "--t-start") if "t_start" in base else 1.0
+    if not 0.0 < t_start <= 1.0:
+        raise ScoreReconError(f"--t-start must lie in (0, 1], got {base['t_start']}")
+    if t_start < 1.0 and init != "classical":
+        raise ScoreReconError(f"--t-start {t_start} < 1 needs --init classical (a noise start begins at t = 1)")
+    if "t_start" in base:
+        base["t_start"] = t_start
+    if base.get("init_weight") is not None:
+        iw = _number(base, "init_weight", "--init-weight")
+        if iw < 0:
+            raise ScoreReconError(f"--init-weight must be >= 0, got {base['init_weight']}")
+        base["init_weight"] = iw
 
 
 def derive_seed(seed: int, *keys: int) -> int:
@@ -144,9 +196,12 @@ def reconstruct(y: torch.Tensor, operator: MeasurementOperator, prior, method: s
 
     ``y``: full-layout measurement for a batch ``(B, 1, ...)`` of ``operator``. ``method``: "proximal"
     (default; 25 steps unless the prior or ``steps`` says otherwise), "fast" (DDS-style) or "song2021".
-    ``lam``/``snr``/``steps`` default to the prior's tuned values, then :data:`DEFAULTS`. Same ``seed``
-    and device → identical output. ``progress(done, total, message)`` counts sampler steps over all
-    samples; ``cancel`` (an Event) stops between steps.
+    ``lam``/``snr``/``steps`` default to the prior's tuned values, then :data:`DEFAULTS`. ``extra``:
+    other :class:`~ScoreReconLib.sampling.SamplerSettings` fields, e.g. ``tv_weight`` (TV term of the
+    proximal step, ``--method tv --weight`` units), ``init="classical"`` with ``t_start`` ∈ (0, 1]
+    (start from a TV/CS reconstruction noised to ``t_start``; ``steps`` are then run from there) and
+    ``init_weight``. Same ``seed`` and device → identical output. ``progress(done, total, message)``
+    counts sampler steps over all samples; ``cancel`` (an Event) stops between steps.
     """
     t0 = time.perf_counter()
     check_compatible(operator, prior)
@@ -166,6 +221,7 @@ def reconstruct(y: torch.Tensor, operator: MeasurementOperator, prior, method: s
     operator = operator.to(dev)
     y = y.to(dev)
     sampler = SAMPLERS[method]
+    x_init = classical_init(operator, y, settings.init_weight, cancel) if settings.init == "classical" else None
     outs = []
     nfe = 0
     total = settings.steps * samples
@@ -177,7 +233,8 @@ def reconstruct(y: torch.Tensor, operator: MeasurementOperator, prior, method: s
             if progress is not None:
                 progress(_before + done, total, f"{message} (sample {_k + 1}/{samples})")
 
-        ctx = SamplerContext(_make_generator(None if seed is None else derive_seed(seed, k), dev), prog, cancel)
+        ctx = SamplerContext(_make_generator(None if seed is None else derive_seed(seed, k), dev), prog, cancel,
+                             x_init=x_init)
         with torch.no_grad():
             outs.append(sampler(prior, operator, y, settings, ctx).float())
         nfe = ctx.nfe

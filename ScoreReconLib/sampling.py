@@ -356,7 +356,7 @@ def tv_proximal(op: MeasurementOperator, x0: torch.Tensor, y_hat: torch.Tensor, 
     operator). Returns (B, 1, N, N) in ``x0``'s dtype.
 
     With ``p = op.proximal(x0, y_hat, λ)`` (the paper's step) and ``γ = λ / (1 − λ)`` (∞ at λ = 1),
-    it approximately minimises, by Chambolle–Pock started at ``p`` with zero duals::
+    it approximately minimises, by (preconditioned) Chambolle–Pock started at ``p`` with zero duals::
 
         E(x) = ½‖A (x − p)‖² + (1 / (2γ))‖x − p‖² + w·‖A‖²·TV(x)        (isotropic TV)
 
@@ -378,9 +378,15 @@ def tv_proximal(op: MeasurementOperator, x0: torch.Tensor, y_hat: torch.Tensor, 
     s = float(norm) if norm is not None else operator_norm(op, device=x0.device)
     # everything below is E / ‖A‖²: data ½‖Ã d‖² with Ã = A/‖A‖, anchor (μ/2)‖d‖², w·TV(p + d), d = x − p
     mu = (1.0 - float(lam)) / float(lam) / s**2
-    # τσ‖K‖² < 1 for K = [Ã; ∇] (‖K‖² ≤ 1 + 8); primal step enlarged by ρ = 1/√w as in baselines._pdhg
-    rho = min(max(1.0 / math.sqrt(weight), 1.0), 100.0)
-    tau, sigma = 0.99 * rho / 3.0, 0.99 / (rho * 3.0)
+    # Block-preconditioned PDHG (Pock & Chambolle 2011) on K = [Ã; ∇]: τ(σ_data‖Ã‖² + σ_tv‖∇‖²) = 0.99 < 1
+    # with ‖Ã‖ ≤ 1, ‖∇‖² ≤ 8. Small w moves the unmeasured part of x only through TV, hence the large
+    # primal step τ = 0.2/√w; the cap 2·iters keeps short runs from overshooting (plain CP with ρ = 1/√w,
+    # as in baselines._pdhg, raised E several-fold in 10 iterations on MRI). Measured on 64² phantoms
+    # plus noise 0.02–3 (sparse CT 16 views, limited angle 90°, MRI 4× / 8×; w ∈ [1e-5, 1e-1],
+    # λ ∈ {0.5, 0.841, 1}; 1–20 iterations): E never rose; 10 iterations gave 20–100 % of the decrease
+    # 3000 give on mildly noisy iterates, much less where the noise dwarfs w (there TV barely acts).
+    tau = min(max(min(0.2 / math.sqrt(weight), 2.0 * int(iters)), 1.0), 100.0)
+    sig_data, sig_tv = 0.5 / tau, 0.49 / (8.0 * tau)
     w = float(weight)
     pf = p.float()
     d = torch.zeros_like(pf)
@@ -388,9 +394,9 @@ def tv_proximal(op: MeasurementOperator, x0: torch.Tensor, y_hat: torch.Tensor, 
     u: torch.Tensor | None = None
     q = torch.zeros_like(gradient(pf))
     for _ in range(int(iters)):
-        ad = op.A(d_bar) * (sigma / s)
-        u = ad / (1.0 + sigma) if u is None else (u + ad) / (1.0 + sigma)
-        q = q + sigma * gradient(pf + d_bar)
+        ad = op.A(d_bar) * (sig_data / s)
+        u = ad / (1.0 + sig_data) if u is None else (u + ad) / (1.0 + sig_data)
+        q = q + sig_tv * gradient(pf + d_bar)
         q = q / (q.pow(2).sum(dim=1, keepdim=True).sqrt() / w).clamp_min(1.0)
         d_new = (d - tau * (op.A_adjoint(u).float() / s + gradient_adjoint(q))) / (1.0 + tau * mu)
         d_bar = 2.0 * d_new - d
@@ -405,7 +411,7 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
 
 def tv_proximal_objective(op: MeasurementOperator, x: torch.Tensor, center: torch.Tensor, lam: float,
                           weight: float, norm: float | None = None) -> torch.Tensor:
-    """``E(x)`` of :func:`tv_proximal` per batch item (B,): ``center`` = ``p``, the merge's output."""
+    """``E(x)`` of :func:`tv_proximal` per batch item (B,): ``center`` = ``p``, the merge's output; λ > 0."""
     s = float(norm) if norm is not None else operator_norm(op, device=x.device)
     d = (x - center).float()
     ad = op.A(d)

@@ -7,7 +7,17 @@ import os
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+def _threads() -> int:
+    """At most 2 threads, fewer if ``OMP_NUM_THREADS`` says so (oversubscribed CPUs run far slower)."""
+    try:
+        wanted = int(os.environ.get("OMP_NUM_THREADS") or 2)
+    except ValueError:
+        wanted = 2
+    return max(1, min(2, os.cpu_count() or 1, wanted))
+
+
+torch.set_num_threads(_threads())
 
 
 @pytest.fixture(autouse=True, scope="session")

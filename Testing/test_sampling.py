@@ -35,7 +35,7 @@ class GaussianPrior:
         self.device = torch.device("cpu")
         self.config = {"image_size": self.image_size, "modality": modality}
 
-    def score(self, x, t):
+    def score(self, x, t, generator=None):
         var = self.s0**2 + self.sde.sigma(t).reshape(-1, 1, 1, 1) ** 2
         return -(x - self.mu) / var
 

@@ -54,6 +54,10 @@ METHODS = (*CLASSICAL_METHODS, "score")
 METHODS_FOR_TASK: dict[str, tuple[str, ...]] = {task: (*methods_for(task), "score") for task in TASKS}
 #: --sampler choices of the score method
 SAMPLERS = ("proximal", "song2021", "fast")
+#: --init choices of the score method (ScoreReconLib.sampling.INITS)
+SAMPLER_INITS = ("noise", "classical")
+#: score options passed to the sampler as SamplerSettings fields (None → the model's tuned value / default)
+SAMPLER_EXTRAS = ("tv_weight", "init", "t_start", "init_weight")
 PROGRESS_FORMATS = ("tqdm", "json", "none")
 #: progress units per slice for classical methods (per-mille of a slice's iterations)
 CLASSICAL_UNITS = 1000
@@ -94,6 +98,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="sampler steps (default: the model's tuned value, 25 for proximal; keep >= 10)")
     s.add_argument("--lam", type=float, default=None, help="data-consistency weight λ in [0, 1]")
     s.add_argument("--snr", type=float, default=None, help="Langevin corrector signal-to-noise ratio")
+    s.add_argument("--tv-weight", type=float, default=None, metavar="W",
+                   help="proximal sampler: add a TV term to every data-consistency step, solved by a few warm-started "
+                        "PDHG iterations; W has the units of --method tv --weight (relative to ||A||^2, on [0, 1] "
+                        "images; e.g. 1e-4). Default: the model's tuned value, else 0 (the paper's step)")
+    s.add_argument("--init", choices=SAMPLER_INITS, default=None,
+                   help="start of the reverse process: noise (default, pure noise at t = 1) or classical (a TV "
+                        "(CT) / CS (MRI) reconstruction noised to --t-start)")
+    s.add_argument("--t-start", type=float, default=None, metavar="T",
+                   help="time in (0, 1] the reverse process starts at (default 1); below 1 needs --init classical, "
+                        "and --steps are then run from T down to 0, so the network evaluations shrink with T")
+    s.add_argument("--init-weight", type=float, default=None, metavar="W",
+                   help="--init classical: the TV / CS weight of the start image (default: that method's default)")
     s.add_argument("--samples", type=int, default=1, help="posterior samples averaged (std needs >= 2)")
     s.add_argument("--seed", type=int, default=0, help="sampling seed (each batch draws from its own stream of it)")
     s.add_argument("--std-output", metavar="FILE",
@@ -199,9 +215,9 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise ScoreReconError("--std-output needs --method score (classical methods have no posterior std)")
     if args.std_output and args.samples < 2:
         raise ScoreReconError("--std-output needs --samples 2 or more (the std of a single sample is undefined)")
-    for flag in ("model", "sampler", "steps", "lam", "snr"):
+    for flag in ("model", "sampler", "steps", "lam", "snr", *SAMPLER_EXTRAS):
         if getattr(args, flag) is not None and args.method != "score":
-            raise ScoreReconError(f"--{flag} only applies to --method score")
+            raise ScoreReconError(f"--{flag.replace('_', '-')} only applies to --method score")
     for flag, methods in (("weight", ("tv", "cs")), ("iters", ("tv", "cs")), ("regularizer", ("cs",))):
         if getattr(args, flag) is not None and args.method not in methods:
             raise ScoreReconError(f"--{flag} only applies to --method {' or '.join(methods)}")
@@ -309,10 +325,11 @@ class Engine:
         if self.method == "score":
             from ..reconstruction import reconstruct
 
+            extra = {k: self.overrides.get(k) for k in SAMPLER_EXTRAS}
             res = reconstruct(y, op, self.prior, method=self.sampler, steps=self.settings.get("steps"),
                               lam=self.overrides.get("lam"), snr=self.overrides.get("snr"),
                               samples=self.settings.get("samples", 1), seed=seed, progress=progress,
-                              device=self.device)
+                              device=self.device, **extra)
             return res.mean.float().cpu(), None if res.std is None else res.std.float().cpu(), int(res.nfe)
         from ..baselines import classical_reconstruct
 
@@ -348,11 +365,13 @@ def make_engine(args: argparse.Namespace, measurements: list[Measurement], devic
                   f"but the model expects {prior.normalization.to_dict()}; results may be off",
                   file=sys.stderr)
     sampler = args.sampler or DEFAULT_METHOD
-    settings = resolve_settings(sampler, prior, args.steps, args.lam, args.snr, task=measurements[0].task)
+    extra = {k: getattr(args, k) for k in SAMPLER_EXTRAS}
+    settings = resolve_settings(sampler, prior, args.steps, args.lam, args.snr, task=measurements[0].task, **extra)
     steps = int(settings.steps)
-    return Engine("score", device, prior, sampler,
-                  {"steps": steps, "lam": float(settings.lam), "snr": float(settings.snr), "samples": args.samples},
-                  steps * args.samples, model, overrides={"lam": args.lam, "snr": args.snr})
+    recorded = {"steps": steps, "lam": float(settings.lam), "snr": float(settings.snr), "samples": args.samples,
+                "tv_weight": float(settings.tv_weight), "init": settings.init, "t_start": float(settings.t_start)}
+    return Engine("score", device, prior, sampler, recorded, steps * args.samples, model,
+                  overrides={"lam": args.lam, "snr": args.snr, **extra})
 
 
 def reconstruct_job(job: Job, engine: Engine, batch_size: int, seed: int, progress: Progress,
