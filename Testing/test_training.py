@@ -269,8 +269,8 @@ def test_ddp_two_gloo_processes_stay_in_sync(ct_folder, tmp_path):
 def test_cli_train_and_sample_round_trip(ct_folder, tmp_path, capsys):
     out = tmp_path / "cli"
     rc = cli_main(["train", "--data", str(ct_folder), "--output", str(out), "--size", "16", "--steps", "4",
-                   "--prior", "whole", "--channels", "8,16,16", "--batch-size", "2", "--checkpoint-every", "2", "--device", "cpu",
-                   "--quiet", "--description", "ellipses"])
+                   "--prior", "whole", "--channels", "8,16,16", "--batch-size", "2", "--checkpoint-every", "2",
+                   "--device", "cpu", "--quiet", "--description", "ellipses"])
     assert rc == 0
     cfg = json.loads((out / CONFIG_FILE).read_text())
     assert cfg["data"]["description"] == "ellipses" and cfg["network"]["channels"] == [8, 16, 16]
