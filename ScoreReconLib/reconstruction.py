@@ -44,7 +44,8 @@ DEFAULTS: dict[str, dict[str, dict]] = {
 
 #: keys a prior's ``recommended`` / ``tuned.json`` may set (see :func:`tuned_values`)
 TUNABLE = ("steps", "lam", "snr", "cg_iters", "eta", "noise_rate", "tv_weight", "tv_iters", "init", "t_start",
-           "init_weight")
+           "init_weight", "final_lam", "noise_std",
+           "noise_scale")
 
 DEFAULT_METHOD = "proximal"
 
@@ -163,6 +164,23 @@ def _check_start_and_tv(method: str, base: dict) -> None:
         raise ScoreReconError(f"--t-start {t_start} < 1 needs --init classical (a noise start begins at t = 1)")
     if "t_start" in base:
         base["t_start"] = t_start
+    if base.get("noise_std") is not None:
+        ns = _number(base, "noise_std", "--noise-std")
+        if ns < 0:
+            raise ScoreReconError(f"--noise-std must be >= 0 (0 = noise-free data), got {base['noise_std']}")
+        base["noise_std"] = ns
+    if base.get("noise_scale") is not None:
+        sc = _number(base, "noise_scale", "--noise-scale")
+        if sc <= 0:
+            raise ScoreReconError(f"--noise-scale must be > 0, got {base['noise_scale']}")
+        base["noise_scale"] = sc
+    if base.get("final_lam") is not None:
+        fl = _number(base, "final_lam", "--final-lam")
+        if not 0.0 <= fl <= 1.0:
+            raise ScoreReconError(f"--final-lam must lie in [0, 1], got {base['final_lam']}")
+        if method != "proximal":
+            raise ScoreReconError(f"--final-lam applies only to the proximal sampler, not '{method}'")
+        base["final_lam"] = fl
     if base.get("init_weight") is not None:
         iw = _number(base, "init_weight", "--init-weight")
         if iw < 0:

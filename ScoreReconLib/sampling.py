@@ -226,6 +226,8 @@ class SamplerContext:
     #: the classical reconstruction ``init="classical"`` starts from (computed once per call of
     #: :func:`ScoreReconLib.reconstruction.reconstruct` and shared by its samples); ``None`` → compute
     x_init: torch.Tensor | None = None
+    #: the measurement noise std the proximal sampler used (given or estimated), for the record
+    noise_std: float | None = None
 
 
 def _counted_score(prior, ctx: SamplerContext) -> ScoreFn:
@@ -323,12 +325,19 @@ def _sde_with_steps(sde, steps: int | None):
 def noisy_measurement(op: MeasurementOperator, y: torch.Tensor, sde, t: torch.Tensor,
                       generator: torch.Generator | None) -> torch.Tensor:
     """``ŷ_t = α(t) y + β(t) A z`` with ``z ~ N(0, I)`` drawn in image space."""
+    return _perturbed_measurement(op, y, sde, t, generator)[0]
+
+
+def _perturbed_measurement(op: MeasurementOperator, y: torch.Tensor, sde, t: torch.Tensor,
+                           generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ŷ_t, β(t) A z)``: the noisy measurement and the perturbation it carries."""
     shape = (y.shape[0], 1, op.image_size, op.image_size)
     z = torch.randn(shape, generator=generator, device=y.device, dtype=torch.float32)
     a, b = _alpha_beta(sde, t, z)
     az = op.A(z)
     bshape = (-1, *([1] * (az.ndim - 1)))
-    return a.reshape(bshape) * y + b.reshape(bshape) * az
+    b_az = b.reshape(bshape) * az
+    return a.reshape(bshape) * y + b_az, b_az
 
 
 def cgls(op: MeasurementOperator, x0: torch.Tensor, y: torch.Tensor, iters: int) -> torch.Tensor:
@@ -501,6 +510,14 @@ class SamplerSettings:
     t_start: float = 1.0
     #: TV / CS weight of the classical start (None → that method's default)
     init_weight: float | None = None
+    #: proximal only: λ of the final merge after the Tweedie step (None → 1 for noise-free data, the paper's
+    #: hard merge; the noise-aware weight at the last time otherwise, see :mod:`ScoreReconLib.noise`)
+    final_lam: float | None = None
+    #: proximal only: noise std of one measured entry (None → estimated from y; 0 → noise-free, the paper's
+    #: constant λ); the merge weight falls as λ_t = λ v_t / (v_t + σ_y²) (:func:`~ScoreReconLib.noise.noise_aware_lam`)
+    noise_std: float | None = None
+    #: proximal only: factor on σ_y in the noise-aware weight (> 1 hands over to the prior earlier)
+    noise_scale: float = 1.0
 
 
 def proximal_sample(prior, op: MeasurementOperator, y: torch.Tensor, settings: SamplerSettings,
@@ -515,17 +532,31 @@ def proximal_sample(prior, op: MeasurementOperator, y: torch.Tensor, settings: S
     x = _initial_state(sde, op, y, settings, ctx, ts[0], shape)
     merge = _consistency_step(op, settings, y.device)
     lam = settings.lam
+    from .noise import estimate_noise_std, noise_aware_lam
+
+    sigma_y = settings.noise_scale * (estimate_noise_std(op, y) if settings.noise_std is None
+                                      else float(settings.noise_std))
+    ctx.noise_std = sigma_y
+
+    def noisy_merge(x, vt):
+        y_hat, b_az = _perturbed_measurement(op, y, sde, vt, g)
+        return merge(x, y_hat, noise_aware_lam(lam, b_az, op.mask, sigma_y))
+
     for i, t in enumerate(ts):
         vt = _vec(t, x)
         if settings.snr > 0:
-            x = merge(x, noisy_measurement(op, y, sde, vt, g), lam)
+            x = noisy_merge(x, vt)
             x, _ = corr.update(x, vt, g)
-        x = merge(x, noisy_measurement(op, y, sde, vt, g), lam)
+        x = noisy_merge(x, vt)
         x, _ = pred.update(x, vt, g)
         _report(ctx, i + 1, len(ts), "proximal sampler")
     t_end = _vec(ts[-1], x)
     x0 = tweedie(prior, x, t_end, ctx=ctx)
-    return merge(x0, y, 1.0)
+    if settings.final_lam is not None:
+        final = settings.final_lam
+    else:  # the paper's hard merge for noise-free data; with noise, the noise-aware weight at t_end
+        final = noise_aware_lam(1.0, _perturbed_measurement(op, y, sde, t_end, g)[1], op.mask, sigma_y)
+    return merge(x0, y, final)
 
 
 def song2021_sample(prior, op: MeasurementOperator, y: torch.Tensor, settings: SamplerSettings,

@@ -76,7 +76,8 @@ def test_posterior_mean_matches_closed_form(task, method):
     op, prior, x_true, y, post_mean = _problem(task)
     steps = {"proximal": 150, "fast": 40, "song2021": 150}[method]
     kwargs = {"snr": 0.16} if method != "fast" else {}
-    res = reconstruct(y, op, prior, method=method, steps=steps, lam=1.0, samples=16, seed=0, **kwargs)
+    # noise-free data: the paper's constant-λ sampler (noise_std=0), whose posterior is the closed form
+    res = reconstruct(y, op, prior, method=method, steps=steps, lam=1.0, samples=16, seed=0, noise_std=0.0, **kwargs)
     err = _rmse(res.mean, post_mean)
     prior_err = _rmse(prior.mu, post_mean)
     # the sample mean of 16 draws must sit much closer to the exact posterior mean than the prior mean does;
@@ -90,7 +91,7 @@ def test_posterior_mean_matches_closed_form(task, method):
 def test_mri_measured_rows_exact_with_lam_one():
     op, prior, x_true, y, _ = _problem("mri")
     for method in ("proximal", "fast"):
-        res = reconstruct(y, op, prior, method=method, steps=30, lam=1.0, seed=0)
+        res = reconstruct(y, op, prior, method=method, steps=30, lam=1.0, seed=0, noise_std=0.0)
         resid = op.A(res.mean) - y
         assert float(resid.abs().max()) < 1e-4 * float(y.abs().max()), method
 
@@ -98,7 +99,7 @@ def test_mri_measured_rows_exact_with_lam_one():
 def test_posterior_std_matches_closed_form_mri():
     """Unmeasured directions keep the prior's s₀; the pixelwise std is s₀·sqrt(diag(I − A⁺A))."""
     op, prior, x_true, y, _ = _problem("mri")
-    res = reconstruct(y, op, prior, method="proximal", steps=150, lam=1.0, samples=24, seed=1)
+    res = reconstruct(y, op, prior, method="proximal", steps=150, lam=1.0, samples=24, seed=1, noise_std=0.0)
     frac_unmeasured = 1.0 - float(op.mask.mean())
     expected = prior.s0 * frac_unmeasured**0.5
     assert abs(float(res.std.pow(2).mean().sqrt()) - expected) < 0.3 * expected

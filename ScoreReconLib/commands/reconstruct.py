@@ -57,7 +57,7 @@ SAMPLERS = ("proximal", "song2021", "fast")
 #: --init choices of the score method (ScoreReconLib.sampling.INITS)
 SAMPLER_INITS = ("noise", "classical")
 #: score options passed to the sampler as SamplerSettings fields (None → the model's tuned value / default)
-SAMPLER_EXTRAS = ("tv_weight", "init", "t_start", "init_weight")
+SAMPLER_EXTRAS = ("tv_weight", "init", "t_start", "init_weight", "noise_std", "noise_scale", "final_lam")
 PROGRESS_FORMATS = ("tqdm", "json", "none")
 #: progress units per slice for classical methods (per-mille of a slice's iterations)
 CLASSICAL_UNITS = 1000
@@ -110,6 +110,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "and --steps are then run from T down to 0, so the network evaluations shrink with T")
     s.add_argument("--init-weight", type=float, default=None, metavar="W",
                    help="--init classical: the TV / CS weight of the start image (default: that method's default)")
+    s.add_argument("--noise-std", type=float, default=None, metavar="S",
+                   help="proximal sampler: noise std of one measured entry (sinogram or k-space units); default: "
+                        "estimated from the data (MAD); 0 = noise-free data (the paper's constant λ). The data-"
+                        "consistency weight falls from λ to 0 as the iterate becomes more precise than the data")
+    s.add_argument("--noise-scale", type=float, default=None, metavar="K",
+                   help="proximal sampler: factor on the (estimated) noise std (default: the model's tuned value, "
+                        "else 1)")
+    s.add_argument("--final-lam", type=float, default=None, metavar="L",
+                   help="proximal sampler: λ of the last merge after the final denoising step (default: 1 for "
+                        "noise-free data, the noise-aware weight otherwise)")
     s.add_argument("--samples", type=int, default=1, help="posterior samples averaged (std needs >= 2)")
     s.add_argument("--seed", type=int, default=0, help="sampling seed (each batch draws from its own stream of it)")
     s.add_argument("--std-output", metavar="FILE",
@@ -369,7 +379,9 @@ def make_engine(args: argparse.Namespace, measurements: list[Measurement], devic
     settings = resolve_settings(sampler, prior, args.steps, args.lam, args.snr, task=measurements[0].task, **extra)
     steps = int(settings.steps)
     recorded = {"steps": steps, "lam": float(settings.lam), "snr": float(settings.snr), "samples": args.samples,
-                "tv_weight": float(settings.tv_weight), "init": settings.init, "t_start": float(settings.t_start)}
+                "tv_weight": float(settings.tv_weight), "init": settings.init, "t_start": float(settings.t_start),
+                "noise_std": settings.noise_std, "noise_scale": float(settings.noise_scale),
+                "final_lam": settings.final_lam}
     return Engine("score", device, prior, sampler, recorded, steps * args.samples, model,
                   overrides={"lam": args.lam, "snr": args.snr, **extra})
 

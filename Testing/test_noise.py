@@ -1,0 +1,69 @@
+"""Measurement-noise estimates and the noise-aware data-consistency weight."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ScoreReconLib.errors import ScoreReconError
+from ScoreReconLib.noise import estimate_kspace_noise, estimate_noise_std, estimate_sinogram_noise, noise_aware_lam
+from ScoreReconLib.operators import build_operator
+
+
+def _phantom(n: int) -> torch.Tensor:
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, n), torch.linspace(-1, 1, n), indexing="ij")
+    x = ((xx / 0.8) ** 2 + (yy / 0.7) ** 2 < 1).float() * 0.4
+    x = x + ((xx / 0.3) ** 2 + ((yy - 0.1) / 0.2) ** 2 < 1).float() * 0.4
+    # a little blur, as real images have (a binary phantom's edges put signal at every frequency)
+    return torch.nn.functional.avg_pool2d(x[None, None], 3, stride=1, padding=1, count_include_pad=False)
+
+
+@pytest.mark.parametrize("sigma", [0.3, 1.0])  # 1–3 % of the sinogram maximum
+def test_sinogram_noise_estimate_is_close(sigma):
+    op = build_operator("sparse-ct", 48, views=12)
+    y = op.A(_phantom(48))
+    g = torch.Generator().manual_seed(0)
+    noisy = y + sigma * torch.randn(y.shape, generator=g) * op.mask
+    est = estimate_sinogram_noise(noisy, op.mask)
+    assert abs(est - sigma) < 0.2 * sigma
+    assert estimate_noise_std(op, noisy) == est
+
+
+@pytest.mark.parametrize("sigma", [0.05, 0.2])
+def test_kspace_noise_estimate_is_close(sigma):
+    op = build_operator("mri", 64, acceleration=4, mask="poisson", seed=0)
+    y = op.A(_phantom(64))
+    g = torch.Generator().manual_seed(1)
+    n = torch.complex(torch.randn(y.shape, generator=g), torch.randn(y.shape, generator=g)) / math.sqrt(2)
+    noisy = y + sigma * n * op.mask
+    est = estimate_kspace_noise(noisy, op.mask)
+    assert abs(est - sigma) < 0.25 * sigma
+    assert estimate_kspace_noise(y, op.mask) < 0.5 * 0.05  # noise-free: well below the noise levels tested
+
+
+def test_noise_aware_lam_limits():
+    mask = torch.ones(1, 1, 4, 4)
+    big = torch.full((1, 1, 4, 4), 10.0)
+    small = torch.full((1, 1, 4, 4), 1e-3)
+    assert noise_aware_lam(0.8, big, mask, 0.0) == 0.8  # noise-free: the paper's constant λ
+    assert abs(noise_aware_lam(0.8, big, mask, 0.1) - 0.8) < 1e-3  # iterate far noisier than the data
+    assert noise_aware_lam(0.8, small, mask, 0.1) < 1e-3  # iterate far more precise than the data
+    assert abs(noise_aware_lam(1.0, torch.full((1, 1, 4, 4), 0.1), mask, 0.1) - 0.5) < 1e-6
+
+
+def test_sampler_settings_validate_noise_options():
+    from ScoreReconLib.reconstruction import resolve_settings
+
+    class _P:
+        modality = "CT"
+        recommended: dict = {}
+
+    assert resolve_settings("proximal", _P(), noise_std=0.0).noise_std == 0.0
+    assert resolve_settings("proximal", _P(), noise_scale=2).noise_scale == 2.0
+    for bad in ({"noise_std": -1}, {"noise_scale": 0}, {"final_lam": 1.5}, {"noise_std": float("nan")}):
+        with pytest.raises(ScoreReconError):
+            resolve_settings("proximal", _P(), **bad)
+    with pytest.raises(ScoreReconError, match="proximal"):
+        resolve_settings("fast", _P(), final_lam=0.5)
