@@ -239,7 +239,8 @@ def reconstruct(y: torch.Tensor, operator: MeasurementOperator, prior, method: s
     operator = operator.to(dev)
     y = y.to(dev)
     sampler = SAMPLERS[method]
-    x_init = classical_init(operator, y, settings.init_weight, cancel) if settings.init == "classical" else None
+    x_init = (classical_init(operator, y, settings.init_weight, cancel, settings.noise_std)
+              if settings.init == "classical" else None)
     outs = []
     nfe = 0
     total = settings.steps * samples

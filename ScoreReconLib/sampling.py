@@ -430,13 +430,18 @@ def tv_proximal_objective(op: MeasurementOperator, x: torch.Tensor, center: torc
 
 
 def classical_init(op: MeasurementOperator, y: torch.Tensor, weight: float | None = None,
-                   cancel: threading.Event | None = None) -> torch.Tensor:
+                   cancel: threading.Event | None = None, noise_std: float | None = None) -> torch.Tensor:
     """The reconstruction ``init="classical"`` starts from: TV (CT) or CS-TV (MRI) → (B, 1, N, N) float32.
 
-    ``weight`` as ``--method tv/cs --weight`` (``None`` → that method's tuned default); 300 PDHG iterations.
+    ``weight`` as ``--method tv/cs --weight``; ``None`` → the noise-adaptive weight of
+    :func:`~ScoreReconLib.noise.adaptive_classical_weight` (the method's default for noise-free data,
+    larger as the estimated — or given ``noise_std`` — noise grows); 300 PDHG iterations.
     """
     from .baselines import classical_reconstruct
+    from .noise import adaptive_classical_weight
 
+    if weight is None:
+        weight = adaptive_classical_weight(op, y, noise_std)
     method = "cs" if op.task == "mri" else "tv"
     return classical_reconstruct(method, y, op, cancel=cancel, weight=weight).float()
 
@@ -463,7 +468,7 @@ def _initial_state(sde, op: MeasurementOperator, y: torch.Tensor, settings: Samp
     if settings.init == "noise":
         return sde.prior_sampling(shape, generator=ctx.generator, device=y.device)
     if ctx.x_init is None:
-        ctx.x_init = classical_init(op, y, settings.init_weight, ctx.cancel)
+        ctx.x_init = classical_init(op, y, settings.init_weight, ctx.cancel, settings.noise_std)
     z = torch.randn(shape, generator=ctx.generator, device=y.device, dtype=torch.float32)
     a, b = _alpha_beta(sde, t0.reshape(1).to(z.device), z)
     return a * ctx.x_init.to(z) + b * z

@@ -67,3 +67,16 @@ def test_sampler_settings_validate_noise_options():
             resolve_settings("proximal", _P(), **bad)
     with pytest.raises(ScoreReconError, match="proximal"):
         resolve_settings("fast", _P(), final_lam=0.5)
+
+
+def test_adaptive_classical_weight_grows_with_noise():
+    from ScoreReconLib.noise import ADAPTIVE_WEIGHT, adaptive_classical_weight
+
+    op = build_operator("sparse-ct", 48, views=12)
+    y = op.A(_phantom(48))
+    g = torch.Generator().manual_seed(0)
+    noisy = y + 0.01 * float(y.abs().max()) * torch.randn(y.shape, generator=g) * op.mask
+    w_clean = adaptive_classical_weight(op, y, noise_std=0.0)
+    assert w_clean == ADAPTIVE_WEIGHT["CT"][0]  # noise-free: the library's TV default
+    w_noisy = adaptive_classical_weight(op, noisy)
+    assert w_noisy > 3 * w_clean  # 1 % noise: several times the noise-free weight
