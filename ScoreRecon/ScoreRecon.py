@@ -323,6 +323,14 @@ class ScoreReconSettings:
             args += ["--size", str(int(self.size))]
         return args
 
+    def effectiveSamples(self) -> int:
+        """Posterior samples to draw: the model's recommended count when ``useRecommended``, else ``samples``."""
+        if self.useRecommended and self.sampler == "proximal":
+            recommended = _modelRecommendedSamples(self.modelArgument)
+            if recommended is not None:
+                return recommended
+        return int(self.samples)
+
     def reconstructArgs(self, measurementPath: str, outputPath: str, method: str,
                         referencePath: str | None = None, metricsPath: str | None = None,
                         stdPath: str | None = None) -> list[str]:
@@ -334,7 +342,8 @@ class ScoreReconSettings:
         if metricsPath:
             args += ["--metrics-json", metricsPath]
         if method == "score":
-            args += ["--model", self.modelArgument, "--sampler", self.sampler, "--samples", str(int(self.samples))]
+            args += ["--model", self.modelArgument, "--sampler", self.sampler,
+                     "--samples", str(int(self.effectiveSamples()))]
             if not self.useRecommended:
                 args += ["--steps", str(int(self.steps)), "--lam", repr(float(self.lam)),
                          "--snr", repr(float(self.snr))]
@@ -724,6 +733,23 @@ def _readVolumeFile(path: str) -> tuple[np.ndarray, np.ndarray]:
     return array, _ijkToRASArray(node)
 
 
+def _modelRecommendedSamples(model: str) -> int | None:
+    """The posterior sample count a prior's config.json recommends for its sampler (None if it says none)."""
+    try:
+        if model in ("default-ct", "default-mri"):
+            from ScoreReconLib.resources import resources_dir
+
+            folder = resources_dir() / "models" / model
+        else:
+            folder = pathlib.Path(model).expanduser()
+            if folder.is_file():
+                folder = folder.parent
+        value = (json.loads((folder / "config.json").read_text()).get("recommended") or {}).get("samples")
+        return max(1, int(value)) if value is not None else None
+    except Exception:  # missing or unreadable: the reconstruct command reports it precisely
+        return None
+
+
 def _imageSizeForDetectors(nDet: int) -> int | None:
     """Image side N whose default parallel-beam detector count (smallest odd ≥ ceil(√2·N)) is ``nDet``."""
     for n in range(MIN_IMAGE_SIZE, nDet + 1):
@@ -1054,7 +1080,7 @@ class ScoreReconLogic(ScriptedLoadableModuleLogic):
 
         method = settings.method
         stdPath = None
-        if method == "score" and settings.samples >= 2:
+        if method == "score" and settings.effectiveSamples() >= 2:
             files["uncertainty"] = os.path.join(tempDir, "uncertainty.nrrd")
             stdPath = files["uncertainty"]
         mainWeight = 8.0 if method == "score" else 3.0

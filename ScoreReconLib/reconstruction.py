@@ -104,6 +104,17 @@ def tuned_values(prior, method: str, task: str | None = None) -> dict:
     return out
 
 
+def recommended_samples(prior, method: str, task: str | None = None) -> int:
+    """Posterior samples averaged by default: the prior's tuned ``samples`` for ``method``/``task``, else 1."""
+    value = tuned_values(prior, method, task).get("samples")
+    try:
+        n = int(value) if value is not None else 1
+    except (TypeError, ValueError):
+        raise ScoreReconError(f"the model's recommended samples {value!r} is not a whole number; fix its "
+                              "config.json / tuned.json") from None
+    return max(1, n)
+
+
 def resolve_settings(method: str, prior, steps: int | None = None, lam: float | None = None,
                      snr: float | None = None, task: str | None = None, **extra) -> SamplerSettings:
     """Merge call arguments, the prior's tuned values (:func:`tuned_values`) and :data:`DEFAULTS`."""
@@ -207,7 +218,7 @@ def _make_generator(seed: int | None, device: torch.device) -> torch.Generator:
 
 def reconstruct(y: torch.Tensor, operator: MeasurementOperator, prior, method: str = DEFAULT_METHOD,
                 steps: int | None = None, lam: float | None = None, snr: float | None = None,
-                samples: int = 1, seed: int | None = 0, progress: ProgressFn | None = None,
+                samples: int | None = None, seed: int | None = 0, progress: ProgressFn | None = None,
                 cancel: threading.Event | None = None, device: str | torch.device | None = None,
                 keep_samples: bool = False, **extra) -> ReconstructionResult:
     """Sample the posterior ``p(x | y)`` ``samples`` times and return mean (and std if ``samples > 1``).
@@ -223,6 +234,8 @@ def reconstruct(y: torch.Tensor, operator: MeasurementOperator, prior, method: s
     """
     t0 = time.perf_counter()
     check_compatible(operator, prior)
+    if samples is None:
+        samples = recommended_samples(prior, method, operator.task)
     if samples < 1:
         raise ScoreReconError(f"--samples must be at least 1, got {samples}")
     expected = tuple(operator.measurement_shape(y.shape[0]))

@@ -305,7 +305,7 @@ def _bad_inputs(d: Path) -> dict[str, tuple[list, str]]:
         "rec-batch-size": (rec + ["OUT.nrrd", "--input", meas, "--batch-size", "0"], "--batch-size"),
         "rec-reference-size": (rec + ["OUT.nrrd", "--input", meas, "--reference", d / "rect.nrrd"], "reference"),
         "rec-std-without-samples": (["reconstruct", "--method", "score", "--output", "OUT.nrrd", "--input", meas,
-                                     "--std-output", "STD.nrrd"], "--samples"),
+                                     "--std-output", "STD.nrrd", "--samples", "1"], "--samples"),
         "rec-score-option-on-fbp": (rec + ["OUT.nrrd", "--input", meas, "--steps", "5"], "--steps"),
         "rec-missing-model": (["reconstruct", "--method", "score", "--output", "OUT.nrrd", "--input", meas,
                                "--model", d / "no-such-model"], "no-such-model"),

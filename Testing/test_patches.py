@@ -204,9 +204,14 @@ def test_one_patch_checkpoint_reconstructs_64_128_and_256(patch_prior):
         res = reconstruct(op.A(x), op, prior, steps=3, snr=0.0, seed=0)
         assert res.mean.shape == (1, 1, n, n) and torch.isfinite(res.mean).all()
     # a whole-image prior still refuses another size
-    whole = load_prior("default-mri")
+    from ScoreReconLib.networks import Prior, ScoreModel, make_config
+    from ScoreReconLib.sde import VESDE
+
+    model = ScoreModel(VESDE(0.01, 5.0, 10), {"channels": [8, 16], "attention_levels": [False, False]})
+    whole = Prior(model, make_config(model, 32, "MR", {"kind": "scale", "low": 0.0, "high": 1.0}))
+    assert whole.kind == "whole" and not whole.any_size
     op = build_operator("mri", 64, acceleration=4)
-    with pytest.raises(ScoreReconError, match="128x128"):
+    with pytest.raises(ScoreReconError, match="32x32"):
         reconstruct(op.A(torch.zeros(1, 1, 64, 64)), op, whole, steps=2)
 
 

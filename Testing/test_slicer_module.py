@@ -235,6 +235,30 @@ def test_score_method_resamples_to_the_model_and_returns_uncertainty(sr, slicer,
     assert result.metricsTableNode.GetTable().GetNumberOfRows() == 2
 
 
+def test_patch_prior_reconstructs_at_the_input_grid(sr, slicer, tmp_path):
+    from ScoreReconLib.data import ct_normalization
+    from ScoreReconLib.networks import build_score_model, make_config, network_config, save_checkpoint
+    from ScoreReconLib.sde import VESDE
+
+    network = network_config({"channels": [8, 8], "attention_levels": [False, False], "num_head_channels": 8,
+                              "coord_channels": 2})
+    model = build_score_model(VESDE(0.01, 10.0, 100), network)
+    folder = tmp_path / "patch-prior"
+    save_checkpoint(folder, model, make_config(model, 32, "CT", ct_normalization(),
+                                               prior={"kind": "patch", "patch_size": 8},
+                                               recommended={"sampler": "proximal", "steps": 2, "lam": 1.0,
+                                                            "snr": 0.0, "samples": 2}))
+    assert sr.ScoreReconSettings(model=str(folder)).effectiveSamples() == 2  # the model's recommendation
+    node = slicer.util.addVolumeFromArray(sr.makePhantom(40, 1), ijkToRAS=np.diag([-0.5, -0.5, 3.0, 1.0]),
+                                          name="Small")
+    result = sr.ScoreReconLogic().reconstruct(node, task="sparse-ct", views=12, method="score", model=str(folder),
+                                              showResults=False, timeout=300)
+    out = result.reconstructionNode
+    assert slicer.util.arrayFromVolume(out).shape == (1, 40, 40)  # no resampling: the input's own grid
+    np.testing.assert_allclose(out.GetSpacing(), (0.5, 0.5, 3.0), rtol=1e-6)
+    assert result.uncertaintyNode is not None  # 2 recommended samples give a std map
+
+
 # ------------------------------------------------------------------------------------- bad inputs
 def _mr_checkpoint(folder: Path, size: int) -> Path:
     return _tiny_checkpoint(folder, size, "MR")

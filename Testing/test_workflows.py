@@ -103,14 +103,19 @@ def test_shipped_priors_load_and_run(name, modality):
     from ScoreReconLib.operators import build_operator
     from ScoreReconLib.reconstruction import reconstruct
 
+    from ScoreReconLib.reconstruction import recommended_samples, resolve_settings
+
     prior = load_prior(name)
-    assert prior.image_size == 128 and prior.modality == modality
+    assert prior.kind == "patch" and prior.any_size and prior.working_size == 128 and prior.modality == modality
     task = "sparse-ct" if modality == "CT" else "mri"
-    op = build_operator(task, 128, **({"views": 23} if task == "sparse-ct" else {"acceleration": 8}))
-    x = torch.zeros(1, 1, 128, 128)
-    x[..., 32:96, 32:96] = 0.4
-    res = reconstruct(op.A(x), op, prior, method="fast", steps=3, seed=0)
-    assert torch.isfinite(res.mean).all() and res.nfe == 3
+    settings = resolve_settings("proximal", prior, task=task)  # the shipped recommendation is valid
+    assert settings.steps >= 1 and recommended_samples(prior, "proximal", task) >= 1
+    for n in (64, 96):  # any size, at the input's own grid
+        op = build_operator(task, n, **({"views": 23} if task == "sparse-ct" else {"acceleration": 8}))
+        x = torch.zeros(1, 1, n, n)
+        x[..., n // 4: 3 * n // 4, n // 4: 3 * n // 4] = 0.4
+        res = reconstruct(op.A(x), op, prior, method="fast", steps=3, seed=0, samples=1)
+        assert res.mean.shape == (1, 1, n, n) and torch.isfinite(res.mean).all() and res.nfe == 3
 
 
 def test_proximal_sampler_beats_fbp_on_sparse_view():

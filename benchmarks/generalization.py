@@ -407,6 +407,7 @@ def check_variants(variants: list[Variant], prior, task: str) -> dict[str, dict]
     out = {}
     for v in variants:
         kw = dict(v.kwargs)
+        kw.pop("samples", None)  # a reconstruct() argument, not a sampler setting
         try:
             st = resolve_settings(v.method, prior, kw.pop("steps", None), kw.pop("lam", None), kw.pop("snr", None),
                                   task=task, **kw)
@@ -881,6 +882,8 @@ def parse_args(argv=None):
                    "benchmarks/RESULTS.md; with --quick a temporary file)")
     g.add_argument("--json", dest="json_path", default=None, help="records JSON (default generalization.json "
                    "beside --out)")
+    g.add_argument("--section-suffix", default="", help="appended to the RESULTS.md section names (e.g. -fine), so "
+                   "runs of other settings keep their own sections")
     g.add_argument("--quick", action="store_true", help=f"smoke test: images {', '.join(QUICK_IMAGES)} (1 slice), "
                    f"tasks {', '.join(QUICK_TASKS)}, 3-point grid, 1 validation slice per volume, 3 sampler steps, "
                    "no native size")
@@ -1001,7 +1004,7 @@ def main(argv=None) -> None:
             "Metrics: PSNR / SSIM on [0, 1] (both clamped; metal pixels excluded). Native-size numbers are "
             "at that size and not comparable with the 128² rows.",
         ])
-        sections[f"generalization-{sub}"] = modality_markdown(bench, modality, header)
+        sections[f"generalization-{sub}{args.section_suffix}"] = modality_markdown(bench, modality, header)
     wall = time.perf_counter() - t_start
     bench.meta["wall_seconds"] = wall
     _results.RESULTS = Path(args.out)

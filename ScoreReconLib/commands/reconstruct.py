@@ -120,7 +120,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--final-lam", type=float, default=None, metavar="L",
                    help="proximal sampler: λ of the last merge after the final denoising step (default: 1 for "
                         "noise-free data, the noise-aware weight otherwise)")
-    s.add_argument("--samples", type=int, default=1, help="posterior samples averaged (std needs >= 2)")
+    s.add_argument("--samples", type=int, default=None,
+                   help="posterior samples averaged (std needs >= 2); default: the model's recommended count, else 1")
     s.add_argument("--seed", type=int, default=0, help="sampling seed (each batch draws from its own stream of it)")
     s.add_argument("--std-output", metavar="FILE",
                    help="write the per-pixel posterior std (physical units); a folder in batch mode")
@@ -219,11 +220,11 @@ def check_method(task: str, method: str) -> None:
 def _check_numbers(args: argparse.Namespace) -> None:
     if args.batch_size < 1:
         raise ScoreReconError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.samples < 1:
+    if args.samples is not None and args.samples < 1:
         raise ScoreReconError(f"--samples must be at least 1, got {args.samples}")
     if args.std_output and args.method != "score":
         raise ScoreReconError("--std-output needs --method score (classical methods have no posterior std)")
-    if args.std_output and args.samples < 2:
+    if args.std_output and args.samples is not None and args.samples < 2:
         raise ScoreReconError("--std-output needs --samples 2 or more (the std of a single sample is undefined)")
     for flag in ("model", "sampler", "steps", "lam", "snr", *SAMPLER_EXTRAS):
         if getattr(args, flag) is not None and args.method != "score":
@@ -378,11 +379,16 @@ def make_engine(args: argparse.Namespace, measurements: list[Measurement], devic
     extra = {k: getattr(args, k) for k in SAMPLER_EXTRAS}
     settings = resolve_settings(sampler, prior, args.steps, args.lam, args.snr, task=measurements[0].task, **extra)
     steps = int(settings.steps)
-    recorded = {"steps": steps, "lam": float(settings.lam), "snr": float(settings.snr), "samples": args.samples,
+    from ..reconstruction import recommended_samples
+
+    samples = args.samples if args.samples is not None else recommended_samples(prior, sampler, measurements[0].task)
+    if args.std_output and samples < 2:
+        raise ScoreReconError("--std-output needs --samples 2 or more (the std of a single sample is undefined)")
+    recorded = {"steps": steps, "lam": float(settings.lam), "snr": float(settings.snr), "samples": samples,
                 "tv_weight": float(settings.tv_weight), "init": settings.init, "t_start": float(settings.t_start),
                 "noise_std": settings.noise_std, "noise_scale": float(settings.noise_scale),
                 "final_lam": settings.final_lam}
-    return Engine("score", device, prior, sampler, recorded, steps * args.samples, model,
+    return Engine("score", device, prior, sampler, recorded, steps * samples, model,
                   overrides={"lam": args.lam, "snr": args.snr, **extra})
 
 
