@@ -101,9 +101,7 @@ def test_demo_on_the_shipped_sample(tiny_ct, tmp_path, capsys):
 @pytest.mark.parametrize("name,modality", [("default-ct", "CT"), ("default-mri", "MR")])
 def test_shipped_priors_load_and_run(name, modality):
     from ScoreReconLib.operators import build_operator
-    from ScoreReconLib.reconstruction import reconstruct
-
-    from ScoreReconLib.reconstruction import recommended_samples, resolve_settings
+    from ScoreReconLib.reconstruction import recommended_samples, reconstruct, resolve_settings
 
     prior = load_prior(name)
     assert prior.kind == "patch" and prior.any_size and prior.working_size == 128 and prior.modality == modality
