@@ -177,7 +177,7 @@ def run_classical(case: EvalCase, method: str) -> EvalRecord:
     return EvalRecord(case.name, method, p, s, sec, {"image": xr})
 
 
-def run_score(case: EvalCase, prior, sampler: str = "proximal", samples: int = 1, seed: int = 0,
+def run_score(case: EvalCase, prior, sampler: str = "proximal", samples: int | None = None, seed: int = 0,
               label: str | None = None, **kwargs) -> EvalRecord:
     from .reconstruction import reconstruct
 

@@ -353,6 +353,20 @@ def pick_best(records: list[dict], key: str) -> tuple[object, float] | None:
     return best, scores[best][0]
 
 
+def loso_choice(grid_records: list[dict], test_subject: str) -> tuple[object, float, list[str]] | None:
+    """Leave-one-subject-out: the grid weight best on every subject except ``test_subject``.
+
+    ``grid_records`` hold ``subject``, ``weight``, ``psnr``, ``ssim`` per image and weight. Returns
+    ``(weight, mean validation PSNR, validation subjects)``, or None without another subject. The test
+    subject's own records are dropped before anything is compared.
+    """
+    val = [r for r in grid_records if r["subject"] != test_subject]
+    best = pick_best(val, "weight")
+    if best is None:
+        return None
+    return best[0], best[1], sorted({r["subject"] for r in val})
+
+
 # ------------------------------------------------------------------------------------ ScoreRecon
 @dataclass
 class Variant:
@@ -493,14 +507,13 @@ class Bench:
                 else:
                     self.note(f"{where}: no {self.args.size}² LOSO weight to transfer for {subj}", ctx.modality)
             elif grid_recs:
-                val = [r for r in grid_recs if r["subject"] != subj]
-                best = pick_best(val, "weight")
+                best = loso_choice(grid_recs, subj)
                 if best is None:
                     self.note(f"{where}: no validation image besides {subj}, so no tuned weight", ctx.modality)
                 else:
-                    w, vp = best
+                    w, vp, val_subjects = best
                     choice = {"kind": f"{cls} tuned (LOSO)", "weight": w, "validation_psnr": vp,
-                              "validation_subjects": sorted({r["subject"] for r in val}),
+                              "validation_subjects": val_subjects,
                               "at_grid_edge": len(grid) > 1 and w in (grid[0], grid[-1])}
                     if choice["at_grid_edge"]:
                         self.note(f"{where}: the LOSO {cls} weight {w:.3g} for {subj} lies at the edge of the "

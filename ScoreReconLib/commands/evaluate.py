@@ -45,7 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--lam", type=float, default=None)
     p.add_argument("--snr", type=float, default=None)
-    p.add_argument("--samples", type=int, default=1)
+    p.add_argument("--samples", type=int, default=None,
+                   help="posterior samples averaged (default: the model's recommendation, else 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=None, metavar="N",
                    help="image grid N x N (default: the model's working size; a patch prior takes any N, a whole-image "
