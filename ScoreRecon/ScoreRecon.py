@@ -733,8 +733,8 @@ def _readVolumeFile(path: str) -> tuple[np.ndarray, np.ndarray]:
     return array, _ijkToRASArray(node)
 
 
-def _modelRecommendedSamples(model: str) -> int | None:
-    """The posterior sample count a prior's config.json recommends for its sampler (None if it says none)."""
+def _modelConfig(model: str) -> dict | None:
+    """A prior's config.json (``default-ct`` / ``default-mri`` or a checkpoint folder); None if unreadable."""
     try:
         if model in ("default-ct", "default-mri"):
             from ScoreReconLib.resources import resources_dir
@@ -744,9 +744,18 @@ def _modelRecommendedSamples(model: str) -> int | None:
             folder = pathlib.Path(model).expanduser()
             if folder.is_file():
                 folder = folder.parent
-        value = (json.loads((folder / "config.json").read_text()).get("recommended") or {}).get("samples")
-        return max(1, int(value)) if value is not None else None
+        config = json.loads((folder / "config.json").read_text())
+        return config if isinstance(config, dict) else None
     except Exception:  # missing or unreadable: the reconstruct command reports it precisely
+        return None
+
+
+def _modelRecommendedSamples(model: str) -> int | None:
+    """The posterior sample count a prior's config.json recommends for its sampler (None if it says none)."""
+    try:
+        value = ((_modelConfig(model) or {}).get("recommended") or {}).get("samples")
+        return max(1, int(value)) if value is not None else None
+    except (TypeError, ValueError, AttributeError):
         return None
 
 
@@ -763,20 +772,14 @@ def _modelImageSize(model: str) -> int | None:
     """Image size a prior was trained on, from its config.json (None if it cannot be read).
 
     A patch prior (config ``prior.kind == "patch"``) works at any size: this returns 0 for it."""
+    config = _modelConfig(model)
+    if config is None:
+        return None
     try:
-        if model in ("default-ct", "default-mri"):
-            from ScoreReconLib.resources import resources_dir
-
-            folder = resources_dir() / "models" / model
-        else:
-            folder = pathlib.Path(model).expanduser()
-            if folder.is_file():
-                folder = folder.parent
-        config = json.loads((folder / "config.json").read_text())
         if (config.get("prior") or {}).get("kind") == "patch":
             return 0
         return int(config["image_size"])
-    except Exception:  # missing or unreadable: the reconstruct command reports it precisely
+    except (TypeError, ValueError, KeyError, AttributeError):
         return None
 
 
