@@ -220,6 +220,35 @@ def test_cache_second_build_loads_from_disk(tmp_path, monkeypatch):
     ct.clear_memo()
 
 
+@pytest.mark.parametrize("tamper", ["index-out-of-range", "negative-index", "unsorted-indptr", "nan-weight"])
+def test_tampered_cache_is_rebuilt_not_trusted(tmp_path, monkeypatch, tamper):
+    """A cached matrix that would corrupt memory in torch's unchecked CSR kernels is refused and rebuilt."""
+    monkeypatch.setenv("SCORERECON_CACHE", str(tmp_path))
+    g = ct.ParallelBeamGeometry(16, 6)
+    ct.clear_memo()
+    a1, _ = ct.joseph_matrices(g)
+    path = ct.cache_path(g)
+    with np.load(path) as z:
+        fields = {k: z[k].copy() for k in z.files}
+    if tamper == "index-out-of-range":
+        fields["indices"][3] = 10**6
+    elif tamper == "negative-index":
+        fields["indices"][0] = -5
+    elif tamper == "unsorted-indptr":
+        fields["indptr"][5], fields["indptr"][6] = fields["indptr"][6] + 3, fields["indptr"][5]
+    else:
+        fields["data"][1] = np.nan
+    with open(path, "wb") as fh:
+        np.savez(fh, **fields)
+    ct.clear_memo()
+    built = ct.STATS["built"]
+    with pytest.warns(UserWarning, match="invalid"):
+        a2, _ = ct.joseph_matrices(g)
+    assert ct.STATS["built"] == built + 1
+    torch.testing.assert_close(a2.to_dense(), a1.to_dense())
+    ct.clear_memo()
+
+
 # ----------------------------------------------------------------------------------------- specs
 @pytest.mark.parametrize("task", ["sparse-ct", "limited-angle-ct", "metal-ct"])
 def test_spec_round_trip(task):

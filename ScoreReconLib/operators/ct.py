@@ -223,6 +223,14 @@ def _load_cached(path: Path, geometry: ParallelBeamGeometry) -> sp.csr_matrix | 
     if (indptr.dtype != np.int32 or indices.dtype != np.int32 or data.dtype != np.float32
             or indptr.shape != (shape[0] + 1,) or indices.shape != data.shape or int(indptr[-1]) != data.size):
         return None
+    # the torch tensor is built without invariant checks, so a tampered or corrupt file must never get that far:
+    # row pointers from 0, non-decreasing; column indices inside the image; finite weights
+    if (int(indptr[0]) != 0 or bool(np.any(np.diff(indptr) < 0))
+            or (indices.size and (int(indices.min()) < 0 or int(indices.max()) >= shape[1]))
+            or not bool(np.isfinite(data).all())):
+        warnings.warn(f"the cached CT system matrix {path} is invalid (corrupt or edited); rebuilding it",
+                      stacklevel=3)
+        return None
     return sp.csr_matrix((data, indices, indptr), shape=shape)
 
 
