@@ -289,6 +289,11 @@ def _bad_inputs(d: Path) -> dict[str, tuple[list, str]]:
         "acceleration<1": (["simulate", "--task", "mri", "--output", "OUT.npz", "--input", d / "src" / "mr.nrrd",
                             "--acceleration", "0.5"], "acceleration"),
         "sim-missing": (sim + ["OUT.npz", "--input", d / "missing.nrrd"], "does not exist"),
+        "sim-nan-threshold": (["simulate", "--task", "metal-ct", "--output", "OUT.npz", "--input",
+                               d / "src" / "ct.nrrd", "--metal-threshold", "nan"], "finite"),
+        "rec-nan-snr": (["reconstruct", "--method", "score", "--output", "OUT.nrrd", "--input", meas, "--snr", "nan"],
+                        "finite"),
+        "rec-metrics-is-output": (rec + ["OUT.nrrd", "--input", meas, "--metrics-json", "OUT.nrrd"], "same path"),
         "sim-corrupt": (sim + ["OUT.npz", "--input", d / "corrupt.nrrd"], "cannot read"),
         "sim-unsupported": (sim + ["OUT.npz", "--input", d / "notes.txt"], "unsupported"),
         "sim-output-suffix": (sim + ["OUT.nrrd", "--input", d / "src" / "ct.nrrd"], ".npz"),
@@ -325,7 +330,8 @@ BAD_CASES = ["nan", "inf", "non-square", "too-small", "views>angles", "accelerat
              "sim-corrupt", "sim-unsupported", "sim-output-suffix", "rec-missing", "rec-corrupt",
              "rec-image-as-measurement", "rec-version", "rec-method-for-task", "rec-cs-on-ct", "rec-fbp-on-mri",
              "rec-output-suffix", "rec-batch-size", "rec-reference-size", "rec-std-without-samples",
-             "rec-score-option-on-fbp", "rec-missing-model", "rec-empty-folder"]
+             "rec-score-option-on-fbp", "rec-missing-model", "rec-empty-folder", "sim-nan-threshold", "rec-nan-snr",
+             "rec-metrics-is-output"]
 
 
 @pytest.mark.parametrize("case", BAD_CASES)

@@ -236,6 +236,20 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise ScoreReconError(f"--weight must be a finite number >= 0, got {args.weight}")
     if args.iters is not None and args.iters < 1:
         raise ScoreReconError(f"--iters must be at least 1, got {args.iters}")
+    for flag in ("lam", "snr", "tv_weight", "t_start", "init_weight", "noise_std", "noise_scale", "final_lam"):
+        value = getattr(args, flag, None)
+        if value is not None and not math.isfinite(float(value)):
+            raise ScoreReconError(f"--{flag.replace('_', '-')} must be a finite number, got {value}")
+    # no two outputs may be the same file: one would silently replace the other
+    outputs = {"--output": args.output, "--std-output": args.std_output, "--metrics-json": args.metrics_json}
+    seen: dict = {}
+    for flag, value in outputs.items():
+        if not value:
+            continue
+        key = os.path.abspath(os.path.expanduser(str(value)))
+        if key in seen:
+            raise ScoreReconError(f"{flag} {value} is the same path as {seen[key]}; give each output its own file")
+        seen[key] = flag
 
 
 # -------------------------------------------------------------------------------------- progress

@@ -9,6 +9,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from ..data import read_image
@@ -58,6 +59,10 @@ def run(args: argparse.Namespace) -> int:
         raise ScoreReconError(f"--output must be a .npz file, got {output.name}; e.g. {output.stem}.npz")
     if output.is_dir():
         raise ScoreReconError(f"--output {output} is a folder; give a .npz file name")
+    for flag in ("arc", "metal_threshold", "acceleration", "center_fraction", "noise"):
+        value = getattr(args, flag, None)
+        if value is not None and not math.isfinite(float(value)):
+            raise ScoreReconError(f"--{flag.replace('_', '-')} must be a finite number, got {value}")
     image = read_image(args.input)
     m, _, _ = simulate(
         image, args.task, views=args.views, arc=args.arc, n_angles=args.n_angles,
