@@ -29,6 +29,7 @@ from torch import nn
 from . import FORMAT_VERSION, __version__
 from .data import Normalization
 from .errors import ScoreReconError
+from .patches import random_offset, tiled_score
 from .sde import SDE, VESDE, VPSDE, sde_from_dict
 
 #: files of a checkpoint folder
@@ -215,8 +216,6 @@ class Prior:
         t = t.to(x.device, torch.float32)
         if self.kind != "patch":
             return self.model(x, t)
-        from .patches import random_offset, tiled_score
-
         p = int(self.patch_size)
         offset = random_offset(p, generator, x.device)
         return tiled_score(self.model, x, t, self.sde.beta(t), p, offset, generator)

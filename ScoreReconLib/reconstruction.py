@@ -22,7 +22,7 @@ from .errors import ScoreReconError
 from .measurement import task_modality
 from .operators import TASKS
 from .operators.base import MeasurementOperator
-from .sampling import INITS, NFE_PER_STEP, SAMPLERS, SamplerContext, SamplerSettings, classical_init
+from .sampling import INITS, NFE_PER_STEP, SAMPLERS, SamplerContext, SamplerSettings, classical_init, noise_std_of
 from .utils import ProgressFn, check_cancel, check_finite, resolve_device
 
 #: defaults per sampler and modality, used where neither the call nor the prior's config says otherwise.
@@ -252,8 +252,10 @@ def reconstruct(y: torch.Tensor, operator: MeasurementOperator, prior, method: s
     operator = operator.to(dev)
     y = y.to(dev)
     sampler = SAMPLERS[method]
-    x_init = (classical_init(operator, y, settings.init_weight, cancel, settings.noise_std)
-              if settings.init == "classical" else None)
+    shared = SamplerContext(cancel=cancel)  # what every sample reuses: the noise estimate, the classical start
+    if settings.init == "classical":
+        shared.x_init = classical_init(operator, y, settings.init_weight, cancel,
+                                       noise_std_of(operator, y, settings, shared))
     outs = []
     nfe = 0
     total = settings.steps * samples
@@ -266,9 +268,10 @@ def reconstruct(y: torch.Tensor, operator: MeasurementOperator, prior, method: s
                 progress(_before + done, total, f"{message} (sample {_k + 1}/{samples})")
 
         ctx = SamplerContext(_make_generator(None if seed is None else derive_seed(seed, k), dev), prog, cancel,
-                             x_init=x_init)
+                             x_init=shared.x_init, measured_noise_std=shared.measured_noise_std)
         with torch.no_grad():
             outs.append(sampler(prior, operator, y, settings, ctx).float())
+        shared.measured_noise_std = ctx.measured_noise_std  # estimated by the first sample if not before
         nfe = ctx.nfe
     stack = torch.stack(outs)
     mean = stack.mean(0)

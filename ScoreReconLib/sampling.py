@@ -38,6 +38,7 @@ import torch
 
 from .baselines import gradient, gradient_adjoint, operator_norm
 from .errors import ScoreReconError
+from .noise import adaptive_classical_weight, estimate_noise_std, noise_aware_lam
 from .operators.base import MeasurementOperator
 from .utils import ProgressFn, check_cancel
 
@@ -226,8 +227,10 @@ class SamplerContext:
     #: the classical reconstruction ``init="classical"`` starts from (computed once per call of
     #: :func:`ScoreReconLib.reconstruction.reconstruct` and shared by its samples); ``None`` → compute
     x_init: torch.Tensor | None = None
-    #: the measurement noise std the proximal sampler used (given or estimated), for the record
-    noise_std: float | None = None
+    #: the noise std of one measured entry of ``y`` as estimated from it (done once per call of
+    #: :func:`ScoreReconLib.reconstruction.reconstruct`, shared by its samples); ``None`` → estimate
+    #: here when needed. ``SamplerSettings.noise_std`` (a given value) takes precedence.
+    measured_noise_std: float | None = None
 
 
 def _counted_score(prior, ctx: SamplerContext) -> ScoreFn:
@@ -438,7 +441,6 @@ def classical_init(op: MeasurementOperator, y: torch.Tensor, weight: float | Non
     larger as the estimated — or given ``noise_std`` — noise grows); 300 PDHG iterations.
     """
     from .baselines import classical_reconstruct
-    from .noise import adaptive_classical_weight
 
     if weight is None:
         weight = adaptive_classical_weight(op, y, noise_std)
@@ -468,10 +470,20 @@ def _initial_state(sde, op: MeasurementOperator, y: torch.Tensor, settings: Samp
     if settings.init == "noise":
         return sde.prior_sampling(shape, generator=ctx.generator, device=y.device)
     if ctx.x_init is None:
-        ctx.x_init = classical_init(op, y, settings.init_weight, ctx.cancel, settings.noise_std)
+        ctx.x_init = classical_init(op, y, settings.init_weight, ctx.cancel, noise_std_of(op, y, settings, ctx))
     z = torch.randn(shape, generator=ctx.generator, device=y.device, dtype=torch.float32)
     a, b = _alpha_beta(sde, t0.reshape(1).to(z.device), z)
     return a * ctx.x_init.to(z) + b * z
+
+
+def noise_std_of(op: MeasurementOperator, y: torch.Tensor, settings: SamplerSettings,
+                 ctx: SamplerContext) -> float:
+    """σ_y of one measured entry: ``settings.noise_std`` if given, else estimated from ``y`` once per ``ctx``."""
+    if settings.noise_std is not None:
+        return float(settings.noise_std)
+    if ctx.measured_noise_std is None:
+        ctx.measured_noise_std = estimate_noise_std(op, y)
+    return ctx.measured_noise_std
 
 
 def _consistency_step(op: MeasurementOperator, settings: SamplerSettings, device) -> Callable:
@@ -537,11 +549,7 @@ def proximal_sample(prior, op: MeasurementOperator, y: torch.Tensor, settings: S
     x = _initial_state(sde, op, y, settings, ctx, ts[0], shape)
     merge = _consistency_step(op, settings, y.device)
     lam = settings.lam
-    from .noise import estimate_noise_std, noise_aware_lam
-
-    sigma_y = settings.noise_scale * (estimate_noise_std(op, y) if settings.noise_std is None
-                                      else float(settings.noise_std))
-    ctx.noise_std = sigma_y
+    sigma_y = settings.noise_scale * noise_std_of(op, y, settings, ctx)
 
     def noisy_merge(x, vt):
         y_hat, b_az = _perturbed_measurement(op, y, sde, vt, g)
