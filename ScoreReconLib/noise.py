@@ -44,8 +44,7 @@ def estimate_sinogram_noise(y: torch.Tensor, mask: torch.Tensor) -> float:
     """Noise std of one sinogram entry from ``y`` ``(B, 1, A, D)`` and its 0/1 ``mask`` (broadcastable)."""
     m = torch.broadcast_to(mask, y.shape).to(torch.bool)
     d2 = y[..., 2:] - 2 * y[..., 1:-1] + y[..., :-2]
-    ok = m[..., 2:] & m[..., 1:-1] & m[..., :-2]
-    # exclude bins where the object is absent (exact zeros from a noise-free sinogram of air)
+    ok = m[..., 2:] & m[..., 1:-1] & m[..., :-2]  # three consecutive measured bins
     return _mad_std(d2[ok]) / math.sqrt(6.0)
 
 

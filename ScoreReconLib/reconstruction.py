@@ -151,7 +151,7 @@ def _number(base: dict, key: str, flag: str) -> float:
 
 
 def _check_start_and_tv(method: str, base: dict) -> None:
-    """Validate (and normalise in place) ``tv_weight``, ``tv_iters``, ``init``, ``t_start``, ``init_weight``."""
+    """Validate (and normalise in place) the warm-start, TV and noise settings of ``base``."""
     tv = _number(base, "tv_weight", "--tv-weight") if "tv_weight" in base else 0.0
     if tv < 0:
         raise ScoreReconError(f"--tv-weight must be >= 0 (0 = no TV term), got {base['tv_weight']}; try 1e-4")
@@ -175,28 +175,24 @@ def _check_start_and_tv(method: str, base: dict) -> None:
         raise ScoreReconError(f"--t-start {t_start} < 1 needs --init classical (a noise start begins at t = 1)")
     if "t_start" in base:
         base["t_start"] = t_start
-    if base.get("noise_std") is not None:
-        ns = _number(base, "noise_std", "--noise-std")
-        if ns < 0:
-            raise ScoreReconError(f"--noise-std must be >= 0 (0 = noise-free data), got {base['noise_std']}")
-        base["noise_std"] = ns
-    if base.get("noise_scale") is not None:
-        sc = _number(base, "noise_scale", "--noise-scale")
-        if sc <= 0:
-            raise ScoreReconError(f"--noise-scale must be > 0, got {base['noise_scale']}")
-        base["noise_scale"] = sc
-    if base.get("final_lam") is not None:
-        fl = _number(base, "final_lam", "--final-lam")
-        if not 0.0 <= fl <= 1.0:
-            raise ScoreReconError(f"--final-lam must lie in [0, 1], got {base['final_lam']}")
-        if method != "proximal":
-            raise ScoreReconError(f"--final-lam applies only to the proximal sampler, not '{method}'")
-        base["final_lam"] = fl
-    if base.get("init_weight") is not None:
-        iw = _number(base, "init_weight", "--init-weight")
-        if iw < 0:
-            raise ScoreReconError(f"--init-weight must be >= 0, got {base['init_weight']}")
-        base["init_weight"] = iw
+    _optional_number(base, "noise_std", "--noise-std", lambda v: v >= 0, "be >= 0 (0 = noise-free data)")
+    _optional_number(base, "noise_scale", "--noise-scale", lambda v: v > 0, "be > 0")
+    if _optional_number(base, "final_lam", "--final-lam", lambda v: 0.0 <= v <= 1.0, "lie in [0, 1]") \
+            and method != "proximal":
+        raise ScoreReconError(f"--final-lam applies only to the proximal sampler, not '{method}'")
+    _optional_number(base, "init_weight", "--init-weight", lambda v: v >= 0, "be >= 0")
+
+
+def _optional_number(base: dict, key: str, flag: str, ok, rule: str) -> bool:
+    """Validate and normalise ``base[key]`` if it is set (not None): a finite number with ``ok(value)``,
+    else ``{flag} must {rule}``. Returns whether it was set."""
+    if base.get(key) is None:
+        return False
+    value = _number(base, key, flag)
+    if not ok(value):
+        raise ScoreReconError(f"{flag} must {rule}, got {base[key]}")
+    base[key] = value
+    return True
 
 
 def derive_seed(seed: int, *keys: int) -> int:
