@@ -33,6 +33,15 @@ def _private_cache(tmp_path_factory):
         os.environ["SCORERECON_CACHE"] = old
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny networks run fastest (and steadiest on a shared CPU) on one thread."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

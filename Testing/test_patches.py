@@ -27,12 +27,7 @@ from ScoreReconLib.training import TrainConfig, train, transplant_state
 TINY = {"channels": [8, 16], "attention_levels": [False, False]}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: see conftest.one_thread
 
 
 # ------------------------------------------------------------------------------- tiling

@@ -21,13 +21,7 @@ from ScoreReconLib.training import TrainConfig, estimate_sigma_max, save_image_g
 TINY = {"channels": [8, 16, 16], "attention_levels": [False, False, True]}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks run fastest (and steadiest on a shared CPU) on one thread."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: see conftest.one_thread
 
 
 def ellipses(n: int, count: int, seed: int) -> np.ndarray:
