@@ -45,7 +45,7 @@ from .networks import (
     read_config,
     save_checkpoint,
 )
-from .patches import DEFAULT_PATCH_SIZE, estimate_patch_sigma_max, sample_patches, tiled_score
+from .patches import DEFAULT_PATCH_SIZE, estimate_patch_sigma_max, random_offset, sample_patches, tiled_score
 from .sde import SDE, VESDE, VPSDE, sde_from_dict
 from .utils import ProgressFn, atomic_path, check_cancel, resolve_device
 
@@ -709,8 +709,7 @@ def _sample_grid(model: ScoreModel, sde: SDE, cfg: TrainConfig, device: torch.de
         p = int(cfg.patch_size)
 
         def score_fn(x, t):
-            o = torch.randint(0, p, (2,), generator=gt, device=device)
-            return tiled_score(model, x, t, sde.beta(t), p, (int(o[0]), int(o[1])), gt)
+            return tiled_score(model, x, t, sde.beta(t), p, random_offset(p, gt, device), gt)
     x = em_sample(score_fn, sde, (n, 1, cfg.image_size, cfg.image_size), steps=max(2, cfg.sample_steps),
                   generator=g, device=device)
     save_image_grid(x, path)

@@ -46,6 +46,7 @@ from ..measurement import Measurement, load_measurement, reference_slices
 from ..operators import TASKS
 from ..operators.base import MeasurementOperator
 from ..reconstruction import derive_seed
+from ..sampling import INITS
 from ..utils import resolve_device
 
 #: every --method
@@ -54,8 +55,6 @@ METHODS = (*CLASSICAL_METHODS, "score")
 METHODS_FOR_TASK: dict[str, tuple[str, ...]] = {task: (*methods_for(task), "score") for task in TASKS}
 #: --sampler choices of the score method
 SAMPLERS = ("proximal", "song2021", "fast")
-#: --init choices of the score method (ScoreReconLib.sampling.INITS)
-SAMPLER_INITS = ("noise", "classical")
 #: score options passed to the sampler as SamplerSettings fields (None → the model's tuned value / default)
 SAMPLER_EXTRAS = ("tv_weight", "init", "t_start", "init_weight", "noise_std", "noise_scale", "final_lam")
 PROGRESS_FORMATS = ("tqdm", "json", "none")
@@ -102,7 +101,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="proximal sampler: add a TV term to every data-consistency step, solved by a few warm-started "
                         "PDHG iterations; W has the units of --method tv --weight (relative to ||A||^2, on [0, 1] "
                         "images; e.g. 1e-4). Default: the model's tuned value, else 0 (the paper's step)")
-    s.add_argument("--init", choices=SAMPLER_INITS, default=None,
+    s.add_argument("--init", choices=INITS, default=None,
                    help="start of the reverse process: noise (default, pure noise at t = 1) or classical (a TV "
                         "(CT) / CS (MRI) reconstruction noised to --t-start)")
     s.add_argument("--t-start", type=float, default=None, metavar="T",
