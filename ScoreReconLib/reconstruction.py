@@ -48,6 +48,8 @@ TUNABLE = ("steps", "lam", "snr", "cg_iters", "eta", "noise_rate", "tv_weight", 
            "noise_scale")
 
 DEFAULT_METHOD = "proximal"
+#: most sampler steps a reconstruction accepts (the paper's 1000, with a wide margin)
+MAX_SAMPLER_STEPS = 10_000
 
 
 @dataclass
@@ -129,13 +131,19 @@ def resolve_settings(method: str, prior, steps: int | None = None, lam: float | 
         if value is not None:
             base[key] = value
     base.update({k: v for k, v in extra.items() if v is not None})
-    if int(base["steps"]) < 1:
-        raise ScoreReconError(f"--steps must be at least 1, got {base['steps']}")
-    if not 0.0 <= float(base["lam"]) <= 1.0:
+    steps_value = _number(base, "steps", "--steps")
+    if not steps_value.is_integer() or not 1 <= steps_value <= MAX_SAMPLER_STEPS:
+        raise ScoreReconError(f"--steps must be a whole number from 1 to {MAX_SAMPLER_STEPS}, got {base['steps']}; "
+                              "use at least 10 from noise (the model's default is tuned)")
+    if not 0.0 <= _number(base, "lam", "--lam") <= 1.0:
         raise ScoreReconError(f"--lam must lie in [0, 1], got {base['lam']}")
-    if float(base["snr"]) < 0:
+    if _number(base, "snr", "--snr") < 0:
         raise ScoreReconError(f"--snr must be non-negative, got {base['snr']}")
-    base["steps"] = int(base["steps"])
+    for key in ("cg_iters", "eta", "noise_rate"):
+        if key in base:
+            _number(base, key, key)
+    base["steps"] = int(float(base["steps"]))
+    base["lam"], base["snr"] = float(base["lam"]), float(base["snr"])
     _check_start_and_tv(method, base)
     return SamplerSettings(**base)
 

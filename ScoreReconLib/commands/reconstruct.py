@@ -91,6 +91,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s = p.add_argument_group("score method")
     s.add_argument("--model", default=None,
                    help="default-ct, default-mri or a checkpoint folder (default: the task's default model)")
+    s.add_argument("--trust-unverified", action="store_true",
+                   help="load a checkpoint that has no checksums (weights_sha256 / config_sha256) in its "
+                        "config.json, e.g. one from before checksums covered the config")
     s.add_argument("--sampler", choices=SAMPLERS, default=None,
                    help="proximal (default, Song et al. 2022; 25 steps unless --steps), fast (DDS-style) or song2021")
     s.add_argument("--steps", type=int, default=None,
@@ -381,7 +384,7 @@ def make_engine(args: argparse.Namespace, measurements: list[Measurement], devic
     if args.model is None and len(modalities) > 1:
         raise ScoreReconError("the measurements mix CT and MRI tasks; pass --model or split the folder")
     model = args.model or ("default-ct" if modalities == {"CT"} else "default-mri")
-    prior = load_prior(model, device=device)
+    prior = load_prior(model, device=device, trust_unverified=args.trust_unverified)
     for m in measurements:
         prior.check_compatible(m.image_size, m.modality)
         if m.normalization.to_dict() != prior.normalization.to_dict():
