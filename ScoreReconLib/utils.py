@@ -107,6 +107,24 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
             tmp_path.unlink()
 
 
+def check_output_folder(path: str | os.PathLike, flag: str = "--output") -> Path:
+    """Refuse, before any work, an output folder that cannot be created or written. Creates nothing."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ScoreReconError(f"{flag} {path} is a file, but a folder is needed here; choose another path")
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ScoreReconError(f"{flag} {path}: {probe} is a file, not a folder; choose another path")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ScoreReconError(f"{flag} {path}: cannot write in {probe} (no permission or read-only); "
+                              "choose another path")
+    return path
+
+
 def check_output_path(path: str | os.PathLike, flag: str = "--output") -> Path:
     """Refuse, before any work, an output path that cannot be written (one-line :class:`ScoreReconError`).
 

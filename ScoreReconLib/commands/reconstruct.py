@@ -47,7 +47,7 @@ from ..operators import TASKS
 from ..operators.base import MeasurementOperator
 from ..reconstruction import derive_seed
 from ..sampling import INITS
-from ..utils import resolve_device
+from ..utils import check_output_folder, check_output_path, make_temp_beside, resolve_device
 
 #: every --method
 METHODS = (*CLASSICAL_METHODS, "score")
@@ -185,12 +185,16 @@ def plan_jobs(args: argparse.Namespace) -> tuple[list[Job], bool]:
     if ref is not None and not ref.exists():
         raise ScoreReconError(f"reference {ref} does not exist; check the path")
     std = Path(args.std_output) if args.std_output else None
+    if args.metrics_json:
+        check_output_path(args.metrics_json, "--metrics-json")
     if not inp.is_dir():
         if out.is_dir():
             raise ScoreReconError(f"--output {out} is a folder; give an image file name such as {out / 'recon.nrrd'}")
         check_writable_suffix(out)
+        check_output_path(out, "--output")
         if std is not None:
             check_writable_suffix(std)
+            check_output_path(std, "--std-output")
         return [Job(_strip_suffix(inp), inp, out, std, ref)], False
     files = sorted(p for p in inp.iterdir() if p.is_file() and p.suffix.lower() == ".npz")
     if not files:
@@ -201,6 +205,9 @@ def plan_jobs(args: argparse.Namespace) -> tuple[list[Job], bool]:
         raise ScoreReconError(f"--input is a folder, so --std-output must be a folder too, but {std} is a file")
     if ref is not None and not ref.is_dir():
         raise ScoreReconError(f"--input is a folder, so --reference must be a folder of NAME.* images, not {ref}")
+    check_output_folder(out, "--output")
+    if std is not None:
+        check_output_folder(std, "--std-output")
     suffix = args.output_suffix if args.output_suffix.startswith(".") else "." + args.output_suffix
     if suffix.lower() not in WRITE_SUFFIXES:
         raise ScoreReconError(f"--output-suffix {suffix} cannot be written; use one of {', '.join(WRITE_SUFFIXES)}")
@@ -408,9 +415,35 @@ def make_engine(args: argparse.Namespace, measurements: list[Measurement], devic
                   overrides={"lam": args.lam, "snr": args.snr, **extra})
 
 
+class Staging:
+    """Outputs written to temporary files beside their targets and moved into place only by :meth:`commit`,
+    so a run that fails (or is stopped) on its third file leaves none of the first two behind."""
+
+    def __init__(self) -> None:
+        self.staged: list[tuple[Path, Path]] = []
+
+    def path_for(self, final: Path) -> Path:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = make_temp_beside(final, "".join(final.suffixes))
+        self.staged.append((tmp, final))
+        return tmp
+
+    def commit(self) -> None:
+        for tmp, final in self.staged:
+            os.replace(tmp, final)
+        self.staged = []
+
+    def discard(self) -> None:
+        for tmp, _ in self.staged:
+            if tmp.exists():
+                tmp.unlink()
+        self.staged = []
+
+
 def reconstruct_job(job: Job, engine: Engine, batch_size: int, seed: int, progress: Progress,
-                    done_units: int) -> dict[str, Any]:
-    """Reconstruct one measurement file, write its outputs; return its metrics record."""
+                    done_units: int, staging: Staging | None = None) -> dict[str, Any]:
+    """Reconstruct one measurement file and write its outputs (into ``staging`` when given); return its
+    metrics record."""
     m = job.measurement
     assert m is not None
     t0 = time.perf_counter()
@@ -450,9 +483,10 @@ def reconstruct_job(job: Job, engine: Engine, batch_size: int, seed: int, progre
         metal = None if m.metal_mask is None else torch.from_numpy(m.metal_mask)
         record.update(compute_metrics(mean, job.reference_x, metal))
         record["reference"] = str(job.reference)
-    _write(m, mean, job.output)
+    _write(m, mean, job.output if staging is None else staging.path_for(job.output))
     if job.std_output is not None and stds:
-        _write(m, torch.cat(stds), job.std_output, is_std=True)
+        _write(m, torch.cat(stds), job.std_output if staging is None else staging.path_for(job.std_output),
+               is_std=True)
         record["std_output"] = str(job.std_output)
     return record
 
@@ -514,8 +548,10 @@ def run(args: argparse.Namespace) -> int:
     if world > 1:
         jobs = shard(jobs, rank, world) if batch else (jobs if rank == 0 else [])
     device = _device(args, world, local_rank)
-    for job in jobs:  # validate everything before any work
+    for job in jobs:  # validate everything before any work: files, references and their operators
         job.measurement = load_measurement(job.input)
+        check_method(job.measurement.task, args.method)
+        job.measurement.operator("cpu")
         if job.reference is not None:
             job.reference_x = reference_slices(read_image(job.reference), job.measurement)
     measurements = [j.measurement for j in jobs if j.measurement is not None]
@@ -526,14 +562,18 @@ def run(args: argparse.Namespace) -> int:
     progress = Progress(total, engine.units_per_slice, args.progress_format, enabled=rank == 0)
     records: list[dict] = []
     done = 0
+    staging = Staging()
     try:
         for job in jobs:
-            record = reconstruct_job(job, engine, args.batch_size, args.seed, progress, done)
+            record = reconstruct_job(job, engine, args.batch_size, args.seed, progress, done, staging)
             done += job.measurement.n_slices * engine.units_per_slice
             records.append(record)
-            progress.write(_fmt(record), record)
+        staging.commit()  # every file succeeded: move all outputs into place
     finally:
+        staging.discard()
         progress.close()
+    for record in records:
+        progress.write(_fmt(record), record)
 
     if dist is not None:
         gathered: list[list[dict] | None] = [None] * world
