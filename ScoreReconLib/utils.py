@@ -108,7 +108,8 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
 
 
 def check_output_folder(path: str | os.PathLike, flag: str = "--output") -> Path:
-    """Refuse, before any work, an output folder that cannot be created or written. Creates nothing."""
+    """Refuse, before any work, an output folder that cannot be created or written (a probe file is created
+    in the nearest existing folder and deleted; nothing else is created)."""
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise ScoreReconError(f"{flag} {path} is a file, but a folder is needed here; choose another path")
@@ -119,10 +120,19 @@ def check_output_folder(path: str | os.PathLike, flag: str = "--output") -> Path
         probe = probe.parent
     if not probe.is_dir():
         raise ScoreReconError(f"{flag} {path}: {probe} is a file, not a folder; choose another path")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ScoreReconError(f"{flag} {path}: cannot write in {probe} (no permission or read-only); "
-                              "choose another path")
+    _probe_write(probe, path, flag)
     return path
+
+
+def _probe_write(folder: Path, path: Path, flag: str) -> None:
+    """Create and delete a temporary file in ``folder`` (``os.access`` is no proof: root, read-only mounts)."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=temp_name_prefix("write-probe"), suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise ScoreReconError(f"{flag} {path}: cannot write in {folder} ({exc.strerror or exc}); "
+                              "choose another path") from None
 
 
 def check_output_path(path: str | os.PathLike, flag: str = "--output") -> Path:
@@ -130,7 +140,7 @@ def check_output_path(path: str | os.PathLike, flag: str = "--output") -> Path:
 
     Checks that the nearest existing ancestor is a writable folder (the missing folders between it
     and the file would be created), that no file is in the way of a folder, and that ``path`` is
-    not a folder. Creates nothing.
+    not a folder. Leaves nothing behind (a probe file is created and deleted).
     """
     path = Path(path).expanduser()
     if path.is_dir():
@@ -143,9 +153,7 @@ def check_output_path(path: str | os.PathLike, flag: str = "--output") -> Path:
         probe = probe.parent
     if not probe.is_dir():
         raise ScoreReconError(f"{flag} {path}: {probe} is a file, not a folder; choose another path")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ScoreReconError(f"{flag} {path}: cannot write in {probe} (no permission or read-only); "
-                              "choose another path")
+    _probe_write(probe, path, flag)
     if path.exists() and not os.access(path, os.W_OK) and not os.access(parent, os.W_OK):
         raise ScoreReconError(f"{flag} {path} exists and cannot be replaced; choose another path")
     return path

@@ -40,6 +40,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..data import Image, read_image, write_image
+    from ..utils import check_output_folder
+
+    check_output_folder(args.output, "--output")
     from ..datasources import sample_path
     from ..evaluation import CLASSICAL, image_case_from_array, make_case, run_classical, run_score, task_modality
     from ..figures import panel_figure

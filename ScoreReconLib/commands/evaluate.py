@@ -73,8 +73,10 @@ def run(args: argparse.Namespace) -> int:
         task_modality,
     )
     from ..networks import load_prior
-    from ..utils import atomic_path, resolve_device
+    from ..utils import atomic_path, check_output_folder, resolve_device
 
+    if args.output:
+        check_output_folder(args.output, "--output")
     device = resolve_device(args.device)
     prior = load_prior(args.model, device=device, trust_unverified=args.trust_unverified)
     modality = task_modality(args.task)

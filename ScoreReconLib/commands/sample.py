@@ -49,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
         raise ScoreReconError(f"--n {args.n} must be at least 1")
     if not str(args.output).lower().endswith(".png"):
         raise ScoreReconError(f"--output {args.output} must be a .png file")
+    from ..utils import check_output_path
+
+    check_output_path(args.output, "--output")
     device = resolve_device(args.device)
     prior = load_prior(args.model, device, trust_unverified=args.trust_unverified)
     steps = args.steps if args.steps is not None else min(int(prior.recommended.get("steps", 1000)), 1000)

@@ -59,6 +59,9 @@ def run(args: argparse.Namespace) -> int:
         raise ScoreReconError(f"--output must be a .npz file, got {output.name}; e.g. {output.stem}.npz")
     if output.is_dir():
         raise ScoreReconError(f"--output {output} is a folder; give a .npz file name")
+    from ..utils import check_output_path
+
+    check_output_path(output, "--output")
     for flag in ("arc", "metal_threshold", "acceleration", "center_fraction", "noise"):
         value = getattr(args, flag, None)
         if value is not None and not math.isfinite(float(value)):

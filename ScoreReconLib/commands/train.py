@@ -105,7 +105,9 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..training import TrainConfig, train
+    from ..utils import check_output_folder
 
+    check_output_folder(args.output, "--output")
     _set_threads(args.threads)
     network = {}
     if args.channels is not None:

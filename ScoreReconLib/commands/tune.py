@@ -56,6 +56,10 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     prior = load_prior(args.model, device=device, trust_unverified=args.trust_unverified)
     model_dir = Path(prior.config.get("path", args.model))
+    if not args.dry_run:
+        from ..utils import check_output_path
+
+        check_output_path(Path(args.output) if args.output else model_dir / "tuned.json", "--output")
     lams = args.lams or [0.25, 0.5, 0.75, 0.9, 1.0]
     snrs = (args.snrs or [0.08, 0.16, 0.3]) if args.sampler != "fast" else [0.0]
     if any(not 0 <= v <= 1 for v in lams):
