@@ -121,6 +121,7 @@ def check_output_folder(path: str | os.PathLike, flag: str = "--output") -> Path
     if not probe.is_dir():
         raise ScoreReconError(f"{flag} {path}: {probe} is a file, not a folder; choose another path")
     _probe_write(probe, path, flag)
+    sweep_stale_temps(path)  # what a killed earlier run left in the folder
     return path
 
 
@@ -154,6 +155,7 @@ def check_output_path(path: str | os.PathLike, flag: str = "--output") -> Path:
     if not probe.is_dir():
         raise ScoreReconError(f"{flag} {path}: {probe} is a file, not a folder; choose another path")
     _probe_write(probe, path, flag)
+    sweep_stale_temps(parent, path.name)  # what a killed earlier write of this file left behind
     if path.exists() and not os.access(path, os.W_OK) and not os.access(parent, os.W_OK):
         raise ScoreReconError(f"{flag} {path} exists and cannot be replaced; choose another path")
     return path
