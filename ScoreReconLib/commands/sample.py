@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     prior = load_prior(args.model, device, trust_unverified=args.trust_unverified)
     steps = args.steps if args.steps is not None else min(int(prior.recommended.get("steps", 1000)), 1000)
     if steps < 2:
-        raise ScoreReconError(f"--steps {steps} must be at least 2")
+        raise ScoreReconError(f"--steps {steps} is too few; use at least 10 (the prior's default is tuned)")
     size = prior.size_for(args.size)
     shape = (args.n, 1, size, size)
     bar = None
