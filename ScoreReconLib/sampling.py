@@ -40,6 +40,7 @@ from .baselines import gradient, gradient_adjoint, operator_norm
 from .errors import ScoreReconError
 from .noise import adaptive_classical_weight, estimate_noise_std, noise_aware_lam
 from .operators.base import MeasurementOperator
+from .rng import randn
 from .utils import ProgressFn, check_cancel
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -83,7 +84,7 @@ def get_corrector(name: str) -> type[Corrector]:
 
 
 def _randn(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+    return randn(like.shape, generator, like.device, like.dtype)
 
 
 def _vec(t: float, x: torch.Tensor) -> torch.Tensor:
@@ -335,7 +336,7 @@ def _perturbed_measurement(op: MeasurementOperator, y: torch.Tensor, sde, t: tor
                            generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(ŷ_t, β(t) A z)``: the noisy measurement and the perturbation it carries."""
     shape = (y.shape[0], 1, op.image_size, op.image_size)
-    z = torch.randn(shape, generator=generator, device=y.device, dtype=torch.float32)
+    z = randn(shape, generator, y.device, torch.float32)
     a, b = _alpha_beta(sde, t, z)
     az = op.A(z)
     bshape = (-1, *([1] * (az.ndim - 1)))
@@ -471,7 +472,7 @@ def _initial_state(sde, op: MeasurementOperator, y: torch.Tensor, settings: Samp
         return sde.prior_sampling(shape, generator=ctx.generator, device=y.device)
     if ctx.x_init is None:
         ctx.x_init = classical_init(op, y, settings.init_weight, ctx.cancel, noise_std_of(op, y, settings, ctx))
-    z = torch.randn(shape, generator=ctx.generator, device=y.device, dtype=torch.float32)
+    z = randn(shape, ctx.generator, y.device, torch.float32)
     a, b = _alpha_beta(sde, t0.reshape(1).to(z.device), z)
     return a * ctx.x_init.to(z) + b * z
 

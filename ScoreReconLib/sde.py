@@ -160,7 +160,9 @@ class VESDE(SDE):
         return drift, diffusion
 
     def prior_sampling(self, shape, generator=None, device=None) -> torch.Tensor:
-        return torch.randn(tuple(shape), generator=generator, device=device) * self.sigma_max
+        from .rng import randn
+
+        return randn(shape, generator, device) * self.sigma_max
 
     def discretize(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """SMLD chain: ``f = 0``, ``G_i = sqrt(sigma_i^2 - sigma_{i-1}^2)`` with ``sigma_{-1} = 0``."""
@@ -217,7 +219,9 @@ class VPSDE(SDE):
         return -0.5 * _bcast(b, x) * x, torch.sqrt(b)
 
     def prior_sampling(self, shape, generator=None, device=None) -> torch.Tensor:
-        return torch.randn(tuple(shape), generator=generator, device=device)
+        from .rng import randn
+
+        return randn(shape, generator, device)
 
     def discretize(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """DDPM chain: ``f = (sqrt(1 - b_i) - 1) x``, ``G = sqrt(b_i)``."""

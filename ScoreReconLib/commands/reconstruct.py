@@ -45,7 +45,6 @@ from ..errors import ScoreReconError
 from ..measurement import Measurement, load_measurement, reference_slices
 from ..operators import TASKS
 from ..operators.base import MeasurementOperator
-from ..reconstruction import derive_seed
 from ..sampling import INITS
 from ..utils import check_output_folder, check_output_path, make_temp_beside, resolve_device
 
@@ -124,7 +123,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "noise-free data, the noise-aware weight otherwise)")
     s.add_argument("--samples", type=int, default=None,
                    help="posterior samples averaged (std needs >= 2); default: the model's recommended count, else 1")
-    s.add_argument("--seed", type=int, default=0, help="sampling seed (each batch draws from its own stream of it)")
+    s.add_argument("--seed", type=int, default=0,
+                   help="sampling seed; every slice draws from its own stream of it, so results do not depend on "
+                        "--batch-size")
     s.add_argument("--std-output", metavar="FILE",
                    help="write the per-pixel posterior std (physical units); a folder in batch mode")
     p.set_defaults(func=run)
@@ -353,17 +354,31 @@ class Engine:
     #: λ / snr given on the command line (None → the model's tuned value for the measurement's task)
     overrides: dict = field(default_factory=dict)
 
-    def run(self, y: torch.Tensor, op: MeasurementOperator, seed: int,
-            progress: Any = None) -> tuple[torch.Tensor, torch.Tensor | None, int | None]:
-        """Reconstruct a batch: (mean (B,1,N,N), std or None, nfe or None), normalised units, on CPU."""
+    def volume_extras(self, y: torch.Tensor, op: MeasurementOperator) -> dict:
+        """Score only: noise level and classical start weight fixed once for a file's slices."""
+        if self.method != "score":
+            return {}
+        from ..reconstruction import volume_extras
+
+        extra = {k: self.overrides.get(k) for k in SAMPLER_EXTRAS}
+        return volume_extras(y, op, self.prior, self.sampler, self.settings.get("steps"), self.overrides.get("lam"),
+                             self.overrides.get("snr"), **extra)
+
+    def run(self, y: torch.Tensor, op: MeasurementOperator, seed: int, progress: Any = None, first_slice: int = 0,
+            fixed: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None, int | None]:
+        """Reconstruct a batch: (mean (B,1,N,N), std or None, nfe or None), normalised units, on CPU.
+
+        Score: batch item ``b`` is slice ``first_slice + b`` (its own noise stream); ``fixed`` holds the
+        file's :meth:`volume_extras`."""
         if self.method == "score":
             from ..reconstruction import reconstruct
 
             extra = {k: self.overrides.get(k) for k in SAMPLER_EXTRAS}
+            extra.update({k: v for k, v in (fixed or {}).items() if extra.get(k) is None})
             res = reconstruct(y, op, self.prior, method=self.sampler, steps=self.settings.get("steps"),
                               lam=self.overrides.get("lam"), snr=self.overrides.get("snr"),
                               samples=self.settings.get("samples", 1), seed=seed, progress=progress,
-                              device=self.device, **extra)
+                              device=self.device, first_slice=first_slice, **extra)
             return res.mean.float().cpu(), None if res.std is None else res.std.float().cpu(), int(res.nfe)
         from ..baselines import classical_reconstruct
 
@@ -450,6 +465,7 @@ def reconstruct_job(job: Job, engine: Engine, batch_size: int, seed: int, progre
     op = m.operator(engine.device)
     means, stds, nfe = [], [], None
     S = m.n_slices
+    fixed = engine.volume_extras(m.y_tensor(None, "cpu"), op)
     for start in range(0, S, batch_size):
         idx = slice(start, min(S, start + batch_size))
         count = idx.stop - idx.start
@@ -460,7 +476,7 @@ def reconstruct_job(job: Job, engine: Engine, batch_size: int, seed: int, progre
             progress.update(_before + int(_count * engine.units_per_slice * frac), message)
 
         mean, std, nfe_b = engine.run(m.y_tensor(idx, engine.device), _subset(op, m, idx, engine.device),
-                                      derive_seed(seed, start), on_step)
+                                      seed, on_step, first_slice=start, fixed=fixed)
         means.append(mean)
         if std is not None:
             stds.append(std)
