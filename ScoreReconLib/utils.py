@@ -113,16 +113,19 @@ def check_output_folder(path: str | os.PathLike, flag: str = "--output") -> Path
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise ScoreReconError(f"{flag} {path} is a file, but a folder is needed here; choose another path")
-    probe = path
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ScoreReconError(f"{flag} {path}: {probe} is a file, not a folder; choose another path")
-    _probe_write(probe, path, flag)
+    _probe_write(_nearest_folder(path, flag), path, flag)
     sweep_stale_temps(path)  # what a killed earlier run left in the folder
     return path
+
+
+def _nearest_folder(start: Path, flag: str) -> Path:
+    """The nearest existing ancestor of ``start`` (itself included); refused if it is a file."""
+    probe = start
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ScoreReconError(f"{flag} {start}: {probe} is a file, not a folder; choose another path")
+    return probe
 
 
 def _probe_write(folder: Path, path: Path, flag: str) -> None:
@@ -147,14 +150,7 @@ def check_output_path(path: str | os.PathLike, flag: str = "--output") -> Path:
     if path.is_dir():
         raise ScoreReconError(f"{flag} {path} is a folder; give a file name")
     parent = path.parent if str(path.parent) else Path(".")
-    probe = parent
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ScoreReconError(f"{flag} {path}: {probe} is a file, not a folder; choose another path")
-    _probe_write(probe, path, flag)
+    _probe_write(_nearest_folder(parent, flag), path, flag)
     sweep_stale_temps(parent, path.name)  # what a killed earlier write of this file left behind
     if path.exists() and not os.access(path, os.W_OK) and not os.access(parent, os.W_OK):
         raise ScoreReconError(f"{flag} {path} exists and cannot be replaced; choose another path")
