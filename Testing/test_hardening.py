@@ -336,7 +336,7 @@ CONFIG_CASES = {
     "sde-n-huge": ("sde", {"N": 1e11}), "sde-sigma-str": ("sde", {"sigma_max": "big"}),
     "sde-list": ("sde", [1]), "image-size-str": ("image_size", "16"), "image-size-huge": ("image_size", 1 << 30),
     "modality-int": ("modality", 5), "normalization-nan": ("normalization", {"kind": "hu", "low": 0, "high": "x"}),
-    "recommended-list": ("recommended", [1, 2]), "recommended-lam-list": ("recommended", {"lam": [1]}),
+    "recommended-list": ("recommended", [1, 2]), "recommended-lam-nan": ("recommended", {"lam": float("nan")}),
 }
 
 
@@ -359,7 +359,7 @@ def test_bad_model_config_values(model, tmp_path, capsys, case):
     assert time.perf_counter() - t0 < 20  # refused before allocating
 
 
-@pytest.mark.parametrize("content", ['{"tasks": 3}', '{"tasks": {"sparse-ct": {"proximal": {"lam": [1]}}}}',
+@pytest.mark.parametrize("content", ['{"tasks": 3}', '{"tasks": {"sparse-ct": {"proximal": {"lam": NaN}}}}',
                                      '{"tasks": {"sparse-ct": 5}}', "[]", "{bad"])
 def test_bad_tuned_sidecar(model, tmp_path, capsys, content):
     folder = tmp_path / "m"
