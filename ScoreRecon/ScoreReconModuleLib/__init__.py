@@ -12,3 +12,5 @@ Every file here must import on the Python of Slicer releases older than the mini
 the module can tell the user to upgrade instead of failing to load: ``from __future__ import
 annotations`` everywhere, no syntax newer than 3.9 (``Testing/test_slicer_grammar.py`` checks).
 """
+
+from __future__ import annotations

@@ -189,13 +189,15 @@ def _extraRequirements(name: str, extra: str) -> list[str]:
 
 
 def checkRequirements(requirements: list[Requirement] | None = None,
-                      versionOf: Callable[[str], str | None] = installedVersion) -> list[Problem]:
+                      versionOf: Callable[[str], str | None] | None = None) -> list[Problem]:
     """Requirements that are missing or whose installed version does not satisfy them.
 
     ``versionOf(name)`` gives the installed version ("" = present, version unknown: accepted; None =
     missing). Extras (``monai[einops]``) also need the packages the extra names to be present.
     """
     requirements = loadRequirements() if requirements is None else requirements
+    fromMetadata = versionOf is None
+    versionOf = installedVersion if versionOf is None else versionOf
     problems = []
     for req in requirements:
         version = versionOf(req.name)
@@ -211,7 +213,7 @@ def checkRequirements(requirements: list[Requirement] | None = None,
                 problems.append(Problem(req, version))
                 continue
         for extra in req.extras:
-            for dependency in (_extraRequirements(req.name, extra) if versionOf is installedVersion else []):
+            for dependency in (_extraRequirements(req.name, extra) if fromMetadata else []):
                 if versionOf(dependency) is None:
                     problems.append(Problem(req, version or "present"))
                     break
@@ -266,13 +268,14 @@ def installRequirements(problems: list[Problem]) -> None:
         slicer.util.pip_install(others)
 
 
-def ensureDependencies(ask: bool = True, requirements: list[Requirement] | None = None) -> bool:
+def ensureDependencies(ask: bool = True, requirements: list[Requirement] | None = None,
+                       versionOf: Callable[[str], str | None] | None = None) -> bool:
     """Make sure the reconstruction process can run; True when it can, False if the user declined.
 
     Inside Slicer the user is asked once (``ask``) and then everything is installed; outside it a
     :class:`ScoreReconProcessError` names what to install.
     """
-    problems = checkRequirements(requirements)
+    problems = checkRequirements(requirements, versionOf)
     if not problems:
         return True
     import slicer
@@ -290,7 +293,7 @@ def ensureDependencies(ask: bool = True, requirements: list[Requirement] | None 
             return False
     with slicer.util.WaitCursor():
         installRequirements(problems)
-    left = checkRequirements(requirements)
+    left = checkRequirements(requirements, versionOf)
     if left:
         raise ScoreReconProcessError("these packages are still missing or too old after installing:\n"
                                      + describeProblems(left) + "\nrestart Slicer and try again")

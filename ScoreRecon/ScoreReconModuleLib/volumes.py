@@ -111,15 +111,10 @@ def subjectHierarchyParent(scene, node) -> int | None:
     return parent
 
 
-def placeLikeInput(node, inputNode, isNew: bool) -> None:
-    """Put a result ``node`` in the input's frame: the input's parent transform, and (new nodes only) its
-    subject-hierarchy study/folder, so results sit beside the input in the Data module."""
-    if node is None or inputNode is None:
-        return
-    if hasattr(node, "SetAndObserveTransformNodeID") and hasattr(inputNode, "GetTransformNodeID"):
-        node.SetAndObserveTransformNodeID(inputNode.GetTransformNodeID())
-    if not isNew:
-        return
+def moveToParentOf(node, inputNode) -> None:
+    """Make ``node`` a subject-hierarchy sibling of ``inputNode`` (in its study or folder), if it has one.
+
+    Inside the application every data node has an item already; on bare MRML one is created."""
     scene = node.GetScene() or slicer.mrmlScene
     parent = subjectHierarchyParent(scene, inputNode)
     if parent is None:
@@ -128,6 +123,19 @@ def placeLikeInput(node, inputNode, isNew: bool) -> None:
     item = shNode.GetItemByDataNode(node)
     if item:
         shNode.SetItemParent(item, parent)
+    else:
+        shNode.CreateItem(parent, node)
+
+
+def placeLikeInput(node, inputNode, isNew: bool) -> None:
+    """Put a result ``node`` in the input's frame: the input's parent transform, and (new nodes only) its
+    subject-hierarchy study/folder, so results sit beside the input in the Data module."""
+    if node is None or inputNode is None:
+        return
+    if hasattr(node, "SetAndObserveTransformNodeID") and hasattr(inputNode, "GetTransformNodeID"):
+        node.SetAndObserveTransformNodeID(inputNode.GetTransformNodeID())
+    if isNew:
+        moveToParentOf(node, inputNode)
 
 
 def storeVolume(node, array: np.ndarray, ijkToRAS: np.ndarray, name: str, windowLevel: tuple | None,
@@ -174,11 +182,6 @@ def storeMetrics(node, metrics: dict, name: str, labels: dict, inputNode=None):
         table.AddColumn(column)
     table.Modified()
     if isNew and inputNode is not None:
-        parent = subjectHierarchyParent(scene, inputNode)
-        if parent is not None:
-            shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
-            item = shNode.GetItemByDataNode(node)
-            if item:
-                shNode.SetItemParent(item, parent)
+        moveToParentOf(node, inputNode)
     node.Modified()
     return node
