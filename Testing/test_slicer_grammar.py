@@ -88,3 +88,72 @@ def test_cmake_installs_every_module_side_file():
     present = {p.name for p in (MODULE_DIR / "ScoreReconModuleLib").glob("*.py")}
     assert listed == present, f"not installed: {sorted(present - listed)}; missing: {sorted(listed - present)}"
     assert "requirements.txt" in cmake
+
+
+_PY39_CHILD = r'''
+import importlib.util, sys, types
+
+repo, stub = sys.argv[1], sys.argv[2]
+
+class _Node:  # stand-ins for what the module needs at import time (no MRML, numpy or VTK on this Python)
+    pass
+
+slicer = types.ModuleType("slicer")
+slicer.__path__ = []
+slicer.vtkMRMLNode = _Node
+slicer.vtkMRMLScalarVolumeNode = type("vtkMRMLScalarVolumeNode", (_Node,), {})
+slicer.vtkMRMLTableNode = type("vtkMRMLTableNode", (_Node,), {})
+util = types.ModuleType("slicer.util")
+util.VTKObservationMixin = type("VTKObservationMixin", (), {})
+slicer.util = util
+sys.modules.update({"slicer": slicer, "slicer.util": util, "vtk": types.ModuleType("vtk"),
+                    "numpy": types.ModuleType("numpy")})
+for name in ("ScriptedLoadableModule", "parameterNodeWrapper"):
+    spec = importlib.util.spec_from_file_location("slicer." + name, stub + "/slicer/" + name + ".py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["slicer." + name] = module
+    spec.loader.exec_module(module)
+    setattr(slicer, name, module)
+spec = importlib.util.spec_from_file_location("ScoreRecon", repo + "/ScoreRecon/ScoreRecon.py")
+sr = importlib.util.module_from_spec(spec)
+sys.modules["ScoreRecon"] = sr
+spec.loader.exec_module(sr)
+assert len(sr.ScoreReconParameterNode.allParameters) >= 30  # annotations evaluated by the wrapper
+message = sr.compat.versionProblem((5, 8))
+assert "5.10" in message, message
+print("OK", sys.version_info[:2], message[:40])
+'''
+
+
+def _python39():
+    """A working Python 3.9: $SCORERECON_PYTHON39, python3.9 on PATH, or a pyenv install."""
+    import os
+    import shutil
+    import subprocess
+
+    candidates = [os.environ.get("SCORERECON_PYTHON39"), shutil.which("python3.9"),
+                  *sorted(str(p) for p in (Path.home() / ".pyenv" / "versions").glob("3.9*/bin/python3.9"))]
+    for candidate in filter(None, candidates):
+        try:
+            out = subprocess.run([candidate, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True,
+                                 text=True, timeout=30).stdout.strip()
+        except OSError:
+            continue
+        if out == "(3, 9)":
+            return candidate
+    return None
+
+
+def test_module_imports_on_python_3_9_as_in_slicer_5_8():
+    """With a real Python 3.9 (skipped where there is none): the module file and every
+    ScoreReconModuleLib file it imports load, the parameter class's annotations evaluate, and the
+    version message is there to show. Slicer, numpy and VTK are replaced by empty stand-ins."""
+    import subprocess
+
+    python = _python39()
+    if python is None:
+        pytest.skip("no Python 3.9 interpreter on this machine")
+    proc = subprocess.run([python, "-c", _PY39_CHILD, str(REPO_ROOT), str(REPO_ROOT / "Testing" / "slicer_stub")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("OK (3, 9)")
