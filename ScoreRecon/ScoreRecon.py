@@ -51,9 +51,13 @@ from slicer.util import VTKObservationMixin
 
 try:
     from slicer.i18n import tr as _
+    from slicer.i18n import translate
 except ImportError:  # slicer-core (no application) has no translations
 
     def _(text: str) -> str:
+        return text
+
+    def translate(context: str, text: str) -> str:
         return text
 
 
@@ -106,7 +110,7 @@ class ScoreRecon(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("ScoreRecon")
-        self.parent.categories = [_("Tomographic Reconstruction")]
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Tomographic Reconstruction")]
         self.parent.dependencies = []
         self.parent.contributors = ["ScoreRecon developers"]
         self.parent.helpText = _("""

@@ -349,3 +349,29 @@ def test_register_sample_data_registers_the_shipped_samples(sr):
         assert data == (REPO_ROOT / "Resources" / "samples" / file_name).read_bytes()
         assert call["checksums"] == "SHA256:" + hashlib.sha256(data).hexdigest()
         assert Path(call["thumbnailFileName"]).is_file()
+
+
+# ------------------------------------------------------------------------------------- panel helpers
+def test_apply_needs_the_input_of_the_chosen_mode(sr, slicer):
+    pn = sr.ScoreReconLogic().getParameterNode()
+    assert not sr.hasInput(pn)  # nothing selected: Apply stays disabled
+    pn.inputVolume = slicer.util.addVolumeFromArray(np.zeros((1, 16, 16), np.float32), name="V")
+    assert sr.hasInput(pn)
+    pn.inputMode = "sinogram"
+    assert not sr.hasInput(pn)
+    pn.inputMode = "measurement"
+    assert not sr.hasInput(pn) and pn.measurementFile == ""
+    pn.measurementFile = "/data/m.npz"
+    assert sr.hasInput(pn)
+
+
+def test_sinogram_arguments_are_the_library_commands_options(sr):
+    from ScoreReconLib import sinogram_input
+
+    settings = sr.ScoreReconSettings(task="metal-ct", views=40, arc=120.0, metalThreshold=2500.0,
+                                     sinogramUnits="attenuation", size=64, seed=7)
+    args = sinogram_input.build_parser().parse_args(settings.sinogramArgs("in.npz", "out.npz", "Sino"))
+    assert (args.input, args.output, args.task, args.views, args.arc, args.metal_threshold, args.units, args.size,
+            args.seed, args.name) == ("in.npz", "out.npz", "metal-ct", 40, 120.0, 2500.0, "attenuation", 64, 7, "Sino")
+    assert set(sr.SINOGRAM_UNITS) == set(sinogram_input.SINOGRAM_UNITS)
+    assert set(sr.CT_TASKS) == set(sinogram_input.SINOGRAM_TASKS)
