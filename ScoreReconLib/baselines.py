@@ -10,6 +10,9 @@
   with isotropic TV on forward differences (Neumann boundary). The weight is relative to ‖A‖²
   (estimated by power iteration and cached per operator), so one weight fits operators of very
   different scale (MRI's unitary FFT, CT projections in pixel units).
+- ``sense`` / ``rss`` (MRI, :mod:`ScoreReconLib.coils`): SENSE (CG on the complex normal equations with the
+  coil maps, early-stopped, magnitude) and the root-sum-of-squares of the zero-filled coil images. With a
+  multi-coil operator ``tv`` is SENSE-TV and ``cs --regularizer wavelet`` L1-wavelet CS.
 - ``cs`` (MRI): compressed sensing — the same PDHG with TV (default) or an L1 penalty on an
   undecimated (shift-invariant) multi-level Haar wavelet frame (low-pass band not penalised).
 
@@ -33,9 +36,9 @@ from .operators.base import MeasurementOperator
 from .utils import ProgressFn, check_cancel
 
 #: methods :func:`classical_reconstruct` accepts
-METHODS = ("fbp", "tv", "zero-filled", "cs")
+METHODS = ("fbp", "tv", "zero-filled", "cs", "sense", "rss")
 _METHOD_ALIASES = {"fbp": "fbp", "tv": "tv", "zero-filled": "zero-filled", "zero_filled": "zero-filled",
-                   "zerofilled": "zero-filled", "zf": "zero-filled", "cs": "cs"}
+                   "zerofilled": "zero-filled", "zf": "zero-filled", "cs": "cs", "sense": "sense", "rss": "rss"}
 
 #: default relative weights and iteration counts, per modality, tuned on [0, 1] images at 128²
 #: (see docs/baselines.md for how)
@@ -66,8 +69,8 @@ def _mask_batch(op: MeasurementOperator) -> int:
 
 
 def methods_for(task: str) -> tuple[str, ...]:
-    """Classical methods that fit ``task`` ("mri" → zero-filled, tv, cs; CT tasks → fbp, tv)."""
-    return ("zero-filled", "tv", "cs") if task == "mri" else ("fbp", "tv")
+    """Classical methods that fit ``task`` ("mri" → zero-filled, tv, cs, sense, rss; CT tasks → fbp, tv)."""
+    return ("zero-filled", "tv", "cs", "sense", "rss") if task == "mri" else ("fbp", "tv")
 
 
 def _check_y(y: torch.Tensor, op: MeasurementOperator) -> torch.Tensor:
@@ -303,6 +306,8 @@ _OPTIONS: dict[str, tuple[str, ...]] = {
     "zero-filled": (),
     "tv": ("weight", "iters", "nonneg", "x0"),
     "cs": ("regularizer", "weight", "iters", "levels", "nonneg"),
+    "sense": ("iters",),
+    "rss": (),
 }
 
 
@@ -321,6 +326,15 @@ def classical_reconstruct(method: str, y: torch.Tensor, op: MeasurementOperator,
         allowed = ", ".join(_OPTIONS[name]) or "none"
         raise ScoreReconError(f"option(s) {', '.join(extra)} do not apply to method '{name}'; allowed: {allowed}")
     run: Callable[..., torch.Tensor]
+    if name in ("sense", "rss"):
+        from .coils import SENSE_ITERS, rss_reconstruct, sense_reconstruct
+
+        check_cancel(cancel)
+        y = _check_y(y, op)
+        out = rss_reconstruct(y, op.mask) if name == "rss" else sense_reconstruct(y, op, kw.get("iters") or SENSE_ITERS)
+        if progress is not None:
+            progress(1, 1, name)
+        return out
     if name in ("fbp", "zero-filled"):
         check_cancel(cancel)
         out = (fbp if name == "fbp" else zero_filled)(y, op)

@@ -74,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, metavar="OUT.nrrd",
                    help="image to write (.nrrd, .nii.gz, .nii, .mha, .npy); a folder in batch mode")
     p.add_argument("--method", required=True, choices=METHODS,
-                   help="fbp/tv (CT), zero-filled/cs/tv (MRI) or score (score prior)")
+                   help="fbp/tv (CT), zero-filled/cs/tv/sense/rss (MRI; sense and rss combine coils) or score (score prior)")
     p.add_argument("--reference", metavar="IMAGE",
                    help="clean image that was simulated, for PSNR/SSIM (a folder of NAME.* images in batch mode)")
     p.add_argument("--metrics-json", metavar="FILE", help="write timings and metrics as JSON")
@@ -306,8 +306,9 @@ class Progress:
 
 # ---------------------------------------------------------------------------------- reconstruction
 def _subset(op: MeasurementOperator, m: Measurement, idx: slice, device: torch.device) -> MeasurementOperator:
-    """Operator for slices ``idx`` (only metal-ct has per-slice masks)."""
-    if m.task != "metal-ct" or (idx.start == 0 and idx.stop >= m.n_slices):
+    """Operator for slices ``idx`` (metal-ct masks and imported coil maps differ per slice)."""
+    per_slice = m.task == "metal-ct" or getattr(op, "per_slice", False)
+    if not per_slice or (idx.start == 0 and idx.stop >= m.n_slices):
         return op
     if hasattr(op, "batch_subset"):
         return op.batch_subset(idx)
