@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .errors import ScoreReconError
-from .operators.mri import fft2c, ifft2c
+from .operators.mri import ifft2c
 
 #: map estimators accepted by :func:`estimate_maps`
 MAP_METHODS = ("auto", "espirit", "lowres")

@@ -74,7 +74,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, metavar="OUT.nrrd",
                    help="image to write (.nrrd, .nii.gz, .nii, .mha, .npy); a folder in batch mode")
     p.add_argument("--method", required=True, choices=METHODS,
-                   help="fbp/tv (CT), zero-filled/cs/tv/sense/rss (MRI; sense and rss combine coils) or score (score prior)")
+                   help="fbp/tv (CT), zero-filled/cs/tv/sense/rss (MRI; sense and rss combine coils) or score "
+                        "(score prior)")
     p.add_argument("--reference", metavar="IMAGE",
                    help="clean image that was simulated, for PSNR/SSIM (a folder of NAME.* images in batch mode)")
     p.add_argument("--metrics-json", metavar="FILE", help="write timings and metrics as JSON")
