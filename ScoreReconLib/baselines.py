@@ -64,6 +64,9 @@ def _modality(op: MeasurementOperator) -> str:
 
 
 def _mask_batch(op: MeasurementOperator) -> int:
+    items = getattr(op, "batch_items", None)  # operators with per-image arrays besides the mask (coil maps)
+    if items:
+        return int(items)
     mask = op.mask
     return int(mask.shape[0]) if mask.ndim == 4 else 1
 

@@ -131,6 +131,11 @@ class MultiCoilMRI(MeasurementOperator):
         return self._maps.shape[0] > 1
 
     @property
+    def batch_items(self) -> int:
+        """Images the operator is made for: the maps' batch size (1 = any batch shares the maps)."""
+        return int(self._maps.shape[0])
+
+    @property
     def acceleration(self) -> float:
         """Realised acceleration N² / (number of sampled points)."""
         return float(self._mask.numel() / self._mask.sum())
