@@ -272,19 +272,25 @@ def tv_reconstruct(y: torch.Tensor, op: MeasurementOperator, weight: float | Non
 def cs_reconstruct(y: torch.Tensor, op: MeasurementOperator, regularizer: str = "tv", weight: float | None = None,
                    iters: int | None = None, levels: int = 3, nonneg: bool = True,
                    progress: ProgressFn | None = None, cancel: threading.Event | None = None) -> torch.Tensor:
-    """Compressed-sensing MRI → (B, 1, N, N): TV (default) or L1 on an undecimated Haar frame ("wavelet").
+    """Compressed-sensing MRI → (B, 1, N, N): TV (default), L1 on an undecimated Haar frame ("wavelet") or
+    sigpy's L1-wavelet recon on the complex image ("sigpy-wavelet", optional dependency; magnitude out).
 
     Objective ``min ½‖Ax − y‖² + weight·‖A‖²·R(x)``; ``levels`` = Haar decomposition levels.
     """
     if op.task != "mri":
         raise ScoreReconError(f"cs (compressed sensing) is an MRI method but the task is '{op.task}'; use tv")
     y = _check_y(y, op)
+    if regularizer == "sigpy-wavelet":
+        from .coils import sigpy_l1_wavelet
+
+        check_cancel(cancel)
+        return sigpy_l1_wavelet(y, op, _default("cs-wavelet", op, "weight", weight), int(iters or 100))
     if regularizer == "tv":
         reg: _TV | _Wavelet = _TV()
     elif regularizer == "wavelet":
         reg = _Wavelet(op.image_size, levels)
     else:
-        raise ScoreReconError(f"unknown cs regularizer '{regularizer}'; use 'tv' or 'wavelet'")
+        raise ScoreReconError(f"unknown cs regularizer '{regularizer}'; use 'tv', 'wavelet' or 'sigpy-wavelet'")
     key = f"cs-{regularizer}"
     return _pdhg(y, op, reg, _default(key, op, "weight", weight), int(_default(key, op, "iters", iters)),
                  nonneg, None, progress, cancel, f"cs-{regularizer}")

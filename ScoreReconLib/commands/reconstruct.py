@@ -88,7 +88,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--weight", type=float, default=None,
                    help="regularisation weight relative to ||A||^2 (default: tuned per modality)")
     c.add_argument("--iters", type=int, default=None, help="PDHG iterations (default 300)")
-    c.add_argument("--regularizer", choices=("tv", "wavelet"), default=None, help="cs: TV (default) or L1-Haar")
+    c.add_argument("--regularizer", choices=("tv", "wavelet", "sigpy-wavelet"), default=None,
+                   help="cs: TV (default), L1-Haar (own) or sigpy-wavelet (sigpy's L1-wavelet recon, needs sigpy)")
     s = p.add_argument_group("score method")
     s.add_argument("--model", default=None,
                    help="default-ct, default-mri or a checkpoint folder (default: the task's default model)")
