@@ -289,7 +289,8 @@ def main(argv=None) -> None:
     score = summary["score, default prior (true maps)"]["psnr"]
     sense_true = summary["sense (true maps, LOSO)"]["psnr"]
     goal = ["| goal | measured | target | met |", "|---|---|---|---|",
-            f"| score − best tuned classical (SENSE-TV / L1-wavelet CS, true maps) | {score - best_classical:+.2f} dB | ≥ +1 dB | "
+            f"| score − best tuned classical (SENSE-TV / L1-wavelet CS, true maps) | {score - best_classical:+.2f} dB "
+            "| ≥ +1 dB | "
             f"{'yes' if score - best_classical >= 1 else 'no'} |"]
     for key in estimates:
         d = summary[f"sense ({key} maps, LOSO)"]["psnr"] - sense_true
@@ -313,7 +314,8 @@ def main(argv=None) -> None:
         f"{args.noise:g} · max|y|. Classical settings chosen leave-one-subject-out on the other held-out subjects "
         f"(grids: SENSE CG iterations {GRIDS['sense']}, SENSE-TV weight {GRIDS['sense-tv']}, L1-wavelet (own "
         f"undecimated Haar) weight {GRIDS['cs-wavelet']}, sigpy's L1WaveletRecon (db4, 100 iterations) weight "
-        f"{GRIDS['cs-sigpy-wavelet']}; weights relative to ‖A‖²); the estimated-map rows reuse the true-map row's choice. "
+        f"{GRIDS['cs-sigpy-wavelet']}; weights relative to ‖A‖²); the estimated-map rows reuse the true-map row's "
+        "choice. "
         f"Score: `{args.model}` with its recommended sampler settings (1 run, seed 0). 'phase:' rows: the same "
         f"slice as a complex image x·e^(iθ) with a smooth seeded phase θ (constant + linear + quadratic, up to "
         f"about ±π), true maps; the real-valued methods use maps with the phase of the low-resolution "
