@@ -339,3 +339,28 @@ def test_complex_output_carries_the_image_phase(tmp_path, capsys):
     rc, _, err = cli(["reconstruct", "--input", tmp_path / "m.npz", "--output", tmp_path / "r.nrrd", "--method",
                       "sense", "--complex-output", tmp_path / "c.nrrd"], capsys)
     assert rc == 2 and ".npy" in err
+
+
+@pytest.mark.parametrize("method", ["proximal", "fast"])
+def test_samplers_with_the_multicoil_operator_find_the_gaussian_posterior_mean(method):
+    """Under an exact Gaussian prior the posterior mean is the min-norm correction of μ (converged CGLS);
+    the samplers with the multi-coil CG data-consistency step must land much closer to it than μ is."""
+    from test_sampling import GaussianPrior, _mu
+
+    from ScoreReconLib.reconstruction import reconstruct
+    from ScoreReconLib.sampling import cgls
+
+    n = 16
+    op = build_multicoil_operator(synthetic_maps(n, 4, seed=0), acceleration=2, center_fraction=0.25,
+                                  mask="random", seed=1)
+    mu = _mu(n)
+    prior = GaussianPrior(mu, 0.1, "MR")
+    x_true = mu + 0.1 * torch.randn(mu.shape, generator=torch.Generator().manual_seed(3))
+    y = op.A(x_true)
+    post_mean = cgls(op, mu, y, 300)
+    steps = {"proximal": 40, "fast": 30}[method]
+    res = reconstruct(y, op, prior, method=method, steps=steps, lam=1.0, samples=4, seed=0, noise_std=0.0,
+                      **({"snr": 0.16} if method == "proximal" else {}))
+    rmse = lambda a, b: float(((a - b) ** 2).mean().sqrt())  # noqa: E731
+    assert rmse(res.mean, post_mean) < 0.5 * rmse(mu, post_mean)
+    assert float((op.A(res.mean) - y).abs().max()) < 0.05 * float(y.abs().max())
