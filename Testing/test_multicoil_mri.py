@@ -364,3 +364,10 @@ def test_samplers_with_the_multicoil_operator_find_the_gaussian_posterior_mean(m
     rmse = lambda a, b: float(((a - b) ** 2).mean().sqrt())  # noqa: E731
     assert rmse(res.mean, post_mean) < 0.5 * rmse(mu, post_mean)
     assert float((op.A(res.mean) - y).abs().max()) < 0.05 * float(y.abs().max())
+
+
+def test_missing_h5py_says_how_to_install(tmp_path, capsys, monkeypatch):
+    (tmp_path / "f.h5").write_bytes(b"\x89HDF\r\n\x1a\n")
+    monkeypatch.setitem(__import__("sys").modules, "h5py", None)
+    rc, _, err = cli(["import-kspace", "--input", tmp_path / "f.h5", "--output", tmp_path / "m.npz"], capsys)
+    assert rc == 2 and "pip install h5py" in err and len(err.strip().splitlines()) == 1
