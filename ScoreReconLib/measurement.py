@@ -107,6 +107,11 @@ class Measurement:
         return int(self.operator_spec["image_size"])
 
     @property
+    def coils(self) -> int:
+        """Receive coils of MRI k-space (1 for single-coil MRI and for CT)."""
+        return int(self.operator_spec.get("coils") or 1)
+
+    @property
     def modality(self) -> str:
         """"CT" or "MR" (from the task)."""
         return task_modality(self.task)
@@ -137,7 +142,7 @@ class Measurement:
         """Rebuild the operator, for all slices or for ``slices`` (metal-ct masks differ per slice)."""
         arrays = dict(self.operator_arrays)
         n = self.n_slices
-        if slices is not None and self.task == "metal-ct":
+        if slices is not None and (self.task == "metal-ct" or self.coils > 1):
             arrays = {k: (v[slices] if v.ndim == 4 and v.shape[0] == n else v) for k, v in arrays.items()}
         try:
             op = operator_from_spec(self.operator_spec, arrays, device=device)
@@ -192,6 +197,7 @@ def _bad_file(path: Path, why: str) -> ScoreReconError:
 #: limits on what a measurement file may declare (checked before any array is decompressed)
 MAX_IMAGE_SIZE = 8192
 MAX_HEADER_BYTES = 16 << 20
+MAX_COILS = 256
 
 
 def _peek_arrays(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
@@ -224,7 +230,10 @@ def _expected_y_shape(path: Path, header: dict) -> tuple[int, ...]:
     if isinstance(s, bool) or not isinstance(s, int) or s < 1:
         raise _bad_file(path, f"n_slices {str(s)[:40]} is not a positive whole number")
     if header.get("task") == "mri":
-        return (s, 1, n, n)
+        coils = spec.get("coils") or 1
+        if isinstance(coils, bool) or not isinstance(coils, int) or not 1 <= coils <= MAX_COILS:
+            raise _bad_file(path, f"operator coils {str(coils)[:40]} is not a whole number from 1 to {MAX_COILS}")
+        return (s, coils, n, n)
     shape = []
     for key in ("n_angles", "n_det"):
         v = spec.get(key)
@@ -394,11 +403,18 @@ def _check_consistency(path: Path, m: Measurement) -> None:
         raise _bad_file(path, "the operator spec has no image_size")
     n = m.image_size
     y = m.y
-    if y.ndim != 4 or y.shape[0] < 1 or y.shape[1] != 1:
-        raise _bad_file(path, f"y has shape {tuple(y.shape)}, expected (slices, 1, ...)")
+    channels = m.coils if m.task == "mri" else 1
+    if y.ndim != 4 or y.shape[0] < 1 or y.shape[1] != channels:
+        raise _bad_file(path, f"y has shape {tuple(y.shape)}, expected (slices, {channels}, ...)")
     if m.task == "mri":
         if not np.iscomplexobj(y) or tuple(y.shape[-2:]) != (n, n):
-            raise _bad_file(path, f"MRI k-space must be complex (S, 1, {n}, {n}), got {y.dtype} {tuple(y.shape)}")
+            raise _bad_file(path, f"MRI k-space must be complex (S, {channels}, {n}, {n}), got {y.dtype} "
+                                  f"{tuple(y.shape)}")
+        maps = m.operator_arrays.get("maps")
+        if channels > 1 and (maps is None or maps.ndim != 4 or maps.shape[0] not in (1, y.shape[0])
+                             or tuple(maps.shape[1:]) != (channels, n, n)):
+            raise _bad_file(path, f"coil maps {None if maps is None else tuple(maps.shape)} do not fit k-space "
+                                  f"{tuple(y.shape)}")
     else:
         if np.iscomplexobj(y) or not np.issubdtype(y.dtype, np.floating):
             raise _bad_file(path, f"CT sinograms must be real floats, got {y.dtype}")
@@ -561,6 +577,7 @@ def simulate(
     seed: int = 0,
     size: int | None = None,
     device: torch.device | str = "cpu",
+    coils: int = 1,
 ) -> tuple[Measurement, torch.Tensor, dict[str, Any]]:
     """Simulate ``task`` measurements of ``image`` (a slice or a volume, sliced along axis 0).
 
@@ -572,7 +589,8 @@ def simulate(
     Options: sparse-ct ``views`` of ``n_angles`` (default N) over 180°; limited-angle-ct ``arc``
     degrees; metal-ct uses metal above ``metal_threshold`` HU if the image has any, else inserts
     ``n_metal`` random dense objects of ``metal_hu`` HU inside the body (seeded by ``seed``);
-    mri ``acceleration``, ``center_fraction`` and ``mask`` kind. ``noise`` is relative (module
+    mri ``acceleration``, ``center_fraction`` and ``mask`` kind, and ``coils`` > 1 for multi-coil k-space
+    with :func:`~ScoreReconLib.coils.synthetic_maps` (seeded by ``seed``). ``noise`` is relative (module
     docstring). ``size`` resamples slices to ``size``²; without it slices must be square and
     ≥ 16 pixels.
     """
@@ -582,6 +600,10 @@ def simulate(
     image, stack = prepare_slices(image, size)
     n = stack.shape[-1]
     _validate_options(task, n, views, arc, n_angles, acceleration, center_fraction, mask, noise, n_metal)
+    if isinstance(coils, bool) or int(coils) != coils or coils < 1:
+        raise ScoreReconError(f"--coils must be a whole number >= 1 (1 = single-coil), got {coils}")
+    if coils > 1 and task != "mri":
+        raise ScoreReconError(f"--coils applies to --task mri only, not {task}; drop --coils")
     norm = normalization_for(image, task)
     x = torch.from_numpy(normalize_slices(stack, norm))[:, None].to(device)
 
@@ -601,6 +623,15 @@ def simulate(
         x_measured, metal_mask, metal_info = _metal_masks(x, float(metal_threshold), int(n_metal),
                                                           float(metal_hu), int(seed))
         op = build_operator(task, n, metal_mask=metal_mask, n_angles=n_angles, device=device)
+    elif coils > 1:
+        from .coils import synthetic_maps
+        from .operators.multicoil import build_multicoil_operator
+
+        options = {"acceleration": float(acceleration), "center_fraction": float(center_fraction), "mask": mask,
+                   "coils": int(coils)}
+        op = build_multicoil_operator(synthetic_maps(n, int(coils), int(seed)), acceleration=float(acceleration),
+                                      center_fraction=float(center_fraction), mask=mask, seed=int(seed),
+                                      device=device, maps_source="synthetic")
     else:
         options = {"acceleration": float(acceleration), "center_fraction": float(center_fraction), "mask": mask}
         op = build_operator(task, n, acceleration=float(acceleration), center_fraction=float(center_fraction),

@@ -73,7 +73,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, metavar="OUT.nrrd",
                    help="image to write (.nrrd, .nii.gz, .nii, .mha, .npy); a folder in batch mode")
     p.add_argument("--method", required=True, choices=METHODS,
-                   help="fbp/tv (CT), zero-filled/cs/tv (MRI) or score (score prior)")
+                   help="fbp/tv (CT), zero-filled/cs/tv/sense/rss (MRI; sense and rss combine coils) or score "
+                        "(score prior)")
     p.add_argument("--reference", metavar="IMAGE",
                    help="clean image that was simulated, for PSNR/SSIM (a folder of NAME.* images in batch mode)")
     p.add_argument("--metrics-json", metavar="FILE", help="write timings and metrics as JSON")
@@ -86,7 +87,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--weight", type=float, default=None,
                    help="regularisation weight relative to ||A||^2 (default: tuned per modality)")
     c.add_argument("--iters", type=int, default=None, help="PDHG iterations (default 300)")
-    c.add_argument("--regularizer", choices=("tv", "wavelet"), default=None, help="cs: TV (default) or L1-Haar")
+    c.add_argument("--regularizer", choices=("tv", "wavelet", "sigpy-wavelet"), default=None,
+                   help="cs: TV (default), L1-Haar (own) or sigpy-wavelet (sigpy's L1-wavelet recon, needs sigpy)")
     s = p.add_argument_group("score method")
     s.add_argument("--model", default=None,
                    help="default-ct, default-mri or a checkpoint folder (default: the task's default model)")
@@ -126,6 +128,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=0,
                    help="sampling seed; every slice draws from its own stream of it, so results do not depend on "
                         "--batch-size")
+    p.add_argument("--complex-output", metavar="FILE.npy",
+                   help="MRI, one measurement file: also write the complex image (S, N, N) complex64 .npy: the "
+                        "magnitude result times the image phase the import folded into the coil maps")
     s.add_argument("--std-output", metavar="FILE",
                    help="write the per-pixel posterior std (physical units); a folder in batch mode")
     p.set_defaults(func=run)
@@ -143,6 +148,7 @@ class Job:
     reference: Path | None = None
     measurement: Measurement | None = None
     reference_x: torch.Tensor | None = None
+    complex_output: Path | None = None
 
 
 def dist_env() -> tuple[int, int, int]:
@@ -188,6 +194,11 @@ def plan_jobs(args: argparse.Namespace) -> tuple[list[Job], bool]:
     std = Path(args.std_output) if args.std_output else None
     if args.metrics_json:
         check_output_path(args.metrics_json, "--metrics-json")
+    cplx = Path(args.complex_output) if getattr(args, "complex_output", None) else None
+    if cplx is not None and (inp.is_dir() or cplx.suffix.lower() != ".npy" or cplx.is_dir()):
+        raise ScoreReconError("--complex-output takes one .npy file name and one measurement file (not a folder)")
+    if cplx is not None:
+        check_output_path(cplx, "--complex-output")
     if not inp.is_dir():
         if out.is_dir():
             raise ScoreReconError(f"--output {out} is a folder; give an image file name such as {out / 'recon.nrrd'}")
@@ -196,7 +207,7 @@ def plan_jobs(args: argparse.Namespace) -> tuple[list[Job], bool]:
         if std is not None:
             check_writable_suffix(std)
             check_output_path(std, "--std-output")
-        return [Job(_strip_suffix(inp), inp, out, std, ref)], False
+        return [Job(_strip_suffix(inp), inp, out, std, ref, complex_output=cplx)], False
     files = sorted(p for p in inp.iterdir() if p.is_file() and p.suffix.lower() == ".npz")
     if not files:
         raise ScoreReconError(f"folder {inp} holds no .npz measurement files; make them with 'scorerecon simulate'")
@@ -239,7 +250,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
     for flag in ("model", "sampler", "steps", "lam", "snr", *SAMPLER_EXTRAS):
         if getattr(args, flag) is not None and args.method != "score":
             raise ScoreReconError(f"--{flag.replace('_', '-')} only applies to --method score")
-    for flag, methods in (("weight", ("tv", "cs")), ("iters", ("tv", "cs")), ("regularizer", ("cs",))):
+    for flag, methods in (("weight", ("tv", "cs")), ("iters", ("tv", "cs", "sense")), ("regularizer", ("cs",))):
         if getattr(args, flag) is not None and args.method not in methods:
             raise ScoreReconError(f"--{flag} only applies to --method {' or '.join(methods)}")
     if args.weight is not None and not (math.isfinite(args.weight) and args.weight >= 0):
@@ -251,7 +262,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
         if value is not None and not math.isfinite(float(value)):
             raise ScoreReconError(f"--{flag.replace('_', '-')} must be a finite number, got {value}")
     # no two outputs may be the same file: one would silently replace the other
-    outputs = {"--output": args.output, "--std-output": args.std_output, "--metrics-json": args.metrics_json}
+    outputs = {"--output": args.output, "--std-output": args.std_output, "--metrics-json": args.metrics_json,
+               "--complex-output": getattr(args, "complex_output", None)}
     seen: dict = {}
     for flag, value in outputs.items():
         if not value:
@@ -317,8 +329,9 @@ class Progress:
 
 # ---------------------------------------------------------------------------------- reconstruction
 def _subset(op: MeasurementOperator, m: Measurement, idx: slice, device: torch.device) -> MeasurementOperator:
-    """Operator for slices ``idx`` (only metal-ct has per-slice masks)."""
-    if m.task != "metal-ct" or (idx.start == 0 and idx.stop >= m.n_slices):
+    """Operator for slices ``idx`` (metal-ct masks and imported coil maps differ per slice)."""
+    per_slice = m.task == "metal-ct" or getattr(op, "per_slice", False)
+    if not per_slice or (idx.start == 0 and idx.stop >= m.n_slices):
         return op
     if hasattr(op, "batch_subset"):
         return op.batch_subset(idx)
@@ -500,6 +513,9 @@ def reconstruct_job(job: Job, engine: Engine, batch_size: int, seed: int, progre
         record.update(compute_metrics(mean, job.reference_x, metal))
         record["reference"] = str(job.reference)
     _write(m, mean, job.output if staging is None else staging.path_for(job.output))
+    if job.complex_output is not None:
+        _write_complex(m, mean, job.complex_output if staging is None else staging.path_for(job.complex_output))
+        record["complex_output"] = str(job.complex_output)
     if job.std_output is not None and stds:
         _write(m, torch.cat(stds), job.std_output if staging is None else staging.path_for(job.std_output),
                is_std=True)
@@ -514,6 +530,21 @@ def _write(m: Measurement, x: torch.Tensor, path: Path, is_std: bool = False) ->
     phys = a * (norm.high - norm.low) if is_std else norm.inverse(a)
     arr = phys if int(m.geometry.get("ndim", 3)) == 3 else phys[0]
     write_image(image_from_geometry(np.asarray(arr, dtype=np.float32), m.geometry), path)
+
+
+def _write_complex(m: Measurement, x: torch.Tensor, path: Path) -> None:
+    """The magnitude result (S,1,N,N) times ``e^{iφ}`` of the operator's folded-in phase (0 without one), in
+    physical units, as an (S, N, N) (or (N, N) for a 2-D image) complex64 .npy written atomically."""
+    from ..utils import atomic_path
+
+    if m.task != "mri":
+        raise ScoreReconError(f"--complex-output applies to MRI measurements, not {m.task}")
+    mag = np.asarray(m.normalization.inverse(x.numpy()[:, 0]), dtype=np.float32)
+    phase = m.operator_arrays.get("phase")
+    cplx = mag.astype(np.complex64) if phase is None else (mag * np.exp(1j * phase[:, 0])).astype(np.complex64)
+    arr = cplx if int(m.geometry.get("ndim", 3)) == 3 else cplx[0]
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, arr)
 
 
 # -------------------------------------------------------------------------------------------- run
@@ -567,6 +598,8 @@ def run(args: argparse.Namespace) -> int:
     for job in jobs:  # validate everything before any work: files, references and their operators
         job.measurement = load_measurement(job.input)
         check_method(job.measurement.task, args.method)
+        if job.complex_output is not None and job.measurement.task != "mri":
+            raise ScoreReconError(f"--complex-output applies to MRI measurements, not {job.measurement.task}")
         job.measurement.operator("cpu")
         if job.reference is not None:
             job.reference_x = reference_slices(read_image(job.reference), job.measurement)
