@@ -62,6 +62,9 @@ def run(args: argparse.Namespace) -> int:
     if args.cg_iterations < 1:
         raise ScoreReconError(f"--cg-iterations must be at least 1, got {args.cg_iterations}")
     from ..kspace_io import import_kspace
+    from ..utils import check_output_path
+
+    check_output_path(output, "--output")  # before the (possibly long) map estimation
 
     m = import_kspace(args.input, slices=args.slices, acceleration=args.acceleration,
                       center_fraction=args.center_fraction, mask=args.mask, seed=args.seed, maps=args.maps,
