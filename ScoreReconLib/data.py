@@ -7,6 +7,7 @@ index order: ``(H, W)`` for 2-D, ``(Z, H, W)`` for 3-D (slices along the first a
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,9 +176,31 @@ def read_image(path: str | Path) -> Image:
     warn = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK/GDCM warning blocks would bury the one-line error
     try:
-        return _read_image(path)
+        with keep_locale():
+            return _read_image(path)
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(warn)
+
+
+@contextlib.contextmanager
+def keep_locale():
+    """Restore the process's C locale after a block: GDCM (DICOM reading) switches it to "C", which would
+    turn Python's default text encoding into ASCII for the rest of the process."""
+    import locale
+
+    try:
+        saved = locale.setlocale(locale.LC_ALL)
+    except locale.Error:
+        saved = None
+    try:
+        yield
+    finally:
+        if saved is not None:
+            try:
+                if locale.setlocale(locale.LC_ALL) != saved:
+                    locale.setlocale(locale.LC_ALL, saved)
+            except locale.Error:
+                pass
 
 
 def _read_image(path: Path) -> Image:
@@ -280,7 +303,8 @@ def write_image(image: Image, path: str | Path) -> Path:
             with open(tmp, "wb") as fh:
                 np.save(fh, np.asarray(image.array, dtype=np.float32))
         else:
-            sitk.WriteImage(to_sitk(image), str(tmp), useCompression=True)
+            with keep_locale():
+                sitk.WriteImage(to_sitk(image), str(tmp), useCompression=True)
     return path
 
 
@@ -407,5 +431,5 @@ def save_json(obj: dict, path: str | Path) -> Path:
     """Write JSON atomically."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True), encoding="utf-8")
     return path

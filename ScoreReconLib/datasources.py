@@ -735,7 +735,7 @@ def read_manifest(output: str | Path) -> list[dict]:
     if not path.is_file():
         return []
     try:
-        return list(json.loads(path.read_text())["files"])
+        return list(json.loads(path.read_text(encoding="utf-8"))["files"])
     except (ValueError, KeyError, TypeError):
         raise ScoreReconError(f"{path} is corrupt; delete it and run 'scorerecon prepare-data' again") from None
 

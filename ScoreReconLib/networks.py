@@ -353,14 +353,14 @@ def sign_checkpoint(folder: str | Path) -> Path:
     folder = Path(folder)
     path = folder / CONFIG_FILE
     try:
-        cfg = json.loads(path.read_text())
+        cfg = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ScoreReconError(f"cannot read {path} ({exc}); point to a checkpoint folder") from None
     if not isinstance(cfg, dict):
         raise ScoreReconError(f"{path} must hold a JSON object")
     cfg = sign_config(dict(cfg, weights_sha256=file_sha256(folder / WEIGHTS_FILE)))
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+        tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True), encoding="utf-8")
     return folder
 
 
@@ -441,7 +441,7 @@ def save_checkpoint(folder: str | Path, model: ScoreModel, config: dict,
         if training_state is not None:
             torch.save(training_state, _tmp(TRAINING_STATE_FILE))
         cfg = sign_config(dict(config, weights_sha256=file_sha256(tmp_w)))
-        _tmp(CONFIG_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=True))
+        _tmp(CONFIG_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=True), encoding="utf-8")
         main = threading.current_thread() is threading.main_thread()
         interrupted: list[int] = []
         old: dict = {}
@@ -470,7 +470,7 @@ def _read_config_json(path: Path) -> dict:
         size = path.stat().st_size
         if size > MAX_CONFIG_BYTES:
             raise ScoreReconError(f"{path} is {size} bytes, far more than a checkpoint config; restore it or retrain")
-        cfg = json.loads(path.read_text())
+        cfg = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         msg = " ".join(str(exc).split())[:120]
         raise ScoreReconError(f"{path} is not valid JSON ({msg}); restore it or retrain the checkpoint") from None
@@ -601,7 +601,7 @@ def load_checkpoint(folder: str | Path, device: torch.device | str = "cpu", trus
     tuned = folder / TUNED_FILE
     if tuned.is_file():  # λ/snr chosen by `scorerecon tune`, per task and sampler
         try:
-            side = json.loads(tuned.read_text())
+            side = json.loads(tuned.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise ScoreReconError(f"{tuned} is not valid JSON ({exc}); delete it or re-run scorerecon tune") from None
         if not isinstance(side, dict) or not isinstance(side.get("tasks", {}), dict) \

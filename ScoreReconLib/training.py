@@ -496,7 +496,7 @@ def _train(cfg: TrainConfig, saved_cfg: dict | None, out: Path, device: torch.de
                 config["recommended"] = saved_cfg["recommended"]
             if val is not None:
                 config["val_loss"] = _validation_loss(ema.model, sde, val)
-                with open(out / VAL_LOG, "a", newline="") as fh:
+                with open(out / VAL_LOG, "a", newline="", encoding="utf-8") as fh:
                     csv.writer(fh).writerow([step_now, f"{config['val_loss']:.6f}"])
             state = {
                 "step": torch.tensor(step_now, dtype=torch.int64),
@@ -717,17 +717,17 @@ def _prepare_log(path: Path, start: int, header: tuple[str, ...] = ("step", "los
     """Create a log CSV, or on resume drop rows past ``start`` (written after the last checkpoint)."""
     rows: list[list[str]] = []
     if start > 0 and path.is_file():
-        with open(path, newline="") as fh:
+        with open(path, newline="", encoding="utf-8") as fh:
             rows = [r for r in csv.reader(fh)][1:]
         rows = [r for r in rows if r and r[0].isdigit() and int(r[0]) <= start]
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(list(header))
         w.writerows(rows)
 
 
 def _append_log(path: Path, step: int, loss: float, lr: float, seconds: float) -> None:
-    with open(path, "a", newline="") as fh:
+    with open(path, "a", newline="", encoding="utf-8") as fh:
         csv.writer(fh).writerow([step, f"{loss:.6f}", f"{lr:.6g}", f"{seconds:.2f}"])
 
 

@@ -170,6 +170,9 @@ def _write_dicom_series(folder: Path, uid: str, n: int, value: float) -> None:
 
 
 def test_dicom_folder_with_two_series_is_refused(tmp_path, capsys):
+    import locale
+
+    encoding = locale.getpreferredencoding(False)
     folder = tmp_path / "dicom"
     _write_dicom_series(folder, "1.2.826.0.1.3680043.2.1125.1.111", 3, 0.0)
     _write_dicom_series(folder, "1.2.826.0.1.3680043.2.1125.1.222", 2, 100.0)
@@ -181,6 +184,8 @@ def test_dicom_folder_with_two_series_is_refused(tmp_path, capsys):
     one = tmp_path / "one"
     _write_dicom_series(one, "1.2.826.0.1.3680043.2.1125.1.333", 3, 0.0)
     assert read_image(one).array.shape == (3, N, N)
+    # GDCM switches the C locale to "C"; the reader restores it, or Python's text I/O would turn ASCII
+    assert locale.getpreferredencoding(False) == encoding
 
 
 def test_empty_dicom_folder_is_one_quiet_line(tmp_path, capfd):

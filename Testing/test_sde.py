@@ -143,5 +143,5 @@ def test_sde_dict_round_trip_and_errors():
         sde_from_dict({"type": "ve", "sigma_min": 0.01})
     with pytest.raises(ScoreReconError, match="sigma_min < sigma_max"):
         VESDE(sigma_min=1.0, sigma_max=0.5)
-    with pytest.raises(ScoreReconError, match="at least 2"):
+    with pytest.raises(ScoreReconError, match="between 2 and 100000.*at least 10"):
         VPSDE(N=1)

@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.output)
         out.mkdir(parents=True, exist_ok=True)
         with atomic_path(out / "table.md") as tmp:
-            tmp.write_text(table + "\n")
+            tmp.write_text(table + "\n", encoding="utf-8")
         save_json({"task": args.task, "options": task_options(args), "model": args.model, "summary": summary,
                    "records": [{"case": r.case, "method": r.method, "psnr": r.psnr, "ssim": r.ssim,
                                 "seconds": r.seconds} for r in records]}, out / "results.json")

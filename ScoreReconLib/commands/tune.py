@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.output and not model_dir.is_dir():
         raise ScoreReconError(f"cannot find the model folder of {args.model}; pass --output FILE for the sidecar")
     try:
-        existing = json.loads(sidecar.read_text()) if sidecar.exists() else {}
+        existing = json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.exists() else {}
     except ValueError as exc:
         raise ScoreReconError(f"existing sidecar {sidecar} is not valid JSON ({exc}); delete it and re-run") from None
     existing.setdefault("tasks", {}).setdefault(args.task, {})[args.sampler] = {
