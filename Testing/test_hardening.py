@@ -27,7 +27,7 @@ import SimpleITK as sitk
 import torch
 
 from ScoreReconLib.cli import is_out_of_memory, main
-from ScoreReconLib.data import Image, read_image, write_image
+from ScoreReconLib.data import Image, keep_locale, read_image, write_image
 from ScoreReconLib.errors import ScoreReconError
 from ScoreReconLib.measurement import load_measurement, save_measurement, simulate
 from ScoreReconLib.utils import atomic_path, make_temp_beside, sweep_stale_temps, temp_name_prefix
@@ -166,7 +166,8 @@ def _write_dicom_series(folder: Path, uid: str, n: int, value: float) -> None:
         writer = sitk.ImageFileWriter()
         writer.KeepOriginalImageUIDOn()
         writer.SetFileName(str(folder / f"{uid[-3:]}_{k}.dcm"))
-        writer.Execute(img)
+        with keep_locale():  # GDCM's writer switches the C locale too
+            writer.Execute(img)
 
 
 def test_dicom_folder_with_two_series_is_refused(tmp_path, capsys):
