@@ -70,6 +70,8 @@ DETECTORS = ("curved", "flat")
 STORED_MATRIX_MAX_BYTES = 512 * 2**20
 #: working-set bound of the matrix-free projector: sampled values per chunk (float32 elements)
 MATRIX_FREE_CHUNK_ELEMENTS = 1 << 23
+#: interpolation of the fan → parallel rebinning (grid_sample mode)
+REBIN_MODE = "bicubic"
 #: a sinogram bin counts as "in the metal trace" above this path length through metal (pixels)
 TRACE_THRESHOLD = 1e-3
 #: how many (geometry, device) system matrices the process keeps in memory
@@ -762,18 +764,21 @@ def _rebin_grid(geometry: FanBeamGeometry, device: torch.device) -> torch.Tensor
         src = geometry.source_distance
         gamma = np.arcsin(np.clip(t / src, -1.0, 1.0))
         c_det = (geometry.n_det - 1) / 2.0
-        n_views = geometry.n_angles + 1  # the sinogram gets one extra view: the first again (full turn) or zeros
+        # the sinogram gets one view before and two after (bicubic needs two neighbours): wrapped for a full
+        # turn, zeros otherwise
+        n_views = geometry.n_angles + 3
         d_beta = geometry.arc / geometry.n_angles
         grids = []
         # line (θ, t) is bin γ at β = θ + γ, and again (as (θ + π, −t)) bin −γ at β = θ + π − γ
         for beta, g in ((theta + gamma, gamma), (theta + math.pi - gamma, -gamma)):
             if geometry.full_turn:
                 beta = np.mod(beta, 2.0 * math.pi)
-            v = beta / d_beta
+            v = beta / d_beta + 1.0
             u = (g * src if geometry.detector == "curved" else np.tan(g) * src) + c_det
             u = np.where(np.abs(t) < src, u, -10.0)  # lines that miss the fan
             gx = 2.0 * u / max(1, geometry.n_det - 1) - 1.0
             gy = 2.0 * v / (n_views - 1) - 1.0
+            gx, gy = np.broadcast_arrays(gx, gy)
             grids.append(np.stack([gx, gy], axis=-1))
         _rebin_memo[key] = torch.as_tensor(np.stack(grids), dtype=torch.float32, device=device)
     return _rebin_memo[key]
@@ -783,10 +788,10 @@ def rebin_to_parallel(sino: torch.Tensor, geometry: FanBeamGeometry,
                       coverage: torch.Tensor | np.ndarray | None = None) -> torch.Tensor:
     """Fan sinograms (B, 1, n_angles, n_det) → parallel ones on :func:`rebinned_geometry`.
 
-    Each parallel line is read (bilinear in source angle and bin) from both fan views that contain
-    it and the two are averaged, each weighted by its interpolated ``coverage`` (n_angles,) (1 for a
-    measured view, 0 for none; default all measured): a line measured once keeps that value, a line
-    never measured is 0.
+    Each parallel line is read (bicubic in source angle and bin, :data:`REBIN_MODE`) from both fan
+    views that contain it and the two are averaged, each weighted by its (bilinearly) interpolated
+    ``coverage`` (n_angles,) (1 for a measured view, 0 for none; default all measured): a line
+    measured once keeps that value, a line never measured is 0.
     """
     _check_sinogram(sino, geometry)
     b = sino.shape[0]
@@ -794,15 +799,17 @@ def rebin_to_parallel(sino: torch.Tensor, geometry: FanBeamGeometry,
     grid = _rebin_grid(geometry, dev)
     cov = (torch.ones(geometry.n_angles, device=dev) if coverage is None
            else _view_vector(coverage, geometry, dev, "coverage"))
-    extra = (lambda v: v[..., :1, :]) if geometry.full_turn else (lambda v: torch.zeros_like(v[..., :1, :]))
-    s = sino.to(torch.float32)
-    s = torch.cat([s, extra(s)], dim=-2)
-    cv = cov.view(1, 1, -1, 1).expand(1, 1, geometry.n_angles, geometry.n_det)
-    cv = torch.cat([cv, extra(cv)], dim=-2)
+    def pad(v: torch.Tensor) -> torch.Tensor:
+        if geometry.full_turn:
+            return torch.cat([v[..., -1:, :], v, v[..., :2, :]], dim=-2)
+        return F.pad(v, (0, 0, 1, 2))
+
+    s = pad(sino.to(torch.float32))
+    cv = pad(cov.view(1, 1, -1, 1).expand(1, 1, geometry.n_angles, geometry.n_det))
     vals, weights = 0.0, 0.0
     for k in range(2):
         g = grid[k:k + 1]
-        vals = vals + F.grid_sample(s.reshape(1, b, *s.shape[-2:]), g, mode="bilinear", padding_mode="zeros",
+        vals = vals + F.grid_sample(s.reshape(1, b, *s.shape[-2:]), g, mode=REBIN_MODE, padding_mode="zeros",
                                     align_corners=True)[0]
         weights = weights + F.grid_sample(cv, g, mode="bilinear", padding_mode="zeros", align_corners=True)[0]
     out = torch.where(weights > 1e-6, vals / weights.clamp_min(1e-6), torch.zeros_like(vals))
