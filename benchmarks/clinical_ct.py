@@ -17,7 +17,9 @@ Sections of benchmarks/RESULTS.md it writes (one per part, each part can be run 
   reported on a separate test slab: in-plane PSNR and z-gradient PSNR (PSNR of x[s+1] − x[s] against
   the reference's).
 - ``clinical-ct speed`` (``--part speed``): seconds per slice of ``reconstruct`` with the default prior
-  and sampler at 128², 256² (and 512² by extrapolation from one sampler step), threads and batch.
+  and sampler at 128² and 256² (threads, batch), 512² estimated from the counted projections and network
+  evaluations per slice times their measured cost at 512²; float32 vs channels_last vs bfloat16 for
+  the network.
 
 Run: ``python benchmarks/clinical_ct.py --part operators`` (etc.; ``--part all`` runs every part).
 """
@@ -300,52 +302,103 @@ def part_z(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------- speed part
+class _Counting:
+    """Wraps a projector and counts forward / adjoint calls (per image)."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.forward_images, self.adjoint_images = inner, 0, 0
+        self.geometry, self.device, self.name = inner.geometry, inner.device, inner.name
+
+    def forward(self, x):
+        self.forward_images += x.shape[0]
+        return self.inner.forward(x)
+
+    def adjoint(self, s):
+        self.adjoint_images += s.shape[0]
+        return self.inner.adjoint(s)
+
+    def to(self, device):
+        return self
+
+
+def _score_seconds(prior, n: int, batch: int, repeats: int, **how) -> tuple[float, torch.Tensor]:
+    x = torch.rand(batch, 1, n, n, generator=torch.Generator().manual_seed(0))
+    t = torch.full((batch,), 0.3)
+    model = prior.model
+    if how.get("channels_last"):
+        prior.model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    try:
+        def run():
+            g = torch.Generator().manual_seed(1)
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(how.get("bf16"))):
+                return prior.score(x, t, generator=g).float()
+
+        out = run()
+        return median_s(run, repeats), out
+    finally:
+        prior.model = model.to(memory_format=torch.contiguous_format)
+
+
 def part_speed(args: argparse.Namespace) -> None:
     from ScoreReconLib.data import read_image
     from ScoreReconLib.measurement import simulate
     from ScoreReconLib.networks import load_prior
-    from ScoreReconLib.reconstruction import reconstruct_volume, resolve_settings
+    from ScoreReconLib.reconstruction import recommended_samples, reconstruct_volume, resolve_settings
 
     vol = read_image(CT_VOLUME)
     prior = load_prior("default-ct")
     settings = resolve_settings("proximal", prior, task="sparse-ct")
+    samples = recommended_samples(prior, "proximal", "sparse-ct")
     rows = ["| size | slices × batch | threads | projector | s/slice | note |", "|---|---|---|---|---|---|"]
     base_threads = torch.get_num_threads()
+    counts = None
     for n, slices, batch, threads in args.speed_runs:
         torch.set_num_threads(threads)
-        sub = vol.with_array(vol.array[50:50 + slices])
-        m, _, _ = simulate(sub, "sparse-ct", views=23, size=n)
+        m, _, _ = simulate(vol.with_array(vol.array[50:50 + slices]), "sparse-ct", views=23, size=n)
         op = m.operator()
+        counter = _Counting(op.projector)
+        op.projector = counter
         t = time.perf_counter()
-        reconstruct_volume(m.y_tensor(), op, prior, seed=0, batch_size=batch)
+        res = reconstruct_volume(m.y_tensor(), op, prior, seed=0, batch_size=batch)
         sec = (time.perf_counter() - t) / slices
-        rows.append(f"| {n}² | {slices} × {batch} | {threads} | {op.projector.name} | {sec:.1f} | measured |")
+        if counts is None:
+            counts = (counter.forward_images / slices, counter.adjoint_images / slices, res.nfe * samples)
+        rows.append(f"| {n}² | {slices} × {batch} | {threads} | {counter.inner.name} | {sec:.1f} | measured |")
         print(rows[-1], flush=True)
     torch.set_num_threads(base_threads)
-    if args.speed_512:
-        # one slice at 512² with one sampler step (and its share of the fixed cost: classical start, final
-        # merge), then the default steps extrapolated from the per-step cost of a 2-step run
-        sub = vol.with_array(vol.array[50:51])
-        m, _, _ = simulate(sub, "sparse-ct", views=23, size=512)
-        op = m.operator()
-        times = {}
-        for steps in (1, 2):
-            t = time.perf_counter()
-            reconstruct_volume(m.y_tensor(), op, prior, seed=0, batch_size=1, steps=steps, samples=1)
-            times[steps] = time.perf_counter() - t
-        per_step = times[2] - times[1]
-        fixed = times[1] - per_step
-        samples = int(prior.recommended.get("samples", 1)) if getattr(prior, "recommended", None) else 1
-        est = fixed + samples * per_step * settings.steps
-        rows.append(f"| 512² | 1 × 1 | {torch.get_num_threads()} | {op.projector.name} | {est:.0f} | "
-                    f"extrapolated: 1 step {times[1]:.0f} s, 2 steps {times[2]:.0f} s (1 sample), so "
-                    f"{fixed:.0f} s fixed + {per_step:.0f} s per step × {settings.steps} steps × {samples} "
-                    "samples |")
-        print(rows[-1], flush=True)
+    # 512²: the per-slice counts of projections and network evaluations (independent of the size) times
+    # the measured cost of one of each at 512², batch 1
+    fwd_n, adj_n, nfe = counts
+    g = ct.ParallelBeamGeometry(512)
+    proj = ct.make_projector(g)
+    x = torch.rand(1, 1, 512, 512)
+    t_fwd = median_s(lambda: proj.forward(x), 1)
+    s512 = proj.forward(x)
+    t_adj = median_s(lambda: proj.adjoint(s512), 1)
+    t_net, _ = _score_seconds(prior, 512, 1, 1)
+    est = fwd_n * t_fwd + adj_n * t_adj + nfe * t_net
+    rows.append(f"| 512² | 1 × 1 | {base_threads} | {proj.name} | {est:.0f} | estimated: {fwd_n:.0f} forward "
+                f"({t_fwd:.1f} s each) + {adj_n:.0f} adjoint ({t_adj:.1f} s) projections + {nfe} network "
+                f"evaluations ({t_net:.1f} s each), counted per slice in the first 128² run |")
+    print(rows[-1], flush=True)
+    opts = ["| network evaluation, 128², batch 4 | s | max abs difference to float32 | adopted |",
+            "|---|---|---|---|"]
+    t_ref, ref = _score_seconds(prior, 128, 4, 3)
+    for label, how in (("float32 (default)", {}), ("channels_last", {"channels_last": True}),
+                       ("bfloat16 autocast", {"bf16": True})):
+        t_how, out = _score_seconds(prior, 128, 4, 3, **how) if how else (t_ref, ref)
+        diff = float((out - ref).abs().max())
+        rel = diff / float(ref.abs().max())
+        adopted = "yes" if not how else ("no: slower" if t_how >= t_ref else
+                                          ("no: different result" if rel > 1e-4 else "faster, same result"))
+        opts.append(f"| {label} | {t_how:.2f} | {diff:.2e} ({rel:.1e} of max) | {adopted} |")
+        print(opts[-1], flush=True)
     text = ("\n".join(rows) + f"\n\n`reconstruct_volume` with the default CT prior and its recommended settings "
             f"({settings.steps} steps, init {settings.init}, t_start {settings.t_start:g}, λ {settings.lam:g}, "
-            "samples as recommended), sparse-ct 23 views, slices of the CT training volume resampled to the "
-            "size (content does not change the time). Shared 2-core machine, no GPU.")
+            f"{samples} samples), sparse-ct 23 views, slices of the CT training volume resampled to the size "
+            "(content does not change the time). Shared 2-core machine (other jobs running), no GPU.\n\n"
+            "Network options (same seed, same patch offsets):\n\n" + "\n".join(opts))
     print(text)
     if not args.no_write:
         update_section("clinical-ct speed", text, "python benchmarks/clinical_ct.py --part speed")
@@ -359,7 +412,6 @@ def main() -> None:
     parser.add_argument("--z-val-start", type=int, default=40)
     parser.add_argument("--z-test-start", type=int, default=62)
     parser.add_argument("--z-weights", type=float, nargs="+", default=[0.005, 0.02])
-    parser.add_argument("--speed-512", action="store_true", help="also the extrapolated 512² slice")
     args = parser.parse_args()
     args.speed_runs = [(128, 4, 1, 2), (128, 4, 4, 2), (128, 4, 4, 1), (256, 2, 2, 2)]
     parts = ["operators", "fbp", "z", "speed"] if args.part == "all" else [args.part]

@@ -579,6 +579,19 @@ class MatrixFreeJosephProjector:
         self._k = torch.arange(n, dtype=torch.float32, device=self.device)
         self._steps = torch.as_tensor(np.arange(n) * scale - 1.0, dtype=torch.float32, device=self.device)
         self._on_device: dict[torch.device, MatrixFreeJosephProjector] = {}
+        if geometry.kind == "parallel":
+            # per view: the ray of bin d samples position alpha + d·delta + k·b at step k (pixel units)
+            ang = geometry.angles
+            cv, sv = np.cos(ang), np.sin(ang)
+            vrows = np.abs(cv) >= np.abs(sv)
+            dc = (geometry.n_det - 1) / 2.0
+            cvs, svs = np.where(vrows, cv, 1.0), np.where(vrows, 1.0, sv)
+            alpha = np.where(vrows, (-dc - center * sv) / cvs + center, center - (-dc + center * cv) / svs)
+            delta = np.where(vrows, 1.0 / cvs, -1.0 / svs)
+            self._views = {flag: np.nonzero(vrows == flag)[0] for flag in (True, False)}
+            self._view_coef = {k: torch.as_tensor(v, dtype=torch.float32, device=self.device) for k, v in
+                               (("alpha", alpha), ("delta", delta), ("b", np.where(vrows, sv / cvs, cv / svs)),
+                                ("length", np.where(vrows, 1.0 / np.abs(cvs), 1.0 / np.abs(svs))))}
 
     def _grid(self, r0: int, r1: int) -> torch.Tensor:
         """Sampling grid (1, r1 − r0, N, 2) of rays r0…r1−1: (x, y) = (a + k·b, k) or (k, a + k·b)."""
@@ -616,6 +629,8 @@ class MatrixFreeJosephProjector:
         dev = s.device
         if dev != self.device:
             return self.to(dev).adjoint(s)
+        if g.kind == "parallel" and g.n_det > 1:
+            return self._adjoint_parallel(s)
         weighted = s.to(torch.float32).reshape(b, -1) * self._length
         shape_ref = torch.empty(1, b, n, n, dtype=torch.float32, device=dev)
         out = torch.zeros(1, b, n, n, dtype=torch.float32, device=dev)
@@ -628,6 +643,48 @@ class MatrixFreeJosephProjector:
                                                             [True, False])
             out += gi
         return out.reshape(b, 1, n, n)
+
+    def _adjoint_parallel(self, s: torch.Tensor) -> torch.Tensor:
+        """Parallel-beam adjoint as a gather (pixel-driven), the same weights as the forward's.
+
+        In a view whose rays step over rows, bin d samples row k at position α + d·δ + k·b, so pixel
+        (k, j) gets ``L·max(0, 1 − |δ|·|d − d*|)`` from bins d around ``d* = (j − α − k·b)/δ``: at most
+        two, d0 = ⌊d*⌋ and d0 + 1. Their sum is ``G·((1 − f')·s[d0] + f'·s[d0 + 1])`` with
+        ``G = w0 + w1``, ``f' = w1 / G`` — a linear interpolation of the view, done by grid_sample
+        exactly on the view's row. Column-stepping views give the transposed image.
+        """
+        g = self.geometry
+        b, n = s.shape[0], g.image_size
+        dev = s.device
+        sino = s.to(torch.float32).reshape(b, g.n_angles, g.n_det)
+        out = torch.zeros(2, b, n * n, dtype=torch.float32, device=dev)  # row-stepping, column-stepping (ᵀ)
+        k = torch.arange(n, dtype=torch.float32, device=dev).view(1, n, 1)
+        j = torch.arange(n, dtype=torch.float32, device=dev).view(1, 1, n)
+        step = max(1, MATRIX_FREE_CHUNK_ELEMENTS // (max(1, b) * n * n))
+        for slot, flag in enumerate((True, False)):
+            views = self._views[flag]
+            for v0 in range(0, len(views), step):
+                idx = torch.as_tensor(views[v0:v0 + step], device=dev)
+                c = {key: val[idx].view(-1, 1, 1) for key, val in self._view_coef.items()}
+                n_v = idx.numel()
+                inv = 1.0 / c["delta"]
+                d_star = torch.addcmul((j - c["alpha"]) * inv, k, -c["b"] * inv)  # (V, N, N): view, step, position
+                d0 = torch.floor(d_star)
+                f = d_star.sub_(d0)
+                h_inv = c["delta"].abs()  # 1/h: the tent is h = |cos θ| (or |sin θ|) bins wide
+                w0 = torch.addcmul(torch.ones((), device=dev), f, -h_inv).clamp_min_(0.0)
+                w1 = torch.addcmul(1.0 - h_inv, f, h_inv).clamp_min_(0.0)
+                total = w0.add_(w1)
+                gain = (total * c["length"]).view(1, n_v, n * n)
+                grid = torch.empty(1, n_v, n * n, 2, dtype=torch.float32, device=dev)
+                grid[..., 0] = d0.add_(w1.div_(total)).view(1, n_v, n * n).mul_(2.0 / (g.n_det - 1)).sub_(1.0)
+                rows_y = 2.0 * torch.arange(n_v, dtype=torch.float32, device=dev) / max(1, n_v - 1) - 1.0
+                grid[..., 1] = rows_y.view(1, n_v, 1)
+                vals = F.grid_sample(sino[:, idx].reshape(1, b, n_v, g.n_det), grid, mode="bilinear",
+                                     padding_mode="zeros", align_corners=True)[0]  # (B, V, N²)
+                out[slot] += vals.mul_(gain).sum(1)
+        out = out.view(2, b, n, n)
+        return (out[0] + out[1].transpose(-1, -2)).reshape(b, 1, n, n)
 
     def to(self, device: torch.device | str) -> MatrixFreeJosephProjector:
         """This projector on ``device`` (kept, so repeated calls on another device build it once)."""
