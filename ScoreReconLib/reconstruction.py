@@ -170,6 +170,13 @@ def _check_start_and_tv(method: str, base: dict) -> None:
         base["z_tv"] = z
     else:
         base.pop("z_tv", None)
+    if base.get("z_shared_noise") is not None:
+        if not isinstance(base["z_shared_noise"], bool):
+            raise ScoreReconError(f"z_shared_noise must be True or False, got {base['z_shared_noise']!r}")
+        if base["z_shared_noise"] and method != "proximal":
+            raise ScoreReconError(f"--z-shared-noise applies only to the proximal sampler, not '{method}'")
+    else:
+        base.pop("z_shared_noise", None)
     if "tv_iters" in base:
         iters = base["tv_iters"]
         if isinstance(iters, bool) or not float(iters).is_integer() or int(iters) < 1:
@@ -308,13 +315,15 @@ def reconstruct_volume(y: torch.Tensor, operator: MeasurementOperator, prior, ba
     Progress is reported per finished slice; ``cancel`` stops between sampler steps. Each batch draws
     from its own stream ``derive_seed(seed, first_slice_index)``, so a run is reproducible for a
     given ``batch_size`` (another batch size gives other, equally valid, posterior samples).
+    ``z_shared_noise=True`` (proximal sampler) gives the slices of a batch the same sampler noise, so
+    the flicker of independent posterior samples is correlated away (same batching caveat as z-TV).
     ``z_tv=w`` (proximal sampler) couples neighbouring slices by a TV term along z after every
     data-consistency step (:func:`~ScoreReconLib.sampling.z_tv_proximal`); it acts within a batch, so
     with ``z_tv > 0`` the default batch is the whole volume (every slice coupled, at the memory of the
     whole volume); a smaller ``batch_size`` leaves the batch boundaries uncoupled.
     """
     if batch_size is None:
-        batch_size = y.shape[0] if kwargs.get("z_tv") else 4
+        batch_size = y.shape[0] if (kwargs.get("z_tv") or kwargs.get("z_shared_noise")) else 4
     if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
         raise ScoreReconError(f"batch_size must be a whole number of at least 1, got {batch_size}")
     t0 = time.perf_counter()

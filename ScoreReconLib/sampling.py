@@ -84,7 +84,11 @@ def get_corrector(name: str) -> type[Corrector]:
     return _CORRECTORS[name]
 
 
-def _randn(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def _randn(like: torch.Tensor, generator: torch.Generator | None, shared: bool = False) -> torch.Tensor:
+    """Standard normal noise shaped like ``like``; ``shared``: one draw for the whole batch (expanded)."""
+    if shared and like.shape[0] > 1:
+        one = torch.randn((1, *like.shape[1:]), generator=generator, device=like.device, dtype=like.dtype)
+        return one.expand(like.shape)
     return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
 
 
@@ -97,6 +101,8 @@ class Predictor:
     """One step of the reverse SDE from time ``t`` to the next grid time."""
 
     name = ""
+    #: draw one noise image for the whole batch (slices of a volume share it) instead of one per item
+    shared_noise = False
 
     def __init__(self, sde, score_fn: ScoreFn):
         self.sde = sde
@@ -116,7 +122,7 @@ class ReverseDiffusionPredictor(Predictor):
         G = G.reshape(-1, *([1] * (x.ndim - 1)))
         score = self.score_fn(x, t)
         x_mean = x - (f - G**2 * score)
-        return x_mean + G * _randn(x, generator), x_mean
+        return x_mean + G * _randn(x, generator, self.shared_noise), x_mean
 
 
 @register_predictor("ancestral")
@@ -143,7 +149,7 @@ class AncestralSamplingPredictor(Predictor):
             beta = sde.discrete_betas.to(x.device)[i].reshape(shape).to(x)
             x_mean = (x + beta * score) / torch.sqrt(1.0 - beta)
             std = torch.sqrt(beta)
-        return x_mean + std * _randn(x, generator), x_mean
+        return x_mean + std * _randn(x, generator, self.shared_noise), x_mean
 
 
 @register_predictor("euler_maruyama")
@@ -156,7 +162,7 @@ class EulerMaruyamaPredictor(Predictor):
         diffusion = diffusion.reshape(-1, *([1] * (x.ndim - 1)))
         drift = drift - diffusion**2 * self.score_fn(x, t)
         x_mean = x + drift * dt
-        return x_mean + diffusion * math.sqrt(-dt) * _randn(x, generator), x_mean
+        return x_mean + diffusion * math.sqrt(-dt) * _randn(x, generator, self.shared_noise), x_mean
 
 
 @register_predictor("none")
@@ -172,6 +178,8 @@ class Corrector:
     """Langevin-type MCMC steps at a fixed noise level."""
 
     name = ""
+    #: as :attr:`Predictor.shared_noise`
+    shared_noise = False
 
     def __init__(self, sde, score_fn: ScoreFn, snr: float, n_steps: int = 1):
         self.sde = sde
@@ -192,7 +200,7 @@ class LangevinCorrector(Corrector):
         x_mean = x
         for _ in range(self.n_steps):
             grad = self.score_fn(x, t)
-            noise = _randn(x, generator)
+            noise = _randn(x, generator, self.shared_noise)
             grad_norm = grad.reshape(grad.shape[0], -1).norm(dim=-1).mean()
             noise_norm = noise.reshape(noise.shape[0], -1).norm(dim=-1).mean()
             step = (self.snr * noise_norm / grad_norm.clamp_min(1e-12)) ** 2 * 2 * alpha
@@ -334,10 +342,12 @@ def noisy_measurement(op: MeasurementOperator, y: torch.Tensor, sde, t: torch.Te
 
 
 def _perturbed_measurement(op: MeasurementOperator, y: torch.Tensor, sde, t: torch.Tensor,
-                           generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(ŷ_t, β(t) A z)``: the noisy measurement and the perturbation it carries."""
+                           generator: torch.Generator | None, shared: bool = False
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ŷ_t, β(t) A z)``: the noisy measurement and the perturbation it carries (``shared``: one z for
+    the whole batch)."""
     shape = (y.shape[0], 1, op.image_size, op.image_size)
-    z = torch.randn(shape, generator=generator, device=y.device, dtype=torch.float32)
+    z = _randn(torch.empty(shape, device=y.device), generator, shared).contiguous()
     a, b = _alpha_beta(sde, t, z)
     az = op.A(z)
     bshape = (-1, *([1] * (az.ndim - 1)))
@@ -469,11 +479,14 @@ def reverse_grid(sde, steps: int, t_start: float, eps: float, device) -> tuple:
 def _initial_state(sde, op: MeasurementOperator, y: torch.Tensor, settings: SamplerSettings, ctx: SamplerContext,
                    t0: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     """``x`` at the first time ``t0``: a draw from p_T (``init="noise"``) or ``α(t0) x_c + β(t0) z``."""
+    shared = settings.z_shared_noise
     if settings.init == "noise":
+        if shared and shape[0] > 1:
+            return sde.prior_sampling((1, *shape[1:]), generator=ctx.generator, device=y.device).expand(shape).clone()
         return sde.prior_sampling(shape, generator=ctx.generator, device=y.device)
     if ctx.x_init is None:
         ctx.x_init = classical_init(op, y, settings.init_weight, ctx.cancel, noise_std_of(op, y, settings, ctx))
-    z = torch.randn(shape, generator=ctx.generator, device=y.device, dtype=torch.float32)
+    z = _randn(torch.empty(shape, device=y.device), ctx.generator, shared)
     a, b = _alpha_beta(sde, t0.reshape(1).to(z.device), z)
     return a * ctx.x_init.to(z) + b * z
 
@@ -574,6 +587,9 @@ class SamplerSettings:
     z_tv: float = 0.0
     #: proximal only: dual iterations of each z-TV step
     z_tv_iters: int = 20
+    #: proximal only: the slices of a batch share every noise draw of the sampler (start, predictor,
+    #: corrector, ŷ_t), so their independent-sampling flicker is correlated away; the data still differ
+    z_shared_noise: bool = False
 
 
 def proximal_sample(prior, op: MeasurementOperator, y: torch.Tensor, settings: SamplerSettings,
@@ -589,9 +605,11 @@ def proximal_sample(prior, op: MeasurementOperator, y: torch.Tensor, settings: S
     merge = _consistency_step(op, settings, y.device)
     lam = settings.lam
     sigma_y = settings.noise_scale * noise_std_of(op, y, settings, ctx)
+    shared = settings.z_shared_noise
+    pred.shared_noise = corr.shared_noise = shared
 
     def noisy_merge(x, vt):
-        y_hat, b_az = _perturbed_measurement(op, y, sde, vt, g)
+        y_hat, b_az = _perturbed_measurement(op, y, sde, vt, g, shared)
         return merge(x, y_hat, noise_aware_lam(lam, b_az, op.mask, sigma_y))
 
     for i, t in enumerate(ts):
@@ -607,7 +625,7 @@ def proximal_sample(prior, op: MeasurementOperator, y: torch.Tensor, settings: S
     if settings.final_lam is not None:
         final = settings.final_lam
     else:  # the paper's hard merge for noise-free data; with noise, the noise-aware weight at t_end
-        final = noise_aware_lam(1.0, _perturbed_measurement(op, y, sde, t_end, g)[1], op.mask, sigma_y)
+        final = noise_aware_lam(1.0, _perturbed_measurement(op, y, sde, t_end, g, shared)[1], op.mask, sigma_y)
     return merge(x0, y, final)
 
 

@@ -262,19 +262,22 @@ def part_z(args: argparse.Namespace) -> None:
     slabs = {"validation": range(args.z_val_start, args.z_val_start + args.z_slices),
              "test": range(args.z_test_start, args.z_test_start + args.z_slices)}
 
-    def run(slab: str, weight: float) -> tuple[float, float, float]:
+    def run(slab: str, weight: float, shared: bool = False) -> tuple[float, float, float]:
         r = slabs[slab]
         m, ref, _ = simulate(vol.with_array(vol.array[r.start:r.stop]), "sparse-ct", views=23, size=128)
         op = m.operator()
         t = time.perf_counter()
         sampler = {"init": "noise", "t_start": 1.0, "steps": 25, "samples": 1} if args.z_sampler == "noise" else {}
         res = reconstruct_volume(m.y_tensor(), op, prior, seed=0, batch_size=len(r), **sampler,
-                                 **({"z_tv": weight} if weight else {}))
+                                 **({"z_tv": weight} if weight else {}), **({"z_shared_noise": True} if shared else {}))
         sec = time.perf_counter() - t
         x = res.mean.clamp(0, 1)
         return _psnr(x, ref), _z_psnr(x, ref), sec / len(r)
 
     rows = ["| slab | z-TV weight | in-plane PSNR dB | z-gradient PSNR dB | s/slice |", "|---|---|---|---|---|"]
+    if args.z_mode == "shared":
+        _part_z_shared(args, run, slabs)
+        return
     val = {}
     for w in [0.0, *args.z_weights] if args.z_fixed_weight is None else []:
         p, z, s = run("validation", w)
@@ -309,6 +312,25 @@ def part_z(args: argparse.Namespace) -> None:
         command = "python benchmarks/clinical_ct.py --part z" + (
             "" if args.z_sampler == "default" else f" --z-sampler noise --z-fixed-weight {chosen:g}")
         update_section(name, text, command)
+
+
+def _part_z_shared(args: argparse.Namespace, run, slabs) -> None:
+    """Shared sampler noise across the slab vs independent noise (nothing to tune: test slab only)."""
+    rows = ["| slab | slices | in-plane PSNR dB | z-gradient PSNR dB | s/slice |", "|---|---|---|---|---|"]
+    for label, shared in (("independent noise (slice by slice)", False), ("shared noise (--z-shared-noise)", True)):
+        p, z, s = run("test", 0.0, shared)
+        rows.append(f"| test | {label} | {p:.2f} | {z:.2f} | {s:.1f} |")
+        print(rows[-1], flush=True)
+    r = slabs["test"]
+    text = ("\n".join(rows) + f"\n\nSame volume, test slab (slices {r.start}–{r.stop - 1}), task and prior as "
+            "the z-consistency section, "
+            + ("the prior's recommended sampler" if args.z_sampler == "default" else "the noise start (25 steps)")
+            + ", seed 0, the slab as one batch; shared noise has no weight, so there was nothing to choose on the "
+            "validation slab. Same training-patient caveat.")
+    print(text)
+    if not args.no_write:
+        update_section("clinical-ct z-consistency (shared noise)", text,
+                       "python benchmarks/clinical_ct.py --part z --z-mode shared")
 
 
 # ---------------------------------------------------------------------------------- speed part
@@ -424,6 +446,8 @@ def main() -> None:
     parser.add_argument("--z-weights", type=float, nargs="+", default=[0.005, 0.02])
     parser.add_argument("--z-sampler", choices=("default", "noise"), default="default",
                         help="z part: the prior's recommended sampler, or the paper-style start from noise")
+    parser.add_argument("--z-mode", choices=("tv", "shared"), default="tv",
+                        help="z part: z-TV (weight chosen on the validation slab) or shared sampler noise")
     parser.add_argument("--z-fixed-weight", type=float, default=None,
                         help="z part: skip the validation slab and use this weight")
     args = parser.parse_args()
