@@ -10,6 +10,9 @@
   with isotropic TV on forward differences (Neumann boundary). The weight is relative to ‖A‖²
   (estimated by power iteration and cached per operator), so one weight fits operators of very
   different scale (MRI's unitary FFT, CT projections in pixel units).
+- ``sense`` / ``rss`` (MRI, :mod:`ScoreReconLib.coils`): SENSE (CG on the complex normal equations with the
+  coil maps, early-stopped, magnitude) and the root-sum-of-squares of the zero-filled coil images. With a
+  multi-coil operator ``tv`` is SENSE-TV and ``cs --regularizer wavelet`` L1-wavelet CS.
 - ``cs`` (MRI): compressed sensing — the same PDHG with TV (default) or an L1 penalty on an
   undecimated (shift-invariant) multi-level Haar wavelet frame (low-pass band not penalised).
 
@@ -33,9 +36,9 @@ from .operators.base import MeasurementOperator
 from .utils import ProgressFn, check_cancel
 
 #: methods :func:`classical_reconstruct` accepts
-METHODS = ("fbp", "tv", "zero-filled", "cs")
+METHODS = ("fbp", "tv", "zero-filled", "cs", "sense", "rss")
 _METHOD_ALIASES = {"fbp": "fbp", "tv": "tv", "zero-filled": "zero-filled", "zero_filled": "zero-filled",
-                   "zerofilled": "zero-filled", "zf": "zero-filled", "cs": "cs"}
+                   "zerofilled": "zero-filled", "zf": "zero-filled", "cs": "cs", "sense": "sense", "rss": "rss"}
 
 #: default relative weights and iteration counts, per modality, tuned on [0, 1] images at 128²
 #: (see docs/baselines.md for how)
@@ -61,13 +64,16 @@ def _modality(op: MeasurementOperator) -> str:
 
 
 def _mask_batch(op: MeasurementOperator) -> int:
+    items = getattr(op, "batch_items", None)  # operators with per-image arrays besides the mask (coil maps)
+    if items:
+        return int(items)
     mask = op.mask
     return int(mask.shape[0]) if mask.ndim == 4 else 1
 
 
 def methods_for(task: str) -> tuple[str, ...]:
-    """Classical methods that fit ``task`` ("mri" → zero-filled, tv, cs; CT tasks → fbp, tv)."""
-    return ("zero-filled", "tv", "cs") if task == "mri" else ("fbp", "tv")
+    """Classical methods that fit ``task`` ("mri" → zero-filled, tv, cs, sense, rss; CT tasks → fbp, tv)."""
+    return ("zero-filled", "tv", "cs", "sense", "rss") if task == "mri" else ("fbp", "tv")
 
 
 def _check_y(y: torch.Tensor, op: MeasurementOperator) -> torch.Tensor:
@@ -266,19 +272,25 @@ def tv_reconstruct(y: torch.Tensor, op: MeasurementOperator, weight: float | Non
 def cs_reconstruct(y: torch.Tensor, op: MeasurementOperator, regularizer: str = "tv", weight: float | None = None,
                    iters: int | None = None, levels: int = 3, nonneg: bool = True,
                    progress: ProgressFn | None = None, cancel: threading.Event | None = None) -> torch.Tensor:
-    """Compressed-sensing MRI → (B, 1, N, N): TV (default) or L1 on an undecimated Haar frame ("wavelet").
+    """Compressed-sensing MRI → (B, 1, N, N): TV (default), L1 on an undecimated Haar frame ("wavelet") or
+    sigpy's L1-wavelet recon on the complex image ("sigpy-wavelet", optional dependency; magnitude out).
 
     Objective ``min ½‖Ax − y‖² + weight·‖A‖²·R(x)``; ``levels`` = Haar decomposition levels.
     """
     if op.task != "mri":
         raise ScoreReconError(f"cs (compressed sensing) is an MRI method but the task is '{op.task}'; use tv")
     y = _check_y(y, op)
+    if regularizer == "sigpy-wavelet":
+        from .coils import sigpy_l1_wavelet
+
+        check_cancel(cancel)
+        return sigpy_l1_wavelet(y, op, _default("cs-wavelet", op, "weight", weight), int(iters or 100))
     if regularizer == "tv":
         reg: _TV | _Wavelet = _TV()
     elif regularizer == "wavelet":
         reg = _Wavelet(op.image_size, levels)
     else:
-        raise ScoreReconError(f"unknown cs regularizer '{regularizer}'; use 'tv' or 'wavelet'")
+        raise ScoreReconError(f"unknown cs regularizer '{regularizer}'; use 'tv', 'wavelet' or 'sigpy-wavelet'")
     key = f"cs-{regularizer}"
     return _pdhg(y, op, reg, _default(key, op, "weight", weight), int(_default(key, op, "iters", iters)),
                  nonneg, None, progress, cancel, f"cs-{regularizer}")
@@ -303,6 +315,8 @@ _OPTIONS: dict[str, tuple[str, ...]] = {
     "zero-filled": (),
     "tv": ("weight", "iters", "nonneg", "x0"),
     "cs": ("regularizer", "weight", "iters", "levels", "nonneg"),
+    "sense": ("iters",),
+    "rss": (),
 }
 
 
@@ -321,6 +335,15 @@ def classical_reconstruct(method: str, y: torch.Tensor, op: MeasurementOperator,
         allowed = ", ".join(_OPTIONS[name]) or "none"
         raise ScoreReconError(f"option(s) {', '.join(extra)} do not apply to method '{name}'; allowed: {allowed}")
     run: Callable[..., torch.Tensor]
+    if name in ("sense", "rss"):
+        from .coils import SENSE_ITERS, rss_reconstruct, sense_reconstruct
+
+        check_cancel(cancel)
+        y = _check_y(y, op)
+        out = rss_reconstruct(y, op.mask) if name == "rss" else sense_reconstruct(y, op, kw.get("iters") or SENSE_ITERS)
+        if progress is not None:
+            progress(1, 1, name)
+        return out
     if name in ("fbp", "zero-filled"):
         check_cancel(cancel)
         out = (fbp if name == "fbp" else zero_filled)(y, op)

@@ -76,23 +76,125 @@ def _suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
+#: NIfTI datatype codes → numpy dtypes (nifti1.h)
+_NIFTI_DTYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 32: "c8", 64: "f8", 128: "u1", 256: "i1", 512: "u2",
+                 768: "u4", 1024: "i8", 1280: "u8", 1792: "c16", 2304: "u1"}
+#: bytes per voxel of the multi-byte-per-voxel NIfTI codes not in the itemsize of their dtype (RGB, RGBA)
+_NIFTI_VOXEL_BYTES = {128: 3, 2304: 4}
+
+
+def check_nifti(path: Path) -> None:
+    """Refuse a NIfTI-1/2 file (``.nii`` / ``.nii.gz``) whose voxel data are cut short, or that stores
+    NaN / inf (SimpleITK would hand back zeros for both). Reads the header and streams the data once."""
+    import gzip
+    import struct
+    import zlib
+
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as fh:
+            head = fh.read(540)
+            if len(head) < 348:
+                raise ScoreReconError(f"{path} is too short for a NIfTI header ({len(head)} bytes); the file is "
+                                      "truncated or not NIfTI")
+            for endian in ("<", ">"):
+                size = struct.unpack(endian + "i", head[:4])[0]
+                if size in (348, 540):
+                    break
+            else:
+                return  # not a NIfTI-1/2 header: let the reader decide
+            if size == 348:
+                dims = struct.unpack(endian + "8h", head[40:56])
+                code, bitpix = struct.unpack(endian + "2h", head[70:74])
+                offset = int(struct.unpack(endian + "f", head[108:112])[0])
+                magic = head[344:348]
+            else:
+                if len(head) < 540:
+                    raise ScoreReconError(f"{path} is too short for a NIfTI-2 header; the file is truncated")
+                code, bitpix = struct.unpack(endian + "2h", head[12:16])
+                dims = struct.unpack(endian + "8q", head[16:80])
+                offset = int(struct.unpack(endian + "q", head[168:176])[0])
+                magic = head[4:8]
+            if magic[:3] not in (b"n+1", b"n+2"):  # a .hdr/.img pair: the reader checks the .img itself
+                return
+            ndim = dims[0]
+            if not 1 <= ndim <= 7 or any(d < 1 for d in dims[1:ndim + 1]):
+                raise ScoreReconError(f"{path} has invalid NIfTI dimensions {dims[:ndim + 1]}; the file is corrupt")
+            voxels = int(np.prod([int(d) for d in dims[1:ndim + 1]], dtype=np.float64))
+            if code not in _NIFTI_DTYPES:
+                return
+            dtype = np.dtype(endian + _NIFTI_DTYPES[code]) if _NIFTI_DTYPES[code] != "u1" else np.dtype("u1")
+            per_voxel = _NIFTI_VOXEL_BYTES.get(code, dtype.itemsize)
+            expected = voxels * per_voxel
+            if voxels > (1 << 34):
+                raise ScoreReconError(f"{path} declares {voxels} voxels; that is not an image this tool can hold")
+            fh.seek(max(offset, size + 4))  # gzip files seek by decompressing (backwards: from the start)
+            got, finite = 0, True
+            chunk = (1 << 24) // per_voxel * per_voxel
+            tail = b""
+            while got < expected:
+                block = fh.read(min(chunk, expected - got))
+                if not block:
+                    break
+                got += len(block)
+                if dtype.kind in "fc":
+                    data = tail + block
+                    usable = len(data) // dtype.itemsize * dtype.itemsize
+                    tail = data[usable:]
+                    if finite and not np.isfinite(np.frombuffer(data[:usable], dtype=dtype)).all():
+                        finite = False
+    except ScoreReconError:
+        raise
+    except (OSError, EOFError, zlib.error, struct.error, ValueError) as exc:
+        msg = " ".join(str(exc).split())[:120] or type(exc).__name__
+        raise ScoreReconError(f"cannot read {path}: the file is truncated or corrupt ({msg})") from None
+    if got < expected:
+        raise ScoreReconError(f"{path} is truncated: its header declares {expected} bytes of voxel data but only "
+                              f"{got} are there; restore or re-export the file")
+    if not finite:
+        raise ScoreReconError(f"the input image {path} contains NaN or infinite values; clean or mask them first")
+
+
+def _dicom_series_error(path: Path, reader, series: list[str]) -> ScoreReconError:
+    counts = [f"{uid} ({len(reader.GetGDCMSeriesFileNames(str(path), uid))} files)" for uid in series[:4]]
+    more = f" and {len(series) - 4} more" if len(series) > 4 else ""
+    return ScoreReconError(
+        f"folder {path} holds {len(series)} DICOM series ({', '.join(counts)}{more}); ScoreRecon reads one series "
+        "per folder: move each series into its own folder"
+    )
+
+
 def read_image(path: str | Path) -> Image:
-    """Read an image or volume, keeping geometry; raise :class:`ScoreReconError` on any problem."""
+    """Read an image or volume, keeping geometry; raise :class:`ScoreReconError` on any problem.
+
+    A folder must hold exactly one DICOM series; NIfTI files are checked for truncation and NaN.
+    """
     path = Path(path)
     if not path.exists():
         raise ScoreReconError(f"input {path} does not exist; check the path")
+    warn = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK/GDCM warning blocks would bury the one-line error
+    try:
+        return _read_image(path)
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warn)
+
+
+def _read_image(path: Path) -> Image:
     try:
         if path.is_dir():
             reader = sitk.ImageSeriesReader()
-            series = reader.GetGDCMSeriesIDs(str(path))
+            series = list(reader.GetGDCMSeriesIDs(str(path)))
             if not series:
                 raise ScoreReconError(f"folder {path} holds no DICOM series; point to a DICOM folder or an image file")
+            if len(series) > 1:
+                raise _dicom_series_error(path, reader, series)
             files = reader.GetGDCMSeriesFileNames(str(path), series[0])
             reader.SetFileNames(files)
             reader.MetaDataDictionaryArrayUpdateOn()
             img = reader.Execute()
             modality = reader.GetMetaData(0, "0008|0060").strip() if reader.HasMetaDataKey(0, "0008|0060") else ""
-            return _from_sitk(img, modality)
+            return _from_sitk(img, modality, path)
         suffix = _suffix(path)
         if suffix == ".npy":
             try:
@@ -106,14 +208,16 @@ def read_image(path: str | Path) -> Image:
                     "or 3-D (Z, H, W) image"
                 )
             n = arr.ndim
-            return Image(arr.astype(np.float32), (1.0,) * n, (0.0,) * n, tuple(np.eye(n).ravel()))
+            return Image(_as_float32(arr, path), (1.0,) * n, (0.0,) * n, tuple(np.eye(n).ravel()))
         if suffix not in IMAGE_SUFFIXES and suffix != "":
             raise ScoreReconError(
                 f"unsupported file type '{suffix}' for {path}; use DICOM, NIfTI, NRRD, MHA, PNG or .npy"
             )
+        if suffix in (".nii", ".nii.gz"):
+            check_nifti(path)
         img = sitk.ReadImage(str(path))
         modality = img.GetMetaData("0008|0060").strip() if img.HasMetaDataKey("0008|0060") else ""
-        return _from_sitk(img, modality)
+        return _from_sitk(img, modality, path)
     except ScoreReconError:
         raise
     except RuntimeError as exc:  # SimpleITK reports unreadable files as RuntimeError
@@ -121,12 +225,24 @@ def read_image(path: str | Path) -> Image:
         raise ScoreReconError(f"cannot read {path}: corrupt or unsupported file ({first[:160]})") from None
 
 
-def _from_sitk(img, modality: str = "") -> Image:
+def _as_float32(arr: np.ndarray, path: Path | str) -> np.ndarray:
+    """``arr`` as float32; refuse values beyond float32's range (they would become inf)."""
+    if arr.dtype.kind == "f" and arr.dtype.itemsize > 4 and arr.size:
+        with np.errstate(all="ignore"):
+            finite = np.isfinite(arr)
+            big = float(np.abs(np.where(finite, arr, 0)).max())
+        if big > float(np.finfo(np.float32).max):
+            raise ScoreReconError(f"{path} holds values up to {big:.3g}, beyond float32's range; rescale the image")
+    with np.errstate(all="ignore"):
+        return arr.astype(np.float32)
+
+
+def _from_sitk(img, modality: str = "", path: Path | str = "the image") -> Image:
     if img.GetNumberOfComponentsPerPixel() > 1:  # RGB(A) PNG → luminance
-        arr = sitk.GetArrayFromImage(img).astype(np.float32)
+        arr = _as_float32(sitk.GetArrayFromImage(img), path)
         arr = arr[..., :3].mean(axis=-1)
     else:
-        arr = sitk.GetArrayFromImage(img).astype(np.float32)
+        arr = _as_float32(sitk.GetArrayFromImage(img), path)
     spacing, origin, direction = img.GetSpacing(), img.GetOrigin(), img.GetDirection()
     if arr.ndim == 3 and arr.shape[0] == 1:  # a single 2-D slice stored as 3-D (DICOM file)
         arr = arr[0]

@@ -169,6 +169,7 @@ class SliceDataset(torch.utils.data.Dataset):
             return img
 
         slices: list[torch.Tensor] = []
+        given, first = self.modality is not None, None
         workers = max(1, int(num_workers))
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for done, (path, img) in enumerate(zip(sources, pool.map(_read, sources), strict=True), start=1):
@@ -177,8 +178,16 @@ class SliceDataset(torch.utils.data.Dataset):
                 if isinstance(img, str):
                     self.warnings.append(f"skipped: {img}")
                     continue
+                found = guess_modality(img)
                 if self.modality is None:
-                    self.modality = guess_modality(img)
+                    self.modality, first = found, path
+                elif found != self.modality and (not given or img.modality.upper() in ("CT", "MR")):
+                    seen = f"the first image {first}" if not given else f"--modality {self.modality}"
+                    raise ScoreReconError(
+                        f"{path} is {found} but {seen} is {self.modality}: one prior learns one modality; put CT "
+                        "and MR images in separate --data folders (or pass --modality if the guess from intensities "
+                        "is wrong)"
+                    )
                 kept, total = self._add_image(img, axes, slices)
                 extent = [n * sp for n, sp in zip(img.array.shape, _axis_spacing(img), strict=False)]
                 self.sources.append({"path": str(path), "shape": list(img.array.shape), "slices": kept,

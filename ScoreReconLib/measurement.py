@@ -115,6 +115,11 @@ class Measurement:
         return int(self.operator_spec["image_size"])
 
     @property
+    def coils(self) -> int:
+        """Receive coils of MRI k-space (1 for single-coil MRI and for CT)."""
+        return int(self.operator_spec.get("coils") or 1)
+
+    @property
     def modality(self) -> str:
         """"CT" or "MR" (from the task)."""
         return task_modality(self.task)
@@ -145,9 +150,17 @@ class Measurement:
         """Rebuild the operator, for all slices or for ``slices`` (metal-ct masks differ per slice)."""
         arrays = dict(self.operator_arrays)
         n = self.n_slices
-        if slices is not None and self.task == "metal-ct":
+        if slices is not None and (self.task == "metal-ct" or self.coils > 1):
             arrays = {k: (v[slices] if v.ndim == 4 and v.shape[0] == n else v) for k, v in arrays.items()}
-        op = operator_from_spec(self.operator_spec, arrays, device=device)
+        try:
+            op = operator_from_spec(self.operator_spec, arrays, device=device)
+        except ScoreReconError:
+            raise
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError, RuntimeError) as exc:
+            raise ScoreReconError(
+                f"the stored {self.task} operator cannot be rebuilt ({type(exc).__name__}: "
+                f"{' '.join(str(exc).split())[:100]}); the measurement file is corrupt: re-simulate it"
+            ) from None
         count = len(range(n)[slices]) if slices is not None else n
         expected = tuple(op.measurement_shape(count))
         got = tuple(self.y[slices].shape) if slices is not None else tuple(self.y.shape)
@@ -189,11 +202,62 @@ def _bad_file(path: Path, why: str) -> ScoreReconError:
     )
 
 
+#: limits on what a measurement file may declare (checked before any array is decompressed)
+MAX_IMAGE_SIZE = 8192
+MAX_HEADER_BYTES = 16 << 20
+MAX_COILS = 256
+
+
+def _peek_arrays(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shape and dtype of every ``.npy`` member of the archive, read from the member headers only."""
+    out: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with zf.open(info) as fh:
+                version = np.lib.format.read_magic(fh)
+                if version == (1, 0):
+                    shape, _fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+                else:
+                    shape, _fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+            out[info.filename[:-4]] = (tuple(int(d) for d in shape), np.dtype(dtype))
+    return out
+
+
+def _expected_y_shape(path: Path, header: dict) -> tuple[int, ...]:
+    """The ``y`` shape the header's operator implies, after checking the sizes it declares."""
+    spec = header.get("operator")
+    if not isinstance(spec, dict):
+        raise _bad_file(path, "its header has no operator object")
+    n = spec.get("image_size")
+    if isinstance(n, bool) or not isinstance(n, int) or not MIN_IMAGE_SIZE <= n <= MAX_IMAGE_SIZE:
+        raise _bad_file(path, f"operator image_size {str(n)[:40]} is not a whole number from {MIN_IMAGE_SIZE} to "
+                              f"{MAX_IMAGE_SIZE}")
+    s = header.get("n_slices")
+    if isinstance(s, bool) or not isinstance(s, int) or s < 1:
+        raise _bad_file(path, f"n_slices {str(s)[:40]} is not a positive whole number")
+    if header.get("task") == "mri":
+        coils = spec.get("coils") or 1
+        if isinstance(coils, bool) or not isinstance(coils, int) or not 1 <= coils <= MAX_COILS:
+            raise _bad_file(path, f"operator coils {str(coils)[:40]} is not a whole number from 1 to {MAX_COILS}")
+        return (s, coils, n, n)
+    shape = []
+    for key in ("n_angles", "n_det"):
+        v = spec.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 4 * MAX_IMAGE_SIZE:
+            raise _bad_file(path, f"operator {key} {str(v)[:40]} is not a whole number from 1 to {4 * MAX_IMAGE_SIZE}")
+        shape.append(v)
+    return (s, 1, *shape)
+
+
 def load_measurement(path: str | Path) -> Measurement:
     """Read and validate a measurement file written by :func:`save_measurement`.
 
     Raises :class:`ScoreReconError` for a missing or corrupt file, missing entries, another format
-    version, or shapes that do not fit together.
+    version, header fields of the wrong type, or shapes that do not fit together. The header and
+    the arrays' shapes are checked before any array is decompressed, so a small file cannot make
+    the reader allocate gigabytes.
     """
     path = Path(path)
     if not path.exists():
@@ -203,50 +267,126 @@ def load_measurement(path: str | Path) -> Measurement:
     if not zipfile.is_zipfile(path):
         raise _bad_file(path, "not an .npz (zip) archive")
     try:
+        shapes = _peek_arrays(path)
+        missing = [k for k in ("header", "y") if k not in shapes]
+        if missing:
+            raise _bad_file(path, f"missing {' and '.join(missing)}")
+        for name, (_shape, dtype) in shapes.items():
+            if dtype.hasobject:
+                raise _bad_file(path, f"array {name} holds Python objects")
+        h_shape, h_dtype = shapes["header"]
+        if h_shape != () or h_dtype.kind != "U" or h_dtype.itemsize > MAX_HEADER_BYTES:
+            raise _bad_file(path, "its header is not a JSON string")
         with np.load(path, allow_pickle=False) as npz:
-            files = set(npz.files)
-            missing = [k for k in ("header", "y") if k not in files]
-            if missing:
-                raise _bad_file(path, f"missing {' and '.join(missing)}")
             header_text = str(npz["header"][()])
             try:
                 header = json.loads(header_text)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 raise _bad_file(path, "its header is not valid JSON") from None
             if not isinstance(header, dict):
                 raise _bad_file(path, "its header is not a JSON object")
             _check_version(path, header)
+            expected = _expected_y_shape(path, header)
+            if shapes["y"][0] != expected:
+                raise _bad_file(path, f"y has shape {shapes['y'][0]} but the header describes {expected}")
+            n = expected[-1] if header.get("task") == "mri" else header["operator"]["image_size"]
+            for name, (shape, _dtype) in shapes.items():  # operator arrays are at most slices × a full layout
+                if name.startswith(_OP_PREFIX) or name == "metal_mask":
+                    limit = expected[0] * max(int(np.prod(expected[1:])), n * n)
+                    if int(np.prod(shape, dtype=np.float64)) > limit:
+                        raise _bad_file(path, f"array {name} of shape {shape} is larger than the measurement")
             y = npz["y"]
             op_arrays = {k[len(_OP_PREFIX):]: npz[k] for k in npz.files if k.startswith(_OP_PREFIX)}
-            metal_mask = npz["metal_mask"] if "metal_mask" in files else None
+            metal_mask = npz["metal_mask"] if "metal_mask" in shapes else None
     except ScoreReconError:
         raise
-    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, NotImplementedError,
+            RuntimeError) as exc:
         msg = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
         raise _bad_file(path, f"corrupt or not an .npz archive: {msg}") from None
-    try:
-        m = Measurement(
-            task=str(header["task"]),
-            y=y,
-            operator_spec=dict(header["operator"]),
-            operator_arrays=op_arrays,
-            normalization=Normalization.from_dict(header["normalization"]),
-            geometry=dict(header["geometry"]),
-            slice_axis=int(header.get("slice_axis", 0)),
-            noise=float(header.get("noise", 0.0)),
-            noise_std=[float(s) for s in header.get("noise_std", [])],
-            seed=int(header.get("seed", 0)),
-            metal=dict(header.get("metal", {})),
-            metal_mask=metal_mask,
-            options=dict(header.get("options", {})),
-            source=dict(header.get("source", {})),
-            format_version=int(header["format_version"]),
-            library_version=str(header.get("library_version", "unknown")),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise _bad_file(path, f"its header lacks or garbles {exc}") from None
+    m = Measurement(
+        task=_typed(path, header, "task", str),
+        y=y,
+        operator_spec=_typed(path, header, "operator", dict),
+        operator_arrays=op_arrays,
+        normalization=_normalization(path, header.get("normalization")),
+        geometry=_geometry(path, header.get("geometry")),
+        slice_axis=_typed(path, header, "slice_axis", int, 0),
+        noise=_typed(path, header, "noise", float, 0.0),
+        noise_std=_number_list(path, header, "noise_std"),
+        seed=_typed(path, header, "seed", int, 0),
+        metal=_typed(path, header, "metal", dict, {}),
+        metal_mask=metal_mask,
+        options=_typed(path, header, "options", dict, {}),
+        source=_typed(path, header, "source", dict, {}),
+        format_version=_typed(path, header, "format_version", int),
+        library_version=str(header.get("library_version", "unknown"))[:64],
+    )
+    if m.slice_axis != 0:
+        raise _bad_file(path, f"slice_axis is {m.slice_axis}; this version stores slices along axis 0")
+    if not (math.isfinite(m.noise) and m.noise >= 0):
+        raise _bad_file(path, f"noise {m.noise} must be a finite number >= 0")
     _check_consistency(path, m)
     return m
+
+
+_MISSING = object()
+
+
+def _typed(path: Path, header: dict, key: str, kind: type, default: Any = _MISSING) -> Any:
+    """``header[key]`` checked to be of ``kind`` (int: whole numbers; float: finite-or-not numbers)."""
+    if key not in header:
+        if default is _MISSING:
+            raise _bad_file(path, f"its header lacks '{key}'")
+        return default
+    v = header[key]
+    ok = {
+        str: isinstance(v, str),
+        dict: isinstance(v, dict),
+        int: isinstance(v, int) and not isinstance(v, bool),
+        float: isinstance(v, int | float) and not isinstance(v, bool),
+    }[kind]
+    if not ok:
+        name = {str: "a string", dict: "an object", int: "a whole number", float: "a number"}[kind]
+        raise _bad_file(path, f"header field '{key}' must be {name}, got {str(v)[:40]!r}")
+    return float(v) if kind is float else (dict(v) if kind is dict else v)
+
+
+def _number_list(path: Path, header: dict, key: str) -> list[float]:
+    v = header.get(key, [])
+    if not isinstance(v, list) or not all(isinstance(x, int | float) and not isinstance(x, bool)
+                                          and math.isfinite(x) and x >= 0 for x in v):
+        raise _bad_file(path, f"header field '{key}' must be a list of finite numbers >= 0")
+    return [float(x) for x in v]
+
+
+def _normalization(path: Path, d: Any) -> Normalization:
+    if not isinstance(d, dict) or not isinstance(d.get("kind"), str) or d["kind"] not in ("hu", "scale"):
+        raise _bad_file(path, "its header's normalization must be an object with kind 'hu' or 'scale'")
+    lo, hi = d.get("low"), d.get("high")
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in (lo, hi)) \
+            or not hi > lo:
+        raise _bad_file(path, f"its header's normalization needs finite numbers low < high, got low={lo!r}, "
+                              f"high={hi!r}")
+    return Normalization(d["kind"], float(lo), float(hi))
+
+
+def _geometry(path: Path, g: Any) -> dict:
+    if not isinstance(g, dict):
+        raise _bad_file(path, "its header's geometry must be an object")
+    ndim = g.get("ndim")
+    if ndim not in (2, 3) or isinstance(ndim, bool):
+        raise _bad_file(path, f"header geometry ndim {str(ndim)[:20]} must be 2 or 3")
+    for key, length, positive in (("spacing", ndim, True), ("origin", ndim, False), ("direction", ndim * ndim, False)):
+        v = g.get(key)
+        if v is None:
+            continue
+        if not isinstance(v, list) or len(v) != length or not all(
+                isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and (x > 0 or not positive)
+                for x in v):
+            rule = "positive " if positive else ""
+            raise _bad_file(path, f"header geometry {key} must be a list of {length} finite {rule}numbers")
+    return dict(g)
 
 
 def _check_version(path: Path, header: dict) -> None:
@@ -271,11 +411,18 @@ def _check_consistency(path: Path, m: Measurement) -> None:
         raise _bad_file(path, "the operator spec has no image_size")
     n = m.image_size
     y = m.y
-    if y.ndim != 4 or y.shape[0] < 1 or y.shape[1] != 1:
-        raise _bad_file(path, f"y has shape {tuple(y.shape)}, expected (slices, 1, ...)")
+    channels = m.coils if m.task == "mri" else 1
+    if y.ndim != 4 or y.shape[0] < 1 or y.shape[1] != channels:
+        raise _bad_file(path, f"y has shape {tuple(y.shape)}, expected (slices, {channels}, ...)")
     if m.task == "mri":
         if not np.iscomplexobj(y) or tuple(y.shape[-2:]) != (n, n):
-            raise _bad_file(path, f"MRI k-space must be complex (S, 1, {n}, {n}), got {y.dtype} {tuple(y.shape)}")
+            raise _bad_file(path, f"MRI k-space must be complex (S, {channels}, {n}, {n}), got {y.dtype} "
+                                  f"{tuple(y.shape)}")
+        maps = m.operator_arrays.get("maps")
+        if channels > 1 and (maps is None or maps.ndim != 4 or maps.shape[0] not in (1, y.shape[0])
+                             or tuple(maps.shape[1:]) != (channels, n, n)):
+            raise _bad_file(path, f"coil maps {None if maps is None else tuple(maps.shape)} do not fit k-space "
+                                  f"{tuple(y.shape)}")
     else:
         if np.iscomplexobj(y) or not np.issubdtype(y.dtype, np.floating):
             raise _bad_file(path, f"CT sinograms must be real floats, got {y.dtype}")
@@ -508,6 +655,7 @@ def simulate(
     source_distance: float | None = None,
     detector_distance: float | None = None,
     detector: str = "curved",
+    coils: int = 1,
 ) -> tuple[Measurement, torch.Tensor, dict[str, Any]]:
     """Simulate ``task`` measurements of ``image`` (a slice or a volume, sliced along axis 0).
 
@@ -519,8 +667,9 @@ def simulate(
     Options: sparse-ct ``views`` of ``n_angles`` (default N) over 180°; limited-angle-ct ``arc``
     degrees; metal-ct uses metal above ``metal_threshold`` HU if the image has any, else inserts
     ``n_metal`` random dense objects of ``metal_hu`` HU inside the body (seeded by ``seed``);
-    mri ``acceleration``, ``center_fraction`` and ``mask`` kind. CT ``geometry`` "parallel" (full set
-    over 180°) or "fan" (full set over 360°, default 2N source angles; ``source_distance`` and
+    mri ``acceleration``, ``center_fraction`` and ``mask`` kind, and ``coils`` > 1 for multi-coil k-space
+    with :func:`~ScoreReconLib.coils.synthetic_maps` (seeded by ``seed``). CT ``geometry`` "parallel" (full
+    set over 180°) or "fan" (full set over 360°, default 2N source angles; ``source_distance`` and
     ``detector_distance`` in mm, see :func:`ct_geometry_options`; ``detector`` "curved" or "flat");
     for fan beam ``arc`` may reach 360. ``noise`` is relative (module docstring). ``size`` resamples
     slices to ``size``²; without it slices must be square and ≥ 16 pixels.
@@ -538,6 +687,10 @@ def simulate(
         raise ScoreReconError("--geometry / --source-distance / --detector-distance apply to CT tasks only")
     _validate_options(task, n, views, arc, n_angles, acceleration, center_fraction, mask, noise, n_metal,
                       fan=geo_opts.get("geometry") == "fan")
+    if isinstance(coils, bool) or int(coils) != coils or coils < 1:
+        raise ScoreReconError(f"--coils must be a whole number >= 1 (1 = single-coil), got {coils}")
+    if coils > 1 and task != "mri":
+        raise ScoreReconError(f"--coils applies to --task mri only, not {task}; drop --coils")
     norm = normalization_for(image, task)
     x = torch.from_numpy(normalize_slices(stack, norm))[:, None].to(device)
 
@@ -557,6 +710,15 @@ def simulate(
         x_measured, metal_mask, metal_info = _metal_masks(x, float(metal_threshold), int(n_metal),
                                                           float(metal_hu), int(seed))
         op = build_operator(task, n, metal_mask=metal_mask, n_angles=n_angles, device=device, **geo_opts)
+    elif coils > 1:
+        from .coils import synthetic_maps
+        from .operators.multicoil import build_multicoil_operator
+
+        options = {"acceleration": float(acceleration), "center_fraction": float(center_fraction), "mask": mask,
+                   "coils": int(coils)}
+        op = build_multicoil_operator(synthetic_maps(n, int(coils), int(seed)), acceleration=float(acceleration),
+                                      center_fraction=float(center_fraction), mask=mask, seed=int(seed),
+                                      device=device, maps_source="synthetic")
     else:
         options = {"acceleration": float(acceleration), "center_fraction": float(center_fraction), "mask": mask}
         op = build_operator(task, n, acceleration=float(acceleration), center_fraction=float(center_fraction),

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -74,10 +75,36 @@ def network_config(overrides: dict | None = None) -> dict:
     if unknown:
         raise ScoreReconError(f"unknown network option(s) {sorted(unknown)}; known: {sorted(cfg)}")
     cfg.update(overrides or {})
-    channels = [int(c) for c in cfg["channels"]]
+    try:
+        return _checked_network(cfg)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ScoreReconError(f"network options hold a value of the wrong type ({' '.join(str(exc).split())[:120]}); "
+                              "channels and attention_levels are lists, the rest numbers or booleans") from None
+
+
+#: sane bounds of a network config (a config outside them is refused before anything is allocated)
+MAX_LEVELS = 8
+MAX_CHANNELS = 4096
+MAX_RES_BLOCKS = 16
+
+
+def _int(value, what: str) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ScoreReconError(f"network option {what} must be an integer, got {value!r}")
+    return int(value)
+
+
+def _checked_network(cfg: dict) -> dict:
+    if not isinstance(cfg["channels"], list | tuple) or not isinstance(cfg["attention_levels"], list | tuple):
+        raise ScoreReconError("network channels and attention_levels must be lists, e.g. [32, 64, 64] and "
+                              "[false, false, true]")
+    channels = [_int(c, "channels") for c in cfg["channels"]]
     attention = [bool(a) for a in cfg["attention_levels"]]
     if not channels or any(c <= 0 for c in channels):
         raise ScoreReconError(f"network channels {channels} must be positive integers, e.g. 32,64,64")
+    if len(channels) > MAX_LEVELS or max(channels) > MAX_CHANNELS:
+        raise ScoreReconError(f"network channels {channels[:10]} exceed the limits ({MAX_LEVELS} levels, "
+                              f"{MAX_CHANNELS} channels per level); the config is corrupt")
     if len(attention) != len(channels):
         raise ScoreReconError(
             f"attention levels {attention} must have one entry per channel level ({len(channels)}), "
@@ -86,19 +113,23 @@ def network_config(overrides: dict | None = None) -> dict:
     groups = cfg["norm_num_groups"]
     if groups is None:
         groups = next(g for g in (32, 16, 8, 4, 2, 1) if all(c % g == 0 for c in channels))
-    groups = int(groups)
+    groups = _int(groups, "norm_num_groups")
+    if groups < 1:
+        raise ScoreReconError(f"norm_num_groups must be at least 1, got {groups}")
     if any(c % groups for c in channels):
         raise ScoreReconError(f"every channel count in {channels} must be a multiple of norm_num_groups={groups}")
-    heads = int(cfg["num_head_channels"])
+    heads = _int(cfg["num_head_channels"], "num_head_channels")
+    if heads < 1:
+        raise ScoreReconError(f"num_head_channels must be at least 1, got {heads}")
     for c, a in zip(channels, attention, strict=True):
         if a and c % min(heads, c):
             raise ScoreReconError(f"attention level with {c} channels is not a multiple of num_head_channels={heads}")
     cfg.update(channels=channels, attention_levels=attention, norm_num_groups=groups,
-               num_res_blocks=int(cfg["num_res_blocks"]), num_head_channels=heads,
+               num_res_blocks=_int(cfg["num_res_blocks"], "num_res_blocks"), num_head_channels=heads,
                use_flash_attention=bool(cfg["use_flash_attention"]), input_scaling=bool(cfg["input_scaling"]),
-               coord_channels=int(cfg["coord_channels"]))
-    if cfg["num_res_blocks"] < 1:
-        raise ScoreReconError("num_res_blocks must be at least 1")
+               coord_channels=_int(cfg["coord_channels"], "coord_channels"))
+    if not 1 <= cfg["num_res_blocks"] <= MAX_RES_BLOCKS:
+        raise ScoreReconError(f"num_res_blocks must be between 1 and {MAX_RES_BLOCKS}, got {cfg['num_res_blocks']}")
     if cfg["coord_channels"] not in (0, 2):
         raise ScoreReconError(f"coord_channels must be 0 (whole-image prior) or 2 (patch prior), got "
                               f"{cfg['coord_channels']}")
@@ -295,6 +326,74 @@ def make_config(model: ScoreModel, image_size: int, modality: str, normalization
     return cfg
 
 
+#: config keys that decide how the weights are used; ``config_sha256`` covers them and the weights' checksum
+SIGNED_KEYS = ("format_version", "image_size", "modality", "normalization", "network", "sde", "prior",
+               "weights_sha256")
+#: environment variable that, set to 1, lets models without checksums load (as ``--trust-unverified``)
+TRUST_ENV = "SCORERECON_TRUST_UNVERIFIED"
+
+
+def config_digest(config: dict) -> str:
+    """SHA-256 of the :data:`SIGNED_KEYS` of ``config`` (canonical JSON), for ``config_sha256``."""
+    payload = {k: config.get(k) for k in SIGNED_KEYS}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def sign_config(config: dict) -> dict:
+    """``config`` with ``config_sha256`` set (it must already hold ``weights_sha256``)."""
+    return dict(config, config_sha256=config_digest(config))
+
+
+def sign_checkpoint(folder: str | Path) -> Path:
+    """Add ``weights_sha256`` and ``config_sha256`` to an existing checkpoint you trust (e.g. one written
+    before checksums covered the config); rewrites ``config.json`` atomically. Returns the folder."""
+    from .utils import atomic_path
+
+    folder = Path(folder)
+    path = folder / CONFIG_FILE
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ScoreReconError(f"cannot read {path} ({exc}); point to a checkpoint folder") from None
+    if not isinstance(cfg, dict):
+        raise ScoreReconError(f"{path} must hold a JSON object")
+    cfg = sign_config(dict(cfg, weights_sha256=file_sha256(folder / WEIGHTS_FILE)))
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    return folder
+
+
+def trust_unverified_from_env() -> bool:
+    return str(os.environ.get(TRUST_ENV, "")).strip().lower() in ("1", "true", "yes")
+
+
+def verify_checkpoint(folder: Path, raw: dict, trust_unverified: bool = False) -> None:
+    """Refuse a checkpoint whose weights or config do not match their checksums, or that has none
+    (unless ``trust_unverified`` or ``SCORERECON_TRUST_UNVERIFIED=1``)."""
+    weights = folder / WEIGHTS_FILE
+    have_w, have_c = isinstance(raw.get("weights_sha256"), str), isinstance(raw.get("config_sha256"), str)
+    if not (have_w and have_c):
+        if trust_unverified or trust_unverified_from_env():
+            return
+        missing = " and ".join(k for k, ok in (("weights_sha256", have_w), ("config_sha256", have_c)) if not ok)
+        raise ScoreReconError(
+            f"model {folder} has no {missing} in {CONFIG_FILE}, so its integrity cannot be checked; if you trust it, "
+            f"pass --trust-unverified (or set {TRUST_ENV}=1, or sign it once with "
+            "ScoreReconLib.networks.sign_checkpoint)"
+        )
+    if weights.is_file() and file_sha256(weights) != raw["weights_sha256"]:
+        raise ScoreReconError(
+            f"{weights} does not match the checksum in {CONFIG_FILE} (interrupted write or edited file); "
+            "restore the checkpoint folder or retrain"
+        )
+    if config_digest(raw) != raw["config_sha256"]:
+        raise ScoreReconError(
+            f"{folder / CONFIG_FILE} was edited after it was written (its network, SDE, size, modality or "
+            "normalisation no longer match config_sha256); restore the checkpoint folder or retrain"
+        )
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -322,37 +421,42 @@ def save_checkpoint(folder: str | Path, model: ScoreModel, config: dict,
     """
     import os
     import signal
-    import tempfile
     import threading
+
+    from .utils import make_temp_beside, sweep_stale_temps
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temps(folder)  # what a killed earlier write left behind
     temps: list[tuple[Path, Path]] = []
 
     def _tmp(name: str) -> Path:
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-        os.close(fd)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; checkpoints are meant to be shared
-        temps.append((Path(tmp), folder / name))
-        return Path(tmp)
+        tmp = make_temp_beside(folder / name)
+        temps.append((tmp, folder / name))
+        return tmp
 
     try:
         tmp_w = _tmp(WEIGHTS_FILE)
         write_weights(model.state_dict(), tmp_w)
         if training_state is not None:
             torch.save(training_state, _tmp(TRAINING_STATE_FILE))
-        cfg = dict(config, weights_sha256=file_sha256(tmp_w))
+        cfg = sign_config(dict(config, weights_sha256=file_sha256(tmp_w)))
         _tmp(CONFIG_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=True))
         main = threading.current_thread() is threading.main_thread()
         interrupted: list[int] = []
-        old = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum)) if main else None
+        old: dict = {}
+        if main:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                old[sig] = signal.signal(sig, lambda signum, frame: interrupted.append(signum))
         try:
             for tmp, final in temps:
                 os.replace(tmp, final)
         finally:
-            if main:
-                signal.signal(signal.SIGINT, old)
-        if interrupted:  # Ctrl-C arrived while renaming: the checkpoint is complete, now stop
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+        if interrupted:  # Ctrl-C / SIGTERM arrived while renaming: the checkpoint is complete, now stop
+            if interrupted[0] == signal.SIGTERM and callable(old.get(signal.SIGTERM)):
+                old[signal.SIGTERM](signal.SIGTERM, None)
             raise KeyboardInterrupt
     finally:
         for tmp, _ in temps:
@@ -361,36 +465,79 @@ def save_checkpoint(folder: str | Path, model: ScoreModel, config: dict,
     return folder
 
 
-def read_config(folder: str | Path) -> dict:
-    """Read and validate ``config.json`` of a checkpoint folder."""
-    folder = Path(folder)
-    path = folder / CONFIG_FILE
-    if not path.is_file():
-        raise ScoreReconError(
-            f"checkpoint {folder} has no {CONFIG_FILE}; point to a folder written by scorerecon train"
-        )
+def _read_config_json(path: Path) -> dict:
     try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ScoreReconError(f"{path} is {size} bytes, far more than a checkpoint config; restore it or retrain")
         cfg = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ScoreReconError(f"{path} is not valid JSON ({exc}); restore it or retrain the checkpoint") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        msg = " ".join(str(exc).split())[:120]
+        raise ScoreReconError(f"{path} is not valid JSON ({msg}); restore it or retrain the checkpoint") from None
     if not isinstance(cfg, dict):
         raise ScoreReconError(f"{path} must hold a JSON object; restore it or retrain the checkpoint")
+    return cfg
+
+
+#: a config.json larger than this is refused unread (real ones are a few kB)
+MAX_CONFIG_BYTES = 4 << 20
+#: image sizes a checkpoint may declare
+MAX_IMAGE_SIZE = 16384
+
+
+def read_config(folder: str | Path, raw: dict | None = None) -> dict:
+    """Read and validate ``config.json`` of a checkpoint folder (or validate ``raw``, its parsed JSON).
+
+    Every field that shapes the network is type- and range-checked before anything is allocated,
+    so a corrupt or edited config gets a one-line :class:`ScoreReconError`.
+    """
+    import copy
+
+    folder = Path(folder)
+    path = folder / CONFIG_FILE
+    if raw is None:
+        if not path.is_file():
+            raise ScoreReconError(
+                f"checkpoint {folder} has no {CONFIG_FILE}; point to a folder written by scorerecon train"
+            )
+        raw = _read_config_json(path)
+    cfg = copy.deepcopy(raw)
     missing = [k for k in CONFIG_KEYS if k not in cfg]
     if missing:
         raise ScoreReconError(f"{path} lacks the key(s) {missing}; this is not a ScoreRecon checkpoint config")
     if cfg["format_version"] != FORMAT_VERSION:
         raise ScoreReconError(
-            f"{path} has checkpoint format version {cfg['format_version']} but this ScoreReconLib "
+            f"{path} has checkpoint format version {str(cfg['format_version'])[:40]} but this ScoreReconLib "
             f"({__version__}) reads version {FORMAT_VERSION}; use a matching ScoreReconLib or retrain"
         )
-    if str(cfg["modality"]).upper() not in ("CT", "MR"):
-        raise ScoreReconError(f"{path}: modality '{cfg['modality']}' must be CT or MR")
+    if not isinstance(cfg["modality"], str) or cfg["modality"].upper() not in ("CT", "MR"):
+        raise ScoreReconError(f"{path}: modality {str(cfg['modality'])[:40]!r} must be CT or MR")
+    for key in ("sde", "network"):
+        if not isinstance(cfg[key], dict):
+            raise ScoreReconError(f"{path}: '{key}' must be a JSON object of {key} options; restore the checkpoint")
+    for key in ("recommended", "data", "training"):
+        if cfg.get(key) is not None and not isinstance(cfg[key], dict):
+            raise ScoreReconError(f"{path}: '{key}' must be a JSON object; restore the checkpoint")
+    size = cfg["image_size"]
+    if isinstance(size, bool) or not isinstance(size, int | float) or not float(size).is_integer() \
+            or not 8 <= size <= MAX_IMAGE_SIZE:
+        raise ScoreReconError(f"{path}: image_size {str(size)[:40]} must be a whole number of pixels from 8 to "
+                              f"{MAX_IMAGE_SIZE}; restore the checkpoint")
+    cfg["image_size"] = int(size)
     try:
-        cfg["image_size"] = int(cfg["image_size"])
-        Normalization.from_dict(cfg["normalization"])
-    except (TypeError, ValueError, KeyError) as exc:
-        raise ScoreReconError(f"{path}: bad image_size or normalization ({exc}); re-save the checkpoint") from None
-    cfg["modality"] = str(cfg["modality"]).upper()
+        norm = Normalization.from_dict(cfg["normalization"])
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise ScoreReconError(f"{path}: bad normalization ({exc}); re-save the checkpoint") from None
+    if not (math.isfinite(norm.low) and math.isfinite(norm.high) and norm.high > norm.low):
+        raise ScoreReconError(f"{path}: normalization needs finite low < high, got {cfg['normalization']}")
+    rec = cfg.get("recommended")
+    if rec is not None and (not _plain_settings(rec)
+                            or not all(isinstance(v, dict) for v in dict(rec.get("tasks") or {}).values())):
+        raise ScoreReconError(f"{path}: 'recommended' must hold sampler settings (numbers or strings, per sampler "
+                              "and task); restore the checkpoint")
+    cfg["modality"] = cfg["modality"].upper()
+    sde_from_dict(cfg["sde"])  # types and bounds (cheap: no allocation)
+    network_config(cfg["network"])
     prior_spec(cfg)
     return cfg
 
@@ -423,8 +570,12 @@ def load_weights(model: nn.Module, path: Path) -> None:
     model.load_state_dict(state)
 
 
-def load_checkpoint(folder: str | Path, device: torch.device | str = "cpu") -> Prior:
-    """Load a checkpoint folder as a :class:`Prior` on ``device``."""
+def load_checkpoint(folder: str | Path, device: torch.device | str = "cpu", trust_unverified: bool = False) -> Prior:
+    """Load a checkpoint folder as a :class:`Prior` on ``device``.
+
+    The weights and the config must match their checksums (``weights_sha256``, ``config_sha256``);
+    a checkpoint without them is refused unless ``trust_unverified`` (CLI ``--trust-unverified``,
+    or ``SCORERECON_TRUST_UNVERIFIED=1``)."""
     folder = Path(folder)
     if folder.is_file() and folder.name in (WEIGHTS_FILE, CONFIG_FILE):
         folder = folder.parent
@@ -433,17 +584,18 @@ def load_checkpoint(folder: str | Path, device: torch.device | str = "cpu") -> P
             f"model {folder} does not exist; give a checkpoint folder (model.safetensors + config.json) "
             "or default-ct / default-mri"
         )
-    cfg = read_config(folder)
-    sde = sde_from_dict(cfg["sde"])
-    if not isinstance(cfg["network"], dict):
-        raise ScoreReconError(f"{folder / CONFIG_FILE}: 'network' must be an object of network options")
-    model = ScoreModel(sde, cfg["network"])
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        raise ScoreReconError(f"checkpoint {folder} has no {CONFIG_FILE}; point to a folder written by "
+                              "scorerecon train")
+    raw = _read_config_json(path)
+    cfg = read_config(folder, raw)
     weights = folder / WEIGHTS_FILE
-    if cfg.get("weights_sha256") and weights.is_file() and file_sha256(weights) != cfg["weights_sha256"]:
-        raise ScoreReconError(
-            f"{weights} does not match the checksum in {CONFIG_FILE} (interrupted write or edited file); "
-            "restore the checkpoint folder or retrain"
-        )
+    if not weights.is_file():
+        raise ScoreReconError(f"checkpoint weights {weights} are missing; the checkpoint folder is incomplete")
+    verify_checkpoint(folder, raw, trust_unverified)
+    sde = sde_from_dict(cfg["sde"])
+    model = ScoreModel(sde, cfg["network"])
     load_weights(model, weights)
     cfg.setdefault("name", folder.name)
     tuned = folder / TUNED_FILE
@@ -452,9 +604,11 @@ def load_checkpoint(folder: str | Path, device: torch.device | str = "cpu") -> P
             side = json.loads(tuned.read_text())
         except (OSError, ValueError) as exc:
             raise ScoreReconError(f"{tuned} is not valid JSON ({exc}); delete it or re-run scorerecon tune") from None
-        if not isinstance(side, dict) or not isinstance(side.get("tasks", {}), dict):
-            raise ScoreReconError(f"{tuned} is not a tune sidecar (a JSON object with 'tasks'); delete it or re-run "
-                                  "scorerecon tune")
+        if not isinstance(side, dict) or not isinstance(side.get("tasks", {}), dict) \
+                or not _plain_settings(side) \
+                or not all(isinstance(v, dict) for v in dict(side.get("tasks") or {}).values()):
+            raise ScoreReconError(f"{tuned} is not a tune sidecar (a JSON object with 'tasks' of per-sampler "
+                                  "settings: numbers or strings); delete it or re-run scorerecon tune")
         rec = dict(cfg.get("recommended") or {})
         tasks = {t: dict(v) for t, v in dict(rec.get("tasks") or {}).items()}
         for task, per in side.get("tasks", {}).items():
@@ -468,8 +622,21 @@ def load_checkpoint(folder: str | Path, device: torch.device | str = "cpu") -> P
 DEFAULT_PRIORS = ("default-ct", "default-mri")
 
 
-def load_prior(name_or_path: str | Path, device: torch.device | str = "cpu") -> Prior:
-    """Load ``"default-ct"``/``"default-mri"`` (from ``Resources/models``) or a checkpoint folder."""
+def _plain_settings(obj, depth: int = 0) -> bool:
+    """True if ``obj`` is nested dicts / lists (≤ 6 deep) whose leaves are finite numbers, strings, booleans or
+    null (what ``recommended`` and ``tuned.json`` hold: settings per sampler and task, and tuning grids)."""
+    if isinstance(obj, dict):
+        return depth < 6 and all(isinstance(k, str) and _plain_settings(v, depth + 1) for k, v in obj.items())
+    if isinstance(obj, list):
+        return depth < 6 and all(_plain_settings(v, depth + 1) for v in obj)
+    if isinstance(obj, float):
+        return math.isfinite(obj)
+    return obj is None or isinstance(obj, str | int | bool)
+
+
+def load_prior(name_or_path: str | Path, device: torch.device | str = "cpu", trust_unverified: bool = False) -> Prior:
+    """Load ``"default-ct"``/``"default-mri"`` (from ``Resources/models``) or a checkpoint folder
+    (``trust_unverified``: see :func:`load_checkpoint`)."""
     name = str(name_or_path)
     if name in DEFAULT_PRIORS:
         from .resources import resource_path
@@ -477,4 +644,4 @@ def load_prior(name_or_path: str | Path, device: torch.device | str = "cpu") -> 
         prior = load_checkpoint(resource_path("models", name), device)
         prior.config["name"] = name
         return prior
-    return load_checkpoint(Path(name_or_path).expanduser(), device)
+    return load_checkpoint(Path(name_or_path).expanduser(), device, trust_unverified)

@@ -93,5 +93,7 @@ def adaptive_classical_weight(op: MeasurementOperator, y: torch.Tensor, noise_st
     kind = "MR" if y.is_complex() else "CT"
     w0, slope = ADAPTIVE_WEIGHT[kind]
     sigma = estimate_noise_std(op, y) if noise_std is None else float(noise_std)
-    peak = float(y.abs().max())
+    # the signal peak across receive coils (root-sum-of-squares over axis 1; max |y| for one coil and for CT):
+    # with C coils each coil sees about 1/√C of the signal while the image noise stays σ (Σ|S|² = 1)
+    peak = float(y.abs().pow(2).sum(dim=1).sqrt().max())
     return w0 + slope * (sigma / peak if peak > 0 else 0.0)

@@ -80,6 +80,9 @@ def from_patches(tiles: torch.Tensor, batch: int, nh: int, nw: int) -> torch.Ten
 
 def random_offset(patch: int, generator: torch.Generator | None, device=None) -> tuple[int, int]:
     """A tile-grid offset ``(oy, ox)`` uniform in ``[0, patch)^2`` drawn from ``generator``."""
+    from .rng import shared
+
+    generator = shared(generator)
     dev = generator.device if generator is not None else (device or "cpu")
     o = torch.randint(0, patch, (2,), generator=generator, device=dev)
     return int(o[0]), int(o[1])
@@ -97,7 +100,9 @@ def tiled_score(patch_score, x: torch.Tensor, t: torch.Tensor, std: torch.Tensor
     b, c, h, w = x.shape
     top, bottom, left, right = tile_layout(h, w, patch, offset)
     hc, wc = h + top + bottom, w + left + right
-    noise = torch.randn((b, c, hc, wc), generator=generator, device=x.device, dtype=x.dtype)
+    from .rng import randn
+
+    noise = randn((b, c, hc, wc), generator, x.device, x.dtype)
     canvas = noise * std.reshape(-1, 1, 1, 1).to(x)
     canvas[:, :, top:top + h, left:left + w] = x
     nh, nw = hc // patch, wc // patch

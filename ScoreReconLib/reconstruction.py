@@ -22,6 +22,7 @@ from .errors import ScoreReconError
 from .measurement import task_modality
 from .operators import TASKS
 from .operators.base import MeasurementOperator
+from .rng import SliceGenerators
 from .sampling import INITS, NFE_PER_STEP, SAMPLERS, SamplerContext, SamplerSettings, classical_init, noise_std_of
 from .utils import ProgressFn, check_cancel, check_finite, resolve_device
 
@@ -48,6 +49,8 @@ TUNABLE = ("steps", "lam", "snr", "cg_iters", "eta", "noise_rate", "tv_weight", 
            "noise_scale")
 
 DEFAULT_METHOD = "proximal"
+#: most sampler steps a reconstruction accepts (the paper's 1000, with a wide margin)
+MAX_SAMPLER_STEPS = 10_000
 
 
 @dataclass
@@ -129,13 +132,19 @@ def resolve_settings(method: str, prior, steps: int | None = None, lam: float | 
         if value is not None:
             base[key] = value
     base.update({k: v for k, v in extra.items() if v is not None})
-    if int(base["steps"]) < 1:
-        raise ScoreReconError(f"--steps must be at least 1, got {base['steps']}")
-    if not 0.0 <= float(base["lam"]) <= 1.0:
+    steps_value = _number(base, "steps", "--steps")
+    if not steps_value.is_integer() or not 1 <= steps_value <= MAX_SAMPLER_STEPS:
+        raise ScoreReconError(f"--steps must be a whole number from 1 to {MAX_SAMPLER_STEPS}, got {base['steps']}; "
+                              "use at least 10 from noise (the model's default is tuned)")
+    if not 0.0 <= _number(base, "lam", "--lam") <= 1.0:
         raise ScoreReconError(f"--lam must lie in [0, 1], got {base['lam']}")
-    if float(base["snr"]) < 0:
+    if _number(base, "snr", "--snr") < 0:
         raise ScoreReconError(f"--snr must be non-negative, got {base['snr']}")
-    base["steps"] = int(base["steps"])
+    for key in ("cg_iters", "eta", "noise_rate"):
+        if key in base:
+            _number(base, key, key)
+    base["steps"] = int(float(base["steps"]))
+    base["lam"], base["snr"] = float(base["lam"]), float(base["snr"])
     _check_start_and_tv(method, base)
     return SamplerSettings(**base)
 
@@ -220,20 +229,53 @@ def derive_seed(seed: int, *keys: int) -> int:
                % 2**63)
 
 
-def _make_generator(seed: int | None, device: torch.device) -> torch.Generator:
-    g = torch.Generator(device=device)
+def slice_generators(seed: int | None, sample: int, first_slice: int, count: int,
+                     device: torch.device) -> SliceGenerators:
+    """Streams of posterior sample ``sample`` for slices ``first_slice … first_slice + count − 1``: slice
+    ``s`` draws from ``derive_seed(seed, s, sample)``, batch-wide draws from ``derive_seed(seed, 2**32, sample)``
+    (a fresh random seed when ``seed`` is None)."""
     if seed is None:
-        g.seed()
-    else:
-        g.manual_seed(int(seed))
-    return g
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+    return SliceGenerators([derive_seed(seed, first_slice + b, sample) for b in range(count)],
+                           derive_seed(seed, 2**32, sample), device)
+
+
+#: slices a volume's noise level is estimated from (a centred block; all when there are fewer)
+NOISE_ESTIMATE_SLICES = 64
+
+
+def volume_extras(y: torch.Tensor, operator: MeasurementOperator, prior, method: str = DEFAULT_METHOD,
+                  steps: int | None = None, lam: float | None = None, snr: float | None = None,
+                  **extra) -> dict:
+    """``noise_std`` and ``init_weight`` fixed once for all ``S`` slices ``y`` (S, 1, ...) of a volume.
+
+    What :func:`reconstruct` would otherwise estimate per batch (the measurement noise σ_y and the
+    noise-adaptive classical start weight) is estimated here from up to :data:`NOISE_ESTIMATE_SLICES`
+    slices, so that every batch — of any size — uses the same values. Values the caller set are kept.
+    """
+    from .noise import adaptive_classical_weight, estimate_noise_std
+
+    settings = resolve_settings(method, prior, steps, lam, snr, task=operator.task, **extra)
+    out: dict = {}
+    s = y.shape[0]
+    lo = max(0, (s - NOISE_ESTIMATE_SLICES) // 2)
+    idx = slice(lo, min(s, lo + NOISE_ESTIMATE_SLICES))
+    op = subset_operator(operator, idx) if (idx.start, idx.stop) != (0, s) else operator
+    block = y[idx].to(op.mask.device)
+    sigma = settings.noise_std
+    if sigma is None:
+        sigma = float(estimate_noise_std(op, block))
+        out["noise_std"] = sigma
+    if settings.init == "classical" and settings.init_weight is None:
+        out["init_weight"] = float(adaptive_classical_weight(op, block, sigma))
+    return out
 
 
 def reconstruct(y: torch.Tensor, operator: MeasurementOperator, prior, method: str = DEFAULT_METHOD,
                 steps: int | None = None, lam: float | None = None, snr: float | None = None,
                 samples: int | None = None, seed: int | None = 0, progress: ProgressFn | None = None,
                 cancel: threading.Event | None = None, device: str | torch.device | None = None,
-                keep_samples: bool = False, **extra) -> ReconstructionResult:
+                keep_samples: bool = False, first_slice: int = 0, **extra) -> ReconstructionResult:
     """Sample the posterior ``p(x | y)`` ``samples`` times and return mean (and std if ``samples > 1``).
 
     ``y``: full-layout measurement for a batch ``(B, 1, ...)`` of ``operator``. ``method``: "proximal"
@@ -244,6 +286,10 @@ def reconstruct(y: torch.Tensor, operator: MeasurementOperator, prior, method: s
     (start from a TV/CS reconstruction noised to ``t_start``; ``steps`` are then run from there) and
     ``init_weight``. Same ``seed`` and device → identical output. ``progress(done, total, message)``
     counts sampler steps over all samples; ``cancel`` (an Event) stops between steps.
+
+    Batch item ``b`` is slice ``first_slice + b`` of a volume: its noise comes from its own stream
+    (:func:`slice_generators`), so with ``noise_std`` and ``init_weight`` fixed for the volume (as
+    :func:`reconstruct_volume` and the CLI do) a slice's result does not depend on the batch size.
     """
     t0 = time.perf_counter()
     check_compatible(operator, prior)
@@ -280,7 +326,7 @@ def reconstruct(y: torch.Tensor, operator: MeasurementOperator, prior, method: s
             if progress is not None:
                 progress(_before + done, total, f"{message} (sample {_k + 1}/{samples})")
 
-        ctx = SamplerContext(_make_generator(None if seed is None else derive_seed(seed, k), dev), prog, cancel,
+        ctx = SamplerContext(slice_generators(seed, k, first_slice, y.shape[0], dev), prog, cancel,
                              x_init=shared.x_init, measured_noise_std=shared.measured_noise_std)
         with torch.no_grad():
             outs.append(sampler(prior, operator, y, settings, ctx).float())
@@ -312,9 +358,10 @@ def reconstruct_volume(y: torch.Tensor, operator: MeasurementOperator, prior, ba
                        **kwargs) -> ReconstructionResult:
     """Reconstruct ``S`` slices ``y`` (S, 1, ...) in batches of ``batch_size`` (default 4); memory bounded by a batch.
 
-    Progress is reported per finished slice; ``cancel`` stops between sampler steps. Each batch draws
-    from its own stream ``derive_seed(seed, first_slice_index)``, so a run is reproducible for a
-    given ``batch_size`` (another batch size gives other, equally valid, posterior samples).
+    Progress is reported per finished slice; ``cancel`` stops between sampler steps. Every slice
+    draws from its own stream (``derive_seed(seed, slice_index, sample)``) and the noise level and
+    classical start weight are fixed once for the volume (:func:`volume_extras`), so without the 3-D
+    options the result of a slice does not depend on ``batch_size``.
     ``z_shared_noise=True`` (proximal sampler) gives the slices of a batch the same sampler noise, so
     the flicker of independent posterior samples is correlated away (same batching caveat as z-TV).
     ``z_tv=w`` (proximal sampler) couples neighbouring slices by a TV term along z after every
@@ -332,13 +379,17 @@ def reconstruct_volume(y: torch.Tensor, operator: MeasurementOperator, prior, ba
     means, stds = [], []
     nfe = 0
     seed = kwargs.pop("seed", 0)
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+    sampler_keys = {"method", "steps", "lam", "snr", *SamplerSettings.__dataclass_fields__}
+    fixed = volume_extras(y, operator, prior, **{k: v for k, v in kwargs.items() if k in sampler_keys})
+    kwargs.update({k: v for k, v in fixed.items() if kwargs.get(k) is None})
     result = None
     for start in range(0, S, batch_size):
         check_cancel(cancel)
         idx = slice(start, min(S, start + batch_size))
         op_b = subset_operator(operator, idx)
-        result = reconstruct(y[idx], op_b, prior, cancel=cancel,
-                             seed=None if seed is None else derive_seed(seed, start), **kwargs)
+        result = reconstruct(y[idx], op_b, prior, cancel=cancel, seed=seed, first_slice=start, **kwargs)
         means.append(result.mean)
         if result.std is not None:
             stds.append(result.std)

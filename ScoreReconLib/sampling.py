@@ -42,6 +42,7 @@ from .baselines import gradient, gradient_adjoint, operator_norm
 from .errors import ScoreReconError
 from .noise import adaptive_classical_weight, estimate_noise_std, noise_aware_lam
 from .operators.base import MeasurementOperator
+from .rng import randn
 from .utils import ProgressFn, check_cancel
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -85,11 +86,9 @@ def get_corrector(name: str) -> type[Corrector]:
 
 
 def _randn(like: torch.Tensor, generator: torch.Generator | None, shared: bool = False) -> torch.Tensor:
-    """Standard normal noise shaped like ``like``; ``shared``: one draw for the whole batch (expanded)."""
-    if shared and like.shape[0] > 1:
-        one = torch.randn((1, *like.shape[1:]), generator=generator, device=like.device, dtype=like.dtype)
-        return one.expand(like.shape)
-    return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+    """Standard normal noise shaped like ``like`` (per-slice streams, see :mod:`ScoreReconLib.rng`);
+    ``shared``: one draw for the whole batch (expanded)."""
+    return randn(like.shape, generator, like.device, like.dtype, shared=shared)
 
 
 def _vec(t: float, x: torch.Tensor) -> torch.Tensor:
@@ -347,7 +346,7 @@ def _perturbed_measurement(op: MeasurementOperator, y: torch.Tensor, sde, t: tor
     """``(ŷ_t, β(t) A z)``: the noisy measurement and the perturbation it carries (``shared``: one z for
     the whole batch)."""
     shape = (y.shape[0], 1, op.image_size, op.image_size)
-    z = _randn(torch.empty(shape, device=y.device), generator, shared).contiguous()
+    z = randn(shape, generator, y.device, torch.float32, shared=shared).contiguous()
     a, b = _alpha_beta(sde, t, z)
     az = op.A(z)
     bshape = (-1, *([1] * (az.ndim - 1)))
@@ -486,7 +485,7 @@ def _initial_state(sde, op: MeasurementOperator, y: torch.Tensor, settings: Samp
         return sde.prior_sampling(shape, generator=ctx.generator, device=y.device)
     if ctx.x_init is None:
         ctx.x_init = classical_init(op, y, settings.init_weight, ctx.cancel, noise_std_of(op, y, settings, ctx))
-    z = _randn(torch.empty(shape, device=y.device), ctx.generator, shared)
+    z = randn(shape, ctx.generator, y.device, torch.float32, shared=shared)
     a, b = _alpha_beta(sde, t0.reshape(1).to(z.device), z)
     return a * ctx.x_init.to(z) + b * z
 

@@ -33,14 +33,24 @@ def _bcast(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
 
 
+#: bounds of an SDE's discretisation (and so of any sampler's step count)
+MIN_STEPS = 2
+MAX_STEPS = 100_000
+
+
 class SDE:
     """Base class: a forward SDE ``dx = f(x, t) dt + g(t) dw`` on ``[0, T]`` with ``N`` discrete steps."""
 
     T: float = 1.0
 
     def __init__(self, N: int) -> None:
-        if int(N) < 2:
-            raise ScoreReconError(f"an SDE needs at least 2 discretisation steps, got N={N}; use N=1000")
+        if isinstance(N, float) and not N.is_integer():
+            raise ScoreReconError(f"the number of SDE steps must be a whole number, got {N}")
+        if not MIN_STEPS <= int(N) <= MAX_STEPS:
+            raise ScoreReconError(
+                f"the number of SDE / sampler steps must be between {MIN_STEPS} and {MAX_STEPS}, got {N}; use at "
+                "least 10 (the paper uses 1000)"
+            )
         self.N = int(N)
 
     # -- continuous time ---------------------------------------------------------------
@@ -123,7 +133,7 @@ class VESDE(SDE):
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000) -> None:
         super().__init__(N)
-        if not (0 < float(sigma_min) < float(sigma_max)):
+        if not (0 < float(sigma_min) < float(sigma_max) <= 1e6):
             raise ScoreReconError(
                 f"VE-SDE needs 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}"
             )
@@ -150,7 +160,9 @@ class VESDE(SDE):
         return drift, diffusion
 
     def prior_sampling(self, shape, generator=None, device=None) -> torch.Tensor:
-        return torch.randn(tuple(shape), generator=generator, device=device) * self.sigma_max
+        from .rng import randn
+
+        return randn(shape, generator, device) * self.sigma_max
 
     def discretize(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """SMLD chain: ``f = 0``, ``G_i = sqrt(sigma_i^2 - sigma_{i-1}^2)`` with ``sigma_{-1} = 0``."""
@@ -172,7 +184,7 @@ class VPSDE(SDE):
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000) -> None:
         super().__init__(N)
-        if not (0 < float(beta_min) < float(beta_max)):
+        if not (0 < float(beta_min) < float(beta_max) <= 1e6):
             raise ScoreReconError(
                 f"VP-SDE needs 0 < beta_min < beta_max, got beta_min={beta_min}, beta_max={beta_max}"
             )
@@ -207,7 +219,9 @@ class VPSDE(SDE):
         return -0.5 * _bcast(b, x) * x, torch.sqrt(b)
 
     def prior_sampling(self, shape, generator=None, device=None) -> torch.Tensor:
-        return torch.randn(tuple(shape), generator=generator, device=device)
+        from .rng import randn
+
+        return randn(shape, generator, device)
 
     def discretize(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """DDPM chain: ``f = (sqrt(1 - b_i) - 1) x``, ``G = sqrt(b_i)``."""
@@ -235,4 +249,7 @@ def sde_from_dict(d: dict) -> SDE:
             return VPSDE(float(d["beta_min"]), float(d["beta_max"]), int(d["N"]))
     except KeyError as exc:
         raise ScoreReconError(f"SDE description {d!r} lacks the key {exc}; re-save the checkpoint") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ScoreReconError(f"SDE description {str(d)[:160]} holds a value of the wrong type; expected numbers for "
+                              "sigma_min/sigma_max (or beta_min/beta_max) and an integer N") from None
     raise ScoreReconError(f"unknown SDE type '{d['type']}'; expected 've' or 'vp'")

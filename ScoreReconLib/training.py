@@ -106,6 +106,8 @@ class TrainConfig:
     show_progress: bool = True
     #: start from this checkpoint's EMA weights (fine-tuning / continuing with a fresh optimizer)
     init_from: str | None = None
+    #: let ``init_from`` be a checkpoint without checksums (see :func:`ScoreReconLib.networks.load_checkpoint`)
+    trust_unverified: bool = False
     #: held-out folder of OTHER subjects: its denoising loss is logged at every checkpoint (split by subject)
     val_data: str | None = None
     #: "patch" (default): a position-aware patch network trained on random patches; "whole": whole images
@@ -360,7 +362,7 @@ def _train(cfg: TrainConfig, saved_cfg: dict | None, out: Path, device: torch.de
     if cfg.init_from and saved_cfg is None:
         from .networks import load_checkpoint
 
-        init = load_checkpoint(cfg.init_from, "cpu")
+        init = load_checkpoint(cfg.init_from, "cpu", trust_unverified=cfg.trust_unverified)
         if init.kind == "patch" and not is_patch:
             raise ScoreReconError(f"--init-from {cfg.init_from} is a patch prior but this run trains a whole-image "
                                   "prior; pass --prior patch or start from scratch")
@@ -408,25 +410,35 @@ def _train(cfg: TrainConfig, saved_cfg: dict | None, out: Path, device: torch.de
     warnings = list(dataset.warnings)
 
     if saved_cfg is not None:
-        state = _load_training_state(out / TRAINING_STATE_FILE)
-        model.load_state_dict(state["model"])
-        ema.model.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        for st in optimizer.state.values():  # fused CUDA Adam wants its step counters on the parameters' device
-            if torch.is_tensor(st.get("step")) and device.type == "cuda":
-                st["step"] = st["step"].to(device=device, dtype=torch.float32)
-        for group in optimizer.param_groups:  # the saved groups carry the old device's kernel choice
-            group["fused"] = device.type == "cuda"
-            group["foreach"] = None
-        start = int(state["step"].item())
-        elapsed = float(state["seconds"].item())
-        rng = state["rng"]
-        if rng.shape[0] == world:
-            gen.set_state(rng[rank].clone())
-        else:
-            gen.manual_seed(cfg.seed * 1000 + 7919 * start + rank + 1)
-            warnings.append(f"checkpoint was trained on {rng.shape[0]} process(es), now {world}: the random "
-                            "stream restarts (training continues, but not bit-identically)")
+        state_path = out / TRAINING_STATE_FILE
+        state = _load_training_state(state_path)
+        try:
+            model.load_state_dict(state["model"])
+            ema.model.load_state_dict(state["ema"])
+            optimizer.load_state_dict(state["optimizer"])
+            for st in optimizer.state.values():  # fused CUDA Adam wants its step counters on the parameters' device
+                if torch.is_tensor(st.get("step")) and device.type == "cuda":
+                    st["step"] = st["step"].to(device=device, dtype=torch.float32)
+            for group in optimizer.param_groups:  # the saved groups carry the old device's kernel choice
+                group["fused"] = device.type == "cuda"
+                group["foreach"] = None
+            start = int(state["step"].item())
+            elapsed = float(state["seconds"].item())
+            rng = state["rng"]
+            if rng.shape[0] == world:
+                gen.set_state(rng[rank].clone())
+            else:
+                gen.manual_seed(cfg.seed * 1000 + 7919 * start + rank + 1)
+                warnings.append(f"checkpoint was trained on {rng.shape[0]} process(es), now {world}: the random "
+                                "stream restarts (training continues, but not bit-identically)")
+        except ScoreReconError:
+            raise
+        except (RuntimeError, ValueError, TypeError, KeyError, AttributeError, IndexError, ZeroDivisionError) as exc:
+            raise ScoreReconError(
+                f"{state_path} does not fit this checkpoint's network or is corrupt "
+                f"({type(exc).__name__}: {' '.join(str(exc).split())[:120]}); restore it, or train afresh into "
+                "another --output"
+            ) from None
         if start >= cfg.steps:
             raise ScoreReconError(f"{out} is already at step {start} >= --steps {cfg.steps}; ask for more --steps")
 
@@ -674,10 +686,30 @@ def _load_training_state(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling/IO problem is one user-facing error
-        raise ScoreReconError(f"cannot read {path} ({type(exc).__name__}: {exc}); it cannot be resumed") from None
+        why = "it holds pickled objects other than tensors, which are refused for safety" \
+            if "weights_only" in str(exc) or "Unpickl" in type(exc).__name__ else \
+            f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:100]}"
+        raise ScoreReconError(f"cannot read the training state {path} ({why}); it cannot be resumed: restore it "
+                              "or train afresh into another --output") from None
     needed = ("step", "seconds", "model", "ema", "optimizer", "rng")
     if not isinstance(state, dict) or any(k not in state for k in needed):
         raise ScoreReconError(f"{path} lacks training state entries {list(needed)}; it cannot be resumed")
+    checks = (
+        (torch.is_tensor(state["step"]) and state["step"].numel() == 1 and not state["step"].is_floating_point()
+         and int(state["step"].item()) >= 0, "step is not a non-negative integer"),
+        (torch.is_tensor(state["seconds"]) and state["seconds"].numel() == 1
+         and math.isfinite(float(state["seconds"].item())) and float(state["seconds"].item()) >= 0,
+         "seconds is not a finite non-negative number"),
+        (isinstance(state["model"], dict) and isinstance(state["ema"], dict), "model / ema are not state dicts"),
+        (isinstance(state["optimizer"], dict) and "state" in state["optimizer"]
+         and "param_groups" in state["optimizer"], "optimizer is not an optimizer state"),
+        (torch.is_tensor(state["rng"]) and state["rng"].ndim == 2 and state["rng"].shape[0] >= 1
+         and state["rng"].dtype == torch.uint8, "rng is not a stack of generator states"),
+    )
+    for ok, why in checks:
+        if not ok:
+            raise ScoreReconError(f"the training state {path} is corrupt ({why}); it cannot be resumed: restore it "
+                                  "or train afresh into another --output")
     return state
 
 

@@ -227,8 +227,8 @@ def test_progress_and_cancel():
 
 
 def test_methods_and_defaults():
-    assert set(METHODS) == {"fbp", "tv", "zero-filled", "cs"}
-    assert methods_for("mri") == ("zero-filled", "tv", "cs")
+    assert set(METHODS) == {"fbp", "tv", "zero-filled", "cs", "sense", "rss"}
+    assert methods_for("mri") == ("zero-filled", "tv", "cs", "sense", "rss")
     assert methods_for("sparse-ct") == ("fbp", "tv")
     assert DEFAULTS["tv"]["MR"]["weight"] > 0 and DEFAULTS["tv"]["CT"]["iters"] >= 100
     op = build_mri_operator(32, acceleration=4)

@@ -218,7 +218,7 @@ def test_load_refuses_bad_files(tmp_path):
     assert "9.9.9" in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(ScoreReconError, match="missing y"):
         load_measurement(_rewrite(good, tmp_path / "noy.npz", y=None))
-    with pytest.raises(ScoreReconError, match="n_det"):
+    with pytest.raises(ScoreReconError, match=r"y has shape .* header describes"):
         load_measurement(_rewrite(good, tmp_path / "shape.npz", y=m.y[..., :-3]))
     with pytest.raises(ScoreReconError, match="NaN"):
         load_measurement(_rewrite(good, tmp_path / "nan.npz", y=np.full_like(m.y, np.nan)))

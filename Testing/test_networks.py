@@ -155,17 +155,23 @@ def test_load_errors(ve_model, tmp_path):
 
     cfg = json.loads(good)
     cfg["network"]["channels"] = [8, 24, 24]
-    cfg.pop("weights_sha256")
     cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(ScoreReconError, match="was edited after it was written"):
+        load_checkpoint(folder)  # the checksum covers the network shape
+    cfg.pop("weights_sha256")
+    cfg.pop("config_sha256")
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(ScoreReconError, match="integrity cannot be checked.*--trust-unverified"):
+        load_checkpoint(folder)  # no checksum: refused unless trusted
     with pytest.raises(ScoreReconError, match="has shape .* expects"):
-        load_checkpoint(folder)
+        load_checkpoint(folder, trust_unverified=True)
 
     cfg = json.loads(good)
     cfg["network"]["attention_levels"] = [False, False, False]
     cfg.pop("weights_sha256")
     cfg_path.write_text(json.dumps(cfg))
     with pytest.raises(ScoreReconError, match="missing tensor"):
-        load_checkpoint(folder)
+        load_checkpoint(folder, trust_unverified=True)
 
     cfg_path.write_text(good)
     weights = folder / WEIGHTS_FILE
@@ -179,7 +185,7 @@ def test_load_errors(ve_model, tmp_path):
     cfg.pop("weights_sha256")
     cfg_path.write_text(json.dumps(cfg))
     with pytest.raises(ScoreReconError, match="corrupt"):
-        load_checkpoint(folder)
+        load_checkpoint(folder, trust_unverified=True)
     weights.unlink()
     with pytest.raises(ScoreReconError, match="missing"):
         load_checkpoint(folder)

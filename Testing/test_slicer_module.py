@@ -173,33 +173,55 @@ def test_sinogram_node_reconstructs(sr, slicer):
     assert result.metricsTableNode.GetTable().GetNumberOfRows() == 2
 
 
-def test_sinogram_units_and_layouts(sr, slicer, tmp_path):
-    """Attenuation values are converted; full-set and compact layouts give the same measurement."""
-    from ScoreReconLib.measurement import load_measurement
+def test_sinogram_units_and_layouts(sr, tmp_path):
+    """Attenuation values are converted; full-set and compact layouts give the same measurement
+    (the conversion runs in the library, in the child process, not in Slicer)."""
+    from ScoreReconLib import sinogram_input as si
+    from ScoreReconLib.errors import ScoreReconError
 
     phantom = sr.makePhantom(32, 1)
     full = _normalized_sinogram(phantom)
-    logic = sr.ScoreReconLogic()
-    settings = sr.ScoreReconSettings(task="sparse-ct", views=16)
     pixel = 0.8
-    a = load_measurement(logic.sinogramToMeasurement(full[:, ::2], settings, (pixel, 1.0, 1.0),
-                                                     path=str(tmp_path / "a.npz")))
-    factor = 3000.0 * sr.WATER_ATTENUATION_PER_MM * pixel / 1000.0  # -ln(I/I0) per normalised pixel unit
-    att = sr.ScoreReconSettings(task="sparse-ct", views=16, sinogramUnits="attenuation")
-    b = load_measurement(logic.sinogramToMeasurement(full[:, ::2] * factor, att, (pixel, 1.0, 1.0),
-                                                     path=str(tmp_path / "b.npz")))
+    a = si.sinogram_to_measurement(full[:, ::2], "sparse-ct", views=16, spacing=(pixel, 1.0, 1.0))
+    factor = 3000.0 * si.WATER_ATTENUATION_PER_MM * pixel / 1000.0  # -ln(I/I0) per normalised pixel unit
+    b = si.sinogram_to_measurement(full[:, ::2] * factor, "sparse-ct", views=16, units="attenuation",
+                                   spacing=(pixel, 1.0, 1.0))
     np.testing.assert_allclose(b.y, a.y, rtol=1e-5, atol=1e-5)
     assert a.y.shape == (1, 1, 32, 47) and a.image_size == 32
     assert np.count_nonzero(np.abs(a.y[0, 0]).sum(axis=1)) == 16
     np.testing.assert_allclose(a.geometry["spacing"], [pixel, pixel])
-    c = load_measurement(logic.sinogramToMeasurement(full, sr.ScoreReconSettings(task="sparse-ct", views=16),
-                                                     (pixel, 1.0, 1.0), path=str(tmp_path / "c.npz")))
+    c = si.sinogram_to_measurement(full, "sparse-ct", views=16, spacing=(pixel, 1.0, 1.0))
     assert np.count_nonzero(np.abs(c.y[0, 0]).sum(axis=1)) == 16  # the task's views of the full set
-    with pytest.raises(sr.ScoreReconDimensionError, match="arc"):
-        logic.sinogramToMeasurement(full[:, :10], sr.ScoreReconSettings(task="limited-angle-ct", arc=90.0),
-                                    path=str(tmp_path / "d.npz"))
-    with pytest.raises(sr.ScoreReconDimensionError, match="detector bins"):
-        logic.sinogramToMeasurement(full[:, :, :40], settings, path=str(tmp_path / "e.npz"))
+    with pytest.raises(ScoreReconError, match="arc"):
+        si.sinogram_to_measurement(full[:, :10], "limited-angle-ct", arc=90.0)
+    with pytest.raises(ScoreReconError, match="detector bins"):
+        si.sinogram_to_measurement(full[:, :, :40], "sparse-ct")
+
+    # the command the module runs: one error line and exit status 2 for bad input, nothing written
+    np.savez(tmp_path / "bad.npz", sinogram=full[:, :, :40])
+    out = tmp_path / "m.npz"
+    assert si.main(["--input", str(tmp_path / "bad.npz"), "--output", str(out)]) == 2
+    assert not out.exists()
+    np.savez(tmp_path / "good.npz", sinogram=full[:, ::2], spacing=np.array([pixel, 1.0, 1.0]), z0=np.float64(5.0))
+    assert si.main(["--input", str(tmp_path / "good.npz"), "--output", str(out), "--views", "16"]) == 0
+    from ScoreReconLib.measurement import load_measurement
+
+    np.testing.assert_allclose(load_measurement(out).y, a.y)
+
+
+def test_metal_sinogram_finds_the_metal_in_the_child(sr, slicer):
+    """metal-ct from a sinogram node: the FBP that finds the metal trace runs in the child process."""
+    phantom = sr.makePhantom(32, 1)
+    phantom[0, 14:17, 20:23] = 8000.0  # a small metal insert
+    full = _normalized_sinogram(phantom)
+    sino = slicer.util.addVolumeFromArray(full, name="MetalSino")
+    result = sr.ScoreReconLogic().reconstruct(sinogram=sino, task="metal-ct", metalThreshold=3000.0, method="fbp",
+                                              computeBaseline=False, showResults=False, timeout=240)
+    assert slicer.util.arrayFromVolume(result.reconstructionNode).shape == (1, 32, 32)
+    with pytest.raises(sr.ScoreReconModuleError, match="scorerecon sinogram: error: no metal"):
+        sr.ScoreReconLogic().reconstruct(sinogram=slicer.util.addVolumeFromArray(
+            _normalized_sinogram(sr.makePhantom(32, 1))), task="metal-ct", metalThreshold=3000.0, method="fbp",
+            computeBaseline=False, showResults=False, timeout=240)
 
 
 # ----------------------------------------------------------------------------------- score method
@@ -375,7 +397,7 @@ def test_parameter_node_defaults_match_settings(sr, slicer):
     volume = slicer.util.addVolumeFromArray(np.zeros((1, 16, 16), np.float32), name="V")
     pn.inputVolume = volume
     pn.modelChoice = "checkpoint"
-    pn.checkpointPath = Path("/models/ct")
+    pn.checkpointPath = "/models/ct"
     assert pn.inputVolume is volume
     assert sr.ScoreReconSettings.fromParameterNode(pn).model == "/models/ct"
     with pytest.raises(sr.ScoreReconModuleError, match="no sinogram volume"):
@@ -404,7 +426,7 @@ def test_cli_arguments(sr):
 def test_module_metadata_and_self_test(sr, slicer):
     parent = types.SimpleNamespace(path=str(Path(sr.__file__)))
     sr.ScoreRecon(parent)
-    assert parent.title == "ScoreRecon" and parent.categories == ["Reconstruction"]
+    assert parent.title == "ScoreRecon" and parent.categories == ["Tomographic Reconstruction"]
     assert "ICLR" in parent.helpText and "Song" in parent.helpText
     test = sr.ScoreReconTest()
     test.runTest()

@@ -23,6 +23,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 UI_PATH = REPO_ROOT / "ScoreRecon" / "Resources" / "UI" / "ScoreRecon.ui"
 MODULE_PATH = REPO_ROOT / "ScoreRecon" / "ScoreRecon.py"
 PARAMETER_CLASS = "ScoreReconParameterNode"
+#: str parameters the widget binds in code to a ctkPathLineEdit (Slicer's connector only binds pathlib
+#: paths, and an unset pathlib.Path shows as "." in the field)
+CODE_BOUND_PATHS = {"measurementFile": "measurementFilePathLineEdit", "checkpointPath": "checkpointPathLineEdit"}
 NODE_TYPES = {"vtkMRMLScalarVolumeNode", "vtkMRMLTableNode"}
 
 #: widget classes Slicer's GUI connectors bind to each parameter type
@@ -104,13 +107,27 @@ def _bound() -> dict[str, list[dict]]:
 
 
 def test_every_parameter_has_exactly_one_widget_and_no_stray_names():
-    params = _parameters()
+    params = {n: p for n, p in _parameters().items() if n not in CODE_BOUND_PATHS}
     assert len(params) >= 30
     counts = Counter({name: len(ws) for name, ws in _bound().items()})
     assert set(counts) == set(params), (
         f"parameters without a widget: {sorted(set(params) - set(counts))}; "
         f"widgets naming no parameter: {sorted(set(counts) - set(params))}")
     assert all(c == 1 for c in counts.values()), {n: c for n, c in counts.items() if c != 1}
+
+
+def test_path_parameters_are_strings_bound_by_the_widget_code():
+    """No "." in empty path fields: the path parameters are str (default "") and the widget code keeps
+    each ctkPathLineEdit and its parameter in step in both directions."""
+    params = _parameters()
+    widgets = {w["name"]: w for w in _widgets()}
+    source = MODULE_PATH.read_text()
+    for name, widget_name in CODE_BOUND_PATHS.items():
+        assert params[name]["base"] == "str" and params[name]["has_value"] is None, name
+        assert widgets[widget_name]["class"] == "ctkPathLineEdit"
+        assert "SlicerParameterName" not in widgets[widget_name]["props"], widget_name
+        assert re.search(rf"{widget_name}\.connect\(\"currentPathChanged\(QString\)\"", source), widget_name
+        assert f'"{name}": "{widget_name}"' in source  # PATH_WIDGETS: parameter → widget, written back on change
 
 
 def test_widget_classes_can_represent_their_parameter_types():
@@ -167,7 +184,9 @@ def test_imported_parameter_class_matches_the_ui():
         pytest.skip("slicer-core is not installed (pip install slicer-core==5.13.31053.0)")
     with standin.stand_ins() as sr:
         cls = sr.ScoreReconParameterNode
-        assert set(cls.allParameters) == set(_bound()) == set(_parameters())
+        assert set(cls.allParameters) == set(_bound()) | set(CODE_BOUND_PATHS) == set(_parameters())
+        pn = sr.ScoreReconLogic().getParameterNode()
+        assert (pn.measurementFile, pn.checkpointPath) == ("", "")  # empty fields, not "."
         settings_fields = {f.name for f in sr.dataclasses.fields(sr.ScoreReconSettings)}
         # every scalar setting of a run is a parameter (the model is modelChoice + checkpointPath)
         assert settings_fields - {"model"} <= set(cls.allParameters)

@@ -18,7 +18,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ScoreReconLib.networks import CONFIG_FILE, WEIGHTS_FILE, file_sha256, load_checkpoint, write_weights  # noqa: E402
+from ScoreReconLib.networks import (  # noqa: E402
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    file_sha256,
+    load_checkpoint,
+    sign_config,
+    write_weights,
+)
 from ScoreReconLib.utils import atomic_path  # noqa: E402
 
 
@@ -40,6 +47,7 @@ def main() -> None:
     cfg["weights_dtype"] = "float16 (EMA weights, cast to float32 on load)"
     if args.recommended:
         cfg["recommended"] = json.loads(Path(args.recommended).read_text())
+    cfg = sign_config(cfg)
     with atomic_path(dst / CONFIG_FILE) as tmp:
         Path(tmp).write_text(json.dumps(cfg, indent=2, sort_keys=True))
     for name in ("loss_log.csv", "val_log.csv"):

@@ -18,6 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", choices=TASKS, default="sparse-ct")
     p.add_argument("--output", default="scorerecon-demo", help="output folder (default: ./scorerecon-demo)")
     p.add_argument("--model", default=None, help="default-ct / default-mri (by task) or a checkpoint folder")
+    p.add_argument("--trust-unverified", action="store_true",
+                   help="load a checkpoint that has no checksums (weights_sha256 / config_sha256) in its "
+                        "config.json, e.g. one from before checksums covered the config")
     p.add_argument("--input", default=None, help="use this image instead of the shipped sample")
     p.add_argument("--sampler", choices=("proximal", "fast", "song2021"), default="proximal",
                    help="proximal (default, 25 steps), fast (DDS-style) or song2021")
@@ -37,6 +40,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..data import Image, read_image, write_image
+    from ..utils import check_output_folder
+
+    check_output_folder(args.output, "--output")
     from ..datasources import sample_path
     from ..evaluation import CLASSICAL, image_case_from_array, make_case, run_classical, run_score, task_modality
     from ..figures import panel_figure
@@ -47,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     modality = task_modality(args.task)
     model = args.model or ("default-mri" if modality == "MR" else "default-ct")
-    prior = load_prior(model, device=device)
+    prior = load_prior(model, device=device, trust_unverified=args.trust_unverified)
     src = Path(args.input) if args.input else sample_path(args.task)
     image = read_image(src)
     if image.array.ndim == 3:  # a volume (or a (1, H, W) stack): its middle slice, 2-D geometry

@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="compare FBP/TV/zero-filled/CS/score on held-out images",
                        description=__doc__)
     p.add_argument("--model", required=True, help="default-ct, default-mri or a checkpoint folder")
+    p.add_argument("--trust-unverified", action="store_true",
+                   help="load a checkpoint that has no checksums (weights_sha256 / config_sha256) in its "
+                        "config.json, e.g. one from before checksums covered the config")
     p.add_argument("--data", required=True, help="folder of held-out images or volumes (or one file)")
     add_task_options(p)
     p.add_argument("--methods", default=None,
@@ -70,10 +73,12 @@ def run(args: argparse.Namespace) -> int:
         task_modality,
     )
     from ..networks import load_prior
-    from ..utils import atomic_path, resolve_device
+    from ..utils import atomic_path, check_output_folder, resolve_device
 
+    if args.output:
+        check_output_folder(args.output, "--output")
     device = resolve_device(args.device)
-    prior = load_prior(args.model, device=device)
+    prior = load_prior(args.model, device=device, trust_unverified=args.trust_unverified)
     modality = task_modality(args.task)
     methods = args.methods.split(",") if args.methods else [*CLASSICAL[args.task], "score"]
     for m in methods:

@@ -39,6 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..utils import check_output_folder
+
+    check_output_folder(args.output, "--output")
     parts = list(dict.fromkeys(args.only or ["ct", "mri", "heldout"]))
     groups = [g for g in parts if g != "samples"]
     cache = Path(args.cache) if args.cache else datasources.default_cache()

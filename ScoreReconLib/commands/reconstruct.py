@@ -45,9 +45,8 @@ from ..errors import ScoreReconError
 from ..measurement import Measurement, load_measurement, reference_slices
 from ..operators import TASKS
 from ..operators.base import MeasurementOperator
-from ..reconstruction import derive_seed
 from ..sampling import INITS
-from ..utils import resolve_device
+from ..utils import check_output_folder, check_output_path, make_temp_beside, resolve_device
 
 #: every --method
 METHODS = (*CLASSICAL_METHODS, "score")
@@ -75,7 +74,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, metavar="OUT.nrrd",
                    help="image to write (.nrrd, .nii.gz, .nii, .mha, .npy); a folder in batch mode")
     p.add_argument("--method", required=True, choices=METHODS,
-                   help="fbp/tv (CT), zero-filled/cs/tv (MRI) or score (score prior)")
+                   help="fbp/tv (CT), zero-filled/cs/tv/sense/rss (MRI; sense and rss combine coils) or score "
+                        "(score prior)")
     p.add_argument("--reference", metavar="IMAGE",
                    help="clean image that was simulated, for PSNR/SSIM (a folder of NAME.* images in batch mode)")
     p.add_argument("--metrics-json", metavar="FILE", help="write timings and metrics as JSON")
@@ -88,10 +88,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--weight", type=float, default=None,
                    help="regularisation weight relative to ||A||^2 (default: tuned per modality)")
     c.add_argument("--iters", type=int, default=None, help="PDHG iterations (default 300)")
-    c.add_argument("--regularizer", choices=("tv", "wavelet"), default=None, help="cs: TV (default) or L1-Haar")
+    c.add_argument("--regularizer", choices=("tv", "wavelet", "sigpy-wavelet"), default=None,
+                   help="cs: TV (default), L1-Haar (own) or sigpy-wavelet (sigpy's L1-wavelet recon, needs sigpy)")
     s = p.add_argument_group("score method")
     s.add_argument("--model", default=None,
                    help="default-ct, default-mri or a checkpoint folder (default: the task's default model)")
+    s.add_argument("--trust-unverified", action="store_true",
+                   help="load a checkpoint that has no checksums (weights_sha256 / config_sha256) in its "
+                        "config.json, e.g. one from before checksums covered the config")
     s.add_argument("--sampler", choices=SAMPLERS, default=None,
                    help="proximal (default, Song et al. 2022; 25 steps unless --steps), fast (DDS-style) or song2021")
     s.add_argument("--steps", type=int, default=None,
@@ -131,7 +135,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "noise-free data, the noise-aware weight otherwise)")
     s.add_argument("--samples", type=int, default=None,
                    help="posterior samples averaged (std needs >= 2); default: the model's recommended count, else 1")
-    s.add_argument("--seed", type=int, default=0, help="sampling seed (each batch draws from its own stream of it)")
+    s.add_argument("--seed", type=int, default=0,
+                   help="sampling seed; every slice draws from its own stream of it, so results do not depend on "
+                        "--batch-size")
+    p.add_argument("--complex-output", metavar="FILE.npy",
+                   help="MRI, one measurement file: also write the complex image (S, N, N) complex64 .npy: the "
+                        "magnitude result times the image phase the import folded into the coil maps")
     s.add_argument("--std-output", metavar="FILE",
                    help="write the per-pixel posterior std (physical units); a folder in batch mode")
     p.set_defaults(func=run)
@@ -149,6 +158,7 @@ class Job:
     reference: Path | None = None
     measurement: Measurement | None = None
     reference_x: torch.Tensor | None = None
+    complex_output: Path | None = None
 
 
 def dist_env() -> tuple[int, int, int]:
@@ -192,13 +202,22 @@ def plan_jobs(args: argparse.Namespace) -> tuple[list[Job], bool]:
     if ref is not None and not ref.exists():
         raise ScoreReconError(f"reference {ref} does not exist; check the path")
     std = Path(args.std_output) if args.std_output else None
+    if args.metrics_json:
+        check_output_path(args.metrics_json, "--metrics-json")
+    cplx = Path(args.complex_output) if getattr(args, "complex_output", None) else None
+    if cplx is not None and (inp.is_dir() or cplx.suffix.lower() != ".npy" or cplx.is_dir()):
+        raise ScoreReconError("--complex-output takes one .npy file name and one measurement file (not a folder)")
+    if cplx is not None:
+        check_output_path(cplx, "--complex-output")
     if not inp.is_dir():
         if out.is_dir():
             raise ScoreReconError(f"--output {out} is a folder; give an image file name such as {out / 'recon.nrrd'}")
         check_writable_suffix(out)
+        check_output_path(out, "--output")
         if std is not None:
             check_writable_suffix(std)
-        return [Job(_strip_suffix(inp), inp, out, std, ref)], False
+            check_output_path(std, "--std-output")
+        return [Job(_strip_suffix(inp), inp, out, std, ref, complex_output=cplx)], False
     files = sorted(p for p in inp.iterdir() if p.is_file() and p.suffix.lower() == ".npz")
     if not files:
         raise ScoreReconError(f"folder {inp} holds no .npz measurement files; make them with 'scorerecon simulate'")
@@ -208,6 +227,9 @@ def plan_jobs(args: argparse.Namespace) -> tuple[list[Job], bool]:
         raise ScoreReconError(f"--input is a folder, so --std-output must be a folder too, but {std} is a file")
     if ref is not None and not ref.is_dir():
         raise ScoreReconError(f"--input is a folder, so --reference must be a folder of NAME.* images, not {ref}")
+    check_output_folder(out, "--output")
+    if std is not None:
+        check_output_folder(std, "--std-output")
     suffix = args.output_suffix if args.output_suffix.startswith(".") else "." + args.output_suffix
     if suffix.lower() not in WRITE_SUFFIXES:
         raise ScoreReconError(f"--output-suffix {suffix} cannot be written; use one of {', '.join(WRITE_SUFFIXES)}")
@@ -238,7 +260,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
     for flag in ("model", "sampler", "steps", "lam", "snr", *SAMPLER_EXTRAS):
         if getattr(args, flag) is not None and args.method != "score":
             raise ScoreReconError(f"--{flag.replace('_', '-')} only applies to --method score")
-    for flag, methods in (("weight", ("tv", "cs")), ("iters", ("tv", "cs")), ("regularizer", ("cs",))):
+    for flag, methods in (("weight", ("tv", "cs")), ("iters", ("tv", "cs", "sense")), ("regularizer", ("cs",))):
         if getattr(args, flag) is not None and args.method not in methods:
             raise ScoreReconError(f"--{flag} only applies to --method {' or '.join(methods)}")
     if args.weight is not None and not (math.isfinite(args.weight) and args.weight >= 0):
@@ -251,7 +273,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
         if value is not None and not math.isfinite(float(value)):
             raise ScoreReconError(f"--{flag.replace('_', '-')} must be a finite number, got {value}")
     # no two outputs may be the same file: one would silently replace the other
-    outputs = {"--output": args.output, "--std-output": args.std_output, "--metrics-json": args.metrics_json}
+    outputs = {"--output": args.output, "--std-output": args.std_output, "--metrics-json": args.metrics_json,
+               "--complex-output": getattr(args, "complex_output", None)}
     seen: dict = {}
     for flag, value in outputs.items():
         if not value:
@@ -317,8 +340,9 @@ class Progress:
 
 # ---------------------------------------------------------------------------------- reconstruction
 def _subset(op: MeasurementOperator, m: Measurement, idx: slice, device: torch.device) -> MeasurementOperator:
-    """Operator for slices ``idx`` (only metal-ct has per-slice masks)."""
-    if m.task != "metal-ct" or (idx.start == 0 and idx.stop >= m.n_slices):
+    """Operator for slices ``idx`` (metal-ct masks and imported coil maps differ per slice)."""
+    per_slice = m.task == "metal-ct" or getattr(op, "per_slice", False)
+    if not per_slice or (idx.start == 0 and idx.stop >= m.n_slices):
         return op
     if hasattr(op, "batch_subset"):
         return op.batch_subset(idx)
@@ -354,17 +378,31 @@ class Engine:
     #: λ / snr given on the command line (None → the model's tuned value for the measurement's task)
     overrides: dict = field(default_factory=dict)
 
-    def run(self, y: torch.Tensor, op: MeasurementOperator, seed: int,
-            progress: Any = None) -> tuple[torch.Tensor, torch.Tensor | None, int | None]:
-        """Reconstruct a batch: (mean (B,1,N,N), std or None, nfe or None), normalised units, on CPU."""
+    def volume_extras(self, y: torch.Tensor, op: MeasurementOperator) -> dict:
+        """Score only: noise level and classical start weight fixed once for a file's slices."""
+        if self.method != "score":
+            return {}
+        from ..reconstruction import volume_extras
+
+        extra = {k: self.overrides.get(k) for k in SAMPLER_EXTRAS}
+        return volume_extras(y, op, self.prior, self.sampler, self.settings.get("steps"), self.overrides.get("lam"),
+                             self.overrides.get("snr"), **extra)
+
+    def run(self, y: torch.Tensor, op: MeasurementOperator, seed: int, progress: Any = None, first_slice: int = 0,
+            fixed: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None, int | None]:
+        """Reconstruct a batch: (mean (B,1,N,N), std or None, nfe or None), normalised units, on CPU.
+
+        Score: batch item ``b`` is slice ``first_slice + b`` (its own noise stream); ``fixed`` holds the
+        file's :meth:`volume_extras`."""
         if self.method == "score":
             from ..reconstruction import reconstruct
 
             extra = {k: self.overrides.get(k) for k in SAMPLER_EXTRAS}
+            extra.update({k: v for k, v in (fixed or {}).items() if extra.get(k) is None})
             res = reconstruct(y, op, self.prior, method=self.sampler, steps=self.settings.get("steps"),
                               lam=self.overrides.get("lam"), snr=self.overrides.get("snr"),
                               samples=self.settings.get("samples", 1), seed=seed, progress=progress,
-                              device=self.device, **extra)
+                              device=self.device, first_slice=first_slice, **extra)
             return res.mean.float().cpu(), None if res.std is None else res.std.float().cpu(), int(res.nfe)
         from ..baselines import classical_reconstruct
 
@@ -392,7 +430,7 @@ def make_engine(args: argparse.Namespace, measurements: list[Measurement], devic
     if args.model is None and len(modalities) > 1:
         raise ScoreReconError("the measurements mix CT and MRI tasks; pass --model or split the folder")
     model = args.model or ("default-ct" if modalities == {"CT"} else "default-mri")
-    prior = load_prior(model, device=device)
+    prior = load_prior(model, device=device, trust_unverified=args.trust_unverified)
     for m in measurements:
         prior.check_compatible(m.image_size, m.modality)
         if m.normalization.to_dict() != prior.normalization.to_dict():
@@ -417,15 +455,42 @@ def make_engine(args: argparse.Namespace, measurements: list[Measurement], devic
                   overrides={"lam": args.lam, "snr": args.snr, **extra})
 
 
+class Staging:
+    """Outputs written to temporary files beside their targets and moved into place only by :meth:`commit`,
+    so a run that fails (or is stopped) on its third file leaves none of the first two behind."""
+
+    def __init__(self) -> None:
+        self.staged: list[tuple[Path, Path]] = []
+
+    def path_for(self, final: Path) -> Path:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = make_temp_beside(final, "".join(final.suffixes))
+        self.staged.append((tmp, final))
+        return tmp
+
+    def commit(self) -> None:
+        for tmp, final in self.staged:
+            os.replace(tmp, final)
+        self.staged = []
+
+    def discard(self) -> None:
+        for tmp, _ in self.staged:
+            if tmp.exists():
+                tmp.unlink()
+        self.staged = []
+
+
 def reconstruct_job(job: Job, engine: Engine, batch_size: int, seed: int, progress: Progress,
-                    done_units: int) -> dict[str, Any]:
-    """Reconstruct one measurement file, write its outputs; return its metrics record."""
+                    done_units: int, staging: Staging | None = None) -> dict[str, Any]:
+    """Reconstruct one measurement file and write its outputs (into ``staging`` when given); return its
+    metrics record."""
     m = job.measurement
     assert m is not None
     t0 = time.perf_counter()
     op = m.operator(engine.device)
     means, stds, nfe = [], [], None
     S = m.n_slices
+    fixed = engine.volume_extras(m.y_tensor(None, "cpu"), op)
     for start in range(0, S, batch_size):
         idx = slice(start, min(S, start + batch_size))
         count = idx.stop - idx.start
@@ -436,7 +501,7 @@ def reconstruct_job(job: Job, engine: Engine, batch_size: int, seed: int, progre
             progress.update(_before + int(_count * engine.units_per_slice * frac), message)
 
         mean, std, nfe_b = engine.run(m.y_tensor(idx, engine.device), _subset(op, m, idx, engine.device),
-                                      derive_seed(seed, start), on_step)
+                                      seed, on_step, first_slice=start, fixed=fixed)
         means.append(mean)
         if std is not None:
             stds.append(std)
@@ -459,9 +524,13 @@ def reconstruct_job(job: Job, engine: Engine, batch_size: int, seed: int, progre
         metal = None if m.metal_mask is None else torch.from_numpy(m.metal_mask)
         record.update(compute_metrics(mean, job.reference_x, metal))
         record["reference"] = str(job.reference)
-    _write(m, mean, job.output)
+    _write(m, mean, job.output if staging is None else staging.path_for(job.output))
+    if job.complex_output is not None:
+        _write_complex(m, mean, job.complex_output if staging is None else staging.path_for(job.complex_output))
+        record["complex_output"] = str(job.complex_output)
     if job.std_output is not None and stds:
-        _write(m, torch.cat(stds), job.std_output, is_std=True)
+        _write(m, torch.cat(stds), job.std_output if staging is None else staging.path_for(job.std_output),
+               is_std=True)
         record["std_output"] = str(job.std_output)
     return record
 
@@ -473,6 +542,21 @@ def _write(m: Measurement, x: torch.Tensor, path: Path, is_std: bool = False) ->
     phys = a * (norm.high - norm.low) if is_std else norm.inverse(a)
     arr = phys if int(m.geometry.get("ndim", 3)) == 3 else phys[0]
     write_image(image_from_geometry(np.asarray(arr, dtype=np.float32), m.geometry), path)
+
+
+def _write_complex(m: Measurement, x: torch.Tensor, path: Path) -> None:
+    """The magnitude result (S,1,N,N) times ``e^{iφ}`` of the operator's folded-in phase (0 without one), in
+    physical units, as an (S, N, N) (or (N, N) for a 2-D image) complex64 .npy written atomically."""
+    from ..utils import atomic_path
+
+    if m.task != "mri":
+        raise ScoreReconError(f"--complex-output applies to MRI measurements, not {m.task}")
+    mag = np.asarray(m.normalization.inverse(x.numpy()[:, 0]), dtype=np.float32)
+    phase = m.operator_arrays.get("phase")
+    cplx = mag.astype(np.complex64) if phase is None else (mag * np.exp(1j * phase[:, 0])).astype(np.complex64)
+    arr = cplx if int(m.geometry.get("ndim", 3)) == 3 else cplx[0]
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, arr)
 
 
 # -------------------------------------------------------------------------------------------- run
@@ -523,8 +607,12 @@ def run(args: argparse.Namespace) -> int:
     if world > 1:
         jobs = shard(jobs, rank, world) if batch else (jobs if rank == 0 else [])
     device = _device(args, world, local_rank)
-    for job in jobs:  # validate everything before any work
+    for job in jobs:  # validate everything before any work: files, references and their operators
         job.measurement = load_measurement(job.input)
+        check_method(job.measurement.task, args.method)
+        if job.complex_output is not None and job.measurement.task != "mri":
+            raise ScoreReconError(f"--complex-output applies to MRI measurements, not {job.measurement.task}")
+        job.measurement.operator("cpu")
         if job.reference is not None:
             job.reference_x = reference_slices(read_image(job.reference), job.measurement)
     measurements = [j.measurement for j in jobs if j.measurement is not None]
@@ -535,14 +623,18 @@ def run(args: argparse.Namespace) -> int:
     progress = Progress(total, engine.units_per_slice, args.progress_format, enabled=rank == 0)
     records: list[dict] = []
     done = 0
+    staging = Staging()
     try:
         for job in jobs:
-            record = reconstruct_job(job, engine, args.batch_size, args.seed, progress, done)
+            record = reconstruct_job(job, engine, args.batch_size, args.seed, progress, done, staging)
             done += job.measurement.n_slices * engine.units_per_slice
             records.append(record)
-            progress.write(_fmt(record), record)
+        staging.commit()  # every file succeeded: move all outputs into place
     finally:
+        staging.discard()
         progress.close()
+    for record in records:
+        progress.write(_fmt(record), record)
 
     if dist is not None:
         gathered: list[list[dict] | None] = [None] * world

@@ -14,6 +14,9 @@ def register(subparsers) -> None:
                     "as one grayscale PNG grid, to check what a prior has learned.",
     )
     p.add_argument("--model", required=True, help="checkpoint folder, or default-ct / default-mri")
+    p.add_argument("--trust-unverified", action="store_true",
+                   help="load a checkpoint that has no checksums (weights_sha256 / config_sha256) in its "
+                        "config.json, e.g. one from before checksums covered the config")
     p.add_argument("--n", type=int, default=16, help="number of samples (default 16)")
     p.add_argument("--output", required=True, help="PNG file to write")
     p.add_argument("--steps", type=int, default=None,
@@ -46,11 +49,14 @@ def run(args: argparse.Namespace) -> int:
         raise ScoreReconError(f"--n {args.n} must be at least 1")
     if not str(args.output).lower().endswith(".png"):
         raise ScoreReconError(f"--output {args.output} must be a .png file")
+    from ..utils import check_output_path
+
+    check_output_path(args.output, "--output")
     device = resolve_device(args.device)
-    prior = load_prior(args.model, device)
+    prior = load_prior(args.model, device, trust_unverified=args.trust_unverified)
     steps = args.steps if args.steps is not None else min(int(prior.recommended.get("steps", 1000)), 1000)
     if steps < 2:
-        raise ScoreReconError(f"--steps {steps} must be at least 2")
+        raise ScoreReconError(f"--steps {steps} is too few; use at least 10 (the prior's default is tuned)")
     size = prior.size_for(args.size)
     shape = (args.n, 1, size, size)
     bar = None

@@ -63,6 +63,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mr.add_argument("--center-fraction", type=float, default=0.08,
                     help="mri: fully sampled fraction of central k-space lines (default 0.08)")
     mr.add_argument("--mask", choices=MRI_MASKS, default="equispaced", help="mri: sampling pattern")
+    mr.add_argument("--coils", type=int, default=1, metavar="K",
+                    help="mri: receive coils; K > 1 simulates multi-coil k-space with smooth synthetic coil maps "
+                         "(seeded by --seed; default 1 = single-coil)")
     p.add_argument("--noise", type=float, default=0.0,
                    help="Gaussian noise std relative to the largest measured |y| of each slice (default 0)")
     p.add_argument("--seed", type=int, default=0, help="seed for noise, random masks and metal (default 0)")
@@ -77,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
         raise ScoreReconError(f"--output must be a .npz file, got {output.name}; e.g. {output.stem}.npz")
     if output.is_dir():
         raise ScoreReconError(f"--output {output} is a folder; give a .npz file name")
+    from ..utils import check_output_path
+
+    check_output_path(output, "--output")
     for flag in ("arc", "metal_threshold", "acceleration", "center_fraction", "noise", "source_distance",
                  "detector_distance"):
         value = getattr(args, flag, None)
@@ -88,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         metal_threshold=args.metal_threshold, n_metal=args.n_metal, acceleration=args.acceleration,
         center_fraction=args.center_fraction, mask=args.mask, noise=args.noise, seed=args.seed, size=args.size,
         geometry=args.geometry, source_distance=args.source_distance, detector_distance=args.detector_distance,
-        detector=args.detector,
+        detector=args.detector, coils=args.coils,
     )
     save_measurement(output, m)
     n = m.image_size
@@ -96,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         "sparse-ct": f"{args.views} views",
         "limited-angle-ct": f"{args.arc:g} degree arc",
         "metal-ct": f"metal {m.metal.get('source', '?')} ({m.metal.get('pixels', 0)} px)",
-        "mri": f"{args.acceleration:g}x {args.mask}",
+        "mri": f"{args.acceleration:g}x {args.mask}" + (f", {m.coils} coils" if m.coils > 1 else ""),
     }[m.task]
     if m.options.get("geometry") == "fan":
         what += (f", fan beam ({m.options['detector']} detector, source {m.options['source_distance_mm']:g} mm, "

@@ -95,6 +95,8 @@ def register(subparsers) -> None:
     p.add_argument("--description", default="", help="free text about the training data for the model card")
     p.add_argument("--init-from", default=None, metavar="CKPT",
                    help="start from this checkpoint's weights (fine-tune, or continue with a fresh optimizer)")
+    p.add_argument("--trust-unverified", action="store_true",
+                   help="--init-from a checkpoint that has no checksums (weights_sha256 / config_sha256)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice; 1 is fastest on a busy shared CPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -103,7 +105,9 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..training import TrainConfig, train
+    from ..utils import check_output_folder
 
+    check_output_folder(args.output, "--output")
     _set_threads(args.threads)
     network = {}
     if args.channels is not None:
@@ -123,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         network=network, sde=args.sde, sigma_max=args.sigma_max, checkpoint_every=args.checkpoint_every,
         sample_every=args.sample_every, resume=args.resume, seed=args.seed, device=args.device, amp=args.amp,
         num_workers=args.num_workers, description=args.description, show_progress=not args.quiet,
-        init_from=args.init_from, prior=args.prior, patch_size=args.patch_size,
+        init_from=args.init_from, trust_unverified=args.trust_unverified, prior=args.prior, patch_size=args.patch_size,
         scale_range=tuple(args.scale_range), val_data=args.val_data,
     )
     result = train(cfg)

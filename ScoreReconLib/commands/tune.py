@@ -24,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tune", help="choose λ (and snr) on validation images; write a tuned.json sidecar",
                        description=__doc__)
     p.add_argument("--model", required=True, help="checkpoint folder (or default-ct / default-mri)")
+    p.add_argument("--trust-unverified", action="store_true",
+                   help="load a checkpoint that has no checksums (weights_sha256 / config_sha256) in its "
+                        "config.json, e.g. one from before checksums covered the config")
     p.add_argument("--data", required=True, help="validation images (not the test images)")
     add_task_options(p)
     p.add_argument("--sampler", choices=("proximal", "fast"), default="proximal",
@@ -51,8 +54,12 @@ def run(args: argparse.Namespace) -> int:
     from ..utils import resolve_device
 
     device = resolve_device(args.device)
-    prior = load_prior(args.model, device=device)
+    prior = load_prior(args.model, device=device, trust_unverified=args.trust_unverified)
     model_dir = Path(prior.config.get("path", args.model))
+    if not args.dry_run:
+        from ..utils import check_output_path
+
+        check_output_path(Path(args.output) if args.output else model_dir / "tuned.json", "--output")
     lams = args.lams or [0.25, 0.5, 0.75, 0.9, 1.0]
     snrs = (args.snrs or [0.08, 0.16, 0.3]) if args.sampler != "fast" else [0.0]
     if any(not 0 <= v <= 1 for v in lams):

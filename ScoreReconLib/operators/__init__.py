@@ -44,6 +44,10 @@ def operator_from_spec(spec: dict, arrays: dict[str, np.ndarray], device: Any = 
         from . import ct
 
         return ct.ct_operator_from_spec(spec, arrays, device=device)
+    if task == "mri" and spec.get("coils") is not None:
+        from . import multicoil
+
+        return multicoil.multicoil_operator_from_spec(spec, arrays, device=device)
     if task == "mri":
         from . import mri
 

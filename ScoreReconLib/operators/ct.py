@@ -1007,7 +1007,12 @@ class _ViewSubsetCT(CTOperator):
     _reweight: bool = False
 
     def _set_views(self, views: np.ndarray) -> None:
-        views = np.asarray(views, dtype=np.int64).reshape(-1)
+        raw = np.asarray(views).reshape(-1)
+        if raw.dtype.kind not in "iuf" or (raw.dtype.kind == "f" and not (np.isfinite(raw).all()
+                                                                        and (raw == np.round(raw)).all())):
+            raise ScoreReconError(f"view indices must be whole numbers, got {raw[:5].tolist()} ({raw.dtype}); "
+                                  "check the views array")
+        views = raw.astype(np.int64)
         n = self.geometry.n_angles
         if views.size < 1:
             raise ScoreReconError("no measured views; measure at least one angle")

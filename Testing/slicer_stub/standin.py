@@ -4,7 +4,8 @@ slicer-core (``pip install slicer-core==5.13.31053.0``) provides real MRML headl
 ``slicer`` package, but not the application's ``slicer.ScriptedLoadableModule`` and
 ``slicer.parameterNodeWrapper``. :func:`stand_ins` loads the stand-ins from ``slicer/`` next to
 this file by path, puts them into ``sys.modules`` (and onto the ``slicer`` package), gives
-``slicer`` a fresh ``mrmlScene``, imports ``ScoreRecon/ScoreRecon.py`` and undoes all of it on exit.
+``slicer`` a fresh ``mrmlScene``, imports ``ScoreRecon/ScoreRecon.py`` (which puts its folder, holding
+``ScoreReconModuleLib``, on ``sys.path``) and undoes all of it on exit.
 No conftest and no change to ``sys.path`` are needed; the test files load this helper by path.
 """
 
@@ -45,12 +46,18 @@ def stand_ins(module_name="ScoreRecon"):
     missing = object()
     saved_modules = {n: sys.modules.get(n, missing) for n in [f"slicer.{s}" for s in STAND_INS] + [module_name]}
     saved_attrs = {n: getattr(slicer, n, missing) for n in (*STAND_INS, "mrmlScene", "selfTests")}
+    saved_path = list(sys.path)
+    lib_modules = [n for n in sys.modules if n == "ScoreReconModuleLib" or n.startswith("ScoreReconModuleLib.")]
     try:
         for name in STAND_INS:
             setattr(slicer, name, _load(f"slicer.{name}", STUB_DIR / f"{name}.py"))
         slicer.mrmlScene = slicer.vtkMRMLScene()
         yield _load(module_name, MODULE_PATH)
     finally:
+        sys.path[:] = saved_path  # the module file puts its own folder (ScoreReconModuleLib) on sys.path
+        for name in [n for n in sys.modules if n == "ScoreReconModuleLib" or n.startswith("ScoreReconModuleLib.")]:
+            if name not in lib_modules:
+                sys.modules.pop(name, None)
         for name, value in saved_modules.items():
             if value is missing:
                 sys.modules.pop(name, None)

@@ -1,0 +1,263 @@
+"""Constants, errors and the settings of one run (options → ``scorerecon`` CLI arguments); no Qt, no numerics."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+from dataclasses import dataclass, fields
+from typing import Any
+
+#: inverse problems (same names as the ``scorerecon`` CLI)
+TASKS = ("sparse-ct", "limited-angle-ct", "metal-ct", "mri")
+CT_TASKS = ("sparse-ct", "limited-angle-ct", "metal-ct")
+#: reconstruction methods and the tasks they fit (as the CLI checks them)
+METHODS = ("score", "fbp", "tv", "zero-filled", "cs")
+METHODS_FOR_TASK = {
+    "sparse-ct": ("score", "fbp", "tv"),
+    "limited-angle-ct": ("score", "fbp", "tv"),
+    "metal-ct": ("score", "fbp", "tv"),
+    "mri": ("score", "zero-filled", "cs", "tv"),
+}
+#: names used for output nodes
+METHOD_LABELS = {"score": "ScoreRecon", "fbp": "FBP", "tv": "TV", "zero-filled": "zero-filled", "cs": "CS"}
+SAMPLERS = ("proximal", "fast", "song2021")
+DEVICES = ("auto", "cpu", "cuda")
+MRI_MASKS = ("equispaced", "random", "variable-density", "poisson")
+#: where the measurements come from: simulated from an image volume, a measured sinogram volume, a file
+INPUT_MODES = ("image", "sinogram", "measurement")
+MODEL_CHOICES = ("default", "checkpoint")
+#: sinogram values: the library's units (pixel-length line integrals of the [0, 1]-normalised image),
+#: or attenuation line integrals -ln(I/I0) (dimensionless, detector spacing in mm)
+SINOGRAM_UNITS = ("normalized", "attenuation")
+#: smallest image side the library accepts (pixels)
+MIN_IMAGE_SIZE = 16
+
+
+# ------------------------------------------------------------------------------------------- errors
+class ScoreReconModuleError(ValueError):
+    """A problem with the user's input or settings; the message names it and the fix."""
+
+
+class ScoreReconDimensionError(ScoreReconModuleError):
+    """An input has the wrong number of dimensions or a shape that does not fit the others."""
+
+
+class ScoreReconProcessError(RuntimeError):
+    """The reconstruction process failed for a reason other than bad input (crash, missing package)."""
+
+
+class ScoreReconCancelledError(RuntimeError):
+    """The run was cancelled."""
+
+
+# ----------------------------------------------------------------------------------------- settings
+@dataclass
+class ScoreReconSettings:
+    """The scalar settings of one run (defaults as in the panel); see :class:`ScoreReconParameterNode`.
+
+    ``model``: "default" (the task's default prior), "default-ct", "default-mri" or a checkpoint
+    folder. ``size``: resample slices to ``size``² (0 = automatic: the model's image size for the
+    score method, otherwise the input's size). ``steps``/``lam``/``snr`` are used only when
+    ``useRecommended`` is False (else the model's tuned values). ``keepTemporaryFiles``: keep the
+    run's folder (inputs, measurement, results) for inspection instead of removing it.
+    """
+
+    task: str = "sparse-ct"
+    views: int = 23
+    arc: float = 90.0
+    metalThreshold: float = 3000.0
+    acceleration: float = 8.0
+    centerFraction: float = 0.08
+    maskKind: str = "equispaced"
+    noise: float = 0.0
+    size: int = 0
+    sinogramUnits: str = "normalized"
+    method: str = "score"
+    model: str = "default"
+    sampler: str = "proximal"
+    useRecommended: bool = True
+    steps: int = 50
+    lam: float = 0.8
+    snr: float = 0.16
+    samples: int = 1
+    seed: int = 0
+    device: str = "auto"
+    computeBaseline: bool = True
+    keepTemporaryFiles: bool = False
+
+    @classmethod
+    def fromOptions(cls, **options: Any) -> ScoreReconSettings:
+        """Settings from keyword options; unknown names raise :class:`ScoreReconModuleError`."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ScoreReconModuleError(
+                f"unknown option(s) {', '.join(unknown)}; known options: {', '.join(sorted(known))}")
+        return cls(**options)
+
+    @classmethod
+    def fromParameterNode(cls, pn: Any) -> ScoreReconSettings:
+        """Settings from the panel's parameter node."""
+        values = {f.name: getattr(pn, f.name) for f in fields(cls) if f.name != "model"}
+        if pn.modelChoice == "checkpoint":
+            values["model"] = str(pn.checkpointPath) if pathIsSet(pn.checkpointPath) else ""
+        else:
+            values["model"] = "default"
+        return cls(**values)
+
+    @property
+    def modelArgument(self) -> str:
+        """The ``--model`` value: the task's default prior or the given name/folder."""
+        if self.model in ("", "default"):
+            return "default-mri" if self.task == "mri" else "default-ct"
+        return str(self.model)
+
+    @property
+    def baselineMethod(self) -> str:
+        """Classical method shown beside the reconstruction: FBP (CT) or zero-filled (MRI)."""
+        return "zero-filled" if self.task == "mri" else "fbp"
+
+    def validate(self) -> None:
+        """Raise :class:`ScoreReconModuleError` for a setting out of range or not fitting the task."""
+        def choose(name: str, value: str, choices: tuple) -> None:
+            if value not in choices:
+                raise ScoreReconModuleError(f"{name} '{value}' is unknown; choose one of {', '.join(choices)}")
+
+        choose("task", self.task, TASKS)
+        choose("method", self.method, METHODS)
+        choose("sampler", self.sampler, SAMPLERS)
+        choose("maskKind", self.maskKind, MRI_MASKS)
+        choose("sinogramUnits", self.sinogramUnits, SINOGRAM_UNITS)
+        if self.method not in METHODS_FOR_TASK[self.task]:
+            raise ScoreReconModuleError(
+                f"method {self.method} does not fit task {self.task}; use one of "
+                f"{', '.join(METHODS_FOR_TASK[self.task])}")
+        device = str(self.device)
+        if device not in DEVICES and not device.startswith("cuda:"):
+            raise ScoreReconModuleError(f"device '{device}' is unknown; choose auto, cpu, cuda or cuda:N")
+        checks = [
+            (self.views >= 1, f"views must be at least 1, got {self.views}"),
+            (0.0 < self.arc <= 180.0, f"arc must be in (0, 180] degrees, got {self.arc}"),
+            (math.isfinite(self.metalThreshold), "metalThreshold must be a finite number of HU"),
+            (self.acceleration >= 1.0, f"acceleration must be at least 1 (fully sampled), got {self.acceleration}"),
+            (0.0 <= self.centerFraction < 1.0, f"centerFraction must be in [0, 1), got {self.centerFraction}"),
+            (math.isfinite(self.noise) and self.noise >= 0.0, f"noise must be >= 0, got {self.noise}"),
+            (self.size == 0 or self.size >= MIN_IMAGE_SIZE,
+             f"size must be 0 (automatic) or at least {MIN_IMAGE_SIZE} pixels, got {self.size}"),
+            (self.samples >= 1, f"samples must be at least 1, got {self.samples}"),
+            (self.steps >= 1, f"steps must be at least 1, got {self.steps}"),
+            (0.0 <= self.lam <= 1.0, f"lam must be in [0, 1], got {self.lam}"),
+            (self.snr > 0.0, f"snr must be positive, got {self.snr}"),
+            (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ScoreReconModuleError(message + "; change it in the settings")
+        if self.method == "score" and self.model not in ("", "default", "default-ct", "default-mri"):
+            if not pathlib.Path(self.model).expanduser().exists():
+                raise ScoreReconModuleError(
+                    f"checkpoint {self.model} does not exist; pick a checkpoint folder (model.safetensors + "
+                    "config.json) or use the default model")
+        if self.method == "score" and self.model == "":
+            raise ScoreReconModuleError("no checkpoint folder is set; pick one or choose the default model")
+
+    # ----------------------------------------------------------------------------- CLI arguments
+    def simulateArgs(self, inputPath: str, outputPath: str) -> list[str]:
+        """``scorerecon simulate`` arguments for this task."""
+        args = ["simulate", "--task", self.task, "--input", inputPath, "--output", outputPath,
+                "--noise", repr(float(self.noise)), "--seed", str(int(self.seed))]
+        if self.task == "sparse-ct":
+            args += ["--views", str(int(self.views))]
+        elif self.task == "limited-angle-ct":
+            args += ["--arc", repr(float(self.arc))]
+        elif self.task == "metal-ct":
+            args += ["--metal-threshold", repr(float(self.metalThreshold))]
+        else:
+            args += ["--acceleration", repr(float(self.acceleration)),
+                     "--center-fraction", repr(float(self.centerFraction)), "--mask", self.maskKind]
+        if self.size:
+            args += ["--size", str(int(self.size))]
+        return args
+
+    def sinogramArgs(self, inputPath: str, outputPath: str, name: str = "sinogram") -> list[str]:
+        """``python -m ScoreReconLib.sinogram_input`` arguments: a measured sinogram → measurement file."""
+        return ["--input", inputPath, "--output", outputPath, "--task", self.task, "--views", str(int(self.views)),
+                "--arc", repr(float(self.arc)), "--metal-threshold", repr(float(self.metalThreshold)),
+                "--units", self.sinogramUnits, "--size", str(int(self.size)), "--seed", str(int(self.seed)),
+                "--name", name]
+
+    def effectiveSamples(self) -> int:
+        """Posterior samples to draw: the model's recommended count when ``useRecommended``, else ``samples``."""
+        if self.useRecommended and self.sampler == "proximal":
+            recommended = modelRecommendedSamples(self.modelArgument)
+            if recommended is not None:
+                return recommended
+        return int(self.samples)
+
+    def reconstructArgs(self, measurementPath: str, outputPath: str, method: str,
+                        referencePath: str | None = None, metricsPath: str | None = None,
+                        stdPath: str | None = None) -> list[str]:
+        """``scorerecon reconstruct`` arguments (json progress on stdout)."""
+        args = ["reconstruct", "--input", measurementPath, "--method", method, "--output", outputPath,
+                "--device", str(self.device), "--seed", str(int(self.seed)), "--progress-format", "json"]
+        if referencePath:
+            args += ["--reference", referencePath]
+        if metricsPath:
+            args += ["--metrics-json", metricsPath]
+        if method == "score":
+            args += ["--model", self.modelArgument, "--sampler", self.sampler,
+                     "--samples", str(int(self.effectiveSamples()))]
+            if not self.useRecommended:
+                args += ["--steps", str(int(self.steps)), "--lam", repr(float(self.lam)),
+                         "--snr", repr(float(self.snr))]
+            if stdPath:
+                args += ["--std-output", stdPath]
+        return args
+
+
+def pathIsSet(path: Any) -> bool:
+    """False for an empty path ("", or "." which is what ``pathlib.Path()`` gives)."""
+    return path is not None and str(path) not in ("", ".")
+
+
+def modelConfig(model: str) -> dict | None:
+    """A prior's config.json (``default-ct`` / ``default-mri`` or a checkpoint folder); None if unreadable."""
+    try:
+        if model in ("default-ct", "default-mri"):
+            from ScoreReconLib.resources import resources_dir
+
+            folder = resources_dir() / "models" / model
+        else:
+            folder = pathlib.Path(model).expanduser()
+            if folder.is_file():
+                folder = folder.parent
+        config = json.loads((folder / "config.json").read_text())
+        return config if isinstance(config, dict) else None
+    except Exception:  # missing or unreadable: the reconstruct command reports it precisely
+        return None
+
+
+def modelRecommendedSamples(model: str) -> int | None:
+    """The posterior sample count a prior's config.json recommends for its sampler (None if it says none)."""
+    try:
+        value = ((modelConfig(model) or {}).get("recommended") or {}).get("samples")
+        return max(1, int(value)) if value is not None else None
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
+def modelImageSize(model: str) -> int | None:
+    """Image size a prior was trained on, from its config.json (None if it cannot be read).
+
+    A patch prior (config ``prior.kind == "patch"``) works at any size: this returns 0 for it."""
+    config = modelConfig(model)
+    if config is None:
+        return None
+    try:
+        if (config.get("prior") or {}).get("kind") == "patch":
+            return 0
+        return int(config["image_size"])
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return None
+

@@ -1,0 +1,219 @@
+"""Measured parallel-beam CT sinograms → a ScoreRecon measurement file.
+
+A sinogram is ``(S, A, D)`` float32: slices × angle rows × detector bins (or ``(A, D)`` for one
+slice). ``D`` fixes the image size N (the library's default detector count for N×N images, the
+smallest odd count ≥ √2·N: 47 for 32², 91 for 64², 363 for 256²). Rows are views over [0°, 180°):
+
+- ``sparse-ct``: A = N (the full set; the task's ``views`` are kept) or A measured views at 180°·k/A;
+- ``limited-angle-ct``: A = N, or the first A angles of 180°·k/N, which must fill the ``arc``;
+- ``metal-ct``: the full set (A = N); the metal trace comes from an FBP image above ``metal_threshold`` HU.
+
+Values are ``"normalized"`` (pixel-length line integrals of the [0, 1]-normalised image, the
+library's units) or ``"attenuation"`` (-ln(I/I0), converted with water's attenuation and the
+detector spacing in mm).
+
+Run in the reconstruction's child process (the 3D Slicer module does so) as::
+
+    python -m ScoreReconLib.sinogram_input --input sinogram.npz --output measurement.npz --task sparse-ct
+
+where ``sinogram.npz`` holds ``sinogram`` (S, A, D) and optionally ``spacing`` (detector, angle,
+slice in mm) and ``z0`` (position of the first slice, mm). Bad input prints one line
+(``scorerecon sinogram: error: ...``) and exits with status 2; nothing is written then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import DEFAULT_CT_WINDOW, ct_normalization
+from .errors import ScoreReconError
+from .measurement import Measurement, save_measurement
+from .operators import build_operator
+from .operators.ct import ParallelBeamGeometry, fbp, metal_mask_from_image
+
+#: CT tasks a sinogram can feed
+SINOGRAM_TASKS = ("sparse-ct", "limited-angle-ct", "metal-ct")
+#: sinogram value units (see the module docstring)
+SINOGRAM_UNITS = ("normalized", "attenuation")
+#: linear attenuation of water used to convert attenuation sinograms (1/mm, ~70 keV)
+WATER_ATTENUATION_PER_MM = 0.0192
+#: smallest image side the library accepts (pixels)
+MIN_IMAGE_SIZE = 16
+
+
+def image_size_for_detectors(n_det: int) -> int | None:
+    """Image side N whose default detector count (smallest odd ≥ ceil(√2·N)) is ``n_det``; None if none."""
+    for n in range(MIN_IMAGE_SIZE, int(n_det) + 1):
+        min_det = math.ceil(math.sqrt(2.0) * n)
+        if min_det + (1 - min_det % 2) == n_det:
+            return n
+    return None
+
+
+def _as_stack(sinogram: np.ndarray) -> np.ndarray:
+    s = np.asarray(sinogram)
+    if s.ndim not in (2, 3):
+        raise ScoreReconError(f"the sinogram has shape {s.shape}; expected (angles, detector bins) or "
+                              "(slices, angles, detector bins)")
+    if np.iscomplexobj(s) or not np.issubdtype(s.dtype, np.number):
+        raise ScoreReconError(f"the sinogram has dtype {s.dtype}; expected real numbers")
+    s = s.astype(np.float32)
+    if not np.isfinite(s).all():
+        raise ScoreReconError("the sinogram contains NaN or infinite values; clean or mask them first")
+    return s[None] if s.ndim == 2 else s
+
+
+def sinogram_to_measurement(sinogram: np.ndarray, task: str = "sparse-ct", *, views: int = 23, arc: float = 90.0,
+                            metal_threshold: float = 3000.0, units: str = "normalized",
+                            spacing: tuple[float, ...] = (1.0, 1.0, 1.0), z0: float = 0.0, size: int = 0,
+                            seed: int = 0, name: str = "sinogram") -> Measurement:
+    """A :class:`Measurement` of a measured sinogram ``(S, A, D)`` or ``(A, D)`` (see the module docstring).
+
+    ``spacing`` (detector, angle, slice) in mm sets the image's pixel size and slice spacing; ``z0``
+    the first slice's position (mm). ``size``: 0, or the image size the caller expects (must match
+    the detector count). Raises :class:`ScoreReconError` for a layout that fits no geometry.
+    """
+    if task not in SINOGRAM_TASKS:
+        raise ScoreReconError(f"a sinogram input needs a CT task ({', '.join(SINOGRAM_TASKS)}), not {task}; "
+                              "for MRI k-space use a measurement file")
+    if units not in SINOGRAM_UNITS:
+        raise ScoreReconError(f"sinogram units '{units}' are unknown; choose {' or '.join(SINOGRAM_UNITS)}")
+    s = _as_stack(sinogram)
+    n_slices, n_angles, n_det = s.shape
+    n = image_size_for_detectors(n_det)
+    if n is None:
+        raise ScoreReconError(
+            f"the sinogram has {n_det} detector bins per row, which fits no square image in ScoreRecon's "
+            "geometry (the smallest odd count >= sqrt(2)*N: 47 for 32x32, 91 for 64x64, 363 for 256x256); "
+            "resample the detector axis")
+    if size and size != n:
+        raise ScoreReconError(f"the sinogram's {n_det} detector bins give {n}x{n} images but size is {size}; "
+                              "set size to 0")
+    spacing = tuple(float(v) for v in spacing) if spacing is not None else (1.0, 1.0, 1.0)
+    pixel = spacing[0] if spacing and spacing[0] > 0 else 1.0
+    norm = ct_normalization()
+    if units == "attenuation":
+        if norm.low != -1000.0:
+            raise ScoreReconError("attenuation sinograms need the CT window to start at -1000 HU (air)")
+        s = s * np.float32(1000.0 / (WATER_ATTENUATION_PER_MM * (norm.high - norm.low) * pixel))
+    full = np.zeros((n_slices, 1, n, n_det), dtype=np.float32)
+    metal_mask = None
+    if task == "sparse-ct":
+        if n_angles == n:
+            op = build_operator(task, n, views=int(views))
+            full[:, 0] = s
+        else:
+            idx = np.unique(np.round(np.arange(n_angles) * n / n_angles).astype(np.int64) % n)
+            if idx.size != n_angles:
+                raise ScoreReconError(
+                    f"the sinogram has {n_angles} views, more than the {n} angles of a {n}x{n} image's full set; "
+                    "use at most N views")
+            op = build_operator(task, n, views=idx)
+            full[:, 0, idx] = s
+    elif task == "limited-angle-ct":
+        op = build_operator(task, n, arc=float(arc))
+        measured = np.asarray(op.views)
+        if n_angles == n:
+            full[:, 0] = s
+        elif n_angles == measured.size and np.array_equal(measured, np.arange(n_angles)):
+            full[:, 0, :n_angles] = s
+        else:
+            raise ScoreReconError(
+                f"the sinogram has {n_angles} angle rows but a {arc:g} degree arc holds {measured.size} "
+                f"of the {n} angles (step 180/{n} degrees); set the arc to {n_angles * 180.0 / n:g} degrees or "
+                f"give all {n} rows")
+    else:
+        if n_angles != n:
+            raise ScoreReconError(
+                f"metal-ct needs the full sinogram: {n} angle rows over 180 degrees for {n_det} detector bins, "
+                f"got {n_angles}")
+        with torch.no_grad():
+            image = fbp(torch.from_numpy(np.ascontiguousarray(s[:, None])), ParallelBeamGeometry(n))
+        metal_mask = metal_mask_from_image(norm.inverse(image), threshold=float(metal_threshold))
+        if not bool(metal_mask.any()):
+            raise ScoreReconError(
+                f"no metal above {metal_threshold:g} HU in the FBP image of the sinogram; lower the metal "
+                "threshold or choose sparse-ct / limited-angle-ct")
+        op = build_operator(task, n, metal_mask=metal_mask)
+        full[:, 0] = s
+    with torch.no_grad():
+        y = op.mask_apply(torch.from_numpy(full)).numpy().astype(np.float32)
+    slice_spacing = spacing[2] if len(spacing) > 2 and spacing[2] > 0 else 1.0
+    half = (n - 1) / 2.0 * pixel
+    if n_slices == 1:
+        geometry = {"spacing": [pixel, pixel], "origin": [-half, -half], "direction": [1.0, 0.0, 0.0, 1.0],
+                    "ndim": 2}
+    else:
+        geometry = {"spacing": [pixel, pixel, slice_spacing], "origin": [-half, -half, float(z0)],
+                    "direction": [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0], "ndim": 3}
+    return Measurement(
+        task=task, y=y, operator_spec=op.spec(),
+        operator_arrays={k: np.asarray(v.cpu() if hasattr(v, "cpu") else v) for k, v in op.arrays().items()},
+        normalization=ct_normalization(*DEFAULT_CT_WINDOW), geometry=geometry, seed=int(seed),
+        metal=({"source": "sinogram", "threshold_hu": float(metal_threshold), "pixels": int(metal_mask.sum())}
+               if metal_mask is not None else {}),
+        metal_mask=None if metal_mask is None else metal_mask.cpu().numpy().astype(bool),
+        options={"views": int(n_angles), "units": units},
+        source={"sinogram": name, "shape": [int(v) for v in s.shape], "modality": "CT"},
+    )
+
+
+def read_sinogram_file(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float], float]:
+    """``(sinogram, spacing, z0)`` from a ``.npz`` with ``sinogram`` and optional ``spacing`` / ``z0``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ScoreReconError(f"sinogram file {path} does not exist; check the path")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "sinogram" not in data:
+                raise ScoreReconError(f"{path.name} holds no 'sinogram' array; save it with numpy.savez(sinogram=...)")
+            sinogram = np.array(data["sinogram"])
+            spacing = tuple(float(v) for v in data["spacing"]) if "spacing" in data else (1.0, 1.0, 1.0)
+            z0 = float(data["z0"]) if "z0" in data else 0.0
+    except (OSError, ValueError) as exc:
+        raise ScoreReconError(f"{path} is not a readable .npz sinogram file ({exc})") from None
+    if len(spacing) != 3:
+        raise ScoreReconError(f"{path.name}: spacing must hold 3 values (detector, angle, slice), got {len(spacing)}")
+    return sinogram, spacing, z0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="scorerecon sinogram",
+                                description="Convert a measured parallel-beam sinogram (.npz) to a measurement file.")
+    p.add_argument("--input", required=True, help="sinogram .npz (array 'sinogram' (S, A, D); 'spacing', 'z0')")
+    p.add_argument("--output", required=True, help="measurement .npz to write")
+    p.add_argument("--task", default="sparse-ct", choices=SINOGRAM_TASKS)
+    p.add_argument("--views", type=int, default=23, help="sparse-ct: views kept of a full-set sinogram")
+    p.add_argument("--arc", type=float, default=90.0, help="limited-angle-ct: arc in degrees")
+    p.add_argument("--metal-threshold", type=float, default=3000.0, help="metal-ct: HU threshold of the metal")
+    p.add_argument("--units", default="normalized", choices=SINOGRAM_UNITS)
+    p.add_argument("--size", type=int, default=0, help="expected image size (0: from the detector count)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default="sinogram", help="name recorded as the measurement's source")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (2 for bad input)."""
+    args = build_parser().parse_args(argv)
+    try:
+        sinogram, spacing, z0 = read_sinogram_file(args.input)
+        m = sinogram_to_measurement(sinogram, args.task, views=args.views, arc=args.arc,
+                                    metal_threshold=args.metal_threshold, units=args.units, spacing=spacing,
+                                    z0=z0, size=args.size, seed=args.seed, name=args.name)
+        save_measurement(args.output, m)
+    except ScoreReconError as exc:
+        print(f"scorerecon sinogram: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.output}: {m.n_slices} slice(s) of {m.image_size}x{m.image_size}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,377 @@
+"""The module's non-blocking job, result placement, dependency checks and sample data, on slicer-core.
+
+Loads the module through the stand-ins of ``Testing/slicer_stub`` like ``test_slicer_module.py``.
+Real runs are tiny (one 32² slice, FBP) so each child process takes a few seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+import time
+import types
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+_STANDIN_PATH = Path(__file__).resolve().parent / "slicer_stub" / "standin.py"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _standin():
+    spec = importlib.util.spec_from_file_location("scorerecon_slicer_standin", _STANDIN_PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def sr():
+    standin = _standin()
+    if standin.slicer_core() is None:
+        pytest.skip("slicer-core is not installed (pip install slicer-core==5.13.31053.0)")
+    with standin.stand_ins() as module:
+        yield module
+
+
+@pytest.fixture
+def slicer(sr):
+    import slicer as slicer_module
+
+    slicer_module.mrmlScene = slicer_module.vtkMRMLScene()
+    return slicer_module
+
+
+@pytest.fixture
+def deps(sr):
+    import ScoreReconModuleLib.dependencies as module
+
+    return module
+
+
+@pytest.fixture(autouse=True)
+def _few_threads(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("MKL_NUM_THREADS", "1")
+
+
+def _fake_job(sr, tmp_path, script: str, name: str = "run", **settings):
+    """A job whose only step is ``python -c script`` (no result files: for state, progress and cancel)."""
+    folder = tmp_path / name
+    folder.mkdir()
+    process = sr.ScoreReconProcess([sr.ScoreReconStep("fake", [sys.executable, "-c", script])])
+    job = sr.ScoreReconJob(settings=sr.ScoreReconSettings(**settings), process=process, tempDir=str(folder),
+                           inputName="fake", files={"reconstruction": str(folder / "reconstruction.nrrd")},
+                           targets={}, addNodes=False)
+    process.start()
+    return job, folder
+
+
+_SLOW = ("import json, time\n"
+         "for i in range(1, 600):\n"
+         "    print(json.dumps({'progress': i, 'total': 1000}), flush=True)\n"
+         "    time.sleep(0.1)\n")
+
+
+# ------------------------------------------------------------------------------------ non-blocking job
+def test_start_job_returns_at_once_then_polls_to_a_result_in_the_inputs_study_and_transform(sr, slicer):
+    scene = slicer.mrmlScene
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    study = sh.CreateStudyItem(sh.CreateSubjectItem(sh.GetSceneItemID(), "Patient"), "Study")
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "Registration")
+    node = slicer.util.addVolumeFromArray(sr.makePhantom(32, 1), ijkToRAS=np.diag([-0.8, -0.8, 2.0, 1.0]),
+                                          name="Head")
+    node.SetAndObserveTransformNodeID(transform.GetID())
+    sh.CreateItem(study, node)  # the application's subject-hierarchy logic does this on its own
+    given = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "MyOutput")  # a node the user picked: stays put
+
+    t0 = time.monotonic()
+    job = sr.ScoreReconLogic().startJob(node, task="sparse-ct", views=16, method="fbp", computeBaseline=True,
+                                        baselineVolume=given, outputVolume=None, showResults=False)
+    assert time.monotonic() - t0 < 5.0  # returns while the child runs
+    assert job.state == "running" and not job.done and 0.0 <= job.progress < 1.0
+    with pytest.raises(RuntimeError, match="still running"):
+        job.result()
+    seen, finished = [], []
+    job.onProgress = lambda j: seen.append(j.progress)
+    job.onFinished = lambda j: finished.append(j.state)
+    deadline = time.monotonic() + 240
+    while job.poll() == "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert job.state == "succeeded" and job.done and job.progress == 1.0 and finished == ["succeeded"]
+    assert seen == sorted(seen)  # progress never goes back
+    result = job.result()
+    assert not os.path.exists(job.tempDir)  # removed (keepTemporaryFiles is off)
+
+    out, table = result.reconstructionNode, result.metricsTableNode
+    assert out.GetName() == "Head FBP" and result.baselineNode is None  # fbp is its own baseline
+    for created in (out, table):
+        assert sh.GetItemParent(sh.GetItemByDataNode(created)) == study
+    assert out.GetTransformNodeID() == transform.GetID()
+    assert given.GetImageData() is None  # no baseline was computed, the picked node is untouched
+    np.testing.assert_allclose(sr.ijkToRASArray(out), sr.ijkToRASArray(node))
+
+
+def test_user_picked_output_gets_the_transform_but_keeps_its_place(sr, slicer):
+    from ScoreReconModuleLib.volumes import storeVolume
+
+    scene = slicer.mrmlScene
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    study = sh.CreateStudyItem(sh.CreateSubjectItem(sh.GetSceneItemID(), "P"), "S")
+    folder = sh.CreateFolderItem(sh.GetSceneItemID(), "Mine")
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    inputNode = slicer.util.addVolumeFromArray(np.zeros((1, 8, 8), np.float32), name="In")
+    inputNode.SetAndObserveTransformNodeID(transform.GetID())
+    sh.CreateItem(study, inputNode)
+    picked = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "Picked")
+    sh.CreateItem(folder, picked)
+    filled = storeVolume(picked, np.ones((1, 8, 8), np.float32), np.eye(4), "unused", None, inputNode)
+    assert filled is picked and sh.GetItemParent(sh.GetItemByDataNode(picked)) == folder
+    assert picked.GetTransformNodeID() == transform.GetID()
+    new = storeVolume(None, np.ones((1, 8, 8), np.float32), np.eye(4), "New", (100.0, 50.0), inputNode)
+    assert sh.GetItemParent(sh.GetItemByDataNode(new)) == study and new.GetTransformNodeID() == transform.GetID()
+    assert new.GetDisplayNode().GetWindow() == pytest.approx(100.0)
+    # an input outside any study: the result stays at the top level, without a transform
+    loose = slicer.util.addVolumeFromArray(np.zeros((1, 8, 8), np.float32), name="Loose")
+    top = storeVolume(None, np.ones((1, 8, 8), np.float32), np.eye(4), "Top", None, loose)
+    assert top.GetTransformNodeID() is None and not sh.GetItemByDataNode(top)
+
+
+def test_cancel_stops_the_child_and_result_raises_cancelled(sr, tmp_path):
+    job, folder = _fake_job(sr, tmp_path, _SLOW)
+    finished = []
+    job.onFinished = lambda j: finished.append(j.state)
+    deadline = time.monotonic() + 60
+    while job.poll() == "running" and job.progress == 0.0:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert 0.0 < job.progress < 0.6 and "fake" in job.message
+    pid = job.process.pid
+    job.cancel()
+    assert job.state == "cancelled" and job.done and finished == ["cancelled"]
+    assert job.process._proc.poll() is not None
+    if os.name != "nt":
+        with pytest.raises(ProcessLookupError):
+            os.killpg(pid, 0)
+    assert not folder.exists()
+    with pytest.raises(sr.ScoreReconCancelledError):
+        job.result()
+    job.cancel()  # a second cancel is harmless
+    assert finished == ["cancelled"]
+
+
+def test_wait_keeps_the_gui_alive_and_a_callback_can_cancel(sr, slicer, tmp_path, monkeypatch):
+    events = []
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(processEvents=lambda: events.append(1)), raising=False)
+    job, _ = _fake_job(sr, tmp_path, _SLOW)
+
+    def stop_when_started(j):
+        if j.progress > 0.0:
+            j.cancel()
+
+    with pytest.raises(sr.ScoreReconCancelledError):
+        job.wait(timeout=60, callback=stop_when_started)
+    assert len(events) >= 1  # Qt events were processed while waiting
+    monkeypatch.delattr(slicer, "app")
+
+    job2, folder2 = _fake_job(sr, tmp_path, _SLOW, name="second")
+    with pytest.raises(TimeoutError, match="cancelled"):
+        job2.wait(timeout=0.5)
+    assert job2.state == "cancelled" and not folder2.exists()
+
+
+def test_a_failed_step_surfaces_its_error_line_and_keep_temporary_files(sr, tmp_path):
+    bad = "import sys; print('scorerecon sinogram: error: the sinogram is empty; load it first', file=sys.stderr); " \
+          "sys.exit(2)"
+    job, folder = _fake_job(sr, tmp_path, bad, keepTemporaryFiles=True)
+    with pytest.raises(sr.ScoreReconModuleError, match="the sinogram is empty"):
+        job.wait(timeout=60)
+    assert job.state == "failed" and "the sinogram is empty" in job.message
+    assert folder.exists()  # kept for inspection
+    crash = "import sys; print('Segmentation fault', file=sys.stderr); sys.exit(139)"
+    job, _ = _fake_job(sr, tmp_path, crash, name="crash")
+    with pytest.raises(sr.ScoreReconProcessError, match="exit status 139"):
+        job.wait(timeout=60)
+
+
+def test_child_output_goes_to_the_log(sr, tmp_path, caplog):
+    script = "import sys; print('hello from the child', flush=True); print('a warning line', file=sys.stderr)"
+    job, _ = _fake_job(sr, tmp_path, script)
+    with caplog.at_level("INFO", logger="ScoreRecon"):
+        with pytest.raises(sr.ScoreReconProcessError, match="wrote no reconstruction.nrrd"):  # the fake writes none
+            job.wait(timeout=60)
+    text = caplog.text
+    assert "hello from the child" in text and "a warning line" in text
+
+
+# ----------------------------------------------------------------------------------------- dependencies
+def test_requirements_are_one_list_shared_with_pyproject(deps):
+    import tomllib
+
+    reqs = deps.loadRequirements()
+    assert deps.requirementsPath() == REPO_ROOT / "Resources" / "requirements.txt"
+    names = [r.key for r in reqs]
+    assert names[0] == "torch" and {"monai", "simpleitk", "numpy", "safetensors"} <= set(names)
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    assert "dependencies" not in project["project"] and "dependencies" in project["project"]["dynamic"]
+    assert project["tool"]["setuptools"]["dynamic"]["dependencies"]["file"] == ["Resources/requirements.txt"]
+    torch = reqs[0]
+    assert torch.specifier == "==2.13.0"
+    monai = deps.parseRequirement("monai[einops]==1.6.1  # a comment")
+    assert (monai.name, monai.extras, monai.clauses) == ("monai", ("einops",), (("==", "1.6.1"),))
+    with pytest.raises(ValueError):
+        deps.parseRequirement("numpy >> 2")
+
+
+@pytest.mark.parametrize(("version", "clauses", "ok"), [
+    ("2.13.0", "==2.13.0", True), ("2.13.0+cu126", "==2.13.0", True), ("2.13", "==2.13.0", True),
+    ("2.12.1", "==2.13.0", False), ("2.13.0rc1", ">=2.13.0", False), ("2.13.0.post1", ">=2.13.0", True),
+    ("1.10.0", ">=1.9", True), ("1.9.9", ">=1.10", False), ("2.4.1", ">=2.3,<3", True), ("3.0", ">=2.3,<3", False),
+    ("1.6.1", "~=1.6", True), ("2.0", "~=1.6", False), ("2.13.5", "==2.13.*", True), ("2.14.0", "==2.13.*", False),
+    ("1.0", "!=1.0", False), ("v4.60.0", ">=4.60", True),
+])
+def test_version_comparison(deps, version, clauses, ok):
+    req = deps.parseRequirement("pkg" + clauses)
+    assert deps.versionSatisfies(version, req.clauses) is ok
+
+
+def test_installed_versions_are_checked_not_just_presence(deps):
+    reqs = [deps.parseRequirement(t) for t in ("torch==2.13.0", "monai[einops]==1.6.1", "SimpleITK>=2.3",
+                                                "numpy>=1.24", "scipy>=1.10")]
+    installed = {"torch": "2.12.1+cu121", "SimpleITK": "", "numpy": "1.26.4", "scipy": "1.9.3"}
+    problems = deps.checkRequirements(reqs, installed.get)
+    found = {p.requirement.name: p.installed for p in problems}
+    assert found == {"torch": "2.12.1+cu121", "monai": None, "scipy": "1.9.3"}  # SimpleITK bundled: accepted
+    assert "monai[einops]==1.6.1 (not installed)" in deps.describeProblems(problems)
+    installed.update(torch="2.13.0+cpu", monai="1.6.1", scipy="1.14.0")
+    assert deps.checkRequirements(reqs, installed.get) == []
+    assert deps.checkRequirements() == []  # this environment runs the reconstruction process
+
+
+def test_ensure_dependencies_asks_once_then_installs_torch_via_pytorchutils(sr, slicer, deps, monkeypatch):
+    reqs = [deps.parseRequirement(t) for t in ("torch==2.13.0", "monai[einops]==1.6.1", "scipy>=1.10")]
+    installed = {"scipy": "1.14.0"}
+    calls = []
+
+    class FakeTorchLogic:
+        @staticmethod
+        def torchInstalled():
+            calls.append("torchInstalled")
+            return False
+
+        def installTorch(self, askConfirmation=False, torchVersionRequirement=None, **kwargs):
+            calls.append(("installTorch", askConfirmation, torchVersionRequirement))
+            installed["torch"] = "2.13.0+cpu"
+            return object()
+
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=FakeTorchLogic))
+
+    def pip_install(args):
+        calls.append(("pip_install", list(args)))
+        installed["monai"] = "1.6.1"
+
+    answers = []
+    monkeypatch.setattr(slicer.util, "pip_install", pip_install, raising=False)
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text, title=None: answers.append(text) or False,
+                        raising=False)
+    monkeypatch.setattr(slicer.util, "WaitCursor", lambda: __import__("contextlib").nullcontext(), raising=False)
+
+    # outside the application: a clear error naming what to install
+    with pytest.raises(sr.ScoreReconProcessError, match="torch==2.13.0"):
+        deps.ensureDependencies(requirements=reqs, versionOf=installed.get)
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(), raising=False)
+    monkeypatch.delitem(sys.modules, "slicer.packaging", raising=False)
+
+    assert deps.ensureDependencies(requirements=reqs, versionOf=installed.get) is False  # the user declined
+    assert len(answers) == 1 and "torch==2.13.0" in answers[0] and "monai" in answers[0] and calls == []
+
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text, title=None: answers.append(text) or True)
+    assert deps.ensureDependencies(requirements=reqs, versionOf=installed.get) is True
+    assert len(answers) == 2  # one question per attempt, nothing asks again
+    assert calls == ["torchInstalled", ("installTorch", False, "==2.13.0"), ("pip_install", ["monai[einops]==1.6.1"])]
+
+    # where slicer.packaging has pip_ensure (Slicer 5.12+), it installs the rest without its own prompt
+    ensured = []
+    fake_packaging = types.ModuleType("slicer.packaging")
+    fake_packaging.pip_ensure = lambda reqs, **kw: ensured.append((list(reqs), kw))
+    monkeypatch.setitem(sys.modules, "slicer.packaging", fake_packaging)
+    monkeypatch.setattr(slicer, "packaging", fake_packaging, raising=False)
+    installed.pop("monai")
+    deps.installRequirements(deps.checkRequirements(reqs, installed.get))
+    assert ensured == [(["monai[einops]==1.6.1"], {"skip_packages": ["torch"], "prompt_install": False,
+                                                   "requester": "ScoreRecon"})]
+
+
+def test_console_start_checks_dependencies(sr, slicer, deps, monkeypatch):
+    monkeypatch.setattr(deps, "installedVersion", lambda name: None if name == "monai" else "99")
+    node = slicer.util.addVolumeFromArray(sr.makePhantom(32, 1), name="Head")
+    before = slicer.mrmlScene.GetNumberOfNodes()
+    with pytest.raises(sr.ScoreReconProcessError, match="monai"):
+        sr.ScoreReconLogic().startJob(node, task="sparse-ct", method="fbp")
+    assert slicer.mrmlScene.GetNumberOfNodes() == before
+
+
+def test_self_test_skips_with_a_message_where_packages_are_missing(sr, slicer, monkeypatch, caplog):
+    monkeypatch.setattr(sr.ScoreReconLogic, "missingDependencies", staticmethod(lambda: ["torch==2.13.0"]))
+    test = sr.ScoreReconTest()
+    with caplog.at_level("INFO"):
+        test.runTest()  # the bad-input checks run, the reconstructions are skipped
+    assert test.skipReason == "missing Python packages: torch==2.13.0"
+    assert "skipped, missing Python packages: torch==2.13.0" in caplog.text
+    assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 0
+
+
+def test_too_old_slicer_is_refused_with_the_message(sr, slicer, monkeypatch):
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(majorVersion=5, minorVersion=8), raising=False)
+    with pytest.raises(sr.ScoreReconModuleError, match="needs 3D Slicer 5.10 or later; this is Slicer 5.8"):
+        sr.ScoreReconLogic().startJob(np.zeros((32, 32), np.float32), task="sparse-ct", method="fbp")
+
+
+# ----------------------------------------------------------------------------------------- sample data
+def test_register_sample_data_registers_the_shipped_samples(sr):
+    from ScoreReconModuleLib import sampledata
+
+    calls = []
+    fake = types.SimpleNamespace(SampleDataLogic=types.SimpleNamespace(
+        registerCustomSampleDataSource=lambda **kw: calls.append(kw)))
+    names = sr.registerSampleData(fake)
+    assert names == [s[0] for s in sampledata.SAMPLES] and len(calls) == 3
+    for call, (_, file_name, node_name) in zip(calls, sampledata.SAMPLES, strict=True):
+        assert call["category"] == "ScoreRecon" and call["fileNames"] == file_name
+        assert call["nodeNames"] == node_name
+        assert call["uris"].startswith("file:")
+        data = urllib.request.urlopen(call["uris"]).read()  # what Sample Data's urlretrieve reads
+        assert data == (REPO_ROOT / "Resources" / "samples" / file_name).read_bytes()
+        assert call["checksums"] == "SHA256:" + hashlib.sha256(data).hexdigest()
+        assert Path(call["thumbnailFileName"]).is_file()
+
+
+# ------------------------------------------------------------------------------------- panel helpers
+def test_apply_needs_the_input_of_the_chosen_mode(sr, slicer):
+    pn = sr.ScoreReconLogic().getParameterNode()
+    assert not sr.hasInput(pn)  # nothing selected: Apply stays disabled
+    pn.inputVolume = slicer.util.addVolumeFromArray(np.zeros((1, 16, 16), np.float32), name="V")
+    assert sr.hasInput(pn)
+    pn.inputMode = "sinogram"
+    assert not sr.hasInput(pn)
+    pn.inputMode = "measurement"
+    assert not sr.hasInput(pn) and pn.measurementFile == ""
+    pn.measurementFile = "/data/m.npz"
+    assert sr.hasInput(pn)
+
+
+def test_sinogram_arguments_are_the_library_commands_options(sr):
+    from ScoreReconLib import sinogram_input
+
+    settings = sr.ScoreReconSettings(task="metal-ct", views=40, arc=120.0, metalThreshold=2500.0,
+                                     sinogramUnits="attenuation", size=64, seed=7)
+    args = sinogram_input.build_parser().parse_args(settings.sinogramArgs("in.npz", "out.npz", "Sino"))
+    assert (args.input, args.output, args.task, args.views, args.arc, args.metal_threshold, args.units, args.size,
+            args.seed, args.name) == ("in.npz", "out.npz", "metal-ct", 40, 120.0, 2500.0, "attenuation", 64, 7, "Sino")
+    assert set(sr.SINOGRAM_UNITS) == set(sinogram_input.SINOGRAM_UNITS)
+    assert set(sr.CT_TASKS) == set(sinogram_input.SINOGRAM_TASKS)
