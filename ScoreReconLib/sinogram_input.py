@@ -159,14 +159,14 @@ def sinogram_to_measurement(sinogram: np.ndarray, task: str = "sparse-ct", *, vi
         if size and size != n:
             raise ScoreReconError(f"the sinogram's {n_det} detector bins give {n}x{n} images but size is {size}; "
                                   "set size to 0")
-        n_full = n
+        candidates = [n]
     else:
         src_px, det_px = fan[0] / pixel, fan[1] / pixel
         sizes = fan_image_sizes_for_detectors(n_det, src_px, detector)
-        # of sizes sharing the count: the asked size, else the one whose full set (2N) the rows fill, else the smallest
-        fits = [v for v in sizes if v == size] if size else ([v for v in sizes if 2 * v == n_angles] or sizes[:1])
-        n = fits[0] if fits else None
-        if n is None:
+        # of sizes sharing the count: the asked size, else the one whose full set (2N) the rows fill first
+        candidates = ([v for v in sizes if v == size] if size else
+                      sorted(sizes, key=lambda v: (2 * v != n_angles, v)))
+        if not candidates:
             raise ScoreReconError(
                 f"the sinogram has {n_det} detector bins per row, which fits no square image of {pixel:g} mm "
                 f"pixels in a {detector} fan beam with the source {fan[0]:g} mm from the centre"
@@ -175,59 +175,73 @@ def sinogram_to_measurement(sinogram: np.ndarray, task: str = "sparse-ct", *, vi
         geo_opts = {"geometry": "fan", "source_distance": src_px, "detector_distance": det_px, "detector": detector}
         geo_record = {"geometry": "fan", "source_distance_mm": fan[0], "detector_distance_mm": fan[1],
                       "detector": detector, "pixel_size_mm": pixel}
-        n_full = FanBeamGeometry(n, src_px, det_px, detector=detector).n_angles
     norm = ct_normalization()
     if units == "attenuation":
         if norm.low != -1000.0:
             raise ScoreReconError("attenuation sinograms need the CT window to start at -1000 HU (air)")
         s = s * np.float32(1000.0 / (WATER_ATTENUATION_PER_MM * (norm.high - norm.low) * pixel))
-    full = np.zeros((n_slices, 1, n_full, n_det), dtype=np.float32)
     turn = 360.0 if fan is not None else 180.0
-    metal_mask = None
-    if task == "sparse-ct":
-        if n_angles == n_full:
-            op = build_operator(task, n, views=int(views), **geo_opts)
-            full[:, 0] = s
-        else:
-            idx = np.unique(np.round(np.arange(n_angles) * n_full / n_angles).astype(np.int64) % n_full)
-            if idx.size != n_angles:
+
+    def layout(n: int, n_full: int) -> tuple:
+        """(operator, full-set sinogram (S, 1, n_full, n_det), metal mask or None) for N = ``n``."""
+        full = np.zeros((n_slices, 1, n_full, n_det), dtype=np.float32)
+        metal_mask = None
+        if task == "sparse-ct":
+            if n_angles == n_full:
+                op = build_operator(task, n, views=int(views), **geo_opts)
+                full[:, 0] = s
+            else:
+                idx = np.unique(np.round(np.arange(n_angles) * n_full / n_angles).astype(np.int64) % n_full)
+                if idx.size != n_angles:
+                    raise ScoreReconError(
+                        f"the sinogram has {n_angles} views, more than the {n_full} angles of a {n}x{n} image's full "
+                        f"set; use at most {n_full} views")
+                op = build_operator(task, n, views=idx, **geo_opts)
+                full[:, 0, idx] = s
+        elif task == "limited-angle-ct":
+            if not (math.isfinite(float(arc)) and 0.0 < float(arc) <= turn):
+                raise ScoreReconError(f"--arc {arc:g} is outside (0, {turn:g}] degrees for {geometry} beam; "
+                                      "give the scanned arc in degrees")
+            op = build_operator(task, n, arc=float(arc), **geo_opts)
+            measured = np.asarray(op.views)
+            if n_angles == n_full:
+                full[:, 0] = s
+            elif n_angles == measured.size and np.array_equal(measured, np.arange(n_angles)):
+                full[:, 0, :n_angles] = s
+            else:
                 raise ScoreReconError(
-                    f"the sinogram has {n_angles} views, more than the {n_full} angles of a {n}x{n} image's full "
-                    f"set; use at most {n_full} views")
-            op = build_operator(task, n, views=idx, **geo_opts)
-            full[:, 0, idx] = s
-    elif task == "limited-angle-ct":
-        if not (math.isfinite(float(arc)) and 0.0 < float(arc) <= turn):
-            raise ScoreReconError(f"--arc {arc:g} is outside (0, {turn:g}] degrees for {geometry} beam; "
-                                  "give the scanned arc in degrees")
-        op = build_operator(task, n, arc=float(arc), **geo_opts)
-        measured = np.asarray(op.views)
-        if n_angles == n_full:
-            full[:, 0] = s
-        elif n_angles == measured.size and np.array_equal(measured, np.arange(n_angles)):
-            full[:, 0, :n_angles] = s
+                    f"the sinogram has {n_angles} angle rows but a {arc:g} degree arc holds {measured.size} "
+                    f"of the {n_full} angles (step {turn:g}/{n_full} degrees); set the arc to "
+                    f"{n_angles * turn / n_full:g} degrees or give all {n_full} rows")
         else:
-            raise ScoreReconError(
-                f"the sinogram has {n_angles} angle rows but a {arc:g} degree arc holds {measured.size} "
-                f"of the {n_full} angles (step {turn:g}/{n_full} degrees); set the arc to "
-                f"{n_angles * turn / n_full:g} degrees or give all {n_full} rows")
+            if n_angles != n_full:
+                raise ScoreReconError(
+                    f"metal-ct needs the full sinogram: {n_full} angle rows over {turn:g} degrees for {n_det} detector "
+                    f"bins, got {n_angles}")
+            full_geometry = (ParallelBeamGeometry(n) if fan is None else
+                             FanBeamGeometry(n, geo_opts["source_distance"], geo_opts["detector_distance"],
+                                             detector=detector))
+            with torch.no_grad():
+                image = fbp(torch.from_numpy(np.ascontiguousarray(s[:, None])), full_geometry)
+            metal_mask = metal_mask_from_image(norm.inverse(image), threshold=float(metal_threshold))
+            if not bool(metal_mask.any()):
+                raise ScoreReconError(
+                    f"no metal above {metal_threshold:g} HU in the FBP image of the sinogram; lower the metal "
+                    "threshold or choose sparse-ct / limited-angle-ct")
+            op = build_operator(task, n, metal_mask=metal_mask, **geo_opts)
+            full[:, 0] = s
+        return op, full, metal_mask
+
+    first_error = None
+    for n in candidates:
+        n_full = n if fan is None else 2 * n
+        try:
+            op, full, metal_mask = layout(n, n_full)
+            break
+        except ScoreReconError as exc:  # a neighbouring size sharing the detector count may fit the rows
+            first_error = first_error or exc
     else:
-        if n_angles != n_full:
-            raise ScoreReconError(
-                f"metal-ct needs the full sinogram: {n_full} angle rows over {turn:g} degrees for {n_det} detector "
-                f"bins, got {n_angles}")
-        full_geometry = (ParallelBeamGeometry(n) if fan is None else
-                         FanBeamGeometry(n, geo_opts["source_distance"], geo_opts["detector_distance"],
-                                         detector=detector))
-        with torch.no_grad():
-            image = fbp(torch.from_numpy(np.ascontiguousarray(s[:, None])), full_geometry)
-        metal_mask = metal_mask_from_image(norm.inverse(image), threshold=float(metal_threshold))
-        if not bool(metal_mask.any()):
-            raise ScoreReconError(
-                f"no metal above {metal_threshold:g} HU in the FBP image of the sinogram; lower the metal "
-                "threshold or choose sparse-ct / limited-angle-ct")
-        op = build_operator(task, n, metal_mask=metal_mask, **geo_opts)
-        full[:, 0] = s
+        raise first_error
     with torch.no_grad():
         y = op.mask_apply(torch.from_numpy(full)).numpy().astype(np.float32)
     slice_spacing = spacing[2] if len(spacing) > 2 and spacing[2] > 0 else 1.0
