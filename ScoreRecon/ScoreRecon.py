@@ -4,9 +4,10 @@ Implements the workflow of Song, Shen, Xing & Ermon, "Solving Inverse Problems i
 with Score-Based Generative Models" (ICLR 2022) on top of the ``ScoreReconLib`` library:
 
 - input: an image volume (measurements are simulated from it: sparse-view, limited-angle or
-  metal-trace CT, undersampled MRI), a measured CT sinogram volume, or a measurement ``.npz`` file;
+  metal-trace CT in parallel- or fan-beam geometry, undersampled MRI), a measured CT sinogram volume
+  (parallel or fan beam), a measurement ``.npz`` file, or a fastMRI-format HDF5 k-space file;
 - reconstruction: the score prior (posterior sampling with data consistency) or a classical method
-  (FBP, TV, zero-filled, compressed sensing), plus a classical baseline for comparison;
+  (FBP, TV, zero-filled, compressed sensing, SENSE, RSS), plus a classical baseline for comparison;
 - outputs: volume nodes with the input's geometry, parent transform and subject-hierarchy study,
   the posterior standard deviation when several samples are drawn, and PSNR/SSIM in a table node.
 
@@ -80,7 +81,9 @@ from ScoreReconModuleLib.jobs import ScoreReconJob, ScoreReconResult, prepareFil
 from ScoreReconModuleLib.process import ScoreReconProcess, ScoreReconStep  # noqa: E402, F401
 from ScoreReconModuleLib.sampledata import registerSampleData  # noqa: E402
 from ScoreReconModuleLib.settings import (  # noqa: E402, F401
+    CT_GEOMETRIES,
     CT_TASKS,
+    DETECTORS,
     DEVICES,
     INPUT_MODES,
     METHOD_LABELS,
@@ -116,8 +119,9 @@ class ScoreRecon(ScriptedLoadableModule):
         self.parent.helpText = _("""
 Reconstruct CT and MRI images from incomplete measurements with a score-based generative prior:
 sparse-view CT, limited-angle CT, metal artifact reduction and undersampled MRI. Measurements are
-simulated from an image volume, or given as a measured CT sinogram volume or a ScoreRecon
-measurement file (.npz). The reconstruction, a classical baseline (FBP or zero-filled), the
+simulated from an image volume, or given as a measured CT sinogram volume (parallel or fan beam),
+a ScoreRecon measurement file (.npz) or a fastMRI-format HDF5 k-space file (.h5).
+The reconstruction, a classical baseline (FBP or zero-filled), the
 posterior standard deviation and PSNR/SSIM against a reference are added to the scene, in the
 input's study and under its parent transform.
 <br><br>
@@ -147,21 +151,29 @@ def _registerSampleDataQuietly() -> None:
 @parameterNodeWrapper
 class ScoreReconParameterNode:
     """Every setting of the ScoreRecon panel (names match the ``SlicerParameterName`` of the .ui;
-    ``measurementFile`` and ``checkpointPath`` are bound by the widget's code so that an unset path
-    shows as empty, not ".")."""
+    ``measurementFile``, ``kspaceFile`` and ``checkpointPath`` are bound by the widget's code so that an
+    unset path shows as empty, not ".")."""
 
     # input
     inputMode: Annotated[str, Choice(INPUT_MODES), Default("image")]
     inputVolume: vtkMRMLScalarVolumeNode
     sinogramVolume: vtkMRMLScalarVolumeNode
     measurementFile: str
+    kspaceFile: str
+    kspaceSlices: str
+    kspaceAcceleration: Annotated[float, WithinRange(0.0, 64.0), Default(0.0)]
     referenceVolume: vtkMRMLScalarVolumeNode
     size: Annotated[int, WithinRange(0, 4096), Default(0)]
     sinogramUnits: Annotated[str, Choice(SINOGRAM_UNITS), Default("normalized")]
+    # CT geometry (simulation and sinogram input)
+    geometry: Annotated[str, Choice(CT_GEOMETRIES), Default("parallel")]
+    sourceDistance: Annotated[float, WithinRange(1.0, 5000.0), Default(595.0)]
+    detectorDistance: Annotated[float, WithinRange(1.0, 5000.0), Default(490.0)]
+    detector: Annotated[str, Choice(DETECTORS), Default("curved")]
     # measurement
     task: Annotated[str, Choice(TASKS), Default("sparse-ct")]
     views: Annotated[int, WithinRange(1, 4096), Default(23)]
-    arc: Annotated[float, WithinRange(1.0, 180.0), Default(90.0)]
+    arc: Annotated[float, WithinRange(1.0, 360.0), Default(90.0)]
     metalThreshold: Annotated[float, WithinRange(0.0, 30000.0), Default(3000.0)]
     acceleration: Annotated[float, WithinRange(1.0, 64.0), Default(8.0)]
     centerFraction: Annotated[float, WithinRange(0.0, 0.5), Default(0.08)]
@@ -195,6 +207,8 @@ def hasInput(pn: ScoreReconParameterNode) -> bool:
         return pn.inputVolume is not None
     if pn.inputMode == "sinogram":
         return pn.sinogramVolume is not None
+    if pn.inputMode == "kspace":
+        return pathIsSet(pn.kspaceFile)
     return pathIsSet(pn.measurementFile)
 
 
@@ -250,9 +264,10 @@ class ScoreReconLogic(ScriptedLoadableModuleLogic):
         return env
 
     @staticmethod
-    def dependencyProblems() -> list:
-        """Requirements (``Resources/requirements.txt``) that are missing or too old: a list of Problem."""
-        return dependencies.checkRequirements()
+    def dependencyProblems(inputMode: str | None = None) -> list:
+        """Requirements (``Resources/requirements.txt``, plus what ``inputMode`` needs, e.g. h5py for
+        "kspace") that are missing or too old: a list of Problem."""
+        return dependencies.checkRequirements(dependencies.requirementsFor(inputMode))
 
     @staticmethod
     def missingDependencies() -> list[str]:
@@ -260,9 +275,10 @@ class ScoreReconLogic(ScriptedLoadableModuleLogic):
         return [p.requirement.text for p in dependencies.checkRequirements()]
 
     @staticmethod
-    def ensureDependencies(ask: bool = True) -> bool:
-        """Install what is missing after asking once (inside Slicer); False if the user declined."""
-        return dependencies.ensureDependencies(ask=ask)
+    def ensureDependencies(ask: bool = True, inputMode: str | None = None) -> bool:
+        """Install what is missing after asking once (inside Slicer); False if the user declined.
+        ``inputMode`` adds that mode's optional packages (h5py for "kspace")."""
+        return dependencies.ensureDependencies(ask=ask, requirements=dependencies.requirementsFor(inputMode))
 
     @staticmethod
     def defaultModelAvailable(task: str) -> bool:
@@ -304,6 +320,10 @@ class ScoreReconLogic(ScriptedLoadableModuleLogic):
             if pn.sinogramVolume is None:
                 raise ScoreReconModuleError("no sinogram volume is selected; choose the measured sinogram")
             inputs["sinogram"] = pn.sinogramVolume
+        elif pn.inputMode == "kspace":
+            if not pathIsSet(pn.kspaceFile):
+                raise ScoreReconModuleError("no k-space file is set; choose a fastMRI-format HDF5 file (.h5)")
+            inputs["kspaceFile"] = str(pn.kspaceFile)
         else:
             if not pathIsSet(pn.measurementFile):
                 raise ScoreReconModuleError("no measurement file is set; choose a .npz made by 'scorerecon simulate'")
@@ -314,7 +334,8 @@ class ScoreReconLogic(ScriptedLoadableModuleLogic):
                              sideBySide=pn.sideBySideLayout, **inputs, **kwargs)
 
     def startJob(self, inputVolume: Any = None, *, sinogram: Any = None, measurementFile: str | None = None,
-                 reference: Any = None, outputVolume: Any = None, baselineVolume: Any = None,
+                 kspaceFile: str | None = None, reference: Any = None, outputVolume: Any = None,
+                 baselineVolume: Any = None,
                  uncertaintyVolume: Any = None, metricsTable: Any = None, addNodes: bool | None = None,
                  ijkToRAS: np.ndarray | None = None, settings: ScoreReconSettings | None = None,
                  showResults: bool = True, sideBySide: bool = False, checkDependencies: bool = True,
@@ -324,7 +345,9 @@ class ScoreReconLogic(ScriptedLoadableModuleLogic):
         Exactly one input: ``inputVolume`` (an image volume node or (H, W)/(Z, H, W) array; the
         measurements are simulated from it and it is the reference for the metrics), ``sinogram``
         (a measured CT sinogram volume node or array, slices × angles × detector bins) or
-        ``measurementFile`` (a .npz made by ``scorerecon simulate``). ``reference``: a clean image
+        ``measurementFile`` (a .npz made by ``scorerecon simulate``) or ``kspaceFile`` (a fastMRI-format
+        HDF5 file, task mri: the child imports it with ``scorerecon import-kspace``, needs h5py, then
+        reconstructs; the result has the file's geometry). ``reference``: a clean image
         (node or array) for PSNR/SSIM when the input is not an image. Output nodes, if given, are
         filled after success; otherwise new nodes are added (for array inputs only when
         ``addNodes``) in the input's subject-hierarchy study, under its parent transform.
@@ -340,25 +363,28 @@ class ScoreReconLogic(ScriptedLoadableModuleLogic):
             settings = ScoreReconSettings.fromOptions(**options)
         elif options:
             raise ScoreReconModuleError("pass either settings or keyword options, not both")
-        given = [x is not None for x in (inputVolume, sinogram, measurementFile)]
+        given = [x is not None for x in (inputVolume, sinogram, measurementFile, kspaceFile)]
         if sum(given) == 0:
             raise ScoreReconModuleError(
-                "no input: pass an image volume (inputVolume), a measured sinogram volume (sinogram) or a "
-                "measurement .npz file (measurementFile)")
+                "no input: pass an image volume (inputVolume), a measured sinogram volume (sinogram), a "
+                "measurement .npz file (measurementFile) or a fastMRI-format HDF5 file (kspaceFile)")
         if sum(given) > 1:
-            raise ScoreReconModuleError("give only one of inputVolume, sinogram and measurementFile")
+            raise ScoreReconModuleError("give only one of inputVolume, sinogram, measurementFile and kspaceFile")
         settings.validate()
         if sinogram is not None and settings.task not in CT_TASKS:
             raise ScoreReconModuleError(
                 f"a sinogram input needs a CT task (sparse-ct, limited-angle-ct, metal-ct), not {settings.task}; "
                 "for MRI k-space use a measurement file")
-        if checkDependencies and not self.ensureDependencies(ask=True):
+        if kspaceFile is not None and settings.task != "mri":
+            raise ScoreReconModuleError(f"a k-space file needs the mri task, not {settings.task}; set the task to mri")
+        if checkDependencies and not self.ensureDependencies(ask=True,
+                                                             inputMode="kspace" if kspaceFile is not None else None):
             raise ScoreReconModuleError("the Python packages ScoreRecon needs were not installed; "
                                         "accept the installation to reconstruct")
         sourceNode = inputVolume if inputVolume is not None else sinogram
         isNodeInput = sourceNode is not None and not isinstance(sourceNode, np.ndarray)
         if addNodes is None:
-            addNodes = measurementFile is not None or isNodeInput
+            addNodes = measurementFile is not None or kspaceFile is not None or isNodeInput
         targets = {"reconstruction": outputVolume, "baseline": baselineVolume,
                    "uncertainty": uncertaintyVolume, "metrics": metricsTable}
 
@@ -389,6 +415,14 @@ class ScoreReconLogic(ScriptedLoadableModuleLogic):
                 sinogramSpacing, sinogramMatrix = tuple(sinogram.GetSpacing()), ijkToRASArray(sinogram)
                 inputName, inputNdim = sinogram.GetName(), 3
             checkFinite(sinogramArray, "the sinogram")
+        elif kspaceFile is not None:
+            path = pathlib.Path(str(kspaceFile)).expanduser()
+            if not path.is_file():
+                raise ScoreReconModuleError(f"k-space file {path} does not exist; check the path")
+            if path.suffix.lower() not in (".h5", ".hdf5"):
+                raise ScoreReconModuleError(f"{path.name} is not an HDF5 k-space file (.h5); choose a fastMRI-format "
+                                            "file, or a .npz as the measurement file")
+            inputName, inputNdim = path.stem, 3
         else:
             path = pathlib.Path(str(measurementFile)).expanduser()
             if not path.is_file():
@@ -428,7 +462,7 @@ class ScoreReconLogic(ScriptedLoadableModuleLogic):
         try:
             files, steps, baselineMethod = prepareFiles(
                 tempDir, self.pythonExecutable(), settings, inputArray, inputMatrix, sinogramArray, sinogramSpacing,
-                sinogramMatrix, measurementFile, referenceArray, referenceMatrix, inputName)
+                sinogramMatrix, measurementFile, referenceArray, referenceMatrix, inputName, kspaceFile=kspaceFile)
             process = ScoreReconProcess(steps, env=self.processEnvironment(), cwd=tempDir)
             show = None
             if showResults:
@@ -515,7 +549,8 @@ class ScoreReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The panel: settings bound to the parameter node, Apply / Cancel, progress and status."""
 
     #: path parameters bound by code (see ScoreReconParameterNode) → their ctkPathLineEdit
-    PATH_WIDGETS = {"measurementFile": "measurementFilePathLineEdit", "checkpointPath": "checkpointPathLineEdit"}
+    PATH_WIDGETS = {"measurementFile": "measurementFilePathLineEdit", "kspaceFile": "kspaceFilePathLineEdit",
+                    "checkpointPath": "checkpointPathLineEdit"}
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -547,9 +582,13 @@ class ScoreReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.ui.measurementFilePathLineEdit.filters = ctk.ctkPathLineEdit.Files | ctk.ctkPathLineEdit.Readable
         self.ui.measurementFilePathLineEdit.nameFilters = [_("ScoreRecon measurement (*.npz)")]
+        self.ui.kspaceFilePathLineEdit.filters = ctk.ctkPathLineEdit.Files | ctk.ctkPathLineEdit.Readable
+        self.ui.kspaceFilePathLineEdit.nameFilters = [_("fastMRI k-space (*.h5 *.hdf5)")]
         self.ui.checkpointPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs | ctk.ctkPathLineEdit.Readable
         self.ui.measurementFilePathLineEdit.connect("currentPathChanged(QString)",
                                                     lambda path: self._onPathChanged("measurementFile", path))
+        self.ui.kspaceFilePathLineEdit.connect("currentPathChanged(QString)",
+                                               lambda path: self._onPathChanged("kspaceFile", path))
         self.ui.checkpointPathLineEdit.connect("currentPathChanged(QString)",
                                                lambda path: self._onPathChanged("checkpointPath", path))
         self.ui.progressBar.setVisible(False)
@@ -633,12 +672,19 @@ class ScoreReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             ((ui.sinogramVolumeLabel, ui.sinogramVolumeSelector, ui.sinogramUnitsLabel, ui.sinogramUnitsComboBox),
              mode == "sinogram"),
             ((ui.measurementFileLabel, ui.measurementFilePathLineEdit), mode == "measurement"),
+            ((ui.kspaceFileLabel, ui.kspaceFilePathLineEdit, ui.kspaceSlicesLabel, ui.kspaceSlicesLineEdit,
+              ui.kspaceAccelerationLabel, ui.kspaceAccelerationSpinBox), mode == "kspace"),
             ((ui.referenceVolumeLabel, ui.referenceVolumeSelector), mode != "image"),
+            ((ui.geometryLabel, ui.geometryComboBox), task in CT_TASKS and mode in ("image", "sinogram")),
+            ((ui.sourceDistanceLabel, ui.sourceDistanceSpinBox, ui.detectorDistanceLabel, ui.detectorDistanceSpinBox,
+              ui.detectorLabel, ui.detectorComboBox),
+             task in CT_TASKS and mode in ("image", "sinogram") and pn.geometry == "fan"),
             ((ui.viewsLabel, ui.viewsSpinBox), task == "sparse-ct"),
             ((ui.arcLabel, ui.arcSliderWidget), task == "limited-angle-ct"),
             ((ui.metalThresholdLabel, ui.metalThresholdSliderWidget), task == "metal-ct"),
-            ((ui.accelerationLabel, ui.accelerationSliderWidget, ui.centerFractionLabel, ui.centerFractionSliderWidget,
-              ui.maskKindLabel, ui.maskKindComboBox), task == "mri"),
+            ((ui.accelerationLabel, ui.accelerationSliderWidget), task == "mri" and mode == "image"),
+            ((ui.centerFractionLabel, ui.centerFractionSliderWidget, ui.maskKindLabel, ui.maskKindComboBox),
+             task == "mri" and mode in ("image", "kspace")),
             ((ui.noiseLabel, ui.noiseSliderWidget), mode == "image"),
             ((ui.checkpointPathLabel, ui.checkpointPathLineEdit), pn.modelChoice == "checkpoint"),
         ):
@@ -666,7 +712,7 @@ class ScoreReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._job is not None:
             return
         with slicer.util.tryWithErrorDisplay(_("ScoreRecon could not start."), waitCursor=True):
-            if not self.logic.ensureDependencies(ask=True):
+            if not self.logic.ensureDependencies(ask=True, inputMode=self._parameterNode.inputMode):
                 self.ui.statusLabel.text = _("Dependencies not installed.")
                 return
             job = self.logic.startFromParameterNode(self._parameterNode, checkDependencies=False)

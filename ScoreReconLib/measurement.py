@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from . import FORMAT_VERSION, __version__
+from . import __version__
 from .data import (
     DEFAULT_CT_WINDOW,
     Image,
@@ -46,8 +46,16 @@ from .operators import TASKS, build_operator, operator_from_spec
 from .operators.base import MeasurementOperator
 from .utils import atomic_path, check_finite
 
+#: version of the measurement file format (checkpoints keep ``ScoreReconLib.FORMAT_VERSION``). 2: the CT
+#: operator records its source geometry ("parallel" or "fan" with source / detector distances in pixels).
+MEASUREMENT_FORMAT_VERSION = 2
 #: tasks whose operator is a CT projection
 CT_TASKS = ("sparse-ct", "limited-angle-ct", "metal-ct")
+#: CT source geometries :func:`simulate` accepts
+CT_GEOMETRIES = ("parallel", "fan")
+#: fan-beam defaults (mm), a typical clinical scanner: source to rotation centre, centre to detector
+DEFAULT_SOURCE_DISTANCE_MM = 595.0
+DEFAULT_DETECTOR_DISTANCE_MM = 490.0
 #: MRI sampling mask kinds (see :func:`ScoreReconLib.operators.mri.make_mask`)
 MRI_MASKS = ("equispaced", "random", "variable-density", "poisson")
 #: smallest image side the library accepts (pixels)
@@ -94,7 +102,7 @@ class Measurement:
     metal_mask: np.ndarray | None = None
     options: dict = field(default_factory=dict)
     source: dict = field(default_factory=dict)
-    format_version: int = FORMAT_VERSION
+    format_version: int = MEASUREMENT_FORMAT_VERSION
     library_version: str = __version__
 
     # ------------------------------------------------------------------------------ properties
@@ -385,12 +393,12 @@ def _check_version(path: Path, header: dict) -> None:
     version = header.get("format_version")
     if version is None:
         raise _bad_file(path, "its header has no format_version")
-    if version != FORMAT_VERSION:
+    if version != MEASUREMENT_FORMAT_VERSION:
         written_by = header.get("library_version", "unknown")
         raise ScoreReconError(
             f"{path} uses measurement format version {version} (written by scorerecon {written_by}) but this "
-            f"scorerecon {__version__} reads version {FORMAT_VERSION}; re-simulate it with this version "
-            "('scorerecon simulate')"
+            f"scorerecon {__version__} reads version {MEASUREMENT_FORMAT_VERSION}; re-simulate it with this "
+            "version ('scorerecon simulate')"
         )
 
 
@@ -419,6 +427,7 @@ def _check_consistency(path: Path, m: Measurement) -> None:
         if np.iscomplexobj(y) or not np.issubdtype(y.dtype, np.floating):
             raise _bad_file(path, f"CT sinograms must be real floats, got {y.dtype}")
         spec = m.operator_spec
+        _check_ct_geometry(path, spec)
         for axis, key in ((-2, "n_angles"), (-1, "n_det")):
             if key in spec and spec[key] is not None and int(spec[key]) != y.shape[axis]:
                 raise _bad_file(path, f"y has {y.shape[axis]} {key} but the operator has {spec[key]}")
@@ -430,6 +439,70 @@ def _check_consistency(path: Path, m: Measurement) -> None:
         raise _bad_file(path, f"geometry of a {ndim}-D image does not fit {y.shape[0]} slices")
     if m.noise_std and len(m.noise_std) != y.shape[0]:
         raise _bad_file(path, f"{len(m.noise_std)} noise levels for {y.shape[0]} slices")
+
+
+def _check_ct_geometry(path: Path, spec: dict) -> None:
+    """The CT operator's geometry fields: a known kind; for fan beam finite positive distances in pixels
+    with the source outside the image and a known detector shape."""
+    kind = spec.get("geometry")
+    if kind not in CT_GEOMETRIES:
+        raise _bad_file(path, f"the CT operator's geometry is {kind!r}, expected one of {', '.join(CT_GEOMETRIES)}")
+    if kind != "fan":
+        return
+    for key in ("source_distance", "detector_distance"):
+        value = spec.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise _bad_file(path, f"the fan-beam {key} is {value!r}, expected a positive number of pixels")
+    radius = math.sqrt(2.0) * int(spec["image_size"]) / 2.0 + 1.0
+    if spec["source_distance"] <= radius:
+        raise _bad_file(path, f"the fan-beam source distance {spec['source_distance']:g} px lies inside the "
+                              f"image (radius {radius:.1f} px)")
+    if spec.get("detector", "curved") not in ("curved", "flat"):
+        raise _bad_file(path, f"the fan-beam detector is {spec.get('detector')!r}, expected curved or flat")
+
+
+def pixel_size_mm(image: Image) -> float:
+    """In-plane pixel size of ``image``'s slices (mm): the mean of its two in-plane spacings."""
+    spacing = [float(v) for v in image.spacing][:2]
+    size = sum(spacing) / len(spacing) if spacing else 1.0
+    if not (math.isfinite(size) and size > 0):
+        raise ScoreReconError(f"the image's pixel spacing {image.spacing} is not a positive size; fix its header")
+    return size
+
+
+def ct_geometry_options(image: Image, geometry: str, source_distance: float | None,
+                        detector_distance: float | None, detector: str) -> tuple[dict, dict]:
+    """``(operator options in pixels, record in mm)`` of a CT source geometry for ``image``'s slices.
+
+    Fan beam: ``source_distance`` (source to rotation centre) and ``detector_distance`` (centre to
+    detector) in mm, default :data:`DEFAULT_SOURCE_DISTANCE_MM` / :data:`DEFAULT_DETECTOR_DISTANCE_MM`,
+    converted to pixels with :func:`pixel_size_mm`.
+    """
+    if geometry not in CT_GEOMETRIES:
+        raise ScoreReconError(f"unknown CT geometry '{geometry}'; choose one of {', '.join(CT_GEOMETRIES)}")
+    if geometry == "parallel":
+        if source_distance is not None or detector_distance is not None:
+            raise ScoreReconError("--source-distance / --detector-distance apply to --geometry fan only; "
+                                  "add --geometry fan or drop them")
+        return {"geometry": "parallel"}, {"geometry": "parallel"}
+    src = DEFAULT_SOURCE_DISTANCE_MM if source_distance is None else float(source_distance)
+    det = DEFAULT_DETECTOR_DISTANCE_MM if detector_distance is None else float(detector_distance)
+    for flag, value in (("--source-distance", src), ("--detector-distance", det)):
+        if not (math.isfinite(value) and value > 0):
+            raise ScoreReconError(f"{flag} must be a positive distance in mm, got {value:g}")
+    if detector not in ("curved", "flat"):
+        raise ScoreReconError(f"unknown fan-beam detector '{detector}'; choose curved or flat")
+    px = pixel_size_mm(image)
+    n = int(image.array.shape[-1])
+    radius_mm = (math.sqrt(2.0) * n / 2.0 + 1.0) * px
+    if src <= radius_mm:
+        raise ScoreReconError(f"--source-distance {src:g} mm puts the source inside the {n}x{n} image of "
+                              f"{px:.3g} mm pixels (its corners reach {radius_mm:.0f} mm from the centre); "
+                              "give a larger source distance")
+    opts = {"geometry": "fan", "source_distance": src / px, "detector_distance": det / px, "detector": detector}
+    record = {"geometry": "fan", "source_distance_mm": src, "detector_distance_mm": det, "detector": detector,
+              "pixel_size_mm": px}
+    return opts, record
 
 
 # ---------------------------------------------------------------------------------- simulation
@@ -482,13 +555,13 @@ def prepare_slices(image: Image, size: int | None = None) -> tuple[Image, np.nda
 
 
 def _validate_options(task: str, size: int, views: int, arc: float, n_angles: int | None, acceleration: float,
-                      center_fraction: float, mask: str, noise: float, n_metal: int) -> None:
+                      center_fraction: float, mask: str, noise: float, n_metal: int, fan: bool = False) -> None:
     if task not in TASKS:
         raise ScoreReconError(f"unknown task '{task}'; choose one of {', '.join(TASKS)}")
     if not (math.isfinite(noise) and noise >= 0):
         raise ScoreReconError(f"--noise must be a finite number >= 0 (relative to max |y|), got {noise}")
     if task in CT_TASKS:
-        angles = size if n_angles is None else n_angles
+        angles = (2 * size if fan else size) if n_angles is None else n_angles
         if angles < 2:
             raise ScoreReconError(f"--n-angles must be at least 2, got {angles}")
         if task == "sparse-ct" and not 1 <= views <= angles:
@@ -496,8 +569,9 @@ def _validate_options(task: str, size: int, views: int, arc: float, n_angles: in
                 f"--views {views} does not fit the {angles} angles of the full set; choose 1..{angles} "
                 "or raise --n-angles"
             )
-        if task == "limited-angle-ct" and not (0 < arc <= 180):
-            raise ScoreReconError(f"--arc must be in (0, 180] degrees, got {arc}")
+        top = 360 if fan else 180
+        if task == "limited-angle-ct" and not (0 < arc <= top):
+            raise ScoreReconError(f"--arc must be in (0, {top}] degrees{' for fan beam' if fan else ''}, got {arc}")
         if task == "metal-ct" and n_metal < 1:
             raise ScoreReconError(f"the number of inserted metal objects must be >= 1, got {n_metal}")
     else:
@@ -577,6 +651,10 @@ def simulate(
     seed: int = 0,
     size: int | None = None,
     device: torch.device | str = "cpu",
+    geometry: str = "parallel",
+    source_distance: float | None = None,
+    detector_distance: float | None = None,
+    detector: str = "curved",
     coils: int = 1,
 ) -> tuple[Measurement, torch.Tensor, dict[str, Any]]:
     """Simulate ``task`` measurements of ``image`` (a slice or a volume, sliced along axis 0).
@@ -590,16 +668,25 @@ def simulate(
     degrees; metal-ct uses metal above ``metal_threshold`` HU if the image has any, else inserts
     ``n_metal`` random dense objects of ``metal_hu`` HU inside the body (seeded by ``seed``);
     mri ``acceleration``, ``center_fraction`` and ``mask`` kind, and ``coils`` > 1 for multi-coil k-space
-    with :func:`~ScoreReconLib.coils.synthetic_maps` (seeded by ``seed``). ``noise`` is relative (module
-    docstring). ``size`` resamples slices to ``size``²; without it slices must be square and
-    ≥ 16 pixels.
+    with :func:`~ScoreReconLib.coils.synthetic_maps` (seeded by ``seed``). CT ``geometry`` "parallel" (full
+    set over 180°) or "fan" (full set over 360°, default 2N source angles; ``source_distance`` and
+    ``detector_distance`` in mm, see :func:`ct_geometry_options`; ``detector`` "curved" or "flat");
+    for fan beam ``arc`` may reach 360. ``noise`` is relative (module docstring). ``size`` resamples
+    slices to ``size``²; without it slices must be square and ≥ 16 pixels.
     """
     if task not in TASKS:
         raise ScoreReconError(f"unknown task '{task}'; choose one of {', '.join(TASKS)}")
     original_shape = [int(s) for s in image.array.shape]
     image, stack = prepare_slices(image, size)
     n = stack.shape[-1]
-    _validate_options(task, n, views, arc, n_angles, acceleration, center_fraction, mask, noise, n_metal)
+    geo_opts: dict[str, Any] = {}
+    geo_record: dict[str, Any] = {}
+    if task in CT_TASKS:
+        geo_opts, geo_record = ct_geometry_options(image, geometry, source_distance, detector_distance, detector)
+    elif geometry != "parallel" or source_distance is not None or detector_distance is not None:
+        raise ScoreReconError("--geometry / --source-distance / --detector-distance apply to CT tasks only")
+    _validate_options(task, n, views, arc, n_angles, acceleration, center_fraction, mask, noise, n_metal,
+                      fan=geo_opts.get("geometry") == "fan")
     if isinstance(coils, bool) or int(coils) != coils or coils < 1:
         raise ScoreReconError(f"--coils must be a whole number >= 1 (1 = single-coil), got {coils}")
     if coils > 1 and task != "mri":
@@ -612,17 +699,17 @@ def simulate(
     metal_mask: torch.Tensor | None = None
     x_measured = x
     if task == "sparse-ct":
-        options = {"views": int(views), "n_angles": n_angles}
-        op = build_operator(task, n, views=int(views), n_angles=n_angles, device=device)
+        options = {"views": int(views), "n_angles": n_angles, **geo_record}
+        op = build_operator(task, n, views=int(views), n_angles=n_angles, device=device, **geo_opts)
     elif task == "limited-angle-ct":
-        options = {"arc": float(arc), "n_angles": n_angles}
-        op = build_operator(task, n, arc=float(arc), n_angles=n_angles, device=device)
+        options = {"arc": float(arc), "n_angles": n_angles, **geo_record}
+        op = build_operator(task, n, arc=float(arc), n_angles=n_angles, device=device, **geo_opts)
     elif task == "metal-ct":
         options = {"metal_threshold": float(metal_threshold), "n_metal": int(n_metal), "metal_hu": float(metal_hu),
-                   "n_angles": n_angles}
+                   "n_angles": n_angles, **geo_record}
         x_measured, metal_mask, metal_info = _metal_masks(x, float(metal_threshold), int(n_metal),
                                                           float(metal_hu), int(seed))
-        op = build_operator(task, n, metal_mask=metal_mask, n_angles=n_angles, device=device)
+        op = build_operator(task, n, metal_mask=metal_mask, n_angles=n_angles, device=device, **geo_opts)
     elif coils > 1:
         from .coils import synthetic_maps
         from .operators.multicoil import build_multicoil_operator
@@ -696,13 +783,17 @@ def reference_slices(reference: Image, m: Measurement) -> torch.Tensor:
 
 
 __all__ = [
+    "CT_GEOMETRIES",
     "CT_TASKS",
+    "MEASUREMENT_FORMAT_VERSION",
     "MRI_MASKS",
     "MIN_IMAGE_SIZE",
     "Measurement",
     "load_measurement",
+    "ct_geometry_options",
     "normalization_for",
     "normalize_slices",
+    "pixel_size_mm",
     "prepare_slices",
     "reference_slices",
     "save_measurement",

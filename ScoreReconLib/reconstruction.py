@@ -169,6 +169,23 @@ def _check_start_and_tv(method: str, base: dict) -> None:
                               "use --sampler proximal or drop --tv-weight")
     if "tv_weight" in base:
         base["tv_weight"] = tv
+    if base.get("z_tv") is not None:
+        z = _number(base, "z_tv", "--z-tv")
+        if z < 0:
+            raise ScoreReconError(f"--z-tv must be >= 0 (0 = slices independent), got {base['z_tv']}; try 0.01")
+        if z > 0 and method != "proximal":
+            raise ScoreReconError(f"--z-tv applies only to the proximal sampler, not '{method}'; "
+                                  "use --sampler proximal or drop --z-tv")
+        base["z_tv"] = z
+    else:
+        base.pop("z_tv", None)
+    if base.get("z_shared_noise") is not None:
+        if not isinstance(base["z_shared_noise"], bool):
+            raise ScoreReconError(f"z_shared_noise must be True or False, got {base['z_shared_noise']!r}")
+        if base["z_shared_noise"] and method != "proximal":
+            raise ScoreReconError(f"--z-shared-noise applies only to the proximal sampler, not '{method}'")
+    else:
+        base.pop("z_shared_noise", None)
     if "tv_iters" in base:
         iters = base["tv_iters"]
         if isinstance(iters, bool) or not float(iters).is_integer() or int(iters) < 1:
@@ -336,16 +353,26 @@ def subset_operator(operator: MeasurementOperator, index: slice) -> MeasurementO
     return operator
 
 
-def reconstruct_volume(y: torch.Tensor, operator: MeasurementOperator, prior, batch_size: int = 4,
+def reconstruct_volume(y: torch.Tensor, operator: MeasurementOperator, prior, batch_size: int | None = None,
                        progress: ProgressFn | None = None, cancel: threading.Event | None = None,
                        **kwargs) -> ReconstructionResult:
-    """Reconstruct ``S`` slices ``y`` (S, 1, ...) in batches of ``batch_size``; memory bounded by a batch.
+    """Reconstruct ``S`` slices ``y`` (S, 1, ...) in batches of ``batch_size`` (default 4); memory bounded by a batch.
 
     Progress is reported per finished slice; ``cancel`` stops between sampler steps. Every slice
     draws from its own stream (``derive_seed(seed, slice_index, sample)``) and the noise level and
-    classical start weight are fixed once for the volume (:func:`volume_extras`), so the result of a
-    slice does not depend on ``batch_size``.
+    classical start weight are fixed once for the volume (:func:`volume_extras`), so without the 3-D
+    options the result of a slice does not depend on ``batch_size``.
+    ``z_shared_noise=True`` (proximal sampler) gives the slices of a batch the same sampler noise, so
+    the flicker of independent posterior samples is correlated away (same batching caveat as z-TV).
+    ``z_tv=w`` (proximal sampler) couples neighbouring slices by a TV term along z after every
+    data-consistency step (:func:`~ScoreReconLib.sampling.z_tv_proximal`); it acts within a batch, so
+    with ``z_tv > 0`` the default batch is the whole volume (every slice coupled, at the memory of the
+    whole volume); a smaller ``batch_size`` leaves the batch boundaries uncoupled.
     """
+    if batch_size is None:
+        batch_size = y.shape[0] if (kwargs.get("z_tv") or kwargs.get("z_shared_noise")) else 4
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise ScoreReconError(f"batch_size must be a whole number of at least 1, got {batch_size}")
     t0 = time.perf_counter()
     check_compatible(operator, prior)
     S = y.shape[0]

@@ -29,14 +29,24 @@ Generator = torch.Generator | SliceGenerators | None
 
 
 def randn(shape: Sequence[int], generator: Generator, device: torch.device | str | None = None,
-          dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Standard normal ``shape`` noise; with :class:`SliceGenerators` item ``b`` comes from its own stream."""
+          dtype: torch.dtype = torch.float32, shared: bool = False) -> torch.Tensor:
+    """Standard normal ``shape`` noise; with :class:`SliceGenerators` item ``b`` comes from its own stream.
+
+    ``shared``: one draw for the whole batch (from the batch-wide stream), expanded over ``shape[0]``.
+    A draw of one item from :class:`SliceGenerators` of several is also batch-wide.
+    """
     shape = tuple(int(s) for s in shape)
+    if shared and shape[0] > 1:
+        one = randn((1, *shape[1:]), generator, device, dtype, shared=True)
+        return one.expand(shape)
     if isinstance(generator, SliceGenerators):
-        if shape[0] != len(generator):
-            raise ValueError(f"noise for {shape[0]} items from {len(generator)} slice streams")
-        return torch.stack([torch.randn(shape[1:], generator=g, device=generator.device, dtype=dtype)
-                            for g in generator.items]).to(device or generator.device)
+        if shape[0] == len(generator):
+            return torch.stack([torch.randn(shape[1:], generator=g, device=generator.device, dtype=dtype)
+                                for g in generator.items]).to(device or generator.device)
+        if shape[0] == 1 or shared:
+            return torch.randn(shape, generator=generator.shared, device=generator.device,
+                               dtype=dtype).to(device or generator.device)
+        raise ValueError(f"noise for {shape[0]} items from {len(generator)} slice streams")
     return torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
 

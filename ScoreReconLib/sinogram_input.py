@@ -1,12 +1,21 @@
-"""Measured parallel-beam CT sinograms → a ScoreRecon measurement file.
+"""Measured parallel- or fan-beam CT sinograms → a ScoreRecon measurement file.
 
 A sinogram is ``(S, A, D)`` float32: slices × angle rows × detector bins (or ``(A, D)`` for one
-slice). ``D`` fixes the image size N (the library's default detector count for N×N images, the
-smallest odd count ≥ √2·N: 47 for 32², 91 for 64², 363 for 256²). Rows are views over [0°, 180°):
+slice). ``D`` fixes the image size N (the library's default detector count for N×N images).
 
-- ``sparse-ct``: A = N (the full set; the task's ``views`` are kept) or A measured views at 180°·k/A;
-- ``limited-angle-ct``: A = N, or the first A angles of 180°·k/N, which must fill the ``arc``;
-- ``metal-ct``: the full set (A = N); the metal trace comes from an FBP image above ``metal_threshold`` HU.
+Parallel beam (``geometry="parallel"``): D is the smallest odd count ≥ √2·N (47 for 32², 91 for 64²,
+363 for 256²); the full set is F = N views over [0°, 180°). Fan beam (``geometry="fan"``, see
+:class:`~ScoreReconLib.operators.ct.FanBeamGeometry`): source and detector distances in mm and a
+``curved`` or ``flat`` detector; D is the smallest odd count whose fan covers the image, and the
+full set is F = 2N source angles over [0°, 360°). In both, rows are the full set's angles:
+
+- ``sparse-ct``: A = F (the full set; the task's ``views`` are kept) or A measured views at k·F/A of the set;
+- ``limited-angle-ct``: A = F, or the first A angles of the set, which must fill the ``arc``;
+- ``metal-ct``: the full set (A = F); the metal trace comes from an FBP image above ``metal_threshold`` HU.
+
+The detector spacing (the first ``spacing`` value) is the image's pixel size in mm: for fan beam the
+bin pitch scaled to the rotation centre (curved: the arc length at the centre; flat: the pitch
+divided by the magnification).
 
 Values are ``"normalized"`` (pixel-length line integrals of the [0, 1]-normalised image, the
 library's units) or ``"attenuation"`` (-ln(I/I0), converted with water's attenuation and the
@@ -31,11 +40,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .cli import OneLineParser
 from .data import DEFAULT_CT_WINDOW, ct_normalization
 from .errors import ScoreReconError
-from .measurement import Measurement, save_measurement
+from .measurement import (
+    CT_GEOMETRIES,
+    DEFAULT_DETECTOR_DISTANCE_MM,
+    DEFAULT_SOURCE_DISTANCE_MM,
+    Measurement,
+    save_measurement,
+)
 from .operators import build_operator
-from .operators.ct import ParallelBeamGeometry, fbp, metal_mask_from_image
+from .operators.ct import DETECTORS, FanBeamGeometry, ParallelBeamGeometry, fbp, metal_mask_from_image
 
 #: CT tasks a sinogram can feed
 SINOGRAM_TASKS = ("sparse-ct", "limited-angle-ct", "metal-ct")
@@ -56,6 +72,44 @@ def image_size_for_detectors(n_det: int) -> int | None:
     return None
 
 
+def fan_image_sizes_for_detectors(n_det: int, source_distance: float, detector: str) -> list[int]:
+    """Image sides N whose default fan-beam detector count is ``n_det`` (``source_distance`` in pixels),
+    ascending (neighbouring sizes can share a count); empty if none."""
+    sizes = []
+    for n in range(MIN_IMAGE_SIZE, int(n_det) + 1):
+        radius = math.sqrt(2.0) * n / 2.0 + 1.0
+        if source_distance <= radius:
+            break
+        gamma = math.asin(radius / source_distance)
+        half = gamma * source_distance if detector == "curved" else math.tan(gamma) * source_distance
+        count = 2 * math.ceil(half) + 1
+        if count > n_det:
+            break
+        if count == n_det:
+            sizes.append(n)
+    return sizes
+
+
+def _fan_options(geometry: str, source_distance: float | None, detector_distance: float | None,
+                 detector: str) -> tuple[float, float] | None:
+    """``(source, detector distance in mm)`` for fan beam, None for parallel; validated."""
+    if geometry not in CT_GEOMETRIES:
+        raise ScoreReconError(f"unknown CT geometry '{geometry}'; choose one of {', '.join(CT_GEOMETRIES)}")
+    if geometry == "parallel":
+        if source_distance is not None or detector_distance is not None:
+            raise ScoreReconError("--source-distance / --detector-distance apply to --geometry fan only; "
+                                  "add --geometry fan or drop them")
+        return None
+    src = DEFAULT_SOURCE_DISTANCE_MM if source_distance is None else float(source_distance)
+    det = DEFAULT_DETECTOR_DISTANCE_MM if detector_distance is None else float(detector_distance)
+    for flag, value in (("--source-distance", src), ("--detector-distance", det)):
+        if not (math.isfinite(value) and value > 0):
+            raise ScoreReconError(f"{flag} must be a positive distance in mm, got {value:g}")
+    if detector not in DETECTORS:
+        raise ScoreReconError(f"unknown fan-beam detector '{detector}'; choose one of {', '.join(DETECTORS)}")
+    return src, det
+
+
 def _as_stack(sinogram: np.ndarray) -> np.ndarray:
     s = np.asarray(sinogram)
     if s.ndim not in (2, 3):
@@ -72,76 +126,122 @@ def _as_stack(sinogram: np.ndarray) -> np.ndarray:
 def sinogram_to_measurement(sinogram: np.ndarray, task: str = "sparse-ct", *, views: int = 23, arc: float = 90.0,
                             metal_threshold: float = 3000.0, units: str = "normalized",
                             spacing: tuple[float, ...] = (1.0, 1.0, 1.0), z0: float = 0.0, size: int = 0,
-                            seed: int = 0, name: str = "sinogram") -> Measurement:
+                            seed: int = 0, name: str = "sinogram", geometry: str = "parallel",
+                            source_distance: float | None = None, detector_distance: float | None = None,
+                            detector: str = "curved") -> Measurement:
     """A :class:`Measurement` of a measured sinogram ``(S, A, D)`` or ``(A, D)`` (see the module docstring).
 
     ``spacing`` (detector, angle, slice) in mm sets the image's pixel size and slice spacing; ``z0``
     the first slice's position (mm). ``size``: 0, or the image size the caller expects (must match
-    the detector count). Raises :class:`ScoreReconError` for a layout that fits no geometry.
+    the detector count). ``geometry`` "parallel" or "fan" (``source_distance`` / ``detector_distance``
+    in mm, default 595 / 490; ``detector`` "curved" or "flat"). Raises :class:`ScoreReconError` for a
+    layout that fits no geometry.
     """
     if task not in SINOGRAM_TASKS:
         raise ScoreReconError(f"a sinogram input needs a CT task ({', '.join(SINOGRAM_TASKS)}), not {task}; "
                               "for MRI k-space use a measurement file")
     if units not in SINOGRAM_UNITS:
         raise ScoreReconError(f"sinogram units '{units}' are unknown; choose {' or '.join(SINOGRAM_UNITS)}")
+    fan = _fan_options(geometry, source_distance, detector_distance, detector)
     s = _as_stack(sinogram)
     n_slices, n_angles, n_det = s.shape
-    n = image_size_for_detectors(n_det)
-    if n is None:
-        raise ScoreReconError(
-            f"the sinogram has {n_det} detector bins per row, which fits no square image in ScoreRecon's "
-            "geometry (the smallest odd count >= sqrt(2)*N: 47 for 32x32, 91 for 64x64, 363 for 256x256); "
-            "resample the detector axis")
-    if size and size != n:
-        raise ScoreReconError(f"the sinogram's {n_det} detector bins give {n}x{n} images but size is {size}; "
-                              "set size to 0")
     spacing = tuple(float(v) for v in spacing) if spacing is not None else (1.0, 1.0, 1.0)
     pixel = spacing[0] if spacing and spacing[0] > 0 else 1.0
+    geo_opts: dict = {}
+    geo_record: dict = {}
+    if fan is None:
+        n = image_size_for_detectors(n_det)
+        if n is None:
+            raise ScoreReconError(
+                f"the sinogram has {n_det} detector bins per row, which fits no square image in ScoreRecon's "
+                "geometry (the smallest odd count >= sqrt(2)*N: 47 for 32x32, 91 for 64x64, 363 for 256x256); "
+                "resample the detector axis")
+        if size and size != n:
+            raise ScoreReconError(f"the sinogram's {n_det} detector bins give {n}x{n} images but size is {size}; "
+                                  "set size to 0")
+        candidates = [n]
+    else:
+        src_px, det_px = fan[0] / pixel, fan[1] / pixel
+        sizes = fan_image_sizes_for_detectors(n_det, src_px, detector)
+        # of sizes sharing the count: the asked size, else the one whose full set (2N) the rows fill first
+        candidates = ([v for v in sizes if v == size] if size else
+                      sorted(sizes, key=lambda v: (2 * v != n_angles, v)))
+        if not candidates:
+            raise ScoreReconError(
+                f"the sinogram has {n_det} detector bins per row, which fits no square image of {pixel:g} mm "
+                f"pixels in a {detector} fan beam with the source {fan[0]:g} mm from the centre"
+                + (f" at size {size}" if size else "")
+                + "; check --source-distance, --detector and the detector spacing, or set size to 0")
+        geo_opts = {"geometry": "fan", "source_distance": src_px, "detector_distance": det_px, "detector": detector}
+        geo_record = {"geometry": "fan", "source_distance_mm": fan[0], "detector_distance_mm": fan[1],
+                      "detector": detector, "pixel_size_mm": pixel}
     norm = ct_normalization()
     if units == "attenuation":
         if norm.low != -1000.0:
             raise ScoreReconError("attenuation sinograms need the CT window to start at -1000 HU (air)")
         s = s * np.float32(1000.0 / (WATER_ATTENUATION_PER_MM * (norm.high - norm.low) * pixel))
-    full = np.zeros((n_slices, 1, n, n_det), dtype=np.float32)
-    metal_mask = None
-    if task == "sparse-ct":
-        if n_angles == n:
-            op = build_operator(task, n, views=int(views))
-            full[:, 0] = s
-        else:
-            idx = np.unique(np.round(np.arange(n_angles) * n / n_angles).astype(np.int64) % n)
-            if idx.size != n_angles:
+    turn = 360.0 if fan is not None else 180.0
+
+    def layout(n: int, n_full: int) -> tuple:
+        """(operator, full-set sinogram (S, 1, n_full, n_det), metal mask or None) for N = ``n``."""
+        full = np.zeros((n_slices, 1, n_full, n_det), dtype=np.float32)
+        metal_mask = None
+        if task == "sparse-ct":
+            if n_angles == n_full:
+                op = build_operator(task, n, views=int(views), **geo_opts)
+                full[:, 0] = s
+            else:
+                idx = np.unique(np.round(np.arange(n_angles) * n_full / n_angles).astype(np.int64) % n_full)
+                if idx.size != n_angles:
+                    raise ScoreReconError(
+                        f"the sinogram has {n_angles} views, more than the {n_full} angles of a {n}x{n} image's full "
+                        f"set; use at most {n_full} views")
+                op = build_operator(task, n, views=idx, **geo_opts)
+                full[:, 0, idx] = s
+        elif task == "limited-angle-ct":
+            if not (math.isfinite(float(arc)) and 0.0 < float(arc) <= turn):
+                raise ScoreReconError(f"--arc {arc:g} is outside (0, {turn:g}] degrees for {geometry} beam; "
+                                      "give the scanned arc in degrees")
+            op = build_operator(task, n, arc=float(arc), **geo_opts)
+            measured = np.asarray(op.views)
+            if n_angles == n_full:
+                full[:, 0] = s
+            elif n_angles == measured.size and np.array_equal(measured, np.arange(n_angles)):
+                full[:, 0, :n_angles] = s
+            else:
                 raise ScoreReconError(
-                    f"the sinogram has {n_angles} views, more than the {n} angles of a {n}x{n} image's full set; "
-                    "use at most N views")
-            op = build_operator(task, n, views=idx)
-            full[:, 0, idx] = s
-    elif task == "limited-angle-ct":
-        op = build_operator(task, n, arc=float(arc))
-        measured = np.asarray(op.views)
-        if n_angles == n:
-            full[:, 0] = s
-        elif n_angles == measured.size and np.array_equal(measured, np.arange(n_angles)):
-            full[:, 0, :n_angles] = s
+                    f"the sinogram has {n_angles} angle rows but a {arc:g} degree arc holds {measured.size} "
+                    f"of the {n_full} angles (step {turn:g}/{n_full} degrees); set the arc to "
+                    f"{n_angles * turn / n_full:g} degrees or give all {n_full} rows")
         else:
-            raise ScoreReconError(
-                f"the sinogram has {n_angles} angle rows but a {arc:g} degree arc holds {measured.size} "
-                f"of the {n} angles (step 180/{n} degrees); set the arc to {n_angles * 180.0 / n:g} degrees or "
-                f"give all {n} rows")
+            if n_angles != n_full:
+                raise ScoreReconError(
+                    f"metal-ct needs the full sinogram: {n_full} angle rows over {turn:g} degrees for {n_det} detector "
+                    f"bins, got {n_angles}")
+            full_geometry = (ParallelBeamGeometry(n) if fan is None else
+                             FanBeamGeometry(n, geo_opts["source_distance"], geo_opts["detector_distance"],
+                                             detector=detector))
+            with torch.no_grad():
+                image = fbp(torch.from_numpy(np.ascontiguousarray(s[:, None])), full_geometry)
+            metal_mask = metal_mask_from_image(norm.inverse(image), threshold=float(metal_threshold))
+            if not bool(metal_mask.any()):
+                raise ScoreReconError(
+                    f"no metal above {metal_threshold:g} HU in the FBP image of the sinogram; lower the metal "
+                    "threshold or choose sparse-ct / limited-angle-ct")
+            op = build_operator(task, n, metal_mask=metal_mask, **geo_opts)
+            full[:, 0] = s
+        return op, full, metal_mask
+
+    first_error = None
+    for n in candidates:
+        n_full = n if fan is None else 2 * n
+        try:
+            op, full, metal_mask = layout(n, n_full)
+            break
+        except ScoreReconError as exc:  # a neighbouring size sharing the detector count may fit the rows
+            first_error = first_error or exc
     else:
-        if n_angles != n:
-            raise ScoreReconError(
-                f"metal-ct needs the full sinogram: {n} angle rows over 180 degrees for {n_det} detector bins, "
-                f"got {n_angles}")
-        with torch.no_grad():
-            image = fbp(torch.from_numpy(np.ascontiguousarray(s[:, None])), ParallelBeamGeometry(n))
-        metal_mask = metal_mask_from_image(norm.inverse(image), threshold=float(metal_threshold))
-        if not bool(metal_mask.any()):
-            raise ScoreReconError(
-                f"no metal above {metal_threshold:g} HU in the FBP image of the sinogram; lower the metal "
-                "threshold or choose sparse-ct / limited-angle-ct")
-        op = build_operator(task, n, metal_mask=metal_mask)
-        full[:, 0] = s
+        raise first_error
     with torch.no_grad():
         y = op.mask_apply(torch.from_numpy(full)).numpy().astype(np.float32)
     slice_spacing = spacing[2] if len(spacing) > 2 and spacing[2] > 0 else 1.0
@@ -159,7 +259,7 @@ def sinogram_to_measurement(sinogram: np.ndarray, task: str = "sparse-ct", *, vi
         metal=({"source": "sinogram", "threshold_hu": float(metal_threshold), "pixels": int(metal_mask.sum())}
                if metal_mask is not None else {}),
         metal_mask=None if metal_mask is None else metal_mask.cpu().numpy().astype(bool),
-        options={"views": int(n_angles), "units": units},
+        options={"views": int(n_angles), "units": units, **geo_record},
         source={"sinogram": name, "shape": [int(v) for v in s.shape], "modality": "CT"},
     )
 
@@ -184,8 +284,8 @@ def read_sinogram_file(path: str | Path) -> tuple[np.ndarray, tuple[float, float
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="scorerecon sinogram",
-                                description="Convert a measured parallel-beam sinogram (.npz) to a measurement file.")
+    p = OneLineParser(prog="scorerecon sinogram",
+                      description="Convert a measured parallel- or fan-beam sinogram (.npz) to a measurement file.")
     p.add_argument("--input", required=True, help="sinogram .npz (array 'sinogram' (S, A, D); 'spacing', 'z0')")
     p.add_argument("--output", required=True, help="measurement .npz to write")
     p.add_argument("--task", default="sparse-ct", choices=SINOGRAM_TASKS)
@@ -196,6 +296,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=0, help="expected image size (0: from the detector count)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="sinogram", help="name recorded as the measurement's source")
+    p.add_argument("--geometry", default="parallel", choices=CT_GEOMETRIES,
+                   help="source geometry: parallel (N views over 180 degrees) or fan (2N source angles over 360)")
+    p.add_argument("--source-distance", type=float, default=None, metavar="MM",
+                   help=f"fan beam: source to rotation centre in mm (default {DEFAULT_SOURCE_DISTANCE_MM:g})")
+    p.add_argument("--detector-distance", type=float, default=None, metavar="MM",
+                   help=f"fan beam: rotation centre to detector in mm (default {DEFAULT_DETECTOR_DISTANCE_MM:g})")
+    p.add_argument("--detector", default="curved", choices=DETECTORS, help="fan beam: detector shape")
     return p
 
 
@@ -206,7 +313,9 @@ def main(argv: list[str] | None = None) -> int:
         sinogram, spacing, z0 = read_sinogram_file(args.input)
         m = sinogram_to_measurement(sinogram, args.task, views=args.views, arc=args.arc,
                                     metal_threshold=args.metal_threshold, units=args.units, spacing=spacing,
-                                    z0=z0, size=args.size, seed=args.seed, name=args.name)
+                                    z0=z0, size=args.size, seed=args.seed, name=args.name,
+                                    geometry=args.geometry, source_distance=args.source_distance,
+                                    detector_distance=args.detector_distance, detector=args.detector)
         save_measurement(args.output, m)
     except ScoreReconError as exc:
         print(f"scorerecon sinogram: error: {exc}", file=sys.stderr)

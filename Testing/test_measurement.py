@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from ScoreReconLib import FORMAT_VERSION
 from ScoreReconLib.data import Image, ct_normalization
 from ScoreReconLib.errors import ScoreReconError
 from ScoreReconLib.measurement import (
+    MEASUREMENT_FORMAT_VERSION,
     Measurement,
     load_measurement,
     normalization_for,
@@ -80,7 +80,7 @@ def test_simulate_matches_operator_and_round_trips(tmp_path, task):
     np.testing.assert_allclose(back.operator().A(ref).numpy(), op.A(ref).numpy(), rtol=1e-5, atol=1e-5)
     with np.load(path, allow_pickle=False) as npz:  # plain arrays, no pickles
         header = json.loads(str(npz["header"][()]))
-    assert header["format_version"] == FORMAT_VERSION and header["task"] == task
+    assert header["format_version"] == MEASUREMENT_FORMAT_VERSION and header["task"] == task
     assert header["geometry"]["spacing"] == [0.8, 0.9, 2.5]
 
 
@@ -211,9 +211,9 @@ def test_load_refuses_bad_files(tmp_path):
     with pytest.raises(ScoreReconError, match="not a usable"):
         load_measurement(tmp_path / "plain.npy")
 
-    old = _rewrite(good, tmp_path / "old.npz", header={"format_version": FORMAT_VERSION + 98,
+    old = _rewrite(good, tmp_path / "old.npz", header={"format_version": MEASUREMENT_FORMAT_VERSION + 98,
                                                         "library_version": "9.9.9"})
-    with pytest.raises(ScoreReconError, match=rf"version {FORMAT_VERSION + 98}.*re-simulate") as info:
+    with pytest.raises(ScoreReconError, match=rf"version {MEASUREMENT_FORMAT_VERSION + 98}.*re-simulate") as info:
         load_measurement(old)
     assert "9.9.9" in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(ScoreReconError, match="missing y"):

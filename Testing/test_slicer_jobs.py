@@ -375,3 +375,110 @@ def test_sinogram_arguments_are_the_library_commands_options(sr):
             args.seed, args.name) == ("in.npz", "out.npz", "metal-ct", 40, 120.0, 2500.0, "attenuation", 64, 7, "Sino")
     assert set(sr.SINOGRAM_UNITS) == set(sinogram_input.SINOGRAM_UNITS)
     assert set(sr.CT_TASKS) == set(sinogram_input.SINOGRAM_TASKS)
+
+
+def test_fan_sinogram_arguments_are_the_library_commands_options(sr):
+    from ScoreReconLib import sinogram_input
+    from ScoreReconLib.cli import build_parser
+
+    parallel = sinogram_input.build_parser().parse_args(sr.ScoreReconSettings().sinogramArgs("i.npz", "o.npz"))
+    assert (parallel.geometry, parallel.source_distance, parallel.detector_distance) == ("parallel", None, None)
+    fan = sr.ScoreReconSettings(task="limited-angle-ct", arc=250.0, geometry="fan", sourceDistance=570.0,
+                                detectorDistance=470.5, detector="flat")
+    fan.validate()  # a fan-beam arc may exceed 180 degrees
+    args = sinogram_input.build_parser().parse_args(fan.sinogramArgs("i.npz", "o.npz"))
+    assert (args.geometry, args.source_distance, args.detector_distance, args.detector, args.arc) == (
+        "fan", 570.0, 470.5, "flat", 250.0)
+    # image input: the same geometry goes to 'scorerecon simulate'
+    sim = build_parser().parse_args(fan.simulateArgs("in.nrrd", "m.npz"))
+    assert (sim.geometry, sim.source_distance, sim.detector_distance, sim.detector) == ("fan", 570.0, 470.5, "flat")
+    assert "--geometry" not in sr.ScoreReconSettings(task="mri").simulateArgs("in.nrrd", "m.npz")
+    assert set(sr.CT_GEOMETRIES) == set(sinogram_input.CT_GEOMETRIES)
+    assert set(sr.DETECTORS) == set(sinogram_input.DETECTORS)
+    with pytest.raises(sr.ScoreReconModuleError, match="arc must be in"):
+        sr.ScoreReconSettings(task="limited-angle-ct", arc=250.0).validate()  # parallel beam: at most 180
+    with pytest.raises(sr.ScoreReconModuleError, match="sourceDistance"):
+        sr.ScoreReconSettings(geometry="fan", sourceDistance=0.0).validate()
+    with pytest.raises(sr.ScoreReconModuleError, match="geometry 'cone' is unknown"):
+        sr.ScoreReconSettings(geometry="cone").validate()
+
+
+def test_kspace_arguments_and_steps(sr, tmp_path):
+    from ScoreReconLib.cli import build_parser
+
+    s = sr.ScoreReconSettings(task="mri", method="sense", centerFraction=0.1, maskKind="random", seed=4)
+    args = build_parser().parse_args(s.importKspaceArgs("f.h5", "m.npz"))
+    assert (args.input, args.output, args.acceleration, args.slices, args.center_fraction, args.mask, args.seed) == (
+        "f.h5", "m.npz", None, None, 0.1, "random", 4)  # 0: an undersampled file keeps its own sampling
+    s2 = sr.ScoreReconSettings(task="mri", kspaceAcceleration=4.0, kspaceSlices=" 2:5 ")
+    args = build_parser().parse_args(s2.importKspaceArgs("f.h5", "m.npz"))
+    assert (args.acceleration, args.slices) == (4.0, "2:5")
+    with pytest.raises(sr.ScoreReconModuleError, match="kspaceAcceleration"):
+        sr.ScoreReconSettings(task="mri", kspaceAcceleration=0.5).validate()
+    h5 = tmp_path / "scan.h5"
+    h5.write_bytes(b"")
+    files, steps, baseline = sr.prepareFiles(str(tmp_path), "python", s, None, None, None, None, None, None, None,
+                                             None, "scan", kspaceFile=str(h5))
+    assert [st.label for st in steps] == ["Importing k-space", "Reconstructing (SENSE)", "Baseline (zero-filled)"]
+    assert steps[0].args[:4] == ["python", "-m", "ScoreReconLib", "import-kspace"]
+    imported = build_parser().parse_args(steps[0].args[3:])
+    assert imported.input == str(h5.resolve()) and imported.output == files["measurement"]
+    assert os.path.dirname(files["measurement"]) == str(tmp_path)  # the temporary measurement of the run
+    recon = build_parser().parse_args(steps[1].args[3:])
+    assert (recon.input, recon.method, recon.output) == (files["measurement"], "sense", files["reconstruction"])
+    assert baseline == "zero-filled"
+
+
+def test_module_methods_are_the_library_reconstruct_methods(sr):
+    from ScoreReconLib.commands.reconstruct import METHODS_FOR_TASK
+
+    assert set(sr.METHODS) == {m for ms in METHODS_FOR_TASK.values() for m in ms}
+    for task, methods in METHODS_FOR_TASK.items():
+        assert set(sr.METHODS_FOR_TASK[task]) == set(methods), task
+    assert set(sr.METHOD_LABELS) == set(sr.METHODS)
+
+
+def test_h5py_is_an_on_demand_requirement_of_kspace_input(sr, slicer, deps, monkeypatch, tmp_path):
+    import tomllib
+
+    extra = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["mri"]
+    h5 = [deps.parseRequirement(line) for line in extra if line.lower().startswith("h5py")]
+    kspace = [r for r in deps.requirementsFor("kspace") if r.key == "h5py"]
+    assert len(h5) == 1 and [(r.name, r.clauses) for r in kspace] == [(h5[0].name, h5[0].clauses)]
+    assert not [r for r in deps.requirementsFor(None) if r.key == "h5py"]  # not needed by every run
+    assert not [r for r in deps.loadRequirements() if r.key == "h5py"]
+    real = deps.installedVersion
+    monkeypatch.setattr(deps, "installedVersion", lambda name: None if name == "h5py" else real(name))
+    assert sr.ScoreReconLogic.dependencyProblems() == []
+    assert [p.requirement.key for p in sr.ScoreReconLogic.dependencyProblems("kspace")] == ["h5py"]
+    monkeypatch.setattr(deps, "installedVersion", lambda name: "3.1" if name == "h5py" else real(name))
+    assert [p.describe() for p in sr.ScoreReconLogic.dependencyProblems("kspace")] == [
+        "h5py>=3.8 (installed: 3.1)"]  # the version is checked, not just presence
+    h5file = tmp_path / "scan.h5"
+    h5file.write_bytes(b"")
+    before = slicer.mrmlScene.GetNumberOfNodes()
+    with pytest.raises(sr.ScoreReconProcessError, match="h5py"):
+        sr.ScoreReconLogic().startJob(kspaceFile=str(h5file), task="mri", method="zero-filled")
+    assert slicer.mrmlScene.GetNumberOfNodes() == before
+
+
+def test_kspace_input_mode_of_the_panel(sr, slicer, tmp_path):
+    logic = sr.ScoreReconLogic()
+    pn = logic.getParameterNode()
+    pn.inputMode = "kspace"
+    assert not sr.hasInput(pn) and pn.kspaceFile == ""
+    with pytest.raises(sr.ScoreReconModuleError, match="no k-space file"):
+        logic.startFromParameterNode(pn, checkDependencies=False)
+    pn.kspaceFile = str(tmp_path / "missing.h5")
+    assert sr.hasInput(pn)
+    pn.task = "mri"
+    with pytest.raises(sr.ScoreReconModuleError, match="does not exist"):
+        logic.startFromParameterNode(pn, checkDependencies=False)
+    (tmp_path / "scan.npz").write_bytes(b"")
+    with pytest.raises(sr.ScoreReconModuleError, match="not an HDF5 k-space file"):
+        logic.startJob(kspaceFile=str(tmp_path / "scan.npz"), task="mri", method="zero-filled",
+                       checkDependencies=False)
+    (tmp_path / "scan.h5").write_bytes(b"")
+    with pytest.raises(sr.ScoreReconModuleError, match="needs the mri task"):
+        logic.startJob(kspaceFile=str(tmp_path / "scan.h5"), task="sparse-ct", method="fbp",
+                       checkDependencies=False)

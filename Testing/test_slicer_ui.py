@@ -25,7 +25,8 @@ MODULE_PATH = REPO_ROOT / "ScoreRecon" / "ScoreRecon.py"
 PARAMETER_CLASS = "ScoreReconParameterNode"
 #: str parameters the widget binds in code to a ctkPathLineEdit (Slicer's connector only binds pathlib
 #: paths, and an unset pathlib.Path shows as "." in the field)
-CODE_BOUND_PATHS = {"measurementFile": "measurementFilePathLineEdit", "checkpointPath": "checkpointPathLineEdit"}
+CODE_BOUND_PATHS = {"measurementFile": "measurementFilePathLineEdit", "kspaceFile": "kspaceFilePathLineEdit",
+                    "checkpointPath": "checkpointPathLineEdit"}
 NODE_TYPES = {"vtkMRMLScalarVolumeNode", "vtkMRMLTableNode"}
 
 #: widget classes Slicer's GUI connectors bind to each parameter type

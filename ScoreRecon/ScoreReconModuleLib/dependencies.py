@@ -29,6 +29,9 @@ REQUIREMENTS_CANDIDATES = (
     _MODULE_DIR / "Resources" / "requirements.txt",
     _MODULE_DIR.parent / "Resources" / "requirements.txt",
 )
+#: requirements of single input modes, checked (and installed after asking) only when that mode runs; the
+#: versions are those of pyproject.toml's ``mri`` extra (``Testing/test_slicer_jobs.py`` checks it)
+OPTIONAL_REQUIREMENTS = {"kspace": ("h5py>=3.8",)}
 #: distributions whose import name differs from the distribution name
 IMPORT_NAMES = {"pillow": "PIL", "simpleitk": "SimpleITK"}
 
@@ -86,6 +89,12 @@ def parseRequirement(line: str) -> Requirement:
         clauses.append((clause.group(1), clause.group(2)))
     extraNames = tuple(e.strip() for e in extras[1:-1].split(",") if e.strip()) if extras else ()
     return Requirement(text=text, name=name, extras=extraNames, clauses=tuple(clauses))
+
+
+def requirementsFor(inputMode: str | None = None) -> list[Requirement]:
+    """``requirements.txt`` plus what ``inputMode`` needs on top (:data:`OPTIONAL_REQUIREMENTS`, e.g. h5py
+    to read k-space files)."""
+    return loadRequirements() + [parseRequirement(line) for line in OPTIONAL_REQUIREMENTS.get(inputMode or "", ())]
 
 
 def requirementsPath() -> pathlib.Path:

@@ -247,11 +247,13 @@ class ScoreReconJob:
 # ------------------------------------------------------------------------------------ run preparation
 def prepareFiles(tempDir: str, python: str, settings: ScoreReconSettings, inputArray, inputMatrix, sinogramArray,
                  sinogramSpacing, sinogramMatrix, measurementFile, referenceArray, referenceMatrix,
-                 inputName: str) -> tuple[dict[str, str], list[ScoreReconStep], str | None]:
+                 inputName: str,
+                 kspaceFile: str | None = None) -> tuple[dict[str, str], list[ScoreReconStep], str | None]:
     """Write the inputs into ``tempDir`` and list the commands; returns (files, steps, baselineMethod).
 
-    Every computation (simulation, sinogram conversion incl. the metal-ct FBP, reconstruction) is a
-    step of the child process; this only writes files.
+    Every computation (simulation, sinogram conversion incl. the metal-ct FBP, k-space import,
+    reconstruction) is a step of the child process; this only writes files. ``kspaceFile``: a
+    fastMRI-format HDF5 file, imported by ``scorerecon import-kspace`` into the run's measurement file.
     """
     cli = [python, "-m", "ScoreReconLib"]
     files = {"measurement": os.path.join(tempDir, "measurement.npz"),
@@ -273,6 +275,10 @@ def prepareFiles(tempDir: str, python: str, settings: ScoreReconSettings, inputA
         steps.append(ScoreReconStep("Reading the sinogram", [python, "-m", "ScoreReconLib.sinogram_input"]
                                     + settings.sinogramArgs(files["sinogram"], files["measurement"], inputName),
                                     weight=0.5))
+    elif kspaceFile is not None:
+        files["kspace"] = str(pathlib.Path(str(kspaceFile)).expanduser().resolve())
+        steps.append(ScoreReconStep("Importing k-space", cli + settings.importKspaceArgs(
+            files["kspace"], files["measurement"]), weight=1.0))
     else:
         files["measurement"] = str(pathlib.Path(str(measurementFile)).expanduser().resolve())
     if referenceArray is not None:

@@ -12,20 +12,25 @@ from typing import Any
 TASKS = ("sparse-ct", "limited-angle-ct", "metal-ct", "mri")
 CT_TASKS = ("sparse-ct", "limited-angle-ct", "metal-ct")
 #: reconstruction methods and the tasks they fit (as the CLI checks them)
-METHODS = ("score", "fbp", "tv", "zero-filled", "cs")
+METHODS = ("score", "fbp", "tv", "zero-filled", "cs", "sense", "rss")
 METHODS_FOR_TASK = {
     "sparse-ct": ("score", "fbp", "tv"),
     "limited-angle-ct": ("score", "fbp", "tv"),
     "metal-ct": ("score", "fbp", "tv"),
-    "mri": ("score", "zero-filled", "cs", "tv"),
+    "mri": ("score", "zero-filled", "cs", "tv", "sense", "rss"),
 }
 #: names used for output nodes
-METHOD_LABELS = {"score": "ScoreRecon", "fbp": "FBP", "tv": "TV", "zero-filled": "zero-filled", "cs": "CS"}
+METHOD_LABELS = {"score": "ScoreRecon", "fbp": "FBP", "tv": "TV", "zero-filled": "zero-filled", "cs": "CS",
+                 "sense": "SENSE", "rss": "RSS"}
 SAMPLERS = ("proximal", "fast", "song2021")
 DEVICES = ("auto", "cpu", "cuda")
 MRI_MASKS = ("equispaced", "random", "variable-density", "poisson")
-#: where the measurements come from: simulated from an image volume, a measured sinogram volume, a file
-INPUT_MODES = ("image", "sinogram", "measurement")
+#: where the measurements come from: simulated from an image volume, a measured sinogram volume, a
+#: measurement file, or a fastMRI-format HDF5 k-space file (imported with ``scorerecon import-kspace``)
+INPUT_MODES = ("image", "sinogram", "measurement", "kspace")
+#: CT source geometries (``--geometry`` of simulate and of the sinogram conversion) and fan-beam detectors
+CT_GEOMETRIES = ("parallel", "fan")
+DETECTORS = ("curved", "flat")
 MODEL_CHOICES = ("default", "checkpoint")
 #: sinogram values: the library's units (pixel-length line integrals of the [0, 1]-normalised image),
 #: or attenuation line integrals -ln(I/I0) (dimensionless, detector spacing in mm)
@@ -61,6 +66,12 @@ class ScoreReconSettings:
     score method, otherwise the input's size). ``steps``/``lam``/``snr`` are used only when
     ``useRecommended`` is False (else the model's tuned values). ``keepTemporaryFiles``: keep the
     run's folder (inputs, measurement, results) for inspection instead of removing it.
+    CT ``geometry`` "parallel" or "fan" (``sourceDistance`` source to rotation centre and
+    ``detectorDistance`` centre to detector in mm, ``detector`` "curved" or "flat"): used when
+    simulating CT and when reading a sinogram. k-space files: ``kspaceAcceleration`` 0 keeps an
+    undersampled file's own sampling (a fully sampled file gets the library's default 8×), more
+    undersamples a fully sampled file retrospectively (with ``centerFraction``, ``maskKind``, ``seed``);
+    ``kspaceSlices`` "A:B" imports slices A..B-1 ("" = all).
     """
 
     task: str = "sparse-ct"
@@ -73,6 +84,12 @@ class ScoreReconSettings:
     noise: float = 0.0
     size: int = 0
     sinogramUnits: str = "normalized"
+    geometry: str = "parallel"
+    sourceDistance: float = 595.0
+    detectorDistance: float = 490.0
+    detector: str = "curved"
+    kspaceAcceleration: float = 0.0
+    kspaceSlices: str = ""
     method: str = "score"
     model: str = "default"
     sampler: str = "proximal"
@@ -129,6 +146,8 @@ class ScoreReconSettings:
         choose("sampler", self.sampler, SAMPLERS)
         choose("maskKind", self.maskKind, MRI_MASKS)
         choose("sinogramUnits", self.sinogramUnits, SINOGRAM_UNITS)
+        choose("geometry", self.geometry, CT_GEOMETRIES)
+        choose("detector", self.detector, DETECTORS)
         if self.method not in METHODS_FOR_TASK[self.task]:
             raise ScoreReconModuleError(
                 f"method {self.method} does not fit task {self.task}; use one of "
@@ -138,7 +157,14 @@ class ScoreReconSettings:
             raise ScoreReconModuleError(f"device '{device}' is unknown; choose auto, cpu, cuda or cuda:N")
         checks = [
             (self.views >= 1, f"views must be at least 1, got {self.views}"),
-            (0.0 < self.arc <= 180.0, f"arc must be in (0, 180] degrees, got {self.arc}"),
+            (0.0 < self.arc <= self.maxArc, f"arc must be in (0, {self.maxArc:g}] degrees for {self.geometry} beam, "
+                                            f"got {self.arc}"),
+            (math.isfinite(self.sourceDistance) and self.sourceDistance > 0,
+             f"sourceDistance must be a positive distance in mm, got {self.sourceDistance}"),
+            (math.isfinite(self.detectorDistance) and self.detectorDistance > 0,
+             f"detectorDistance must be a positive distance in mm, got {self.detectorDistance}"),
+            (math.isfinite(self.kspaceAcceleration) and (self.kspaceAcceleration == 0 or self.kspaceAcceleration >= 1),
+             f"kspaceAcceleration must be 0 (the file's sampling) or at least 1, got {self.kspaceAcceleration}"),
             (math.isfinite(self.metalThreshold), "metalThreshold must be a finite number of HU"),
             (self.acceleration >= 1.0, f"acceleration must be at least 1 (fully sampled), got {self.acceleration}"),
             (0.0 <= self.centerFraction < 1.0, f"centerFraction must be in [0, 1), got {self.centerFraction}"),
@@ -162,7 +188,19 @@ class ScoreReconSettings:
         if self.method == "score" and self.model == "":
             raise ScoreReconModuleError("no checkpoint folder is set; pick one or choose the default model")
 
+    @property
+    def maxArc(self) -> float:
+        """Largest limited-angle arc in degrees: 180 (parallel beam) or 360 (fan beam)."""
+        return 360.0 if self.geometry == "fan" else 180.0
+
     # ----------------------------------------------------------------------------- CLI arguments
+    def geometryArgs(self) -> list[str]:
+        """``--geometry`` (and, for fan beam, distances and detector) of a CT command."""
+        if self.geometry != "fan":
+            return ["--geometry", "parallel"]
+        return ["--geometry", "fan", "--source-distance", repr(float(self.sourceDistance)),
+                "--detector-distance", repr(float(self.detectorDistance)), "--detector", self.detector]
+
     def simulateArgs(self, inputPath: str, outputPath: str) -> list[str]:
         """``scorerecon simulate`` arguments for this task."""
         args = ["simulate", "--task", self.task, "--input", inputPath, "--output", outputPath,
@@ -173,6 +211,8 @@ class ScoreReconSettings:
             args += ["--arc", repr(float(self.arc))]
         elif self.task == "metal-ct":
             args += ["--metal-threshold", repr(float(self.metalThreshold))]
+        if self.task in CT_TASKS:
+            args += self.geometryArgs()
         else:
             args += ["--acceleration", repr(float(self.acceleration)),
                      "--center-fraction", repr(float(self.centerFraction)), "--mask", self.maskKind]
@@ -185,7 +225,18 @@ class ScoreReconSettings:
         return ["--input", inputPath, "--output", outputPath, "--task", self.task, "--views", str(int(self.views)),
                 "--arc", repr(float(self.arc)), "--metal-threshold", repr(float(self.metalThreshold)),
                 "--units", self.sinogramUnits, "--size", str(int(self.size)), "--seed", str(int(self.seed)),
-                "--name", name]
+                "--name", name, *self.geometryArgs()]
+
+    def importKspaceArgs(self, inputPath: str, outputPath: str) -> list[str]:
+        """``scorerecon import-kspace`` arguments: a fastMRI-format HDF5 file → measurement file."""
+        args = ["import-kspace", "--input", inputPath, "--output", outputPath,
+                "--center-fraction", repr(float(self.centerFraction)), "--mask", self.maskKind,
+                "--seed", str(int(self.seed))]
+        if self.kspaceAcceleration:
+            args += ["--acceleration", repr(float(self.kspaceAcceleration))]
+        if str(self.kspaceSlices).strip():
+            args += ["--slices", str(self.kspaceSlices).strip()]
+        return args
 
     def effectiveSamples(self) -> int:
         """Posterior samples to draw: the model's recommended count when ``useRecommended``, else ``samples``."""

@@ -55,7 +55,8 @@ METHODS_FOR_TASK: dict[str, tuple[str, ...]] = {task: (*methods_for(task), "scor
 #: --sampler choices of the score method
 SAMPLERS = ("proximal", "song2021", "fast")
 #: score options passed to the sampler as SamplerSettings fields (None → the model's tuned value / default)
-SAMPLER_EXTRAS = ("tv_weight", "init", "t_start", "init_weight", "noise_std", "noise_scale", "final_lam")
+SAMPLER_EXTRAS = ("tv_weight", "init", "t_start", "init_weight", "noise_std", "noise_scale", "final_lam", "z_tv",
+                  "z_shared_noise")
 PROGRESS_FORMATS = ("tqdm", "json", "none")
 #: progress units per slice for classical methods (per-mille of a slice's iterations)
 CLASSICAL_UNITS = 1000
@@ -105,6 +106,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="proximal sampler: add a TV term to every data-consistency step, solved by a few warm-started "
                         "PDHG iterations; W has the units of --method tv --weight (relative to ||A||^2, on [0, 1] "
                         "images; e.g. 1e-4). Default: the model's tuned value, else 0 (the paper's step)")
+    s.add_argument("--z-tv", type=float, default=None, metavar="WEIGHT",
+                   help="proximal sampler: couple neighbouring slices of a volume by a TV term along z after every "
+                        "data-consistency step (DiffusionMBIR-style), weight in [0, 1] image units (e.g. 0.01); it "
+                        "acts within the slices reconstructed together, so set --batch-size to the slice count to "
+                        "couple the whole volume. Default 0 (slices independent)")
+    s.add_argument("--z-shared-noise", action="store_true", default=None,
+                   help="proximal sampler: the slices reconstructed together share every noise draw of the sampler, "
+                        "so neighbouring slices do not flicker independently (the data still differ); like "
+                        "--z-tv it acts within --batch-size slices")
     s.add_argument("--init", choices=INITS, default=None,
                    help="start of the reverse process: noise (default, pure noise at t = 1) or classical (a TV "
                         "(CT) / CS (MRI) reconstruction noised to --t-start)")
@@ -257,7 +267,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise ScoreReconError(f"--weight must be a finite number >= 0, got {args.weight}")
     if args.iters is not None and args.iters < 1:
         raise ScoreReconError(f"--iters must be at least 1, got {args.iters}")
-    for flag in ("lam", "snr", "tv_weight", "t_start", "init_weight", "noise_std", "noise_scale", "final_lam"):
+    for flag in ("lam", "snr", "tv_weight", "t_start", "init_weight", "noise_std", "noise_scale", "final_lam",
+                 "z_tv"):
         value = getattr(args, flag, None)
         if value is not None and not math.isfinite(float(value)):
             raise ScoreReconError(f"--{flag.replace('_', '-')} must be a finite number, got {value}")
@@ -438,7 +449,8 @@ def make_engine(args: argparse.Namespace, measurements: list[Measurement], devic
     recorded = {"steps": steps, "lam": float(settings.lam), "snr": float(settings.snr), "samples": samples,
                 "tv_weight": float(settings.tv_weight), "init": settings.init, "t_start": float(settings.t_start),
                 "noise_std": settings.noise_std, "noise_scale": float(settings.noise_scale),
-                "final_lam": settings.final_lam}
+                "final_lam": settings.final_lam, "z_tv": float(settings.z_tv),
+                "z_shared_noise": bool(settings.z_shared_noise)}
     return Engine("score", device, prior, sampler, recorded, steps * samples, model,
                   overrides={"lam": args.lam, "snr": args.snr, **extra})
 

@@ -4,6 +4,8 @@ Example::
 
     scorerecon simulate --task sparse-ct --views 23 --input head.nrrd --output head_sparse.npz
     scorerecon simulate --task mri --acceleration 8 --mask equispaced --input brain.nii.gz --output k.npz
+    scorerecon simulate --task sparse-ct --geometry fan --source-distance 595 --detector-distance 490 \
+        --input head.nrrd --output head_fan.npz
 """
 
 from __future__ import annotations
@@ -14,7 +16,14 @@ from pathlib import Path
 
 from ..data import read_image
 from ..errors import ScoreReconError
-from ..measurement import MRI_MASKS, save_measurement, simulate
+from ..measurement import (
+    CT_GEOMETRIES,
+    DEFAULT_DETECTOR_DISTANCE_MM,
+    DEFAULT_SOURCE_DISTANCE_MM,
+    MRI_MASKS,
+    save_measurement,
+    simulate,
+)
 from ..operators import TASKS
 
 
@@ -32,9 +41,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ct = p.add_argument_group("CT options")
     ct.add_argument("--views", type=int, default=23, help="sparse-ct: measured views, equally spaced (default 23)")
     ct.add_argument("--arc", type=float, default=90.0,
-                    help="limited-angle-ct: measured arc in degrees out of 180 (default 90)")
+                    help="limited-angle-ct: measured arc in degrees out of 180 (fan beam: out of 360; default 90)")
     ct.add_argument("--n-angles", type=int, default=None, metavar="N",
-                    help="CT: angles of the full set over 180 degrees (default: the image size)")
+                    help="CT: angles of the full set, over 180 degrees for parallel beam (default: the image "
+                         "size), over 360 for fan beam (default: twice the image size)")
+    ct.add_argument("--geometry", choices=CT_GEOMETRIES, default="parallel",
+                    help="CT: source geometry, parallel beam or fan beam (default parallel)")
+    ct.add_argument("--source-distance", type=float, default=None, metavar="MM",
+                    help=f"fan beam: source to rotation centre in mm (default {DEFAULT_SOURCE_DISTANCE_MM:g})")
+    ct.add_argument("--detector-distance", type=float, default=None, metavar="MM",
+                    help=f"fan beam: rotation centre to detector in mm (default {DEFAULT_DETECTOR_DISTANCE_MM:g})")
+    ct.add_argument("--detector", choices=("curved", "flat"), default="curved",
+                    help="fan beam: equiangular curved detector (default, the clinical form) or flat")
     ct.add_argument("--metal-threshold", type=float, default=3000.0, metavar="HU",
                     help="metal-ct: HU above which the image counts as metal (default 3000); if none is found, "
                          "random metal objects are inserted")
@@ -65,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     from ..utils import check_output_path
 
     check_output_path(output, "--output")
-    for flag in ("arc", "metal_threshold", "acceleration", "center_fraction", "noise"):
+    for flag in ("arc", "metal_threshold", "acceleration", "center_fraction", "noise", "source_distance",
+                 "detector_distance"):
         value = getattr(args, flag, None)
         if value is not None and not math.isfinite(float(value)):
             raise ScoreReconError(f"--{flag.replace('_', '-')} must be a finite number, got {value}")
@@ -74,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
         image, args.task, views=args.views, arc=args.arc, n_angles=args.n_angles,
         metal_threshold=args.metal_threshold, n_metal=args.n_metal, acceleration=args.acceleration,
         center_fraction=args.center_fraction, mask=args.mask, noise=args.noise, seed=args.seed, size=args.size,
-        coils=args.coils,
+        geometry=args.geometry, source_distance=args.source_distance, detector_distance=args.detector_distance,
+        detector=args.detector, coils=args.coils,
     )
     save_measurement(output, m)
     n = m.image_size
@@ -84,5 +104,8 @@ def run(args: argparse.Namespace) -> int:
         "metal-ct": f"metal {m.metal.get('source', '?')} ({m.metal.get('pixels', 0)} px)",
         "mri": f"{args.acceleration:g}x {args.mask}" + (f", {m.coils} coils" if m.coils > 1 else ""),
     }[m.task]
+    if m.options.get("geometry") == "fan":
+        what += (f", fan beam ({m.options['detector']} detector, source {m.options['source_distance_mm']:g} mm, "
+                 f"detector {m.options['detector_distance_mm']:g} mm)")
     print(f"wrote {output}: {m.task}, {m.n_slices} slice(s) of {n}x{n}, {what}, noise {m.noise:g}")
     return 0

@@ -1,0 +1,121 @@
+"""Measured sinograms → measurement files (``python -m ScoreReconLib.sinogram_input``), fan beam.
+
+A fan-beam measurement simulated by the library is taken apart into its sinogram and rebuilt by the
+sinogram conversion with the same geometry: the operator spec, its arrays and ``y`` must come back
+exactly. Bad geometry options give one error line and exit status 2, and nothing is written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ScoreReconLib import sinogram_input as si
+from ScoreReconLib.data import Image
+from ScoreReconLib.errors import ScoreReconError
+from ScoreReconLib.measurement import load_measurement, simulate
+from ScoreReconLib.operators import operator_from_spec
+
+PIXEL = 0.8  # mm
+SRC, DET = 100.0, 80.0  # mm: 125 and 100 pixels, outside the 32² image (radius 23.6 px)
+
+
+def _phantom(metal: bool = False) -> Image:
+    a = np.full((2, 32, 32), -1000.0, np.float32)
+    a[:, 7:25, 6:27] = 40.0
+    a[0, 10:14, 9:13] = 700.0
+    a[1, 18:22, 17:22] = 300.0
+    if metal:
+        a[:, 15:18, 19:22] = 6000.0
+    return Image(a, spacing=(PIXEL, PIXEL, 2.0), origin=(0.0, 0.0, 10.0),
+                 direction=(1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0), modality="CT")
+
+
+def _fan(detector: str) -> dict:
+    return {"geometry": "fan", "source_distance": SRC, "detector_distance": DET, "detector": detector}
+
+
+@pytest.mark.parametrize("detector", ["curved", "flat"])
+@pytest.mark.parametrize("task,options", [("sparse-ct", {"views": 16}), ("limited-angle-ct", {"arc": 200.0})])
+def test_fan_sinogram_round_trips_to_the_simulated_measurement(task, options, detector):
+    m, _, _ = simulate(_phantom(), task, **options, **_fan(detector))
+    full = m.y[:, 0]  # (S, 2N, n_det): the full set, unmeasured views zero
+    assert full.shape[1] == 64 and m.operator_spec["geometry"] == "fan"
+    r = si.sinogram_to_measurement(full, task, spacing=(PIXEL, 1.0, 2.0), z0=10.0, **options, **_fan(detector))
+    assert r.operator_spec == m.operator_spec
+    assert r.operator_arrays.keys() == m.operator_arrays.keys()
+    for key, value in r.operator_arrays.items():
+        np.testing.assert_array_equal(value, m.operator_arrays[key])
+    np.testing.assert_array_equal(r.y, m.y)
+    assert r.image_size == 32
+    np.testing.assert_allclose(r.geometry["spacing"], [PIXEL, PIXEL, 2.0])
+    assert {k: r.options[k] for k in ("geometry", "source_distance_mm", "detector_distance_mm", "detector")} == {
+        "geometry": "fan", "source_distance_mm": SRC, "detector_distance_mm": DET, "detector": detector}
+    if task == "limited-angle-ct":  # only the measured rows (the first angles of the arc): the same measurement
+        rows = len(m.operator_arrays["views"])
+        compact = si.sinogram_to_measurement(full[:, :rows], task, spacing=(PIXEL, 1.0, 2.0), **options,
+                                             **_fan(detector))
+        np.testing.assert_array_equal(compact.y, m.y)
+    # a parallel-beam reading of the same rows fits no geometry (fan detector count, 64 rows)
+    with pytest.raises(ScoreReconError):
+        si.sinogram_to_measurement(full, task, spacing=(PIXEL, 1.0, 2.0), **options)
+
+
+def test_fan_metal_sinogram_finds_the_metal_with_the_fan_fbp():
+    m, _, _ = simulate(_phantom(metal=True), "sparse-ct", views=64, **_fan("curved"))  # every view: the full set
+    r = si.sinogram_to_measurement(m.y[:, 0], "metal-ct", metal_threshold=3000.0, spacing=(PIXEL, 1.0, 2.0),
+                                   **_fan("curved"))
+    assert r.operator_spec["geometry"] == "fan" and r.metal["pixels"] > 0
+    assert r.metal_mask[:, 0, 15:18, 19:22].all()  # the inserted metal, found in the fan-beam FBP image
+    assert r.metal_mask.sum() < 0.1 * r.metal_mask.size
+    op = operator_from_spec(r.operator_spec, r.operator_arrays)
+    assert 0 < float(op.mask.mean()) < 1  # its trace is excluded from the measured bins
+
+
+def _write(tmp_path: Path, sinogram: np.ndarray) -> Path:
+    path = tmp_path / "sino.npz"
+    np.savez(path, sinogram=sinogram, spacing=np.array([PIXEL, 1.0, 2.0]), z0=np.float64(10.0))
+    return path
+
+
+def test_cli_fan_geometry_writes_the_fan_measurement(tmp_path, capsys):
+    m, _, _ = simulate(_phantom(), "sparse-ct", views=16, **_fan("flat"))
+    out = tmp_path / "m.npz"
+    rc = si.main(["--input", str(_write(tmp_path, m.y[:, 0])), "--output", str(out), "--views", "16",
+                  "--geometry", "fan", "--source-distance", str(SRC), "--detector-distance", str(DET),
+                  "--detector", "flat"])
+    assert rc == 0, capsys.readouterr().err
+    loaded = load_measurement(out)
+    assert loaded.operator_spec == m.operator_spec
+    np.testing.assert_array_equal(loaded.y, m.y)
+    assert loaded.geometry["origin"][2] == 10.0
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--geometry", "cone"], "--geometry"),
+    (["--geometry", "fan", "--detector", "round"], "--detector"),
+    (["--geometry", "fan", "--source-distance", "-5"], "--source-distance must be a positive distance"),
+    (["--geometry", "fan", "--detector-distance", "0"], "--detector-distance must be a positive distance"),
+    (["--geometry", "fan", "--source-distance", "nan"], "--source-distance must be a positive distance"),
+    (["--source-distance", "500"], "apply to --geometry fan only"),
+    (["--geometry", "fan", "--source-distance", "10"], "fits no square image"),  # source inside any image
+    (["--geometry", "fan", "--source-distance", str(SRC), "--detector-distance", str(DET), "--size", "40"],
+     "at size 40"),  # 49 bins fit 31 or 32 pixels, not 40
+    (["--geometry", "fan", "--source-distance", str(SRC), "--detector-distance", str(DET), "--task",
+      "limited-angle-ct", "--arc", "400"], "outside (0, 360]"),
+])
+def test_bad_geometry_gives_one_error_line_and_exit_2(tmp_path, capsys, extra, needle):
+    m, _, _ = simulate(_phantom(), "sparse-ct", views=16, **_fan("curved"))
+    out = tmp_path / "m.npz"
+    args = ["--input", str(_write(tmp_path, m.y[:, 0])), "--output", str(out), *extra]
+    try:
+        rc = si.main(args)
+    except SystemExit as exc:  # argparse's usage errors (choices), one line through OneLineParser
+        rc = exc.code
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert len(err.strip().splitlines()) == 1 and err.startswith("scorerecon sinogram: error: "), err
+    assert needle in err
+    assert not out.exists()
