@@ -196,6 +196,18 @@ def save_measurement(path: str | Path, m: Measurement) -> Path:
     return path
 
 
+def check_measurement_output(path: str | Path, flag: str = "--output") -> Path:
+    """Refuse, before any work, an output that is not a writable ``.npz`` file path (one line)."""
+    from .utils import check_output_path
+
+    path = Path(path)
+    if path.suffix.lower() != ".npz":
+        raise ScoreReconError(f"{flag} must be a .npz file, got {path.name}; e.g. {path.stem}.npz")
+    if path.is_dir():
+        raise ScoreReconError(f"{flag} {path} is a folder; give a .npz file name")
+    return check_output_path(path, flag)
+
+
 def _bad_file(path: Path, why: str) -> ScoreReconError:
     return ScoreReconError(
         f"{path} is not a usable ScoreRecon measurement file ({why}); make one with 'scorerecon simulate'"
@@ -789,6 +801,7 @@ __all__ = [
     "MRI_MASKS",
     "MIN_IMAGE_SIZE",
     "Measurement",
+    "check_measurement_output",
     "load_measurement",
     "ct_geometry_options",
     "normalization_for",

@@ -46,3 +46,35 @@ def one_thread():
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+# ----------------------------------------------------------------------------- Slicer module tests
+def _standin():
+    """Testing/slicer_stub/standin.py, loaded by path (it is not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent / "slicer_stub" / "standin.py"
+    spec = importlib.util.spec_from_file_location("scorerecon_slicer_standin", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def sr():
+    """The ScoreRecon module imported on slicer-core with the stand-ins in place (per test module)."""
+    standin = _standin()
+    if standin.slicer_core() is None:
+        pytest.skip("slicer-core is not installed (pip install slicer-core==5.13.31053.0)")
+    with standin.stand_ins() as module:
+        yield module
+
+
+@pytest.fixture
+def slicer(sr):
+    """The ``slicer`` package with a fresh, empty scene for each test."""
+    import slicer as slicer_module
+
+    slicer_module.mrmlScene = slicer_module.vtkMRMLScene()
+    return slicer_module

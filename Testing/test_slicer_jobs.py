@@ -7,7 +7,6 @@ Real runs are tiny (one 32² slice, FBP) so each child process takes a few secon
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import sys
 import time
@@ -18,32 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-_STANDIN_PATH = Path(__file__).resolve().parent / "slicer_stub" / "standin.py"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _standin():
-    spec = importlib.util.spec_from_file_location("scorerecon_slicer_standin", _STANDIN_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
-
-@pytest.fixture(scope="module")
-def sr():
-    standin = _standin()
-    if standin.slicer_core() is None:
-        pytest.skip("slicer-core is not installed (pip install slicer-core==5.13.31053.0)")
-    with standin.stand_ins() as module:
-        yield module
-
-
-@pytest.fixture
-def slicer(sr):
-    import slicer as slicer_module
-
-    slicer_module.mrmlScene = slicer_module.vtkMRMLScene()
-    return slicer_module
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ Skipped when slicer-core (``pip install slicer-core==5.13.31053.0``) is not inst
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 import tempfile
@@ -18,34 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-_STANDIN_PATH = Path(__file__).resolve().parent / "slicer_stub" / "standin.py"
-
-
-def _standin():
-    spec = importlib.util.spec_from_file_location("scorerecon_slicer_standin", _STANDIN_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def sr():
-    """The ScoreRecon module imported on slicer-core with the stand-ins in place."""
-    standin = _standin()
-    if standin.slicer_core() is None:
-        pytest.skip("slicer-core is not installed (pip install slicer-core==5.13.31053.0)")
-    with standin.stand_ins() as module:
-        yield module
-
-
-@pytest.fixture
-def slicer(sr):
-    """The ``slicer`` package with a fresh, empty scene for each test."""
-    import slicer as slicer_module
-
-    slicer_module.mrmlScene = slicer_module.vtkMRMLScene()
-    return slicer_module
 
 
 @pytest.fixture(autouse=True)

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 
 from ..coils import MAP_METHODS
 from ..errors import ScoreReconError
-from ..measurement import MRI_MASKS, save_measurement
+from ..measurement import MRI_MASKS, check_measurement_output, save_measurement
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -48,11 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    output = Path(args.output)
-    if output.suffix.lower() != ".npz":
-        raise ScoreReconError(f"--output must be a .npz file, got {output.name}; e.g. {output.stem}.npz")
-    if output.is_dir():
-        raise ScoreReconError(f"--output {output} is a folder; give a .npz file name")
+    output = check_measurement_output(args.output)
     for flag in ("acceleration", "center_fraction"):
         value = getattr(args, flag)
         if value is not None and not math.isfinite(float(value)):
@@ -62,9 +57,6 @@ def run(args: argparse.Namespace) -> int:
     if args.cg_iterations < 1:
         raise ScoreReconError(f"--cg-iterations must be at least 1, got {args.cg_iterations}")
     from ..kspace_io import import_kspace
-    from ..utils import check_output_path
-
-    check_output_path(output, "--output")  # before the (possibly long) map estimation
 
     m = import_kspace(args.input, slices=args.slices, acceleration=args.acceleration,
                       center_fraction=args.center_fraction, mask=args.mask, seed=args.seed, maps=args.maps,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 
 from ..data import read_image
 from ..errors import ScoreReconError
@@ -21,6 +20,7 @@ from ..measurement import (
     DEFAULT_DETECTOR_DISTANCE_MM,
     DEFAULT_SOURCE_DISTANCE_MM,
     MRI_MASKS,
+    check_measurement_output,
     save_measurement,
     simulate,
 )
@@ -75,14 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    output = Path(args.output)
-    if output.suffix.lower() != ".npz":
-        raise ScoreReconError(f"--output must be a .npz file, got {output.name}; e.g. {output.stem}.npz")
-    if output.is_dir():
-        raise ScoreReconError(f"--output {output} is a folder; give a .npz file name")
-    from ..utils import check_output_path
-
-    check_output_path(output, "--output")
+    output = check_measurement_output(args.output)
     for flag in ("arc", "metal_threshold", "acceleration", "center_fraction", "noise", "source_distance",
                  "detector_distance"):
         value = getattr(args, flag, None)
