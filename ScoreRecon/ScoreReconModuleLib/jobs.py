@@ -13,7 +13,6 @@ import logging
 import os
 import pathlib
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 import slicer
 
-from .process import ScoreReconProcess, ScoreReconStep
+from .process import ScoreReconProcess, ScoreReconStep, wait_until_done
 from .settings import (
     METHOD_LABELS,
     ScoreReconCancelledError,
@@ -174,22 +173,15 @@ class ScoreReconJob:
         ``callback(job)`` after each poll (a cancel from it stops the run). On ``timeout`` seconds the
         job is cancelled and TimeoutError raised. Ctrl-C / KeyboardInterrupt cancels too.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        def idle() -> None:
+            if _hasApp():
+                slicer.app.processEvents()
+
         try:
-            while self.poll() == "running":
-                if callback is not None:
-                    callback(self)
-                if deadline is not None and time.monotonic() > deadline:
-                    self.cancel()
-                    raise TimeoutError(f"the reconstruction did not finish within {timeout} s and was cancelled")
-                if _hasApp():
-                    slicer.app.processEvents()
-                time.sleep(self.process.POLL_INTERVAL_S / 2)
+            wait_until_done(self, timeout, callback, self.process.POLL_INTERVAL_S / 2, idle)
         except KeyboardInterrupt:
             self.cancel()
             raise
-        if callback is not None:
-            callback(self)
         return self.result()
 
     def autoPoll(self, intervalMs: int | None = None) -> bool:

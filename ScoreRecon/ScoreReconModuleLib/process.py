@@ -258,15 +258,27 @@ class ScoreReconProcess:
         """Poll until done; ``callback(self)`` after each poll. On timeout cancel and raise TimeoutError."""
         if self.state == "pending":
             self.start()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll() == "running":
-            if callback is not None:
-                callback(self)
-            if deadline is not None and time.monotonic() > deadline:
-                self.cancel()
-                raise TimeoutError(f"the reconstruction did not finish within {timeout} s and was cancelled")
-            time.sleep(self.POLL_INTERVAL_S)
-        if callback is not None:
-            callback(self)
+        wait_until_done(self, timeout, callback, self.POLL_INTERVAL_S)
         return self.state
 
+
+def wait_until_done(task, timeout: float | None, callback: Callable | None, interval: float,
+                    idle: Callable[[], None] | None = None) -> None:
+    """Poll ``task`` (anything with ``poll()`` and ``cancel()``) until it is no longer running.
+
+    ``callback(task)`` after each poll and once at the end, ``idle()`` between polls (e.g. processing GUI
+    events), then a sleep of ``interval`` s. After ``timeout`` seconds the task is cancelled and
+    TimeoutError raised.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while task.poll() == "running":
+        if callback is not None:
+            callback(task)
+        if deadline is not None and time.monotonic() > deadline:
+            task.cancel()
+            raise TimeoutError(f"the reconstruction did not finish within {timeout} s and was cancelled")
+        if idle is not None:
+            idle()
+        time.sleep(interval)
+    if callback is not None:
+        callback(task)

@@ -79,7 +79,24 @@ _MEMO_SIZE = 4
 
 
 # ------------------------------------------------------------------------------------ geometry
-class ParallelBeamGeometry:
+class _KeyedGeometry:
+    """Equality and hashing of a geometry by :meth:`key`, a stable hash of :meth:`_key_fields`."""
+
+    def _key_fields(self) -> dict:
+        raise NotImplementedError
+
+    def key(self) -> str:
+        """Stable hash of the geometry (16 hex digits), used to name cached system matrices."""
+        return hashlib.sha256(json.dumps(self._key_fields(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, type(self)) and self.key() == other.key()
+
+    def __hash__(self) -> int:
+        return hash(self.key())
+
+
+class ParallelBeamGeometry(_KeyedGeometry):
     """Parallel-beam geometry for ``image_size``² images.
 
     ``n_angles`` angles ``arc·k/n_angles`` (radians, k = 0…n_angles−1; default ``image_size`` angles
@@ -135,23 +152,15 @@ class ParallelBeamGeometry:
         return {"kind": "parallel", "image_size": self.image_size, "n_angles": self.n_angles,
                 "arc": self.arc, "n_det": self.n_det}
 
-    def key(self) -> str:
-        """Stable hash of the geometry (16 hex digits), used to name cached system matrices."""
-        d = dict(self.to_dict(), arc=f"{self.arc:.12f}")
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, ParallelBeamGeometry) and self.key() == other.key()
-
-    def __hash__(self) -> int:
-        return hash(self.key())
+    def _key_fields(self) -> dict:
+        return dict(self.to_dict(), arc=f"{self.arc:.12f}")
 
     def __repr__(self) -> str:
         return (f"ParallelBeamGeometry(image_size={self.image_size}, n_angles={self.n_angles}, "
                 f"arc={self.arc:.6g}, n_det={self.n_det})")
 
 
-class FanBeamGeometry:
+class FanBeamGeometry(_KeyedGeometry):
     """Fan-beam geometry for ``image_size``² images (all lengths in pixels).
 
     A point source at ``source_distance`` from the rotation centre (the image centre) turns through
@@ -250,17 +259,9 @@ class FanBeamGeometry:
                 "n_det": self.n_det, "source_distance": self.source_distance,
                 "detector_distance": self.detector_distance, "detector": self.detector}
 
-    def key(self) -> str:
-        """Stable hash of the geometry (16 hex digits), used to name cached system matrices."""
-        d = dict(self.to_dict(), arc=f"{self.arc:.12f}", source_distance=f"{self.source_distance:.9f}",
-                 detector_distance=f"{self.detector_distance:.9f}")
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, FanBeamGeometry) and self.key() == other.key()
-
-    def __hash__(self) -> int:
-        return hash(self.key())
+    def _key_fields(self) -> dict:
+        return dict(self.to_dict(), arc=f"{self.arc:.12f}", source_distance=f"{self.source_distance:.9f}",
+                    detector_distance=f"{self.detector_distance:.9f}")
 
     def __repr__(self) -> str:
         return (f"FanBeamGeometry(image_size={self.image_size}, n_angles={self.n_angles}, arc={self.arc:.6g}, "
