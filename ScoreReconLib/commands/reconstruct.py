@@ -378,15 +378,18 @@ class Engine:
     #: λ / snr given on the command line (None → the model's tuned value for the measurement's task)
     overrides: dict = field(default_factory=dict)
 
+    def _extras(self) -> dict:
+        """The sampler options of :data:`SAMPLER_EXTRAS` as given on the command line (None: not given)."""
+        return {k: self.overrides.get(k) for k in SAMPLER_EXTRAS}
+
     def volume_extras(self, y: torch.Tensor, op: MeasurementOperator) -> dict:
         """Score only: noise level and classical start weight fixed once for a file's slices."""
         if self.method != "score":
             return {}
         from ..reconstruction import volume_extras
 
-        extra = {k: self.overrides.get(k) for k in SAMPLER_EXTRAS}
         return volume_extras(y, op, self.prior, self.sampler, self.settings.get("steps"), self.overrides.get("lam"),
-                             self.overrides.get("snr"), **extra)
+                             self.overrides.get("snr"), **self._extras())
 
     def run(self, y: torch.Tensor, op: MeasurementOperator, seed: int, progress: Any = None, first_slice: int = 0,
             fixed: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None, int | None]:
@@ -397,7 +400,7 @@ class Engine:
         if self.method == "score":
             from ..reconstruction import reconstruct
 
-            extra = {k: self.overrides.get(k) for k in SAMPLER_EXTRAS}
+            extra = self._extras()
             extra.update({k: v for k, v in (fixed or {}).items() if extra.get(k) is None})
             res = reconstruct(y, op, self.prior, method=self.sampler, steps=self.settings.get("steps"),
                               lam=self.overrides.get("lam"), snr=self.overrides.get("snr"),
