@@ -26,6 +26,7 @@ import math
 import threading
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -210,17 +211,34 @@ class _Wavelet:
 
 
 # ------------------------------------------------------------------------------------------ PDHG
+@dataclass
+class PDHGState:
+    """Primal ``x`` (B, 1, N, N) and dual variables ``p`` (data) and ``q`` (regulariser) of a PDHG solve at
+    ``weight``: what a solve at a nearby weight warm-starts from (:mod:`ScoreReconLib.parameter_choice`)."""
+
+    x: torch.Tensor
+    p: torch.Tensor
+    q: torch.Tensor
+    weight: float
+
+
 def _pdhg(y: torch.Tensor, op: MeasurementOperator, reg: _TV | _Wavelet, weight: float, iters: int, nonneg: bool,
           x0: torch.Tensor | None, progress: ProgressFn | None, cancel: threading.Event | None,
-          label: str) -> torch.Tensor:
-    """Chambolle–Pock for min ½‖Ãx − ỹ‖² + weight·R(Kx) with Ã = A/‖A‖, ỹ = y/‖A‖."""
+          label: str, state: PDHGState | None = None) -> PDHGState:
+    """Chambolle–Pock for min ½‖Ãx − ỹ‖² + weight·R(Kx) with Ã = A/‖A‖, ỹ = y/‖A‖.
+
+    Starts from ``state`` (its duals; the regulariser's dual rescaled to this weight's ball) when given,
+    else from ``x0`` or ``op.A_dagger(y)`` with zero duals. Returns the final state."""
     if not math.isfinite(float(weight)) or weight < 0:
         raise ScoreReconError(f"regularisation weight {weight} must be ≥ 0; use e.g. 1e-3")
     if int(iters) < 1:
         raise ScoreReconError(f"iters = {iters} must be at least 1; use e.g. 300")
     s = operator_norm(op, device=y.device)
     yn = op.mask_apply(y) / s
-    x = op.A_dagger(y).float() if x0 is None else x0.detach().float().clone()
+    if state is not None:
+        x = state.x.detach().float().clone()
+    else:
+        x = op.A_dagger(y).float() if x0 is None else x0.detach().float().clone()
     op.check_image(x)
     if nonneg:
         x = x.clamp_min(0.0)
@@ -231,8 +249,13 @@ def _pdhg(y: torch.Tensor, op: MeasurementOperator, reg: _TV | _Wavelet, weight:
     norm_k = math.sqrt(1.0 + (reg.norm_sq if weight > 0 else 0.0))
     tau, sigma = 0.99 * rho / norm_k, 0.99 / (rho * norm_k)
     x_bar = x
-    p = torch.zeros_like(yn)
-    q = torch.zeros_like(reg.forward(x))
+    if state is not None:
+        p = state.p.clone()
+        scale = weight / state.weight if state.weight > 0 else 0.0
+        q = reg.project(state.q * scale, weight)
+    else:
+        p = torch.zeros_like(yn)
+        q = torch.zeros_like(reg.forward(x))
     iters = int(iters)
     report_every = max(1, iters // 50)
     for it in range(iters):
@@ -246,7 +269,7 @@ def _pdhg(y: torch.Tensor, op: MeasurementOperator, reg: _TV | _Wavelet, weight:
         x = x_new
         if progress is not None and ((it + 1) % report_every == 0 or it + 1 == iters):
             progress(it + 1, iters, label)
-    return x
+    return PDHGState(x, p, q, float(weight))
 
 
 def _default(key: str, op: MeasurementOperator, name: str, value: float | None) -> float:
@@ -256,26 +279,80 @@ def _default(key: str, op: MeasurementOperator, name: str, value: float | None) 
     return table.get(_modality(op), table.get("MR", next(iter(table.values()))))[name]
 
 
-def tv_reconstruct(y: torch.Tensor, op: MeasurementOperator, weight: float | None = None, iters: int | None = None,
+#: the weight value that asks for the automatic choice (:func:`~ScoreReconLib.parameter_choice.choose_weight`)
+AUTO = "auto"
+
+Weight = float | str | None
+
+
+def check_weight(weight: Weight, flag: str = "weight") -> float | str | None:
+    """``"auto"``, ``None`` (the fixed default of :data:`DEFAULTS`) or a finite number ≥ 0; else a one-line error."""
+    if weight is None or (isinstance(weight, str) and weight.strip().lower() == AUTO):
+        return None if weight is None else AUTO
+    if isinstance(weight, bool):
+        raise ScoreReconError(f"{flag} must be 'auto' or a number >= 0, got {weight!r}")
+    try:
+        value = float(weight)
+    except (TypeError, ValueError):
+        raise ScoreReconError(f"{flag} must be 'auto' or a number >= 0, got {weight!r}; e.g. auto or 1e-4") from None
+    if not math.isfinite(value) or value < 0:
+        raise ScoreReconError(f"{flag} must be 'auto' or a finite number >= 0, got {weight}")
+    return value
+
+
+def make_regularizer(op: MeasurementOperator, regularizer: str = "tv", levels: int = 3) -> _TV | _Wavelet:
+    """The PDHG regulariser ``"tv"`` (isotropic TV) or ``"wavelet"`` (L1 on an undecimated Haar frame)."""
+    if regularizer == "tv":
+        return _TV()
+    if regularizer == "wavelet":
+        return _Wavelet(op.image_size, levels)
+    raise ScoreReconError(f"unknown cs regularizer '{regularizer}'; use 'tv', 'wavelet' or 'sigpy-wavelet'")
+
+
+def default_key(method: str, regularizer: str = "tv") -> str:
+    """Key of :data:`DEFAULTS` for ``method`` ("tv" or "cs") and its regulariser."""
+    return "tv" if method == "tv" else f"cs-{regularizer}"
+
+
+def _resolve_weight(y: torch.Tensor, op: MeasurementOperator, method: str, regularizer: str, weight: Weight,
+                    iters: int | None, levels: int, nonneg: bool,
+                    cancel: threading.Event | None) -> tuple[float, torch.Tensor | None]:
+    """(weight, image): ``image`` is the choice's own full solve at that weight when it made one."""
+    weight = check_weight(weight)
+    if weight == AUTO:
+        from .parameter_choice import choose_weight
+
+        choice = choose_weight(y, op, method, regularizer=regularizer, iters=iters, levels=levels, nonneg=nonneg,
+                               cancel=cancel)
+        return choice.weight, choice.image
+    return float(_default(default_key(method, regularizer), op, "weight", weight)), None
+
+
+def tv_reconstruct(y: torch.Tensor, op: MeasurementOperator, weight: Weight = AUTO, iters: int | None = None,
                    nonneg: bool = True, x0: torch.Tensor | None = None, progress: ProgressFn | None = None,
                    cancel: threading.Event | None = None) -> torch.Tensor:
     """TV-regularised least squares by PDHG → (B, 1, N, N).
 
     Solves ``min ½‖Ax − y‖² + weight·‖A‖²·TV(x)`` (x ≥ 0 if ``nonneg``), starting from ``x0`` or
-    ``op.A_dagger(y)``. ``weight``/``iters`` default to :data:`DEFAULTS` ["tv"] for the modality.
+    ``op.A_dagger(y)``. ``weight="auto"`` (default) chooses it from ``y`` itself
+    (:func:`~ScoreReconLib.parameter_choice.choose_weight`), ``None`` takes :data:`DEFAULTS` ["tv"] for the
+    modality, a number is used as given. ``iters`` defaults to :data:`DEFAULTS` (300).
     """
     y = _check_y(y, op)
-    return _pdhg(y, op, _TV(), _default("tv", op, "weight", weight), int(_default("tv", op, "iters", iters)),
-                 nonneg, x0, progress, cancel, "tv")
+    w, done = _resolve_weight(y, op, "tv", "tv", weight, iters, 3, nonneg, cancel)
+    if done is not None and x0 is None:
+        return done
+    return _pdhg(y, op, _TV(), w, int(_default("tv", op, "iters", iters)), nonneg, x0, progress, cancel, "tv").x
 
 
-def cs_reconstruct(y: torch.Tensor, op: MeasurementOperator, regularizer: str = "tv", weight: float | None = None,
+def cs_reconstruct(y: torch.Tensor, op: MeasurementOperator, regularizer: str = "tv", weight: Weight = AUTO,
                    iters: int | None = None, levels: int = 3, nonneg: bool = True,
                    progress: ProgressFn | None = None, cancel: threading.Event | None = None) -> torch.Tensor:
     """Compressed-sensing MRI → (B, 1, N, N): TV (default), L1 on an undecimated Haar frame ("wavelet") or
     sigpy's L1-wavelet recon on the complex image ("sigpy-wavelet", optional dependency; magnitude out).
 
-    Objective ``min ½‖Ax − y‖² + weight·‖A‖²·R(x)``; ``levels`` = Haar decomposition levels.
+    Objective ``min ½‖Ax − y‖² + weight·‖A‖²·R(x)``; ``levels`` = Haar decomposition levels. ``weight`` as in
+    :func:`tv_reconstruct` (``"auto"`` is the default; for sigpy-wavelet it means sigpy's default weight).
     """
     if op.task != "mri":
         raise ScoreReconError(f"cs (compressed sensing) is an MRI method but the task is '{op.task}'; use tv")
@@ -284,16 +361,16 @@ def cs_reconstruct(y: torch.Tensor, op: MeasurementOperator, regularizer: str = 
         from .coils import sigpy_l1_wavelet
 
         check_cancel(cancel)
-        return sigpy_l1_wavelet(y, op, _default("cs-wavelet", op, "weight", weight), int(iters or 100))
-    if regularizer == "tv":
-        reg: _TV | _Wavelet = _TV()
-    elif regularizer == "wavelet":
-        reg = _Wavelet(op.image_size, levels)
-    else:
-        raise ScoreReconError(f"unknown cs regularizer '{regularizer}'; use 'tv', 'wavelet' or 'sigpy-wavelet'")
-    key = f"cs-{regularizer}"
-    return _pdhg(y, op, reg, _default(key, op, "weight", weight), int(_default(key, op, "iters", iters)),
-                 nonneg, None, progress, cancel, f"cs-{regularizer}")
+        w = check_weight(weight)
+        return sigpy_l1_wavelet(y, op, _default("cs-wavelet", op, "weight", None if w == AUTO else w),
+                                int(iters or 100))
+    reg = make_regularizer(op, regularizer, levels)
+    w, done = _resolve_weight(y, op, "cs", regularizer, weight, iters, levels, nonneg, cancel)
+    if done is not None:
+        return done
+    key = default_key("cs", regularizer)
+    return _pdhg(y, op, reg, w, int(_default(key, op, "iters", iters)), nonneg, None, progress, cancel,
+                 f"cs-{regularizer}").x
 
 
 def fbp(y: torch.Tensor, op: MeasurementOperator) -> torch.Tensor:
@@ -355,6 +432,6 @@ def classical_reconstruct(method: str, y: torch.Tensor, op: MeasurementOperator,
 
 
 __all__ = [
-    "DEFAULTS", "METHODS", "classical_reconstruct", "cs_reconstruct", "fbp", "gradient", "gradient_adjoint",
+    "AUTO", "DEFAULTS", "METHODS", "PDHGState", "check_weight", "classical_reconstruct", "make_regularizer", "cs_reconstruct", "fbp", "gradient", "gradient_adjoint",
     "haar_frame", "haar_frame_adjoint", "methods_for", "operator_norm", "tv_reconstruct", "zero_filled",
 ]

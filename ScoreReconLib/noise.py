@@ -16,10 +16,15 @@ product of the two). ``σ_y = 0`` (noise-free data) gives ``λ_t = λ`` at every
 - CT (real sinogram ``(B, 1, angles, detectors)``): second differences along the detector axis of the
   measured rows; white noise of std σ gives differences of std ``σ √6``, while the projections of an
   image are smooth along the detector except at a few edges, which the median ignores.
-- MRI (complex k-space ``(B, 1, H, W)``): the measured points in the outer quarter of k-space
-  (radius > 0.75 of the half-width), where the signal of an image is far below the noise; the MAD
-  of their real and imaginary parts gives the per-component std, ``σ_y`` is the complex std
-  (``E|n|² = σ_y²``).
+- MRI (complex k-space ``(B, C, H, W)``, C coils): the measured points outside radius 0.5 of the
+  half-width are split into :data:`KSPACE_BANDS` rings of equal width out to the corners; each ring with
+  enough points gives a MAD estimate of the per-component std, and the smallest is kept. Image signal
+  only adds to a ring's spread and falls with the radius, so the ring with the least signal (usually
+  the corners) is the least biased; the old single outer-quarter MAD read signal and overestimated σ
+  1.3–2× on 128² brain slices (``benchmarks/RESULTS.md``, *noise-estimate*). ``σ_y`` is the complex
+  std (``E|n|² = σ_y²``). Noise-free data give a small positive value (the signal floor of the
+  corners, about 0.02–0.1 % of max|y| on brain and body slices), which the weight choice treats as
+  noise-free (:mod:`ScoreReconLib.parameter_choice`).
 """
 
 from __future__ import annotations
@@ -48,21 +53,37 @@ def estimate_sinogram_noise(y: torch.Tensor, mask: torch.Tensor) -> float:
     return _mad_std(d2[ok]) / math.sqrt(6.0)
 
 
-def estimate_kspace_noise(y: torch.Tensor, mask: torch.Tensor, outer: float = 0.75) -> float:
-    """Complex noise std of one k-space entry from centred ``y`` ``(B, 1, H, W)`` and its ``mask``."""
+#: rings of the outer k-space (radius 0.5 of the half-width to the corners) the k-space estimate compares
+KSPACE_BANDS = 8
+#: fewest measured points a ring needs to count (real and imaginary parts give twice as many values)
+KSPACE_MIN_POINTS = 64
+
+
+def estimate_kspace_noise(y: torch.Tensor, mask: torch.Tensor, inner: float = 0.5,
+                          bands: int = KSPACE_BANDS) -> float:
+    """Complex noise std of one k-space entry from centred ``y`` ``(B, C, H, W)`` and its ``mask``.
+
+    The smallest ring-wise MAD estimate over ``bands`` rings from radius ``inner`` (of the half-width)
+    to the corners; all measured points outside ``inner`` together when no ring has
+    :data:`KSPACE_MIN_POINTS` points; 0 when nothing is measured there.
+    """
     h, w = y.shape[-2:]
     ky = (torch.arange(h, device=y.device) - h // 2).abs().float() / (h / 2)
     kx = (torch.arange(w, device=y.device) - w // 2).abs().float() / (w / 2)
     radius = torch.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2)
-    m = torch.broadcast_to(mask, y.shape).to(torch.bool) & (radius > outer)
-    vals = y[m]
-    if vals.numel() < 16:  # too few outer points measured (e.g. a narrow 1-D mask): use the outer half
-        m = torch.broadcast_to(mask, y.shape).to(torch.bool) & (radius > 0.5)
-        vals = y[m]
-    if vals.numel() == 0:
-        return 0.0
-    comp = torch.cat([vals.real.flatten(), vals.imag.flatten()])
-    return _mad_std(comp) * math.sqrt(2.0)
+    measured = torch.broadcast_to(mask, y.shape).to(torch.bool)
+    edges = torch.linspace(inner, math.sqrt(2.0) + 1e-6, int(bands) + 1).tolist()
+    estimates = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        vals = y[measured & (radius >= lo) & (radius < hi)]
+        if vals.numel() >= KSPACE_MIN_POINTS:
+            estimates.append(_mad_std(torch.cat([vals.real.flatten(), vals.imag.flatten()])))
+    if not estimates:
+        vals = y[measured & (radius >= inner)]
+        if vals.numel() == 0:
+            return 0.0
+        estimates.append(_mad_std(torch.cat([vals.real.flatten(), vals.imag.flatten()])))
+    return min(estimates) * math.sqrt(2.0)
 
 
 def estimate_noise_std(op: MeasurementOperator, y: torch.Tensor) -> float:

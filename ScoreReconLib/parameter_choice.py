@@ -1,0 +1,208 @@
+"""The regularisation weight of TV / CS chosen from the measurement itself, without ground truth.
+
+``weight="auto"`` (the default of ``tv``, ``cs`` and the score method's classical start) runs
+:func:`choose_weight`:
+
+1. ``σ_y``, the noise std of one measured entry, from :func:`~ScoreReconLib.noise.estimate_noise_std`
+   (or as given), and ``m``, the number of measured entries.
+2. The **noise-free weight** of the task, :data:`NOISE_FREE_WEIGHT` (the weight best on average over the
+   validation subjects' noise-free measurements), is solved first. It is also the answer when the data
+   look noise-free (``σ_y`` at most :data:`NOISE_FREE_LEVEL` of the peak |y|, or 0).
+3. Otherwise the **discrepancy principle** (Morozov): the weight ``w`` whose reconstruction leaves a mean
+   measured-row residual ``‖Λ(A x_w − y)‖² / m = τ σ_y²``, searched upward from the noise-free weight
+   (the residual grows with ``w``): steps of ×10 until the residual passes the target, then regula falsi
+   in (log w, log residual). Every probe warm-starts PDHG (primal and duals) from the nearest solved
+   weight, so the search costs about three solves. A weight below the noise-free one is never chosen:
+   the residual is already at or above the target there, and lower weights only fit noise.
+
+``τ`` (:data:`DISCREPANCY_FACTOR`) is below 1 because TV reconstructions after a finite number of PDHG
+iterations leave less than the noise in the residual only slowly; its value per modality, like the
+noise-free weights, was chosen on the validation subjects only (``benchmarks/auto_weight.py``,
+"auto-weight-validation" in ``benchmarks/RESULTS.md``; docs/baselines.md says why these rules).
+
+A number for ``weight`` always overrides; the chosen weight reproduces the image exactly when passed back.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .baselines import AUTO, DEFAULTS, PDHGState, _check_y, _modality, _pdhg, default_key, make_regularizer
+from .errors import ScoreReconError
+from .noise import estimate_noise_std
+from .operators.base import MeasurementOperator
+from .utils import check_cancel
+
+#: weight (relative to ‖A‖², [0, 1] images) of TV (CT) / CS-TV (MRI) on noise-free data, per task: the grid
+#: weight with the best mean PSNR over the validation subjects' noise-free 128² measurements
+NOISE_FREE_WEIGHT: dict[str, float] = {"sparse-ct": 1e-4, "limited-angle-ct": 3.2e-4, "metal-ct": 1e-5,
+                                       "mri": 3.2e-4}
+#: target of the discrepancy principle, mean measured-row residual = τ σ_y², per modality
+DISCREPANCY_FACTOR: dict[str, float] = {"CT": 0.85, "MR": 0.5, "other": 0.85}
+#: σ_y / peak |y| at or below which data count as noise-free. CT: the sinogram estimate reads about 0.1 % of
+#: the peak on noise-free data; MR: 0 (the k-space estimate's floor, 0.02–0.1 %, overlaps real noise levels,
+#: and the discrepancy search from the noise-free weight handles both)
+NOISE_FREE_LEVEL: dict[str, float] = {"CT": 2e-3, "MR": 0.0, "other": 0.0}
+#: PDHG iterations of each warm-started probe of the search
+PROBE_ITERS = 100
+#: regula-falsi steps after the bracket is found
+REFINE_STEPS = 2
+#: the largest weight the search tries
+MAX_WEIGHT = 1.0
+
+
+@dataclass
+class WeightChoice:
+    """What :func:`choose_weight` chose and why.
+
+    ``residual``: mean measured-row residual ‖Λ(A x − y)‖² / m at the chosen weight's probe, in units of
+    σ_y² (NaN when σ_y = 0); ``target``: τ (the discrepancy target in the same units); ``image``: the
+    reconstruction at the chosen weight with the method's full iterations from a cold start when the search
+    computed it (the noise-free weight), else None.
+    """
+
+    weight: float
+    rule: str  # "discrepancy" | "noise-free" | "noise unknown"
+    noise_std: float
+    noise_source: str  # "estimated" | "given"
+    residual: float
+    target: float
+    measured: int
+    solves: int
+    seconds: float
+    warning: str | None = None
+    image: torch.Tensor | None = None
+
+    def line(self) -> str:
+        """One line for a log: weight, rule, residual, σ_y."""
+        res = "n/a" if math.isnan(self.residual) else f"{self.residual:.2f}"
+        text = (f"auto weight {self.weight:.3g} ({self.rule}; residual {res} σ_y² against target {self.target:.2f}, "
+                f"σ_y {self.noise_std:.4g} {self.noise_source}, {self.solves} solve(s), {self.seconds:.1f} s)")
+        return text
+
+    def to_dict(self) -> dict:
+        """JSON-ready record (without the image)."""
+        d = asdict(self)
+        d.pop("image", None)
+        if math.isnan(d["residual"]):
+            d["residual"] = None
+        return d
+
+
+def noise_free_weight(op: MeasurementOperator, method: str, regularizer: str = "tv") -> float:
+    """The task's noise-free weight (:data:`NOISE_FREE_WEIGHT`); the method's fixed default for the wavelet
+    regulariser and for tasks without a validated value."""
+    if regularizer == "tv" and op.task in NOISE_FREE_WEIGHT:
+        return NOISE_FREE_WEIGHT[op.task]
+    table = DEFAULTS[default_key(method, regularizer)]
+    return float(table.get(_modality(op), next(iter(table.values())))["weight"])
+
+
+def measured_count(op: MeasurementOperator, y: torch.Tensor) -> int:
+    """Number of measured entries of the full-layout ``y`` (all batch items and coils)."""
+    return int(torch.broadcast_to(op.mask.to(y.device) > 0, y.shape).sum())
+
+
+def mean_residual(op: MeasurementOperator, x: torch.Tensor, y: torch.Tensor, m: int) -> float:
+    """‖Λ(A x − y)‖² / m."""
+    r = op.mask_apply(op.A(x) - y)
+    return float((r.abs() ** 2).sum()) / max(m, 1)
+
+
+def choose_weight(y: torch.Tensor, op: MeasurementOperator, method: str = "tv", regularizer: str = "tv",
+                  noise_std: float | None = None, iters: int | None = None, levels: int = 3, nonneg: bool = True,
+                  cancel: threading.Event | None = None) -> WeightChoice:
+    """Choose the ``method`` ("tv" or "cs") weight for the measurements ``y`` (B, ...) of ``op``.
+
+    One weight for the whole batch (the slices of a volume share it). ``noise_std``: σ_y of one measured
+    entry if known (else estimated). ``iters``: PDHG iterations of a full solve (default 300).
+    """
+    if method not in ("tv", "cs"):
+        raise ScoreReconError(f"automatic weights exist for tv and cs, not '{method}'")
+    t0 = time.perf_counter()
+    y = _check_y(y, op)
+    kind = _modality(op)
+    reg = make_regularizer(op, regularizer, levels)
+    full_iters = int(iters) if iters is not None else int(DEFAULTS[default_key(method, regularizer)]
+                                                          .get(kind, {"iters": 300})["iters"])
+    m = measured_count(op, y)
+    source = "given"
+    if noise_std is None:
+        noise_std = float(estimate_noise_std(op, y))
+        source = "estimated"
+    elif not (math.isfinite(float(noise_std)) and noise_std >= 0):
+        raise ScoreReconError(f"noise_std must be a finite number >= 0, got {noise_std}")
+    sigma = float(noise_std)
+    peak = float(y.abs().pow(2).sum(dim=1).sqrt().max())
+    tau = DISCREPANCY_FACTOR[kind]
+    w_floor = noise_free_weight(op, method, regularizer)
+    label = f"{method} weight choice"
+
+    def solve(w: float, n: int, start: PDHGState | None) -> PDHGState:
+        check_cancel(cancel)
+        return _pdhg(y, op, reg, w, n, nonneg, None, None, cancel, label, state=start)
+
+    base = solve(w_floor, full_iters, None)
+    solves = 1
+    warning = None
+    if sigma <= 0 or peak <= 0:
+        rule = "noise unknown"
+        warning = ("the noise level could not be estimated from the data (too few measured entries far from the "
+                   f"k-space centre, or a constant measurement); used the noise-free weight {w_floor:.3g}. Pass "
+                   "--noise-std (noise_std=) or --weight to set it")
+        return WeightChoice(w_floor, rule, sigma, source, float("nan"), tau, m, solves,
+                            time.perf_counter() - t0, warning, base.x)
+    target = tau * sigma**2
+    r_floor = mean_residual(op, base.x, y, m)
+    if sigma <= NOISE_FREE_LEVEL[kind] * peak or r_floor >= target:
+        rule = "noise-free" if sigma <= NOISE_FREE_LEVEL[kind] * peak else "discrepancy"
+        return WeightChoice(w_floor, rule, sigma, source, r_floor / sigma**2, tau, m, solves,
+                            time.perf_counter() - t0, warning, base.x)
+    # bracket: lo below the target, hi at or above it
+    lo = (w_floor, r_floor, base)
+    hi = None
+    w = w_floor
+    while hi is None:
+        w = min(w * 10.0, MAX_WEIGHT)
+        st = solve(w, PROBE_ITERS, lo[2])
+        solves += 1
+        r = mean_residual(op, st.x, y, m)
+        if r >= target:
+            hi = (w, r, st)
+        else:
+            lo = (w, r, st)
+            if w >= MAX_WEIGHT:
+                warning = (f"the residual stays below the noise level up to weight {MAX_WEIGHT:g}; the noise "
+                           "estimate may be too high: pass --noise-std or --weight")
+                return WeightChoice(w, "discrepancy", sigma, source, r / sigma**2, tau, m, solves,
+                                    time.perf_counter() - t0, warning)
+    for _ in range(REFINE_STEPS):
+        (lw0, lr0), (lw1, lr1) = ((math.log(lo[0]), math.log(max(lo[1], 1e-300))),
+                                  (math.log(hi[0]), math.log(max(hi[1], 1e-300))))
+        frac = (math.log(target) - lr0) / (lr1 - lr0) if lr1 > lr0 else 0.5
+        w = math.exp(lw0 + min(max(frac, 0.1), 0.9) * (lw1 - lw0))  # stay inside the bracket
+        near = lo if abs(math.log(w) - lw0) <= abs(math.log(w) - lw1) else hi
+        st = solve(w, PROBE_ITERS, near[2])
+        solves += 1
+        r = mean_residual(op, st.x, y, m)
+        if r >= target:
+            hi = (w, r, st)
+        else:
+            lo = (w, r, st)
+    # the final weight: log-linear interpolation of the bracket at the target
+    (lw0, lr0), (lw1, lr1) = ((math.log(lo[0]), math.log(max(lo[1], 1e-300))),
+                              (math.log(hi[0]), math.log(max(hi[1], 1e-300))))
+    frac = (math.log(target) - lr0) / (lr1 - lr0) if lr1 > lr0 else 0.5
+    w = math.exp(lw0 + min(max(frac, 0.0), 1.0) * (lw1 - lw0))
+    w = float(f"{w:.3g}")  # a printable weight that reproduces the image when passed back
+    return WeightChoice(w, "discrepancy", sigma, source, target / sigma**2, tau, m, solves,
+                        time.perf_counter() - t0, warning)
+
+
+__all__ = ["AUTO", "DISCREPANCY_FACTOR", "NOISE_FREE_LEVEL", "NOISE_FREE_WEIGHT", "WeightChoice", "choose_weight",
+           "measured_count", "noise_free_weight"]
