@@ -40,14 +40,14 @@ from .utils import check_cancel
 
 #: weight (relative to ‖A‖², [0, 1] images) of TV (CT) / CS-TV (MRI) on noise-free data, per task: the grid
 #: weight with the best mean PSNR over the validation subjects' noise-free 128² measurements
-NOISE_FREE_WEIGHT: dict[str, float] = {"sparse-ct": 1e-4, "limited-angle-ct": 3.2e-4, "metal-ct": 1e-5,
+NOISE_FREE_WEIGHT: dict[str, float] = {"sparse-ct": 1e-4, "limited-angle-ct": 1e-4, "metal-ct": 1e-5,
                                        "mri": 3.2e-4}
 #: target of the discrepancy principle, mean measured-row residual = τ σ_y², per modality
-DISCREPANCY_FACTOR: dict[str, float] = {"CT": 0.85, "MR": 0.5, "other": 0.85}
-#: σ_y / peak |y| at or below which data count as noise-free. CT: the sinogram estimate reads about 0.1 % of
-#: the peak on noise-free data; MR: 0 (the k-space estimate's floor, 0.02–0.1 %, overlaps real noise levels,
+DISCREPANCY_FACTOR: dict[str, float] = {"CT": 0.95, "MR": 0.5, "other": 0.95}
+#: σ_y / peak |y| at or below which data count as noise-free. CT: the sinogram estimate reads at most 0.03 %
+#: of the peak on noise-free data; MR: 0 (the k-space estimate's floor, 0.02–0.1 %, overlaps real noise levels,
 #: and the discrepancy search from the noise-free weight handles both)
-NOISE_FREE_LEVEL: dict[str, float] = {"CT": 2e-3, "MR": 0.0, "other": 0.0}
+NOISE_FREE_LEVEL: dict[str, float] = {"CT": 5e-4, "MR": 0.0, "other": 0.0}
 #: PDHG iterations of each warm-started probe of the search
 PROBE_ITERS = 100
 #: regula-falsi steps after the bracket is found

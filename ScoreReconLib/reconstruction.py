@@ -242,6 +242,14 @@ def slice_generators(seed: int | None, sample: int, first_slice: int, count: int
 
 #: slices a volume's noise level is estimated from (a centred block; all when there are fewer)
 NOISE_ESTIMATE_SLICES = 64
+#: central slices a volume's automatic classical weight is chosen from
+WEIGHT_CHOICE_SLICES = 3
+
+
+def central_slices(n: int, count: int) -> slice:
+    """The ``count`` central indices of ``n`` slices (all when there are fewer)."""
+    lo = max(0, (n - count) // 2)
+    return slice(lo, min(n, lo + count))
 
 
 def volume_extras(y: torch.Tensor, operator: MeasurementOperator, prior, method: str = DEFAULT_METHOD,
@@ -249,25 +257,31 @@ def volume_extras(y: torch.Tensor, operator: MeasurementOperator, prior, method:
                   **extra) -> dict:
     """``noise_std`` and ``init_weight`` fixed once for all ``S`` slices ``y`` (S, 1, ...) of a volume.
 
-    What :func:`reconstruct` would otherwise estimate per batch (the measurement noise σ_y and the
-    noise-adaptive classical start weight) is estimated here from up to :data:`NOISE_ESTIMATE_SLICES`
-    slices, so that every batch — of any size — uses the same values. Values the caller set are kept.
+    What :func:`reconstruct` would otherwise estimate per batch is fixed here: the measurement noise σ_y from
+    up to :data:`NOISE_ESTIMATE_SLICES` central slices, and the classical start weight chosen by
+    :func:`~ScoreReconLib.parameter_choice.choose_weight` on :data:`WEIGHT_CHOICE_SLICES` central slices with
+    that σ_y, so that every batch — of any size — uses the same values. Values the caller set are kept.
+    With a classical start chosen automatically, ``out["weight_choice"]`` holds the choice's record.
     """
-    from .noise import adaptive_classical_weight, estimate_noise_std
+    from .noise import estimate_noise_std
+    from .parameter_choice import choose_weight
 
     settings = resolve_settings(method, prior, steps, lam, snr, task=operator.task, **extra)
     out: dict = {}
     s = y.shape[0]
-    lo = max(0, (s - NOISE_ESTIMATE_SLICES) // 2)
-    idx = slice(lo, min(s, lo + NOISE_ESTIMATE_SLICES))
+    idx = central_slices(s, NOISE_ESTIMATE_SLICES)
     op = subset_operator(operator, idx) if (idx.start, idx.stop) != (0, s) else operator
-    block = y[idx].to(op.mask.device)
     sigma = settings.noise_std
     if sigma is None:
-        sigma = float(estimate_noise_std(op, block))
+        sigma = float(estimate_noise_std(op, y[idx].to(op.mask.device)))
         out["noise_std"] = sigma
     if settings.init == "classical" and settings.init_weight is None:
-        out["init_weight"] = float(adaptive_classical_weight(op, block, sigma))
+        idx = central_slices(s, WEIGHT_CHOICE_SLICES)
+        op = subset_operator(operator, idx) if (idx.start, idx.stop) != (0, s) else operator
+        choice = choose_weight(y[idx].to(op.mask.device), op, "cs" if operator.task == "mri" else "tv",
+                               noise_std=sigma)
+        out["init_weight"] = float(choice.weight)
+        out["weight_choice"] = choice.to_dict()
     return out
 
 
@@ -383,6 +397,7 @@ def reconstruct_volume(y: torch.Tensor, operator: MeasurementOperator, prior, ba
         seed = int(torch.randint(0, 2**62, (1,)).item())
     sampler_keys = {"method", "steps", "lam", "snr", *SamplerSettings.__dataclass_fields__}
     fixed = volume_extras(y, operator, prior, **{k: v for k, v in kwargs.items() if k in sampler_keys})
+    fixed.pop("weight_choice", None)
     kwargs.update({k: v for k, v in fixed.items() if kwargs.get(k) is None})
     result = None
     for start in range(0, S, batch_size):

@@ -40,7 +40,7 @@ import torch
 
 from .baselines import gradient, gradient_adjoint, operator_norm
 from .errors import ScoreReconError
-from .noise import adaptive_classical_weight, estimate_noise_std, noise_aware_lam
+from .noise import estimate_noise_std, noise_aware_lam
 from .operators.base import MeasurementOperator
 from .rng import randn
 from .utils import ProgressFn, check_cancel
@@ -447,15 +447,19 @@ def classical_init(op: MeasurementOperator, y: torch.Tensor, weight: float | Non
                    cancel: threading.Event | None = None, noise_std: float | None = None) -> torch.Tensor:
     """The reconstruction ``init="classical"`` starts from: TV (CT) or CS-TV (MRI) → (B, 1, N, N) float32.
 
-    ``weight`` as ``--method tv/cs --weight``; ``None`` → the noise-adaptive weight of
-    :func:`~ScoreReconLib.noise.adaptive_classical_weight` (the method's default for noise-free data,
-    larger as the estimated — or given ``noise_std`` — noise grows); 300 PDHG iterations.
+    ``weight`` as ``--method tv/cs --weight``; ``None`` → chosen from ``y`` by
+    :func:`~ScoreReconLib.parameter_choice.choose_weight` (the task's noise-free weight, raised by the
+    discrepancy principle with ``noise_std`` — estimated when None); 300 PDHG iterations.
     """
     from .baselines import classical_reconstruct
+    from .parameter_choice import choose_weight
 
-    if weight is None:
-        weight = adaptive_classical_weight(op, y, noise_std)
     method = "cs" if op.task == "mri" else "tv"
+    if weight is None:
+        choice = choose_weight(y, op, method, noise_std=noise_std, cancel=cancel)
+        if choice.image is not None:
+            return choice.image.float()
+        weight = choice.weight
     return classical_reconstruct(method, y, op, cancel=cancel, weight=weight).float()
 
 
@@ -571,7 +575,7 @@ class SamplerSettings:
     init: str = "noise"
     #: time in (0, 1] the reverse process starts at; < 1 needs ``init="classical"``; ``steps`` are run from it
     t_start: float = 1.0
-    #: TV / CS weight of the classical start (None → that method's default)
+    #: TV / CS weight of the classical start (None → chosen from the measurement, :mod:`ScoreReconLib.parameter_choice`)
     init_weight: float | None = None
     #: proximal only: λ of the final merge after the Tweedie step (None → 1 for noise-free data, the paper's
     #: hard merge; the noise-aware weight at the last time otherwise, see :mod:`ScoreReconLib.noise`)

@@ -85,8 +85,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output-suffix", default=".nrrd", help="batch mode: suffix of the written images")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     c = p.add_argument_group("tv / cs methods")
-    c.add_argument("--weight", type=float, default=None,
-                   help="regularisation weight relative to ||A||^2 (default: tuned per modality)")
+    c.add_argument("--weight", type=_weight_arg, default=None, metavar="auto|W",
+                   help="regularisation weight relative to ||A||^2, or auto (default): chosen from the measurement "
+                        "(the task's noise-free weight, raised by the discrepancy principle until the residual "
+                        "matches the noise; once per file from its central slices); the choice is printed and "
+                        "recorded in --metrics-json, and passing that number back reproduces the image")
     c.add_argument("--iters", type=int, default=None, help="PDHG iterations (default 300)")
     c.add_argument("--regularizer", choices=("tv", "wavelet", "sigpy-wavelet"), default=None,
                    help="cs: TV (default), L1-Haar (own) or sigpy-wavelet (sigpy's L1-wavelet recon, needs sigpy)")
@@ -122,11 +125,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="time in (0, 1] the reverse process starts at (default 1); below 1 needs --init classical, "
                         "and --steps are then run from T down to 0, so the network evaluations shrink with T")
     s.add_argument("--init-weight", type=float, default=None, metavar="W",
-                   help="--init classical: the TV / CS weight of the start image (default: that method's default)")
+                   help="--init classical: the TV / CS weight of the start image (default: chosen from the "
+                        "measurement as --method tv/cs --weight auto does, once per file)")
     s.add_argument("--noise-std", type=float, default=None, metavar="S",
-                   help="proximal sampler: noise std of one measured entry (sinogram or k-space units); default: "
-                        "estimated from the data (MAD); 0 = noise-free data (the paper's constant λ). The data-"
-                        "consistency weight falls from λ to 0 as the iterate becomes more precise than the data")
+                   help="noise std of one measured entry (sinogram or k-space units); default: estimated from the "
+                        "data (MAD); 0 = noise-free data. Score (proximal sampler): the data-consistency weight falls "
+                        "from λ to 0 as the iterate becomes more precise than the data, and the classical start's "
+                        "automatic weight uses it; tv / cs: the noise level of --weight auto")
     s.add_argument("--noise-scale", type=float, default=None, metavar="K",
                    help="proximal sampler: factor on the (estimated) noise std (default: the model's tuned value, "
                         "else 1)")
@@ -241,6 +246,18 @@ def plan_jobs(args: argparse.Namespace) -> tuple[list[Job], bool]:
     return jobs, True
 
 
+def _weight_arg(text: str) -> float | str:
+    """argparse type of --weight: 'auto' or a finite number >= 0."""
+    from ..baselines import check_weight
+
+    try:
+        value = check_weight(text, "--weight")
+    except ScoreReconError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--weight ")) from None
+    assert value is not None
+    return value
+
+
 def check_method(task: str, method: str) -> None:
     """Refuse a method that does not fit ``task`` (e.g. zero-filled on CT), naming those that do."""
     fits = METHODS_FOR_TASK.get(task, ())
@@ -258,13 +275,16 @@ def _check_numbers(args: argparse.Namespace) -> None:
     if args.std_output and args.samples is not None and args.samples < 2:
         raise ScoreReconError("--std-output needs --samples 2 or more (the std of a single sample is undefined)")
     for flag in ("model", "sampler", "steps", "lam", "snr", *SAMPLER_EXTRAS):
+        if flag == "noise_std" and args.method in ("tv", "cs"):
+            continue  # the automatic weight's σ_y
         if getattr(args, flag) is not None and args.method != "score":
             raise ScoreReconError(f"--{flag.replace('_', '-')} only applies to --method score")
     for flag, methods in (("weight", ("tv", "cs")), ("iters", ("tv", "cs", "sense")), ("regularizer", ("cs",))):
         if getattr(args, flag) is not None and args.method not in methods:
             raise ScoreReconError(f"--{flag} only applies to --method {' or '.join(methods)}")
-    if args.weight is not None and not (math.isfinite(args.weight) and args.weight >= 0):
-        raise ScoreReconError(f"--weight must be a finite number >= 0, got {args.weight}")
+    if args.noise_std is not None and args.method in ("tv", "cs") and args.weight not in (None, "auto"):
+        raise ScoreReconError("--noise-std sets the noise level of --weight auto; drop it or drop the number "
+                              "given to --weight")
     if args.iters is not None and args.iters < 1:
         raise ScoreReconError(f"--iters must be at least 1, got {args.iters}")
     for flag in ("lam", "snr", "tv_weight", "t_start", "init_weight", "noise_std", "noise_scale", "final_lam",
@@ -383,7 +403,19 @@ class Engine:
         return {k: self.overrides.get(k) for k in SAMPLER_EXTRAS}
 
     def volume_extras(self, y: torch.Tensor, op: MeasurementOperator) -> dict:
-        """Score only: noise level and classical start weight fixed once for a file's slices."""
+        """What is fixed once for a file's slices: score — noise level and classical start weight; tv / cs with
+        the automatic weight — that weight. ``"weight_choice"`` holds the automatic choice's record."""
+        if self.method in ("tv", "cs") and self.options.get("weight", "auto") == "auto" \
+                and self.options.get("regularizer") != "sigpy-wavelet":
+            from ..parameter_choice import choose_weight
+            from ..reconstruction import WEIGHT_CHOICE_SLICES, central_slices, subset_operator
+
+            idx = central_slices(y.shape[0], WEIGHT_CHOICE_SLICES)
+            sub = subset_operator(op, idx) if (idx.start, idx.stop) != (0, y.shape[0]) else op
+            choice = choose_weight(y[idx].to(self.device), sub, self.method,
+                                   regularizer=self.options.get("regularizer", "tv"),
+                                   noise_std=self.options.get("noise_std"), iters=self.options.get("iters"))
+            return {"weight": choice.weight, "weight_choice": choice.to_dict()}
         if self.method != "score":
             return {}
         from ..reconstruction import volume_extras
@@ -401,7 +433,7 @@ class Engine:
             from ..reconstruction import reconstruct
 
             extra = self._extras()
-            extra.update({k: v for k, v in (fixed or {}).items() if extra.get(k) is None})
+            extra.update({k: v for k, v in (fixed or {}).items() if extra.get(k) is None and k != "weight_choice"})
             res = reconstruct(y, op, self.prior, method=self.sampler, steps=self.settings.get("steps"),
                               lam=self.overrides.get("lam"), snr=self.overrides.get("snr"),
                               samples=self.settings.get("samples", 1), seed=seed, progress=progress,
@@ -409,8 +441,11 @@ class Engine:
             return res.mean.float().cpu(), None if res.std is None else res.std.float().cpu(), int(res.nfe)
         from ..baselines import classical_reconstruct
 
+        options = {k: v for k, v in self.options.items() if k != "noise_std"}
+        if fixed and "weight" in fixed:
+            options["weight"] = fixed["weight"]
         with torch.no_grad():
-            x = classical_reconstruct(self.method, y, op, progress=progress, **self.options)
+            x = classical_reconstruct(self.method, y, op, progress=progress, **options)
         return x.float().cpu(), None, None
 
 
@@ -419,7 +454,8 @@ def make_engine(args: argparse.Namespace, measurements: list[Measurement], devic
     for m in measurements:
         check_method(m.task, args.method)
     if args.method != "score":
-        options = {k: getattr(args, k) for k in ("weight", "iters", "regularizer") if getattr(args, k) is not None}
+        options = {k: getattr(args, k) for k in ("weight", "iters", "regularizer", "noise_std")
+                   if getattr(args, k) is not None}
         return Engine(args.method, device, options=options)
     try:
         from ..networks import load_prior
@@ -523,6 +559,26 @@ def reconstruct_job(job: Job, engine: Engine, batch_size: int, seed: int, progre
     if engine.method == "score":
         record.update({"sampler": engine.sampler, "nfe": nfe, "seed": seed, "model": engine.model_name,
                        **engine.settings})
+        if fixed.get("init_weight") is not None:
+            record["init_weight"] = fixed["init_weight"]
+        if fixed.get("noise_std") is not None and record.get("noise_std") is None:
+            record["noise_std"] = fixed["noise_std"]
+    elif engine.method in ("tv", "cs"):
+        record["weight"] = fixed.get("weight", engine.options.get("weight"))
+    if fixed.get("weight_choice") is not None:
+        from ..parameter_choice import mean_residual, measured_count
+
+        choice = dict(fixed["weight_choice"])
+        if engine.method in ("tv", "cs") and choice.get("noise_std"):
+            # the final image's own residual, over all slices, in units of σ_y²
+            yy = m.y_tensor(None, "cpu")
+            op_cpu = m.operator("cpu")
+            choice["final_residual"] = mean_residual(op_cpu, mean, yy, measured_count(op_cpu, yy)) \
+                / choice["noise_std"] ** 2
+        record["weight_choice"] = choice
+        progress.write(f"{job.name}: {_choice_line(choice)}", {"weight_choice": choice, "input": str(job.input)})
+        if choice.get("warning"):
+            print(f"scorerecon reconstruct: warning: {job.name}: {choice['warning']}", file=sys.stderr, flush=True)
     if job.reference_x is not None:
         metal = None if m.metal_mask is None else torch.from_numpy(m.metal_mask)
         record.update(compute_metrics(mean, job.reference_x, metal))
@@ -536,6 +592,16 @@ def reconstruct_job(job: Job, engine: Engine, batch_size: int, seed: int, progre
                is_std=True)
         record["std_output"] = str(job.std_output)
     return record
+
+
+def _choice_line(choice: dict) -> str:
+    """One line for an automatic weight choice record (:meth:`WeightChoice.to_dict`)."""
+    res = choice.get("final_residual", choice.get("residual"))
+    res_text = "n/a" if res is None else f"{res:.2f} σ_y²"
+    text = (f"auto weight {choice['weight']:.3g} ({choice['rule']}; residual {res_text}, target "
+            f"{choice['target']:.2f} σ_y²; σ_y {choice['noise_std']:.4g} {choice['noise_source']}; "
+            f"{choice['solves']} solve(s), {choice['seconds']:.1f} s)")
+    return text
 
 
 def _write(m: Measurement, x: torch.Tensor, path: Path, is_std: bool = False) -> None:
