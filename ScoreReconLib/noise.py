@@ -53,6 +53,9 @@ def _mad_std(values: torch.Tensor) -> float:
 SINOGRAM_SEGMENTS = 8
 #: fewest second differences a detector stretch needs to count
 SINOGRAM_MIN_POINTS = 64
+#: second differences per stretch the estimate aims at (fewer stretches when there are fewer: the minimum of many
+#: small-sample estimates would be biased low)
+SINOGRAM_POINTS_PER_SEGMENT = 256
 
 
 def estimate_sinogram_noise(y: torch.Tensor, mask: torch.Tensor, segments: int = SINOGRAM_SEGMENTS) -> float:
@@ -66,7 +69,8 @@ def estimate_sinogram_noise(y: torch.Tensor, mask: torch.Tensor, segments: int =
     d2 = y[..., 2:] - 2 * y[..., 1:-1] + y[..., :-2]
     ok = m[..., 2:] & m[..., 1:-1] & m[..., :-2]  # three consecutive measured bins
     n = d2.shape[-1]
-    bounds = [round(i * n / max(int(segments), 1)) for i in range(max(int(segments), 1) + 1)]
+    segments = max(1, min(int(segments), int(ok.sum()) // SINOGRAM_POINTS_PER_SEGMENT))
+    bounds = [round(i * n / segments) for i in range(segments + 1)]
     estimates = []
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         vals = d2[..., lo:hi][ok[..., lo:hi]]
@@ -108,6 +112,22 @@ def estimate_kspace_noise(y: torch.Tensor, mask: torch.Tensor, inner: float = 0.
             return 0.0
         estimates.append(_mad_std(torch.cat([vals.real.flatten(), vals.imag.flatten()])))
     return min(estimates) * math.sqrt(2.0)
+
+
+def noise_estimable(op: MeasurementOperator, y: torch.Tensor) -> bool:
+    """Whether ``y`` has the measured entries an estimate needs: at least :data:`SINOGRAM_MIN_POINTS` runs of
+    three measured detector bins (CT), or :data:`KSPACE_MIN_POINTS` measured points outside half the k-space
+    radius (MRI). Without them :func:`estimate_noise_std` returns 0 for want of data, not because the data are
+    noise-free."""
+    m = torch.broadcast_to(op.mask.to(y.device), y.shape).to(torch.bool)
+    if y.is_complex():
+        h, w = y.shape[-2:]
+        ky = (torch.arange(h, device=y.device) - h // 2).abs().float() / (h / 2)
+        kx = (torch.arange(w, device=y.device) - w // 2).abs().float() / (w / 2)
+        outer = torch.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2) >= 0.5
+        return int((m & outer).sum()) >= KSPACE_MIN_POINTS
+    runs = m[..., 2:] & m[..., 1:-1] & m[..., :-2]
+    return int(runs.sum()) >= SINOGRAM_MIN_POINTS
 
 
 def estimate_noise_std(op: MeasurementOperator, y: torch.Tensor) -> float:

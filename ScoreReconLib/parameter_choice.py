@@ -34,7 +34,7 @@ import torch
 
 from .baselines import AUTO, DEFAULTS, PDHGState, _check_y, _modality, _pdhg, default_key, make_regularizer
 from .errors import ScoreReconError
-from .noise import estimate_noise_std
+from .noise import estimate_noise_std, noise_estimable
 from .operators.base import MeasurementOperator
 from .utils import check_cancel
 
@@ -132,8 +132,10 @@ def choose_weight(y: torch.Tensor, op: MeasurementOperator, method: str = "tv", 
                                                           .get(kind, {"iters": 300})["iters"])
     m = measured_count(op, y)
     source = "given"
+    unknown = False
     if noise_std is None:
-        noise_std = float(estimate_noise_std(op, y))
+        unknown = not noise_estimable(op, y)
+        noise_std = 0.0 if unknown else float(estimate_noise_std(op, y))
         source = "estimated"
     elif not (math.isfinite(float(noise_std)) and noise_std >= 0):
         raise ScoreReconError(f"noise_std must be a finite number >= 0, got {noise_std}")
@@ -150,7 +152,7 @@ def choose_weight(y: torch.Tensor, op: MeasurementOperator, method: str = "tv", 
     base = solve(w_floor, full_iters, None)
     solves = 1
     warning = None
-    if sigma <= 0 or peak <= 0:
+    if unknown or peak <= 0:
         rule = "noise unknown"
         warning = ("the noise level could not be estimated from the data (too few measured entries far from the "
                    f"k-space centre, or a constant measurement); used the noise-free weight {w_floor:.3g}. Pass "
@@ -159,10 +161,10 @@ def choose_weight(y: torch.Tensor, op: MeasurementOperator, method: str = "tv", 
                             time.perf_counter() - t0, warning, base.x)
     target = tau * sigma**2
     r_floor = mean_residual(op, base.x, y, m)
-    if sigma <= NOISE_FREE_LEVEL[kind] * peak or r_floor >= target:
-        rule = "noise-free" if sigma <= NOISE_FREE_LEVEL[kind] * peak else "discrepancy"
-        return WeightChoice(w_floor, rule, sigma, source, r_floor / sigma**2, tau, m, solves,
-                            time.perf_counter() - t0, warning, base.x)
+    if sigma <= NOISE_FREE_LEVEL[kind] * peak or sigma <= 0 or r_floor >= target:
+        rule = "noise-free" if sigma <= NOISE_FREE_LEVEL[kind] * peak or sigma <= 0 else "discrepancy"
+        return WeightChoice(w_floor, rule, sigma, source, r_floor / sigma**2 if sigma > 0 else float("nan"), tau,
+                            m, solves, time.perf_counter() - t0, warning, base.x)
     # bracket: lo below the target, hi at or above it
     lo = (w_floor, r_floor, base)
     hi = None

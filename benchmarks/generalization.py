@@ -500,6 +500,8 @@ class Bench:
             mine = [(s, c) for s, c in tests if s.subject == subj]
             for s, c in mine:
                 self.records.append(weighted(s, c, default, f"{cls} default"))
+                if self.args.auto:
+                    self.records.append(self.auto_record(ctx, s, c, method, **kw))
             choice = None
             if transfer is not None:
                 if subj in transfer:
@@ -530,6 +532,22 @@ class Bench:
                                      "size": ctx.size, "subject": subj, "kind": f"{cls} oracle", "weight": w})
                 if self.args.oracle:
                     self.records.extend({**r, "method": f"{cls} oracle (optimistic)"} for r in own if r["weight"] == w)
+
+    def auto_record(self, ctx: Ctx, s: Slice, c: EvalCase, method: str, **kw) -> dict:
+        """The automatic weight (:func:`~ScoreReconLib.parameter_choice.choose_weight`) on one test image: the
+        choice's time included, as a user's ``--weight auto`` run pays it."""
+        from ScoreReconLib.parameter_choice import choose_weight
+
+        op = c.op.to(self.device) if self.device.type != "cpu" else c.op
+        t0 = time.perf_counter()
+        choice = choose_weight(c.y.to(self.device), op, method, regularizer=kw.get("regularizer", "tv"))
+        xr = choice.image if choice.image is not None else classical_reconstruct(
+            method, c.y.to(self.device), op, weight=choice.weight, **kw)
+        sec = time.perf_counter() - t0
+        p, q = score_images(xr.cpu(), c.x, c.score_mask)
+        self.log(f"  {ctx.task.key} {ctx.setting} {s.name}: {method.upper()} auto {choice.line()} → {p:.2f} dB")
+        return record(ctx, s, f"{method.upper()} auto", p, q, sec, weight=choice.weight, rule=choice.rule,
+                      noise_std=choice.noise_std)
 
     def score_group(self, ctx: Ctx, tests: list[tuple[Slice, EvalCase]], prior, variants: list[Variant]) -> None:
         if prior is None:
@@ -658,7 +676,7 @@ def _score_column(methods: list[str]) -> str | None:
 
 def task_table(recs: list[dict], label: str, cls: str) -> str:
     """One task: rows setting × subject plus a mean row per setting; cells PSNR / SSIM (weight)."""
-    order = ["FBP", "FBP (LI-MAR)", "zero-filled", f"{cls} default", f"{cls} tuned (LOSO)",
+    order = ["FBP", "FBP (LI-MAR)", "zero-filled", f"{cls} default", f"{cls} auto", f"{cls} tuned (LOSO)",
              f"{cls} oracle (optimistic)"]
     present = list(dict.fromkeys(r["method"] for r in recs if r["method"] != f"{cls} grid"))
     methods = [m for m in order if m in present] + [m for m in present if m not in order]
@@ -680,7 +698,7 @@ def task_table(recs: list[dict], label: str, cls: str) -> str:
                     row[m] = (float(np.mean([r["psnr"] for r in mm])), float(np.mean([r["ssim"] for r in mm])),
                               ws.pop() if len(ws) == 1 else None, len(mm))
         sname = f"{SETTING_LABELS[setting]}, {size}²"
-        show_w = {f"{cls} tuned (LOSO)", f"{cls} oracle (optimistic)"}
+        show_w = {f"{cls} auto", f"{cls} tuned (LOSO)", f"{cls} oracle (optimistic)"}
         for subj in subjects:
             row = per[subj]
             n = max(v[3] for v in row.values())
@@ -708,8 +726,9 @@ def _delta(a, b) -> str:
 
 def summary_table(recs: list[dict], cls: str) -> str:
     """Mean over images per task × setting: baseline, default, tuned, oracle, ScoreRecon and the margin."""
-    lines = ["| task | setting | images | baseline | " + f"{cls} default | {cls} tuned (LOSO) | {cls} oracle | "
-             "ScoreRecon | Δ PSNR (ScoreRecon − tuned) |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| task | setting | images | baseline | " + f"{cls} default | {cls} auto | {cls} tuned (LOSO) | "
+             f"{cls} oracle | ScoreRecon | Δ PSNR (ScoreRecon − oracle) | Δ PSNR ({cls} auto − oracle) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for tkey in dict.fromkeys(r["task"] for r in recs):
         for setting, size in dict.fromkeys((r["setting"], r["size"]) for r in recs if r["task"] == tkey):
             rs = [r for r in recs if r["task"] == tkey and r["setting"] == setting and r["size"] == size
@@ -727,10 +746,13 @@ def summary_table(recs: list[dict], cls: str) -> str:
             sc = _score_column(methods)
             tuned = m_of(f"{cls} tuned (LOSO)")
             score = m_of(sc) if sc else None
+            oracle = m_of(f"{cls} oracle (optimistic)")
+            auto = m_of(f"{cls} auto")
             lines.append(f"| {rs[0]['task_label']} | {SETTING_LABELS[setting]}, {size}² | {len(subjects)} | "
-                         f"{_fmt(m_of(base) if base else None)} | {_fmt(m_of(f'{cls} default'))} | {_fmt(tuned)} | "
-                         f"{_fmt(m_of(f'{cls} oracle (optimistic)'))} | {_fmt(score)} | "
-                         f"{(f'{score[0] - tuned[0]:+.2f} dB' if score and tuned else '–')} |")
+                         f"{_fmt(m_of(base) if base else None)} | {_fmt(m_of(f'{cls} default'))} | {_fmt(auto)} | "
+                         f"{_fmt(tuned)} | {_fmt(oracle)} | {_fmt(score)} | "
+                         f"{(f'{score[0] - oracle[0]:+.2f} dB' if score and oracle else '–')} | "
+                         f"{(f'{auto[0] - oracle[0]:+.2f} dB' if auto and oracle else '–')} |")
     return "\n".join(lines)
 
 
@@ -872,6 +894,8 @@ def parse_args(argv=None):
     g.add_argument("--grid-decades", type=float, default=3.0, help="decades the grid spans around the default "
                    "(default 3: ×10^-1.5 … ×10^1.5)")
     g.add_argument("--cs-regularizer", choices=("tv", "wavelet"), default="tv")
+    g.add_argument("--auto", action=argparse.BooleanOptionalAction, default=True,
+                   help="the automatic weight column (--weight auto; default on)")
     g.add_argument("--oracle", action=argparse.BooleanOptionalAction, default=True,
                    help="show the optimistic oracle column (default on)")
     g = ap.add_argument_group("ScoreRecon")
