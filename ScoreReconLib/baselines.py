@@ -432,6 +432,7 @@ def classical_reconstruct(method: str, y: torch.Tensor, op: MeasurementOperator,
 
 
 __all__ = [
-    "AUTO", "DEFAULTS", "METHODS", "PDHGState", "check_weight", "classical_reconstruct", "make_regularizer", "cs_reconstruct", "fbp", "gradient", "gradient_adjoint",
+    "AUTO", "DEFAULTS", "METHODS", "PDHGState", "check_weight", "classical_reconstruct", "cs_reconstruct",
+    "fbp", "gradient", "gradient_adjoint", "make_regularizer",
     "haar_frame", "haar_frame_adjoint", "methods_for", "operator_norm", "tv_reconstruct", "zero_filled",
 ]

@@ -72,7 +72,7 @@ def estimate_sinogram_noise(y: torch.Tensor, mask: torch.Tensor, segments: int =
     segments = max(1, min(int(segments), int(ok.sum()) // SINOGRAM_POINTS_PER_SEGMENT))
     bounds = [round(i * n / segments) for i in range(segments + 1)]
     estimates = []
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
         vals = d2[..., lo:hi][ok[..., lo:hi]]
         if vals.numel() >= SINOGRAM_MIN_POINTS:
             estimates.append(_mad_std(vals))
@@ -102,7 +102,7 @@ def estimate_kspace_noise(y: torch.Tensor, mask: torch.Tensor, inner: float = 0.
     measured = torch.broadcast_to(mask, y.shape).to(torch.bool)
     edges = torch.linspace(inner, math.sqrt(2.0) + 1e-6, int(bands) + 1).tolist()
     estimates = []
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         vals = y[measured & (radius >= lo) & (radius < hi)]
         if vals.numel() >= KSPACE_MIN_POINTS:
             estimates.append(_mad_std(torch.cat([vals.real.flatten(), vals.imag.flatten()])))
