@@ -576,7 +576,8 @@ def reconstruct_job(job: Job, engine: Engine, batch_size: int, seed: int, progre
             choice["final_residual"] = mean_residual(op_cpu, mean, yy, measured_count(op_cpu, yy)) \
                 / choice["noise_std"] ** 2
         record["weight_choice"] = choice
-        progress.write(f"{job.name}: {_choice_line(choice)}", {"weight_choice": choice, "input": str(job.input)})
+        if progress.fmt != "json":  # json: the file's one result line carries it as "weight_choice"
+            progress.write(f"{job.name}: {_choice_line(choice)}")
         if choice.get("warning"):
             print(f"scorerecon reconstruct: warning: {job.name}: {choice['warning']}", file=sys.stderr, flush=True)
     if job.reference_x is not None:
