@@ -114,6 +114,15 @@ def mean_residual(op: MeasurementOperator, x: torch.Tensor, y: torch.Tensor, m: 
     return float((r.abs() ** 2).sum()) / max(m, 1)
 
 
+def _log_interpolate(lo: tuple, hi: tuple, target: float, margin: float) -> float:
+    """The weight where the line through ``lo`` and ``hi`` ((weight, residual, …) pairs) in (log w, log residual)
+    meets ``target``, kept within ``margin`` (a fraction of the bracket) of either end."""
+    lw0, lr0 = math.log(lo[0]), math.log(max(lo[1], 1e-300))
+    lw1, lr1 = math.log(hi[0]), math.log(max(hi[1], 1e-300))
+    frac = (math.log(target) - lr0) / (lr1 - lr0) if lr1 > lr0 else 0.5
+    return math.exp(lw0 + min(max(frac, margin), 1.0 - margin) * (lw1 - lw0))
+
+
 def choose_weight(y: torch.Tensor, op: MeasurementOperator, method: str = "tv", regularizer: str = "tv",
                   noise_std: float | None = None, iters: int | None = None, levels: int = 3, nonneg: bool = True,
                   cancel: threading.Event | None = None) -> WeightChoice:
@@ -165,42 +174,36 @@ def choose_weight(y: torch.Tensor, op: MeasurementOperator, method: str = "tv", 
         rule = "noise-free" if sigma <= NOISE_FREE_LEVEL[kind] * peak or sigma <= 0 else "discrepancy"
         return WeightChoice(w_floor, rule, sigma, source, r_floor / sigma**2 if sigma > 0 else float("nan"), tau,
                             m, solves, time.perf_counter() - t0, warning, base.x)
+    def probe(w: float, start: PDHGState) -> tuple[float, float, PDHGState]:
+        st = solve(w, PROBE_ITERS, start)
+        return w, mean_residual(op, st.x, y, m), st
+
     # bracket: lo below the target, hi at or above it
     lo = (w_floor, r_floor, base)
     hi = None
-    w = w_floor
     while hi is None:
-        w = min(w * 10.0, MAX_WEIGHT)
-        st = solve(w, PROBE_ITERS, lo[2])
+        point = probe(min(lo[0] * 10.0, MAX_WEIGHT), lo[2])
         solves += 1
-        r = mean_residual(op, st.x, y, m)
-        if r >= target:
-            hi = (w, r, st)
+        if point[1] >= target:
+            hi = point
         else:
-            lo = (w, r, st)
-            if w >= MAX_WEIGHT:
+            lo = point
+            if point[0] >= MAX_WEIGHT:
                 warning = (f"the residual stays below the noise level up to weight {MAX_WEIGHT:g}; the noise "
                            "estimate may be too high: pass --noise-std or --weight")
-                return WeightChoice(w, "discrepancy", sigma, source, r / sigma**2, tau, m, solves,
+                return WeightChoice(point[0], "discrepancy", sigma, source, point[1] / sigma**2, tau, m, solves,
                                     time.perf_counter() - t0, warning)
     for _ in range(REFINE_STEPS):
-        (lw0, lr0), (lw1, lr1) = ((math.log(lo[0]), math.log(max(lo[1], 1e-300))),
-                                  (math.log(hi[0]), math.log(max(hi[1], 1e-300))))
-        frac = (math.log(target) - lr0) / (lr1 - lr0) if lr1 > lr0 else 0.5
-        w = math.exp(lw0 + min(max(frac, 0.1), 0.9) * (lw1 - lw0))  # stay inside the bracket
-        near = lo if abs(math.log(w) - lw0) <= abs(math.log(w) - lw1) else hi
-        st = solve(w, PROBE_ITERS, near[2])
+        w = _log_interpolate(lo, hi, target, 0.1)  # stay inside the bracket
+        near = lo if abs(math.log(w / lo[0])) <= abs(math.log(w / hi[0])) else hi
+        point = probe(w, near[2])
         solves += 1
-        r = mean_residual(op, st.x, y, m)
-        if r >= target:
-            hi = (w, r, st)
+        if point[1] >= target:
+            hi = point
         else:
-            lo = (w, r, st)
+            lo = point
     # the final weight: log-linear interpolation of the bracket at the target
-    (lw0, lr0), (lw1, lr1) = ((math.log(lo[0]), math.log(max(lo[1], 1e-300))),
-                              (math.log(hi[0]), math.log(max(hi[1], 1e-300))))
-    frac = (math.log(target) - lr0) / (lr1 - lr0) if lr1 > lr0 else 0.5
-    w = math.exp(lw0 + min(max(frac, 0.0), 1.0) * (lw1 - lw0))
+    w = _log_interpolate(lo, hi, target, 0.0)
     w = float(f"{w:.3g}")  # a printable weight that reproduces the image when passed back
     return WeightChoice(w, "discrepancy", sigma, source, target / sigma**2, tau, m, solves,
                         time.perf_counter() - t0, warning)

@@ -246,10 +246,14 @@ NOISE_ESTIMATE_SLICES = 64
 WEIGHT_CHOICE_SLICES = 3
 
 
-def central_slices(n: int, count: int) -> slice:
-    """The ``count`` central indices of ``n`` slices (all when there are fewer)."""
-    lo = max(0, (n - count) // 2)
-    return slice(lo, min(n, lo + count))
+def central_block(y: torch.Tensor, operator: MeasurementOperator,
+                  count: int) -> tuple[torch.Tensor, MeasurementOperator]:
+    """The ``count`` central slices of ``y`` (S, 1, ...) (all when there are fewer) and their operator."""
+    s = y.shape[0]
+    lo = max(0, (s - count) // 2)
+    idx = slice(lo, min(s, lo + count))
+    op = subset_operator(operator, idx) if (idx.start, idx.stop) != (0, s) else operator
+    return y[idx].to(op.mask.device), op
 
 
 def volume_extras(y: torch.Tensor, operator: MeasurementOperator, prior, method: str = DEFAULT_METHOD,
@@ -268,18 +272,14 @@ def volume_extras(y: torch.Tensor, operator: MeasurementOperator, prior, method:
 
     settings = resolve_settings(method, prior, steps, lam, snr, task=operator.task, **extra)
     out: dict = {}
-    s = y.shape[0]
-    idx = central_slices(s, NOISE_ESTIMATE_SLICES)
-    op = subset_operator(operator, idx) if (idx.start, idx.stop) != (0, s) else operator
     sigma = settings.noise_std
     if sigma is None:
-        sigma = float(estimate_noise_std(op, y[idx].to(op.mask.device)))
+        block, op = central_block(y, operator, NOISE_ESTIMATE_SLICES)
+        sigma = float(estimate_noise_std(op, block))
         out["noise_std"] = sigma
     if settings.init == "classical" and settings.init_weight is None:
-        idx = central_slices(s, WEIGHT_CHOICE_SLICES)
-        op = subset_operator(operator, idx) if (idx.start, idx.stop) != (0, s) else operator
-        choice = choose_weight(y[idx].to(op.mask.device), op, "cs" if operator.task == "mri" else "tv",
-                               noise_std=sigma)
+        block, op = central_block(y, operator, WEIGHT_CHOICE_SLICES)
+        choice = choose_weight(block, op, "cs" if operator.task == "mri" else "tv", noise_std=sigma)
         out["init_weight"] = float(choice.weight)
         out["weight_choice"] = choice.to_dict()
     return out

@@ -408,11 +408,10 @@ class Engine:
         if self.method in ("tv", "cs") and self.options.get("weight", "auto") == "auto" \
                 and self.options.get("regularizer") != "sigpy-wavelet":
             from ..parameter_choice import choose_weight
-            from ..reconstruction import WEIGHT_CHOICE_SLICES, central_slices, subset_operator
+            from ..reconstruction import WEIGHT_CHOICE_SLICES, central_block
 
-            idx = central_slices(y.shape[0], WEIGHT_CHOICE_SLICES)
-            sub = subset_operator(op, idx) if (idx.start, idx.stop) != (0, y.shape[0]) else op
-            choice = choose_weight(y[idx].to(self.device), sub, self.method,
+            block, sub = central_block(y, op, WEIGHT_CHOICE_SLICES)
+            choice = choose_weight(block, sub, self.method,
                                    regularizer=self.options.get("regularizer", "tv"),
                                    noise_std=self.options.get("noise_std"), iters=self.options.get("iters"))
             return {"weight": choice.weight, "weight_choice": choice.to_dict()}
@@ -571,9 +570,8 @@ def reconstruct_job(job: Job, engine: Engine, batch_size: int, seed: int, progre
         choice = dict(fixed["weight_choice"])
         if engine.method in ("tv", "cs") and choice.get("noise_std"):
             # the final image's own residual, over all slices, in units of σ_y²
-            yy = m.y_tensor(None, "cpu")
-            op_cpu = m.operator("cpu")
-            choice["final_residual"] = mean_residual(op_cpu, mean, yy, measured_count(op_cpu, yy)) \
+            yy = m.y_tensor(None, engine.device)
+            choice["final_residual"] = mean_residual(op, mean.to(engine.device), yy, measured_count(op, yy)) \
                 / choice["noise_std"] ** 2
         record["weight_choice"] = choice
         if progress.fmt != "json":  # json: the file's one result line carries it as "weight_choice"
