@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .baselines import AUTO, DEFAULTS, PDHGState, _check_y, _modality, _pdhg, default_key, make_regularizer
+from .baselines import AUTO, PDHGState, _check_y, _default, _modality, _pdhg, default_key, make_regularizer
 from .errors import ScoreReconError
 from .noise import estimate_noise_std, noise_estimable
 from .operators.base import MeasurementOperator
@@ -99,8 +99,7 @@ def noise_free_weight(op: MeasurementOperator, method: str, regularizer: str = "
     regulariser and for tasks without a validated value."""
     if regularizer == "tv" and op.task in NOISE_FREE_WEIGHT:
         return NOISE_FREE_WEIGHT[op.task]
-    table = DEFAULTS[default_key(method, regularizer)]
-    return float(table.get(_modality(op), next(iter(table.values())))["weight"])
+    return float(_default(default_key(method, regularizer), op, "weight", None))
 
 
 def measured_count(op: MeasurementOperator, y: torch.Tensor) -> int:
@@ -137,8 +136,7 @@ def choose_weight(y: torch.Tensor, op: MeasurementOperator, method: str = "tv", 
     y = _check_y(y, op)
     kind = _modality(op)
     reg = make_regularizer(op, regularizer, levels)
-    full_iters = int(iters) if iters is not None else int(DEFAULTS[default_key(method, regularizer)]
-                                                          .get(kind, {"iters": 300})["iters"])
+    full_iters = int(_default(default_key(method, regularizer), op, "iters", iters))
     m = measured_count(op, y)
     source = "given"
     unknown = False
