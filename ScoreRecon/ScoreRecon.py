@@ -191,6 +191,8 @@ class ScoreReconParameterNode:
     samples: Annotated[int, WithinRange(1, 64), Default(1)]
     seed: Annotated[int, WithinRange(0, 2147483647), Default(0)]
     device: Annotated[str, Choice(DEVICES), Default("auto")]
+    threads: Annotated[int, WithinRange(0, 1024), Default(0)]
+    weight: Annotated[str, Default("auto")]
     computeBaseline: Annotated[bool, Default(True)]
     keepTemporaryFiles: Annotated[bool, Default(False)]
     # outputs

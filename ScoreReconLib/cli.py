@@ -119,7 +119,15 @@ def main(argv: list[str] | None = None) -> int:
         old_term = signal.signal(signal.SIGTERM, _on_sigterm)
     except ValueError:  # not the main thread (main() called from a worker thread): keep the default
         old_term = None
+    threads_before = None
     try:
+        if hasattr(args, "threads"):  # a computing command: --threads N, else a default that fits the idle cores
+            import torch
+
+            from .threads import apply_threads
+
+            threads_before = torch.get_num_threads()
+            apply_threads(args.threads)
         with warnings.catch_warnings():
             if not debug:  # library warnings that matter are printed by the commands themselves
                 warnings.filterwarnings("ignore", category=RuntimeWarning, module="numpy")
@@ -154,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
+        if threads_before is not None:  # main() called in-process (tests, notebooks): leave torch as it was
+            sys.modules["torch"].set_num_threads(threads_before)
     return int(rc or 0)
 
 

@@ -140,3 +140,32 @@ def test_cli_weight_auto_prints_and_records(tmp_path, capsys):
     assert main(["reconstruct", "--input", str(meas), "--output", str(out2), "--method", "tv", "--weight", "lots"]) == 2
     err = capsys.readouterr().err
     assert "--weight" in err and "auto" in err
+
+
+@pytest.mark.parametrize("task,kw,rel", [
+    ("sparse-ct", {"views": 23}, 0.02),
+    ("mri", {"acceleration": 4, "mask": "equispaced", "center_fraction": 0.08}, 0.002),
+])
+def test_discrepancy_check_tells_noise_fitting_from_signal_left(task, kw, rel):
+    """The truth sits at 1 σ_y² (consistent); an image pulled onto the noisy data fits the noise; a flat image
+    leaves signal; noise-free data are named as such."""
+    from ScoreReconLib.parameter_choice import DISCREPANCY_BAND, check_discrepancy
+
+    x = _phantom(64)
+    op = build_operator(task, 64, **kw)
+    y, sigma = _noisy(op, x, rel)
+    truth = check_discrepancy(op, x, y, sigma)
+    assert truth["verdict"] == "consistent" and truth["warning"] is None
+    assert truth["residual"] == pytest.approx(1.0, abs=0.15)
+    fitted = op.proximal(x, y, 1.0) if task == "mri" else x + op.least_squares(y - op.A(x), 50)
+    over = check_discrepancy(op, fitted, y, sigma)
+    assert over["residual"] < DISCREPANCY_BAND[0] and over["verdict"] == "fits the noise"
+    assert "noise was copied" in over["warning"]
+    flat = check_discrepancy(op, torch.full_like(x, float(x.mean())), y, sigma)
+    assert flat["residual"] > DISCREPANCY_BAND[1] and flat["verdict"] == "leaves signal"
+    estimated = check_discrepancy(op, x, y)  # σ_y from the data
+    assert estimated["verdict"] == "consistent" and estimated["noise_std"] == pytest.approx(sigma, rel=0.3)
+    clean = check_discrepancy(op, x, op.A(x))  # CT: named noise-free; MRI: the estimate's floor, never a warning
+    assert clean["verdict"] == ("noise-free data" if task != "mri" else "below the noise estimate")
+    assert clean["warning"] is None
+    json.dumps(truth)  # JSON-ready, as metrics.json records it

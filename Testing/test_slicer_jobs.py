@@ -459,3 +459,26 @@ def test_kspace_input_mode_of_the_panel(sr, slicer, tmp_path):
     with pytest.raises(sr.ScoreReconModuleError, match="needs the mri task"):
         logic.startJob(kspaceFile=str(tmp_path / "scan.h5"), task="sparse-ct", method="fbp",
                        checkDependencies=False)
+
+
+def test_threads_and_weight_settings_reach_every_command(sr):
+    from ScoreReconLib.cli import build_parser
+
+    parse = build_parser().parse_args
+    auto = sr.ScoreReconSettings(task="sparse-ct", method="tv")
+    assert parse(auto.simulateArgs("i.nrrd", "m.npz")).threads is None  # 0: the CLI's load-aware default
+    tv = parse(auto.reconstructArgs("m.npz", "o.nrrd", "tv"))
+    assert (tv.weight, tv.threads) == ("auto", None)
+    s = sr.ScoreReconSettings(task="mri", method="cs", threads=3, weight=" 2e-4 ")
+    s.validate()
+    assert parse(s.simulateArgs("i.nrrd", "m.npz")).threads == 3
+    assert parse(s.importKspaceArgs("f.h5", "m.npz")).threads == 3
+    cs = parse(s.reconstructArgs("m.npz", "o.nrrd", "cs"))
+    assert (cs.weight, cs.threads) == (2e-4, 3)
+    score = parse(s.reconstructArgs("m.npz", "o.nrrd", "score"))
+    assert score.weight is None and score.threads == 3  # the score method chooses its start's weight itself
+    for bad in ("-1", "0", "nan", "heavy"):
+        with pytest.raises(sr.ScoreReconModuleError, match="weight must be auto or a positive number"):
+            sr.ScoreReconSettings(method="tv", weight=bad).validate()
+    with pytest.raises(sr.ScoreReconModuleError, match="threads must be 0"):
+        sr.ScoreReconSettings(threads=-2).validate()

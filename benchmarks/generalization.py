@@ -431,10 +431,12 @@ def check_variants(variants: list[Variant], prior, task: str) -> dict[str, dict]
     return out
 
 
-def run_variant(case: EvalCase, prior, v: Variant, samples: int, seed: int, device) -> tuple[float, float, float, int]:
-    from ScoreReconLib.reconstruction import reconstruct
+def run_variant(case: EvalCase, prior, v: Variant, samples: int | None, seed: int, device) -> tuple[float, float, float, int]:
+    from ScoreReconLib.reconstruction import recommended_samples, reconstruct
 
     kwargs = dict(v.kwargs)
+    if samples is None:  # the CLI's default: the model's recommended count for this sampler and task
+        samples = recommended_samples(prior, v.method, case.op.task)
     samples = int(kwargs.pop("samples", samples))  # a variant may set its own posterior sample count
     try:
         res = reconstruct(case.y, case.op, prior, method=v.method, samples=samples, seed=seed, device=device,
@@ -909,7 +911,8 @@ def parse_args(argv=None):
                    "e.g. '{\"tv_weight\": 0.01, \"init\": \"classical\", \"t_start\": 0.5}'")
     g.add_argument("--variant", action="append", type=_variant_arg, default=None, metavar="NAME=JSON",
                    help="a named ScoreRecon variant (repeatable); its JSON overrides --score-args")
-    g.add_argument("--samples", type=int, default=1)
+    g.add_argument("--samples", type=int, default=None,
+                   help="posterior samples averaged (default: the model's recommendation, as the CLI)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--no-score", action="store_true", help="classical methods only")
     g = ap.add_argument_group("run")
@@ -943,7 +946,8 @@ def parse_args(argv=None):
             if args.quick else str(_results.RESULTS)
     if args.json_path is None:
         args.json_path = str(Path(args.out).with_name("generalization.json"))
-    if args.samples < 1 or args.slices < 1 or args.val_slices < 0 or args.grid_points < 1:
+    if (args.samples is not None and args.samples < 1) or args.slices < 1 or args.val_slices < 0 \
+            or args.grid_points < 1:
         ap.error("--samples, --slices, --grid-points must be ≥ 1 and --val-slices ≥ 0")
     return args
 
@@ -1035,9 +1039,11 @@ def main(argv=None) -> None:
                f"{args.native_noise if args.native_noise is not None else bench.meta['noise'][modality]:g}, which in "
                "image units grows with N (MRI ∝ N, CT ≈ ∝ √N), so compare native rows with each other, not with "
                "128² rows." if args.native else ""),
-            "ScoreRecon: " + (prior_description(prior, settings_desc) if prior is not None else "not run") + f"; "
-            f"{args.samples} sample(s)." + (" **Validated variant**: for each test subject the variant with the best "
-                                            "mean PSNR on the other held-out subjects." if len(variants) > 1 else ""),
+            "ScoreRecon: " + (prior_description(prior, settings_desc) if prior is not None else "not run") + "; "
+            + (f"{args.samples} sample(s)." if args.samples is not None
+               else "the model's recommended posterior samples (the CLI default).")
+            + (" **Validated variant**: for each test subject the variant with the best "
+               "mean PSNR on the other held-out subjects." if len(variants) > 1 else ""),
             "Metrics: PSNR / SSIM on [0, 1] (both clamped; metal pixels excluded). Native-size numbers are "
             "at that size and not comparable with the 128² rows.",
         ])

@@ -71,7 +71,9 @@ class ScoreReconSettings:
     simulating CT and when reading a sinogram. k-space files: ``kspaceAcceleration`` 0 keeps an
     undersampled file's own sampling (a fully sampled file gets the library's default 8×), more
     undersamples a fully sampled file retrospectively (with ``centerFraction``, ``maskKind``, ``seed``);
-    ``kspaceSlices`` "A:B" imports slices A..B-1 ("" = all).
+    ``kspaceSlices`` "A:B" imports slices A..B-1 ("" = all). ``threads``: CPU threads of every
+    ``scorerecon`` process of the run (0 = the CLI's default, the idle cores). ``weight``: the TV / CS
+    regularisation weight, "auto" (chosen from the measurement) or a number.
     """
 
     task: str = "sparse-ct"
@@ -100,6 +102,8 @@ class ScoreReconSettings:
     samples: int = 1
     seed: int = 0
     device: str = "auto"
+    threads: int = 0
+    weight: str = "auto"
     computeBaseline: bool = True
     keepTemporaryFiles: bool = False
 
@@ -176,6 +180,9 @@ class ScoreReconSettings:
             (0.0 <= self.lam <= 1.0, f"lam must be in [0, 1], got {self.lam}"),
             (self.snr > 0.0, f"snr must be positive, got {self.snr}"),
             (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
+            (0 <= self.threads <= 1024, f"threads must be 0 (automatic) to 1024, got {self.threads}"),
+            (self.weightValue is not None, f"weight must be auto or a positive number such as 0.0002, got "
+                                           f"'{self.weight}'"),
         ]
         for ok, message in checks:
             if not ok:
@@ -192,6 +199,22 @@ class ScoreReconSettings:
     def maxArc(self) -> float:
         """Largest limited-angle arc in degrees: 180 (parallel beam) or 360 (fan beam)."""
         return 360.0 if self.geometry == "fan" else 180.0
+
+    @property
+    def weightValue(self) -> str | None:
+        """The ``--weight`` value: "auto", or the number as text; None when ``weight`` is neither."""
+        text = str(self.weight).strip().lower()
+        if text in ("", "auto"):
+            return "auto"
+        try:
+            value = float(text)
+        except ValueError:
+            return None
+        return repr(value) if math.isfinite(value) and value > 0 else None
+
+    def threadsArgs(self) -> list[str]:
+        """``--threads N`` when a thread count is set (0: the CLI's load-aware default)."""
+        return ["--threads", str(int(self.threads))] if int(self.threads) > 0 else []
 
     # ----------------------------------------------------------------------------- CLI arguments
     def geometryArgs(self) -> list[str]:
@@ -218,7 +241,7 @@ class ScoreReconSettings:
                      "--center-fraction", repr(float(self.centerFraction)), "--mask", self.maskKind]
         if self.size:
             args += ["--size", str(int(self.size))]
-        return args
+        return args + self.threadsArgs()
 
     def sinogramArgs(self, inputPath: str, outputPath: str, name: str = "sinogram") -> list[str]:
         """``python -m ScoreReconLib.sinogram_input`` arguments: a measured sinogram → measurement file."""
@@ -236,7 +259,7 @@ class ScoreReconSettings:
             args += ["--acceleration", repr(float(self.kspaceAcceleration))]
         if str(self.kspaceSlices).strip():
             args += ["--slices", str(self.kspaceSlices).strip()]
-        return args
+        return args + self.threadsArgs()
 
     def effectiveSamples(self) -> int:
         """Posterior samples to draw: the model's recommended count when ``useRecommended``, else ``samples``."""
@@ -264,7 +287,9 @@ class ScoreReconSettings:
                          "--snr", repr(float(self.snr))]
             if stdPath:
                 args += ["--std-output", stdPath]
-        return args
+        elif method in ("tv", "cs"):
+            args += ["--weight", self.weightValue or "auto"]
+        return args + self.threadsArgs()
 
 
 def pathIsSet(path: Any) -> bool:

@@ -160,8 +160,18 @@ def storeVolume(node, array: np.ndarray, ijkToRAS: np.ndarray, name: str, window
     return node
 
 
+def _number(value) -> float:
+    """A metrics value as a float; NaN for none or text (e.g. a weight left at "auto")."""
+    try:
+        return float(value) if value is not None else float("nan")
+    except (TypeError, ValueError):
+        return float("nan")
+
+
 def storeMetrics(node, metrics: dict, name: str, labels: dict, inputNode=None):
-    """Write one row per method (PSNR in dB, SSIM, seconds) into a table node (new: in the input's study)."""
+    """Write one row per method (PSNR in dB, SSIM, seconds, and the regularisation weight the run used: TV / CS's
+    weight, the score method's classical-start weight; NaN where none) into a table node (new: in the input's
+    study)."""
     scene = slicer.mrmlScene
     isNew = node is None
     if isNew:
@@ -169,15 +179,16 @@ def storeMetrics(node, metrics: dict, name: str, labels: dict, inputNode=None):
     table = node.GetTable()
     table.Initialize()
     columns = [("Method", vtk.vtkStringArray()), ("PSNR (dB)", vtk.vtkDoubleArray()),
-               ("SSIM", vtk.vtkDoubleArray()), ("Seconds", vtk.vtkDoubleArray())]
+               ("SSIM", vtk.vtkDoubleArray()), ("Seconds", vtk.vtkDoubleArray()), ("Weight", vtk.vtkDoubleArray())]
     for title, column in columns:
         column.SetName(title)
     for method, record in metrics.items():
         columns[0][1].InsertNextValue(labels.get(method, method))
-        for index, key in enumerate(("psnr", "ssim", "seconds")):  # zip(strict=) is 3.10+
+        weight = record.get("weight", record.get("init_weight"))
+        for index, key in enumerate(("psnr", "ssim", "seconds", "weight")):  # zip(strict=) is 3.10+
             column = columns[index + 1][1]
-            value = record.get(key)
-            column.InsertNextValue(float(value) if value is not None else float("nan"))
+            value = weight if key == "weight" else record.get(key)
+            column.InsertNextValue(_number(value))
     for _, column in columns:
         table.AddColumn(column)
     table.Modified()

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..threads import add_threads_option
+
 TASKS = ("sparse-ct", "metal-ct", "mri")
 
 
@@ -33,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="image grid N x N (default: the model's working size; a patch prior takes any N, a whole-image "
                         "prior only its training size)")
     p.add_argument("--device", default="auto")
+    add_threads_option(p)
     p.set_defaults(func=run)
 
 

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..threads import add_threads_option
+
 TASKS = ("sparse-ct", "limited-angle-ct", "metal-ct", "mri")
 
 
@@ -56,6 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "prior only its training size)")
     p.add_argument("--device", default="auto")
     p.add_argument("--output", default=None, help="write the table (Markdown) and a JSON of all records here")
+    add_threads_option(p)
     p.set_defaults(func=run)
 
 

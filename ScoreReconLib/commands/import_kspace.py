@@ -17,6 +17,7 @@ import math
 from ..coils import MAP_METHODS
 from ..errors import ScoreReconError
 from ..measurement import MRI_MASKS, check_measurement_output, save_measurement
+from ..threads import add_threads_option
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(espirit if sigpy is installed; default)")
     p.add_argument("--cg-iterations", type=int, default=5,
                    help="CG iterations of the score sampler's data-consistency step (default 5)")
+    add_threads_option(p)
     p.set_defaults(func=run)
 
 

@@ -46,6 +46,7 @@ from ..measurement import Measurement, load_measurement, reference_slices
 from ..operators import TASKS
 from ..operators.base import MeasurementOperator
 from ..sampling import INITS
+from ..threads import add_threads_option
 from ..utils import check_output_folder, check_output_path, make_temp_beside, resolve_device
 
 #: every --method
@@ -81,7 +82,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics-json", metavar="FILE", help="write timings and metrics as JSON")
     p.add_argument("--batch-size", type=int, default=8, help="slices reconstructed together (default 8)")
     p.add_argument("--progress-format", choices=PROGRESS_FORMATS, default="tqdm",
-                   help="tqdm: bar on stderr; json: lines {\"progress\": done, \"total\": n} on stdout; none")
+                   help="tqdm: a bar on stderr when it is a terminal, else a plain line every 10 s (slice and "
+                        "sampler step); json: lines {\"progress\": done, \"total\": n} on stdout; none")
     p.add_argument("--output-suffix", default=".nrrd", help="batch mode: suffix of the written images")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     c = p.add_argument_group("tv / cs methods")
@@ -148,6 +150,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "magnitude result times the image phase the import folded into the coil maps")
     s.add_argument("--std-output", metavar="FILE",
                    help="write the per-pixel posterior std (physical units); a folder in batch mode")
+    add_threads_option(p)
     p.set_defaults(func=run)
 
 
@@ -307,31 +310,63 @@ def _check_numbers(args: argparse.Namespace) -> None:
 
 # -------------------------------------------------------------------------------------- progress
 class Progress:
-    """Overall progress in work units (slices, or slices × sampler steps) as a tqdm bar or JSON lines."""
+    """Overall progress in work units (slices, or slices × sampler steps): a tqdm bar on a terminal, plain lines
+    at intervals when stderr is a log or a pipe, or JSON lines (``--progress-format json``).
 
-    def __init__(self, total_units: int, units_per_slice: int, fmt: str, enabled: bool = True) -> None:
+    Positions are whole slices and, within a slice, whole sampler steps ("slice 2/5, step 8/24"), never fractions.
+    """
+
+    #: seconds between two plain lines (stderr not a terminal)
+    plain_interval = 10.0
+
+    def __init__(self, total_units: int, units_per_slice: int, fmt: str, enabled: bool = True,
+                 stream=None, steps: bool = True) -> None:
+        #: units are sampler steps (shown as "step j/K"); else fractions of a slice's work (shown in %)
+        self.steps = steps
         self.total = max(int(total_units), 1)
         self.per_slice = max(int(units_per_slice), 1)
+        self.stream = sys.stderr if stream is None else stream
         self.fmt = fmt if enabled else "none"
+        if self.fmt == "tqdm" and not _is_terminal(self.stream):
+            self.fmt = "plain"
         self.done = 0
         self.last = 0.0
+        self.start = time.monotonic()
         #: seconds between two reports (the bar and JSON lines are throttled)
         self.interval = 0.2
         self.bar = None
         if self.fmt == "tqdm":
             from tqdm import tqdm
 
-            self.bar = tqdm(total=self.total / self.per_slice, unit="slice", file=sys.stderr, dynamic_ncols=True,
-                            bar_format="{l_bar}{bar}| {n:.1f}/{total:.0f} slices [{elapsed}<{remaining}]")
+            self.bar = tqdm(total=self.total, file=self.stream, dynamic_ncols=True,
+                            bar_format="{l_bar}{bar}| [{elapsed}<{remaining}] {postfix}")
+            self.bar.set_postfix_str(self.position(), refresh=False)
+
+    @property
+    def slices(self) -> int:
+        return max(1, self.total // self.per_slice)
+
+    def position(self) -> str:
+        """Where the run is: "3/10 slices", or "slice 2/5, step 8/24" within a slice of several steps."""
+        if self.per_slice == 1 or self.done >= self.total:
+            return f"{min(self.done // self.per_slice, self.slices)}/{self.slices} slices"
+        index, step = divmod(self.done, self.per_slice)
+        within = f"step {step}/{self.per_slice}" if self.steps else f"{100 * step // self.per_slice} %"
+        return f"slice {index + 1}/{self.slices}, {within}"
 
     def update(self, done_units: int, message: str = "", force: bool = False) -> None:
-        """Report ``done_units``; JSON lines at most every :attr:`interval` s unless ``force`` or finished."""
+        """Report ``done_units``; throttled to :attr:`interval` s (plain lines: :attr:`plain_interval` s) unless
+        finished (JSON and the bar also when ``force``)."""
         done = min(int(done_units), self.total)
         now = time.monotonic()
-        if done == self.done and not force:
+        if done == self.done and (not force or self.fmt == "plain") and self.last:
             return
         self.done = done
-        if not (force or done == self.total or now - self.last >= self.interval):
+        finished = done == self.total
+        if self.fmt == "plain":
+            if not (finished or now - self.last >= self.plain_interval):
+                return
+        elif not (force or finished or now - self.last >= self.interval):
             return
         self.last = now
         if self.fmt == "json":
@@ -339,10 +374,15 @@ class Progress:
             if message:
                 line["message"] = message
             print(json.dumps(line), flush=True)
+        elif self.fmt == "plain":
+            elapsed = now - self.start
+            frac = self.done / self.total
+            left = f", ~{elapsed * (1 - frac) / frac:.0f} s left" if 0 < frac < 1 else ""
+            print(f"progress: {100 * frac:3.0f} % {self.position()} ({elapsed:.0f} s{left})"
+                  + (f" {message}" if message else ""), file=self.stream, flush=True)
         elif self.bar is not None:
-            self.bar.n = self.done / self.per_slice
-            if message:
-                self.bar.set_postfix_str(message, refresh=False)
+            self.bar.n = self.done
+            self.bar.set_postfix_str(self.position() + (f" {message}" if message else ""), refresh=False)
             self.bar.refresh()
 
     def write(self, text: str, record: dict | None = None) -> None:
@@ -350,12 +390,19 @@ class Progress:
             print(json.dumps({"result": record or {"message": text}}), flush=True)
         elif self.bar is not None:
             self.bar.write(text, file=sys.stdout)
-        elif self.fmt == "none":
+        else:
             print(text, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 # ---------------------------------------------------------------------------------- reconstruction
@@ -578,6 +625,17 @@ def reconstruct_job(job: Job, engine: Engine, batch_size: int, seed: int, progre
             progress.write(f"{job.name}: {_choice_line(choice)}")
         if choice.get("warning"):
             print(f"scorerecon reconstruct: warning: {job.name}: {choice['warning']}", file=sys.stderr, flush=True)
+    if engine.method == "score":  # the discrepancy principle as a check: neither the noise fitted nor signal left
+        from ..parameter_choice import check_discrepancy
+
+        check = check_discrepancy(op, mean.to(engine.device), m.y_tensor(None, engine.device),
+                                  fixed.get("noise_std", engine.settings.get("noise_std")))
+        record["discrepancy"] = check
+        if progress.fmt != "json" and check["residual"] is not None:
+            progress.write(f"{job.name}: residual {check['residual']:.2f} σ_y² ({check['verdict']}; expected "
+                           f"{check['band'][0]:g}–{check['band'][1]:g})")
+        if check["warning"]:
+            print(f"scorerecon reconstruct: warning: {job.name}: {check['warning']}", file=sys.stderr, flush=True)
     if job.reference_x is not None:
         metal = None if m.metal_mask is None else torch.from_numpy(m.metal_mask)
         record.update(compute_metrics(mean, job.reference_x, metal))
@@ -688,7 +746,8 @@ def run(args: argparse.Namespace) -> int:
     dist = _init_group(world) if (batch and world > 1) else None
 
     total = sum(m.n_slices for m in measurements) * engine.units_per_slice
-    progress = Progress(total, engine.units_per_slice, args.progress_format, enabled=rank == 0)
+    progress = Progress(total, engine.units_per_slice, args.progress_format, enabled=rank == 0,
+                        steps=engine.method == "score")
     records: list[dict] = []
     done = 0
     staging = Staging()

@@ -6,6 +6,8 @@ import argparse
 import sys
 import time
 
+from ..threads import add_threads_option
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -29,8 +31,7 @@ def register(subparsers) -> None:
                    help="image grid N x N (default: the model's working size; a patch prior takes any N, a whole-image "
                         "prior only its training size)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (default: torch's choice; 1 is fastest on a busy shared CPU)")
+    add_threads_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -42,9 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from ..networks import load_prior
     from ..training import em_sample, save_image_grid
     from ..utils import resolve_device
-    from .train import _set_threads
 
-    _set_threads(args.threads)
     if args.n < 1:
         raise ScoreReconError(f"--n {args.n} must be at least 1")
     if not str(args.output).lower().endswith(".png"):

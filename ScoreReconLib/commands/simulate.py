@@ -25,6 +25,7 @@ from ..measurement import (
     simulate,
 )
 from ..operators import TASKS
+from ..threads import add_threads_option
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -71,6 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for noise, random masks and metal (default 0)")
     p.add_argument("--size", type=int, default=None, metavar="N",
                    help="resample slices to N x N (needed for non-square images)")
+    add_threads_option(p)
     p.set_defaults(func=run)
 
 

@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from ..errors import ScoreReconError
+from ..threads import add_threads_option
 
 
 def _int_list(text: str) -> list[int]:
@@ -29,17 +30,6 @@ def _bool_list(text: str) -> list[bool]:
         return [table[v.lower()] for v in text.replace(" ", "").split(",") if v]
     except KeyError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of 0/1, e.g. 0,0,1") from None
-
-
-def _set_threads(threads: int | None) -> None:
-    """Apply ``--threads`` to this process (a CLI run owns its process)."""
-    if threads is None:
-        return
-    if threads < 1:
-        raise ScoreReconError(f"--threads {threads} must be at least 1")
-    import torch
-
-    torch.set_num_threads(threads)
 
 
 def register(subparsers) -> None:
@@ -97,8 +87,7 @@ def register(subparsers) -> None:
                    help="start from this checkpoint's weights (fine-tune, or continue with a fresh optimizer)")
     p.add_argument("--trust-unverified", action="store_true",
                    help="--init-from a checkpoint that has no checksums (weights_sha256 / config_sha256)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (default: torch's choice; 1 is fastest on a busy shared CPU)")
+    add_threads_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -108,7 +97,6 @@ def run(args: argparse.Namespace) -> int:
     from ..utils import check_output_folder
 
     check_output_folder(args.output, "--output")
-    _set_threads(args.threads)
     network = {}
     if args.channels is not None:
         network["channels"] = args.channels

@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..threads import add_threads_option
 from .evaluate import add_task_options, task_options
 
 
@@ -41,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--output", default=None, help="sidecar path (default: <model folder>/tuned.json)")
     p.add_argument("--dry-run", action="store_true", help="print the choice without writing the sidecar")
+    add_threads_option(p)
     p.set_defaults(func=run)
 
 
