@@ -184,7 +184,8 @@ def run_score(case: EvalCase, prior, sampler: str = "proximal", samples: int | N
     res = reconstruct(case.y, case.op, prior, method=sampler, samples=samples, seed=seed, **kwargs)
     p, s = score_images(res.mean, case.x, case.score_mask)
     return EvalRecord(case.name, label or f"score-{sampler}", p, s, res.seconds,
-                      {"image": res.mean, "std": res.std, "nfe": res.nfe})
+                      {"image": res.mean, "std": res.std, "nfe": res.nfe,
+                       "nfe_per_slice": res.nfe * int(res.settings.get("samples", samples or 1))})
 
 
 def summarize(records: Sequence[EvalRecord]) -> dict[str, dict[str, float]]:
@@ -199,21 +200,24 @@ def summarize(records: Sequence[EvalRecord]) -> dict[str, dict[str, float]]:
             row[f"{key}_sd"] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
         nfe = [r.extra.get("nfe") for r in rs if r.extra.get("nfe") is not None]
         if nfe:
-            row["nfe"] = int(nfe[0])
+            row["nfe_per_sample"] = int(nfe[0])
+            row["nfe_per_slice"] = int(rs[0].extra.get("nfe_per_slice", nfe[0]))
         out[m] = row
     return out
 
 
 def markdown_table(summary: dict[str, dict[str, float]], title: str | None = None) -> str:
-    """A Markdown table: method | PSNR (dB) | SSIM | s/slice | NFE."""
+    """A Markdown table: method | PSNR (dB) | SSIM | s/slice | network evaluations per slice (all samples) and
+    per posterior sample."""
     lines = []
     if title:
         lines.append(f"**{title}**\n")
-    lines.append("| method | PSNR (dB) | SSIM | seconds / slice | NFE | n |")
-    lines.append("|---|---|---|---|---|---|")
+    lines.append("| method | PSNR (dB) | SSIM | seconds / slice | NFE / slice | NFE / sample | n |")
+    lines.append("|---|---|---|---|---|---|---|")
     for m, r in summary.items():
         lines.append(f"| {m} | {r['psnr']:.2f} ± {r['psnr_sd']:.2f} | {r['ssim']:.3f} ± {r['ssim_sd']:.3f} | "
-                     f"{r['seconds']:.2f} | {r.get('nfe', '–')} | {r['n']} |")
+                     f"{r['seconds']:.2f} | {r.get('nfe_per_slice', '–')} | {r.get('nfe_per_sample', '–')} | "
+                     f"{r['n']} |")
     return "\n".join(lines)
 
 

@@ -5,7 +5,7 @@
 >>> from ScoreReconLib.networks import load_prior
 >>> op = build_operator("sparse-ct", 128, views=23)
 >>> prior = load_prior("default-ct")
->>> result = reconstruct(op.A(x), op, prior, samples=4, seed=0)  # proximal, 25 steps
+>>> result = reconstruct(op.A(x), op, prior, samples=4, seed=0)  # the model's recommended sampler settings
 >>> result.mean.shape, result.std.shape   # (B, 1, 128, 128) each, normalised [0, 1] units
 """
 
@@ -293,7 +293,7 @@ def reconstruct(y: torch.Tensor, operator: MeasurementOperator, prior, method: s
     """Sample the posterior ``p(x | y)`` ``samples`` times and return mean (and std if ``samples > 1``).
 
     ``y``: full-layout measurement for a batch ``(B, 1, ...)`` of ``operator``. ``method``: "proximal"
-    (default; 25 steps unless the prior or ``steps`` says otherwise), "fast" (DDS-style) or "song2021".
+    (default; the prior's recommended settings, else :data:`DEFAULTS`), "fast" (DDS-style) or "song2021".
     ``lam``/``snr``/``steps`` default to the prior's tuned values, then :data:`DEFAULTS`. ``extra``:
     other :class:`~ScoreReconLib.sampling.SamplerSettings` fields, e.g. ``tv_weight`` (TV term of the
     proximal step, ``--method tv --weight`` units), ``init="classical"`` with ``t_start`` ∈ (0, 1]

@@ -243,7 +243,29 @@ def test_score_round_trip_with_std(data, tiny_model, tmp_path, capsys):
     assert np.isfinite(s.array).all() and (s.array >= 0).all() and s.array.max() > 0
     m = json.loads(metrics.read_text())
     assert m["sampler"] == "fast" and m["seed"] == 3 and m["nfe"] >= 2 and m["samples"] == 2
+    assert m["nfe_per_sample"] == m["nfe"] and m["nfe_per_slice"] == 2 * m["nfe_per_sample"]
     assert m["steps"] == 2 and np.isfinite(m["psnr"])
+    assert m["discrepancy"]["verdict"] in ("consistent", "fits the noise", "leaves signal", "noise-free data",
+                                           "below the noise estimate", "noise unknown")
+
+
+def test_reconstruct_help_states_the_defaults_a_run_uses(capsys):
+    """The help's sampler defaults come from the shipped models' recommendation, as a run resolves them."""
+    from ScoreReconLib.networks import load_prior
+    from ScoreReconLib.reconstruction import recommended_samples, resolve_settings
+
+    rc, out, _ = cli(["reconstruct", "--help"], capsys)
+    assert rc == 0
+    text = " ".join(out.split())
+    assert "25 steps unless" not in text and "(default, pure noise at t = 1)" not in text
+    for name in ("default-ct", "default-mri"):
+        prior = load_prior(name)
+        task = "sparse-ct" if name == "default-ct" else "mri"
+        run = resolve_settings("proximal", prior, task=task)
+        assert f"{name} {run.steps}" in text  # --steps
+        assert f"{name} {run.t_start:g}" in text  # --t-start
+        assert f"{name} {run.init}" in text  # --init
+        assert f"{name} {recommended_samples(prior, 'proximal', task)}" in text  # --samples
 
 
 @pytest.mark.parametrize("task, pattern", [("mri", "MR"), ("sparse-ct", "64")])

@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "config.json, e.g. one from before checksums covered the config")
     p.add_argument("--input", default=None, help="use this image instead of the shipped sample")
     p.add_argument("--sampler", choices=("proximal", "fast", "song2021"), default="proximal",
-                   help="proximal (default, 25 steps), fast (DDS-style) or song2021")
+                   help="proximal (default; the model's recommended settings, see reconstruct --help), "
+                        "fast (DDS-style) or song2021")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--samples", type=int, default=4, help="posterior samples (mean and std map)")
     p.add_argument("--views", type=int, default=23)
@@ -112,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
     for r in records:
         print(f"{r.method:<14}{r.psnr:>10.2f}{r.ssim:>8.3f}{r.seconds:>10.2f}")
     summary = {"task": args.task, "sample": src.name, "model": model, "sampler": args.sampler,
-               "samples": args.samples, "seed": args.seed, "nfe": score_rec.extra.get("nfe"),
+               "samples": args.samples, "seed": args.seed, "nfe_per_sample": score_rec.extra.get("nfe"),
+               "nfe_per_slice": score_rec.extra.get("nfe_per_slice"),
                "results": [{"method": r.method, "psnr": r.psnr, "ssim": r.ssim, "seconds": r.seconds}
                            for r in records]}
     from ..data import save_json

@@ -46,7 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--methods", default=None,
                    help="comma list from fbp,tv,zero-filled,cs,score (default: the task's classical methods + score)")
     p.add_argument("--sampler", choices=("proximal", "fast", "song2021"), default="proximal",
-                   help="proximal (default, 25 steps), fast (DDS-style) or song2021")
+                   help="proximal (default; the model's recommended settings, see reconstruct --help), "
+                        "fast (DDS-style) or song2021")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--lam", type=float, default=None)
     p.add_argument("--snr", type=float, default=None)

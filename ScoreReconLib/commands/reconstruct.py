@@ -63,6 +63,37 @@ PROGRESS_FORMATS = ("tqdm", "json", "none")
 CLASSICAL_UNITS = 1000
 
 
+def _shipped_recommendations() -> dict[str, dict]:
+    """``recommended`` of the shipped default models' config.json (read without torch, for ``--help``)."""
+    from ..resources import resources_dir
+
+    out = {}
+    for name in ("default-ct", "default-mri"):
+        try:
+            config = json.loads((resources_dir() / "models" / name / "config.json").read_text())
+            out[name] = dict(config.get("recommended") or {})
+        except (OSError, ValueError, ScoreReconError, AttributeError):  # a build without the shipped models
+            continue
+    return out
+
+
+def _default_help(key: str, fallback: str | None = None) -> str:
+    """"default: the model's recommendation (default-ct 5, default-mri 5), else 25 (CT) / 25 (MRI)" for ``--help``,
+    from the values a run resolves (:func:`ScoreReconLib.reconstruction.resolve_settings`): the shipped models'
+    config.json, then the proximal sampler's :data:`~ScoreReconLib.reconstruction.DEFAULTS`."""
+    from ..reconstruction import DEFAULT_METHOD, DEFAULTS
+
+    def text(value) -> str:
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    shipped = [f"{name} {text(rec[key])}" for name, rec in _shipped_recommendations().items() if key in rec]
+    said = f" ({', '.join(shipped)})" if shipped else ""
+    if fallback is None:
+        ct, mr = DEFAULTS[DEFAULT_METHOD]["CT"][key], DEFAULTS[DEFAULT_METHOD]["MR"][key]
+        fallback = text(ct) if ct == mr else f"{text(ct)} (CT) / {text(mr)} (MRI)"
+    return f"default: the model's recommendation{said}, else {fallback}"
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "reconstruct",
@@ -102,11 +133,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="load a checkpoint that has no checksums (weights_sha256 / config_sha256) in its "
                         "config.json, e.g. one from before checksums covered the config")
     s.add_argument("--sampler", choices=SAMPLERS, default=None,
-                   help="proximal (default, Song et al. 2022; 25 steps unless --steps), fast (DDS-style) or song2021")
+                   help="proximal (Song et al. 2022), fast (DDS-style) or song2021; "
+                        + _default_help("sampler", "proximal"))
     s.add_argument("--steps", type=int, default=None,
-                   help="sampler steps (default: the model's tuned value, 25 for proximal; keep >= 10)")
-    s.add_argument("--lam", type=float, default=None, help="data-consistency weight λ in [0, 1]")
-    s.add_argument("--snr", type=float, default=None, help="Langevin corrector signal-to-noise ratio")
+                   help="sampler steps from --t-start down to 0; "
+                        + _default_help("steps") + " for proximal (keep >= 10 from noise)")
+    s.add_argument("--lam", type=float, default=None,
+                   help="data-consistency weight λ in [0, 1]; " + _default_help("lam"))
+    s.add_argument("--snr", type=float, default=None,
+                   help="Langevin corrector signal-to-noise ratio (0: no corrector); "
+                        + _default_help("snr"))
     s.add_argument("--tv-weight", type=float, default=None, metavar="W",
                    help="proximal sampler: add a TV term to every data-consistency step, solved by a few warm-started "
                         "PDHG iterations; W has the units of --method tv --weight (relative to ||A||^2, on [0, 1] "
@@ -121,11 +157,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "so neighbouring slices do not flicker independently (the data still differ); like "
                         "--z-tv it acts within --batch-size slices")
     s.add_argument("--init", choices=INITS, default=None,
-                   help="start of the reverse process: noise (default, pure noise at t = 1) or classical (a TV "
-                        "(CT) / CS (MRI) reconstruction noised to --t-start)")
+                   help="start of the reverse process: noise (pure noise at t = 1) or classical (a TV (CT) / CS "
+                        "(MRI) reconstruction noised to --t-start); " + _default_help("init"))
     s.add_argument("--t-start", type=float, default=None, metavar="T",
-                   help="time in (0, 1] the reverse process starts at (default 1); below 1 needs --init classical, "
-                        "and --steps are then run from T down to 0, so the network evaluations shrink with T")
+                   help="time in (0, 1] the reverse process starts at; below 1 needs --init classical, and "
+                        "--steps are then run from T down to 0; " + _default_help("t_start"))
     s.add_argument("--init-weight", type=float, default=None, metavar="W",
                    help="--init classical: the TV / CS weight of the start image (default: chosen from the "
                         "measurement as --method tv/cs --weight auto does, once per file)")
@@ -141,7 +177,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="proximal sampler: λ of the last merge after the final denoising step (default: 1 for "
                         "noise-free data, the noise-aware weight otherwise)")
     s.add_argument("--samples", type=int, default=None,
-                   help="posterior samples averaged (std needs >= 2); default: the model's recommended count, else 1")
+                   help="posterior samples averaged (std needs >= 2; each costs the sampler's network evaluations "
+                        "again); " + _default_help("samples", "1"))
     s.add_argument("--seed", type=int, default=0,
                    help="sampling seed; every slice draws from its own stream of it, so results do not depend on "
                         "--batch-size")
@@ -603,8 +640,9 @@ def reconstruct_job(job: Job, engine: Engine, batch_size: int, seed: int, progre
         "device": str(engine.device), "psnr": None, "ssim": None,
     }
     if engine.method == "score":
-        record.update({"sampler": engine.sampler, "nfe": nfe, "seed": seed, "model": engine.model_name,
-                       **engine.settings})
+        record.update({"sampler": engine.sampler, "nfe": nfe, "nfe_per_sample": nfe,
+                       "nfe_per_slice": None if nfe is None else nfe * int(engine.settings.get("samples", 1)),
+                       "seed": seed, "model": engine.model_name, **engine.settings})
         if fixed.get("init_weight") is not None:
             record["init_weight"] = fixed["init_weight"]
         if fixed.get("noise_std") is not None and record.get("noise_std") is None:
