@@ -267,11 +267,8 @@ def _from_sitk(img, modality: str = "", path: Path | str = "the image") -> Image
     else:
         arr = _as_float32(sitk.GetArrayFromImage(img), path)
     spacing, origin, direction = img.GetSpacing(), img.GetOrigin(), img.GetDirection()
-    if arr.ndim == 3 and arr.shape[0] == 1:  # a single 2-D slice stored as 3-D (DICOM file)
-        arr = arr[0]
-        spacing, origin = spacing[:2], origin[:2]
-        d = np.asarray(direction).reshape(3, 3)[:2, :2]
-        direction = tuple(d.ravel())
+    # a single slice stored as 3-D (a DICOM file, a one-slice NRRD) stays a (1, H, W) volume, so its z position
+    # and orientation reach every output written with its geometry
     if arr.ndim not in (2, 3):
         raise ScoreReconError(f"expected a 2-D image or 3-D volume, got an array of shape {arr.shape}")
     return Image(arr, tuple(float(v) for v in spacing), tuple(float(v) for v in origin),

@@ -224,6 +224,8 @@ class SliceDataset(torch.utils.data.Dataset):
     def _add_image(self, img: Image, axes: tuple[int, ...], out: list[torch.Tensor]) -> tuple[int, int]:
         arr = torch.from_numpy(self._normalise(img.array))
         spacing = _axis_spacing(img)
+        if arr.ndim == 3 and arr.shape[0] == 1:  # a one-slice file (e.g. a DICOM file): its slice only
+            arr, spacing = arr[0], spacing[1:]
         if arr.ndim == 2:
             candidates = [(arr, spacing)]
         else:

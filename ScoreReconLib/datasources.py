@@ -642,11 +642,14 @@ def convert_source(src: Source, data: bytes) -> Image:
             path.write_bytes(data)
             image = read_image(path)  # applies the rescale slope/intercept → HU for CT
         arr = image.array
-        if image.is_volume:
+        if image.is_volume and arr.shape[0] != 1:
             raise ScoreReconError(f"{name} is a volume; expected one DICOM slice")
+        arr = arr.reshape(arr.shape[-2:])  # the file's one slice: the prepared data are 2-D test images
         if src.modality == "CT":
             arr = np.maximum(arr, -1024.0)  # outside-field-of-view padding (e.g. -2000) → air
-        arr = dicom_slice_radiological(arr, image.direction)
+        direction = np.asarray(image.direction, float)
+        in_plane = direction.reshape(image.array.ndim, image.array.ndim)[:2, :2]
+        arr = dicom_slice_radiological(arr, tuple(in_plane.ravel()))
         return Image(arr.astype(np.float32), tuple(image.spacing[:2]), tuple(image.origin[:2]),
                      (1.0, 0.0, 0.0, 1.0), src.modality)
     raise ScoreReconError(f"no converter for source file {name}")

@@ -87,9 +87,10 @@ def test_dicom_file_and_series_folder(tmp_path):
     pydicom_data = pytest.importorskip("pydicom.data")
     path = pydicom_data.get_testdata_file("CT_small.dcm")
     img = read_image(path)
-    assert img.array.shape == (128, 128)
+    assert img.array.shape == (1, 128, 128)  # one slice, kept 3-D with its z position
     assert img.modality == "CT"
-    np.testing.assert_allclose(img.spacing, (0.661468, 0.661468), rtol=1e-5)
+    np.testing.assert_allclose(img.spacing[:2], (0.661468, 0.661468), rtol=1e-5)
+    assert img.origin[2] == pytest.approx(-75.7, abs=0.05)
     assert img.array.min() < -200 and guess_modality(img) == "CT"  # rescaled to HU
     series = tmp_path / "series"
     series.mkdir()
@@ -167,3 +168,22 @@ def test_sitk_reads_what_write_image_writes_for_a_volume(tmp_path):
     s = sitk.ReadImage(str(path))
     assert s.GetSize() == (9, 12, 3)  # SimpleITK (x, y, z) = (W, H, Z)
     np.testing.assert_allclose(s.GetSpacing(), img.spacing, rtol=1e-6)
+
+
+def test_single_dicom_slice_keeps_its_z_position_through_simulate_and_reconstruct(tmp_path):
+    """CT_small.dcm lies at z = −75.7 mm: the reconstruction must land there too, not at z = 0 (issue 20)."""
+    pydicom_data = pytest.importorskip("pydicom.data")
+    from ScoreReconLib import cli
+
+    path = pydicom_data.get_testdata_file("CT_small.dcm")
+    src = read_image(path)
+    meas, out = tmp_path / "m.npz", tmp_path / "r.nrrd"
+    assert cli.main(["simulate", "--task", "sparse-ct", "--views", "16", "--input", path, "--output", str(meas),
+                     "--size", "32"]) == 0
+    assert cli.main(["reconstruct", "--input", str(meas), "--method", "fbp", "--output", str(out),
+                     "--progress-format", "none"]) == 0
+    got = read_image(out)
+    assert got.array.shape == (1, 32, 32)
+    assert got.origin[2] == pytest.approx(src.origin[2], abs=1e-3)
+    np.testing.assert_allclose(got.direction, src.direction, atol=1e-6)
+    assert got.spacing[2] == pytest.approx(src.spacing[2])
