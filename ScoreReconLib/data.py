@@ -395,6 +395,23 @@ class Normalization:
         return Normalization(str(d["kind"]), float(d["low"]), float(d["high"]))
 
 
+def normalization_mismatch(measurement: Normalization, model: Normalization) -> str | None:
+    """Why a measurement normalised as ``measurement`` does not fit a prior trained with ``model``, or None.
+
+    MRI (``kind="scale"``) is scaled per image (a high percentile → 1), so the measurement's own ``high`` is
+    expected to differ from the model's 1.0 and is no mismatch. CT (``kind="hu"``) must use the model's HU window.
+    """
+    if measurement.kind != model.kind:
+        return (f"the measurement is normalised as {measurement.kind!r} but the model expects {model.kind!r} "
+                f"({'CT HU window' if model.kind == 'hu' else 'MRI per-image scale'}); use a model of the "
+                "measurement's modality")
+    if model.kind == "hu" and (abs(measurement.low - model.low) > 1e-6 or abs(measurement.high - model.high) > 1e-6):
+        return (f"the measurement maps HU [{measurement.low:g}, {measurement.high:g}] to [0, 1] but the model was "
+                f"trained on [{model.low:g}, {model.high:g}]; re-simulate or re-import the data with the model's "
+                "window, or use a model trained with this one")
+    return None
+
+
 #: default CT window in HU mapped to [0, 1] (air … dense bone)
 DEFAULT_CT_WINDOW = (-1000.0, 2000.0)
 

@@ -187,3 +187,29 @@ def test_single_dicom_slice_keeps_its_z_position_through_simulate_and_reconstruc
     assert got.origin[2] == pytest.approx(src.origin[2], abs=1e-3)
     np.testing.assert_allclose(got.direction, src.direction, atol=1e-6)
     assert got.spacing[2] == pytest.approx(src.spacing[2])
+
+
+def test_mri_per_image_scale_is_no_mismatch_but_a_wrong_ct_window_is():
+    from ScoreReconLib.data import Normalization, ct_normalization, normalization_mismatch
+
+    model_mr = Normalization("scale", 0.0, 1.0)
+    assert normalization_mismatch(Normalization("scale", 0.0, 186.96), model_mr) is None
+    assert normalization_mismatch(ct_normalization(), ct_normalization()) is None
+    wrong = normalization_mismatch(ct_normalization(-1000.0, 1000.0), ct_normalization())
+    assert "HU [-1000, 1000]" in wrong and "re-simulate" in wrong
+    assert "use a model of the measurement's modality" in normalization_mismatch(ct_normalization(), model_mr)
+
+
+def test_the_documented_mri_workflow_prints_no_normalisation_warning(tmp_path, capsys):
+    """The shipped MRI sample as NIfTI → simulate --task mri → reconstruct --method score: no warning (issue 20)."""
+    from ScoreReconLib import cli
+    from ScoreReconLib.resources import resource_path
+
+    nii, meas = tmp_path / "brain.nii.gz", tmp_path / "k.npz"
+    write_image(read_image(resource_path("samples", "mri_sample.nrrd")), nii)
+    assert cli.main(["simulate", "--task", "mri", "--input", str(nii), "--output", str(meas), "--size", "32"]) == 0
+    capsys.readouterr()
+    assert cli.main(["reconstruct", "--input", str(meas), "--method", "score", "--output", str(tmp_path / "r.nrrd"),
+                     "--steps", "1", "--samples", "1", "--progress-format", "none", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "normalised" not in err and "results may be off" not in err, err

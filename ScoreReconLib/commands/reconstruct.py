@@ -37,6 +37,7 @@ from ..data import (
     WRITE_SUFFIXES,
     check_writable_suffix,
     image_from_geometry,
+    normalization_mismatch,
     read_image,
     save_json,
     write_image,
@@ -555,10 +556,9 @@ def make_engine(args: argparse.Namespace, measurements: list[Measurement], devic
     prior = load_prior(model, device=device, trust_unverified=args.trust_unverified)
     for m in measurements:
         prior.check_compatible(m.image_size, m.modality)
-        if m.normalization.to_dict() != prior.normalization.to_dict():
-            print(f"scorerecon reconstruct: warning: the measurement was normalised as {m.normalization.to_dict()} "
-                  f"but the model expects {prior.normalization.to_dict()}; results may be off",
-                  file=sys.stderr)
+        problem = normalization_mismatch(m.normalization, prior.normalization)
+        if problem:
+            print(f"scorerecon reconstruct: warning: {problem}", file=sys.stderr)
     sampler = args.sampler or DEFAULT_METHOD
     extra = {k: getattr(args, k) for k in SAMPLER_EXTRAS}
     settings = resolve_settings(sampler, prior, args.steps, args.lam, args.snr, task=measurements[0].task, **extra)
