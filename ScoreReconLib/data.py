@@ -441,6 +441,20 @@ def guess_modality(image: Image) -> str:
     return "CT" if float(np.min(image.array)) < -200 else "MR"
 
 
+def modality_mismatch(image: Image, want: str, name: str | Path = "the image") -> tuple[str, bool] | None:
+    """(message, certain) when ``image`` does not look like modality ``want`` ("CT" / "MR"), else None.
+
+    ``certain``: the image's own metadata (DICOM 0008|0060, kept in NRRD / MHA) names another modality;
+    otherwise only its intensities suggest it (values below −200 look like CT HU; none look like MR).
+    """
+    found = guess_modality(image)
+    if found == want:
+        return None
+    tagged = image.modality.upper() in ("CT", "MR")
+    how = f"its metadata say {found}" if tagged else f"its intensities look like {found}"
+    return (f"{name} does not look like {want}: {how}", tagged)
+
+
 def save_json(obj: dict, path: str | Path) -> Path:
     """Write JSON atomically."""
     path = Path(path)

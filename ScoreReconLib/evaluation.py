@@ -8,6 +8,7 @@ Used by ``scorerecon evaluate``, ``scorerecon tune``, ``scorerecon demo`` and
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,7 +18,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import IMAGE_SUFFIXES, Image, Normalization, ct_normalization, mr_normalization, read_image
+from .data import (
+    IMAGE_SUFFIXES,
+    Image,
+    Normalization,
+    ct_normalization,
+    modality_mismatch,
+    mr_normalization,
+    read_image,
+)
 from .errors import ScoreReconError
 from .measurement import task_modality  # noqa: F401  (re-exported for the commands)
 from .operators import build_operator
@@ -103,6 +112,12 @@ def load_slices(data: str | Path, modality: str, size: int, n_slices: int = 8, p
     out: list[tuple[str, torch.Tensor]] = []
     for path in list_images(data):
         img = read_image(path)
+        mismatch = modality_mismatch(img, modality, path)
+        if mismatch and mismatch[1]:
+            raise ScoreReconError(f"{mismatch[0]} but the task needs {modality} images; move it out of {data} or "
+                                  "choose a task and model of its modality")
+        if mismatch:
+            print(f"scorerecon: warning: {mismatch[0]}; it is evaluated as {modality}", file=sys.stderr, flush=True)
         norm = normalization or (ct_normalization() if modality == "CT" else mr_normalization(img.array))
         arr = norm.forward(img.array).astype(np.float32)
         if modality == "CT":

@@ -767,11 +767,17 @@ def simulate(
     return m, x.cpu(), extra
 
 
-def reference_slices(reference: Image, m: Measurement) -> torch.Tensor:
+#: relative difference of in-plane pixel sizes above which a reference counts as on another grid
+REFERENCE_GRID_TOLERANCE = 0.01
+
+
+def reference_slices(reference: Image, m: Measurement, warnings: list[str] | None = None) -> torch.Tensor:
     """Normalise a clean reference image like ``m`` was simulated: ``(S, 1, N, N)`` float32.
 
     The reference must have the measurement's slice count and either its size or the original
-    (pre-resampling) size recorded in the file.
+    (pre-resampling) size recorded in the file. When its in-plane pixels (after that resampling) differ from the
+    measurement's grid by more than :data:`REFERENCE_GRID_TOLERANCE`, a sentence naming both grids is appended to
+    ``warnings``: the scores then compare images of different fields of view.
     """
     check_finite(reference.array, "the reference image")
     stack = image_slices(reference.array)
@@ -791,6 +797,13 @@ def reference_slices(reference: Image, m: Measurement) -> torch.Tensor:
                 f"the reference is {stack.shape[-2]}x{stack.shape[-1]} but the measurement is {n}x{n}; "
                 "pass the image that was simulated"
             )
+    want = [float(v) for v in (m.geometry.get("spacing") or [])[:2]]
+    got = [float(v) for v in reference.spacing[:2]]
+    if warnings is not None and len(want) == 2 and len(got) == 2 and any(
+            abs(g - w) > REFERENCE_GRID_TOLERANCE * max(abs(w), 1e-12) for g, w in zip(got, want, strict=True)):
+        warnings.append(f"the reference's pixels are {got[0]:.4g} x {got[1]:.4g} mm on the measurement's {n}x{n} "
+                        f"grid but the measurement's are {want[0]:.4g} x {want[1]:.4g} mm: PSNR / SSIM compare "
+                        "different fields of view; pass the image that was simulated")
     return torch.from_numpy(normalize_slices(stack, m.normalization))[:, None]
 
 

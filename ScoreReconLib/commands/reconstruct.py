@@ -778,7 +778,10 @@ def run(args: argparse.Namespace) -> int:
             raise ScoreReconError(f"--complex-output applies to MRI measurements, not {job.measurement.task}")
         job.measurement.operator("cpu")
         if job.reference is not None:
-            job.reference_x = reference_slices(read_image(job.reference), job.measurement)
+            grid: list[str] = []
+            job.reference_x = reference_slices(read_image(job.reference), job.measurement, grid)
+            for text in grid:
+                print(f"scorerecon reconstruct: warning: {job.name}: {text}", file=sys.stderr, flush=True)
     measurements = [j.measurement for j in jobs if j.measurement is not None]
     engine = make_engine(args, measurements, device) if jobs else Engine(args.method, device)
     dist = _init_group(world) if (batch and world > 1) else None

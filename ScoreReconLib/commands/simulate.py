@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 
-from ..data import read_image
+from ..data import modality_mismatch, read_image
 from ..errors import ScoreReconError
 from ..measurement import (
     CT_GEOMETRIES,
@@ -23,6 +24,7 @@ from ..measurement import (
     check_measurement_output,
     save_measurement,
     simulate,
+    task_modality,
 )
 from ..operators import TASKS
 from ..threads import add_threads_option
@@ -84,6 +86,10 @@ def run(args: argparse.Namespace) -> int:
         if value is not None and not math.isfinite(float(value)):
             raise ScoreReconError(f"--{flag.replace('_', '-')} must be a finite number, got {value}")
     image = read_image(args.input)
+    mismatch = modality_mismatch(image, task_modality(args.task), args.input)
+    if mismatch:
+        print(f"scorerecon simulate: warning: {mismatch[0]}, but --task {args.task} simulates "
+              f"{task_modality(args.task)} measurements", file=sys.stderr, flush=True)
     m, _, _ = simulate(
         image, args.task, views=args.views, arc=args.arc, n_angles=args.n_angles,
         metal_threshold=args.metal_threshold, n_metal=args.n_metal, acceleration=args.acceleration,

@@ -1,0 +1,84 @@
+"""Mix-ups that used to pass silently (issue 20): MR data under a CT task, a CT image simulated as MRI,
+a reference on another grid."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from ScoreReconLib.cli import main
+from ScoreReconLib.data import Image, read_image, write_image
+from ScoreReconLib.resources import resource_path
+
+
+def test_evaluate_refuses_mr_images_for_a_ct_task(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(resource_path("samples", "mri_sample.nrrd"), data / "brain.nrrd")  # tagged MR
+    rc = main(["evaluate", "--data", str(data), "--task", "sparse-ct", "--model", "default-ct", "--methods", "fbp",
+               "--n-images", "1", "--size", "32"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "brain.nrrd does not look like CT: its metadata say MR" in err and "choose a task and model" in err
+
+
+def test_evaluate_warns_when_only_the_intensities_disagree(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    yy, xx = np.mgrid[-1:1:32j, -1:1:32j]
+    write_image(Image(((xx**2 + yy**2) < 0.6).astype(np.float32) * 500.0, (1.0, 1.0), (0.0, 0.0),
+                      (1.0, 0.0, 0.0, 1.0)), data / "disc.nrrd")  # untagged, no HU values
+    rc = main(["evaluate", "--data", str(data), "--task", "sparse-ct", "--model", "default-ct", "--methods", "fbp",
+               "--n-images", "1", "--size", "32"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "disc.nrrd does not look like CT: its intensities look like MR; it is evaluated as CT" in err
+
+
+def test_simulate_mri_from_a_ct_image_warns(tmp_path, capsys):
+    rc = main(["simulate", "--task", "mri", "--input", str(resource_path("samples", "ct_head_sample.nrrd")),
+               "--output", str(tmp_path / "k.npz"), "--size", "32"])
+    err = capsys.readouterr().err
+    assert rc == 0
+    assert "does not look like MR: its metadata say CT, but --task mri simulates MR measurements" in err
+    capsys.readouterr()
+    assert main(["simulate", "--task", "sparse-ct", "--input", str(resource_path("samples", "ct_head_sample.nrrd")),
+                 "--output", str(tmp_path / "s.npz"), "--size", "32"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_reference_on_another_grid_is_named(tmp_path, capsys):
+    src = read_image(resource_path("samples", "ct_head_sample.nrrd"))
+    meas = tmp_path / "m.npz"
+    assert main(["simulate", "--task", "sparse-ct", "--views", "16", "--input",
+                 str(resource_path("samples", "ct_head_sample.nrrd")), "--output", str(meas)]) == 0
+    other = tmp_path / "other.nrrd"  # the same pixels, declared on a 3x coarser grid
+    write_image(Image(src.array, tuple(3 * s for s in src.spacing), src.origin, src.direction, src.modality), other)
+    capsys.readouterr()
+    rc = main(["reconstruct", "--input", str(meas), "--method", "fbp", "--output", str(tmp_path / "r.nrrd"),
+               "--reference", str(other), "--progress-format", "none"])
+    err = capsys.readouterr().err
+    assert rc == 0
+    sp = src.spacing[0]
+    assert f"the reference's pixels are {3 * sp:.4g} x {3 * sp:.4g} mm" in err
+    assert f"the measurement's are {sp:.4g} x {sp:.4g} mm" in err
+    rc = main(["reconstruct", "--input", str(meas), "--method", "fbp", "--output", str(tmp_path / "r2.nrrd"),
+               "--reference", str(resource_path("samples", "ct_head_sample.nrrd")), "--progress-format", "none"])
+    assert rc == 0 and "fields of view" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("want", ["CT", "MR"])
+def test_modality_mismatch_says_how_it_knows(want):
+    from ScoreReconLib.data import modality_mismatch
+
+    hu = Image(np.full((4, 4), -1000.0, np.float32), (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))
+    tagged_mr = Image(np.ones((4, 4), np.float32), (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0), "MR")
+    if want == "CT":
+        assert modality_mismatch(hu, "CT") is None
+        assert modality_mismatch(tagged_mr, "CT", "x.nrrd") == ("x.nrrd does not look like CT: its metadata say MR",
+                                                                True)
+    else:
+        assert modality_mismatch(tagged_mr, "MR") is None
+        assert modality_mismatch(hu, "MR")[1] is False
