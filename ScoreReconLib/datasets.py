@@ -22,7 +22,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import DEFAULT_CT_WINDOW, IMAGE_SUFFIXES, Image, guess_modality, mr_normalization, read_image, window
+from .data import (
+    DEFAULT_CT_WINDOW,
+    IMAGE_SUFFIXES,
+    PREPARE_DATA_HINT,
+    Image,
+    guess_modality,
+    mr_normalization,
+    read_image,
+    window,
+)
 from .errors import ScoreReconError
 from .utils import ProgressFn
 
@@ -64,7 +73,7 @@ def find_images(root: str | Path) -> tuple[list[Path], list[str]]:
     """
     root = Path(root)
     if not root.exists():
-        raise ScoreReconError(f"training data folder {root} does not exist; check --data")
+        raise ScoreReconError(f"training data folder {root} does not exist; check --data ({PREPARE_DATA_HINT})")
     if root.is_file():
         return [root], []
     sources: list[Path] = []

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from .data import (
     IMAGE_SUFFIXES,
+    PREPARE_DATA_HINT,
     Image,
     Normalization,
     ct_normalization,
@@ -71,7 +72,7 @@ def list_images(data: str | Path) -> list[Path]:
     """Image files (and DICOM series folders) under ``data``, sorted; a single file is allowed."""
     data = Path(data)
     if not data.exists():
-        raise ScoreReconError(f"--data {data} does not exist")
+        raise ScoreReconError(f"--data {data} does not exist; check the path ({PREPARE_DATA_HINT})")
     if data.is_file():
         return [data]
     files = sorted(p for p in data.rglob("*") if p.is_file() and any(
@@ -200,6 +201,7 @@ def run_score(case: EvalCase, prior, sampler: str = "proximal", samples: int | N
     p, s = score_images(res.mean, case.x, case.score_mask)
     return EvalRecord(case.name, label or f"score-{sampler}", p, s, res.seconds,
                       {"image": res.mean, "std": res.std, "nfe": res.nfe,
+                       "samples": int(res.settings.get("samples", samples or 1)),
                        "nfe_per_slice": res.nfe * int(res.settings.get("samples", samples or 1))})
 
 

@@ -47,7 +47,8 @@ MAPS_DATASETS = ("sens_maps", "maps")
 DEFAULT_SPACING_MM = 1.0
 #: fully sampled files are undersampled by this much unless --acceleration says otherwise
 DEFAULT_ACCELERATION = 8.0
-INSTALL_H5PY = "install it with 'pip install h5py' (or 'pip install scorerecon[mri]')"
+INSTALL_H5PY = ("install it with 'pip install h5py' (from a checkout, 'pip install -e \".[mri]\"' installs it with "
+                "the library)")
 
 
 @dataclass

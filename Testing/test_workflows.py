@@ -96,6 +96,24 @@ def test_demo_on_the_shipped_sample(tiny_ct, tmp_path, capsys):
     metrics = json.loads((out_dir / "metrics.json").read_text())
     assert [r["method"] for r in metrics["results"]] == ["fbp", "tv", "ScoreRecon"]
     assert "PSNR" in out
+    assert metrics["nfe_per_slice"] == 2 * metrics["nfe_per_sample"] and metrics["samples"] == 2
+
+
+def test_demo_covers_limited_angle_ct_with_noise(tiny_ct, tmp_path, capsys):
+    """Every task the CLI simulates has a demo (issue 20), and the demo can add measurement noise."""
+    from ScoreReconLib.operators import TASKS
+
+    sub = next(a for a in __import__("ScoreReconLib.cli", fromlist=["x"]).build_parser()._actions
+               if a.dest == "command").choices["demo"]
+    task_action = next(a for a in sub._actions if a.dest == "task")
+    assert set(task_action.choices) == set(TASKS)
+    out_dir = tmp_path / "demo-la"
+    rc, out, err = run(["demo", "--task", "limited-angle-ct", "--arc", "100", "--noise", "0.01", "--model", tiny_ct,
+                        "--steps", "2", "--samples", "1", "--device", "cpu", "--output", out_dir], capsys)
+    assert rc == 0, err
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert metrics["task"] == "limited-angle-ct" and metrics["noise"] == 0.01
+    assert [r["method"] for r in metrics["results"]] == ["fbp", "tv", "ScoreRecon"]
 
 
 @pytest.mark.parametrize("name,modality", [("default-ct", "CT"), ("default-mri", "MR")])

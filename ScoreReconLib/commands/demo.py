@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..operators import TASKS  # every task the CLI simulates has a demo
 from ..threads import add_threads_option
-
-TASKS = ("sparse-ct", "metal-ct", "mri")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,9 +27,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="proximal (default; the model's recommended settings, see reconstruct --help), "
                         "fast (DDS-style) or song2021")
     p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--samples", type=int, default=4, help="posterior samples (mean and std map)")
-    p.add_argument("--views", type=int, default=23)
-    p.add_argument("--acceleration", type=float, default=8.0)
+    p.add_argument("--samples", type=int, default=None,
+                   help="posterior samples (mean and std map; default: the model's recommendation)")
+    p.add_argument("--views", type=int, default=23, help="sparse-ct: projection views (default 23)")
+    p.add_argument("--arc", type=float, default=90.0, help="limited-angle-ct: arc in degrees (default 90)")
+    p.add_argument("--acceleration", type=float, default=8.0, help="mri: undersampling factor (default 8)")
+    p.add_argument("--noise", type=float, default=0.0,
+                   help="measurement noise std as a fraction of the largest |measurement| (e.g. 0.01 = 1 %%; "
+                        "default 0, noise-free)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=None, metavar="N",
                    help="image grid N x N (default: the model's working size; a patch prior takes any N, a whole-image "
@@ -65,10 +69,13 @@ def run(args: argparse.Namespace) -> int:
                       (1.0, 0.0, 0.0, 1.0), image.modality)
     size = prior.size_for(args.size)
     x, norm, pixel_mm = image_case_from_array(image, size, modality)
-    opts = {"views": args.views} if args.task == "sparse-ct" else {}
-    if args.task == "mri":
-        opts = {"acceleration": args.acceleration, "center_fraction": 0.08, "mask": "equispaced"}
-    case = make_case(src.name, x, args.task, seed=args.seed, **opts)
+    opts = {"sparse-ct": {"views": args.views}, "limited-angle-ct": {"arc": args.arc}, "metal-ct": {},
+            "mri": {"acceleration": args.acceleration, "center_fraction": 0.08, "mask": "equispaced"}}[args.task]
+    if not (args.noise >= 0 and np.isfinite(args.noise)):
+        from ..errors import ScoreReconError
+
+        raise ScoreReconError(f"--noise must be a finite fraction >= 0, e.g. 0.01, got {args.noise}")
+    case = make_case(src.name, x, args.task, seed=args.seed, noise=args.noise, **opts)
 
     print(f"ScoreRecon demo: {args.task} on {src.name} ({size}x{size}), "
           f"model {model}, device {device}", file=sys.stderr)
@@ -113,8 +120,8 @@ def run(args: argparse.Namespace) -> int:
     for r in records:
         print(f"{r.method:<14}{r.psnr:>10.2f}{r.ssim:>8.3f}{r.seconds:>10.2f}")
     summary = {"task": args.task, "sample": src.name, "model": model, "sampler": args.sampler,
-               "samples": args.samples, "seed": args.seed, "nfe_per_sample": score_rec.extra.get("nfe"),
-               "nfe_per_slice": score_rec.extra.get("nfe_per_slice"),
+               "samples": score_rec.extra.get("samples"), "noise": args.noise, "seed": args.seed,
+               "nfe_per_sample": score_rec.extra.get("nfe"), "nfe_per_slice": score_rec.extra.get("nfe_per_slice"),
                "results": [{"method": r.method, "psnr": r.psnr, "ssim": r.ssim, "seconds": r.seconds}
                            for r in records]}
     from ..data import save_json

@@ -1,5 +1,5 @@
-"""Mix-ups that used to pass silently (issue 20): MR data under a CT task, a CT image simulated as MRI,
-a reference on another grid."""
+"""What a new user tripped over (issue 20): mix-ups that passed silently (MR data under a CT task, a CT image
+simulated as MRI, a reference on another grid) and first steps that failed without saying why."""
 
 from __future__ import annotations
 
@@ -82,3 +82,21 @@ def test_modality_mismatch_says_how_it_knows(want):
     else:
         assert modality_mismatch(tagged_mr, "MR") is None
         assert modality_mismatch(hu, "MR")[1] is False
+
+
+def test_a_missing_data_folder_says_how_to_make_it(tmp_path, capsys):
+    rc = main(["evaluate", "--data", str(tmp_path / "data" / "heldout" / "ct"), "--task", "sparse-ct",
+               "--model", "default-ct", "--methods", "fbp"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "does not exist" in err and "scorerecon prepare-data --output data" in err
+    rc = main(["train", "--data", str(tmp_path / "nowhere"), "--output", str(tmp_path / "ckpt"), "--size", "32",
+               "--steps", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "scorerecon prepare-data --output data" in err
+
+
+def test_the_h5py_hint_names_what_works_from_a_checkout():
+    from ScoreReconLib.kspace_io import INSTALL_H5PY
+
+    assert "pip install h5py" in INSTALL_H5PY and 'pip install -e ".[mri]"' in INSTALL_H5PY
+    assert "scorerecon[mri]'" not in INSTALL_H5PY  # not on the package index
