@@ -76,10 +76,19 @@ def test_version_problem_names_the_minimum_release():
     old = compat.versionProblem((5, 8), (3, 9))
     assert "5.10" in old and "5.8" in old and "download.slicer.org" in old
     assert compat.versionProblem((4, 11), (3, 6))
-    assert compat.versionProblem((5, 10), (3, 12)) == ""
-    assert compat.versionProblem((5, 12), (3, 12)) == ""
-    assert compat.versionProblem((6, 0), (3, 13)) == ""
+    assert compat.versionProblem((5, 10), (3, 12), "Linux", "x86_64") == ""
+    assert compat.versionProblem((5, 12), (3, 12), "Windows", "AMD64") == ""
+    assert compat.versionProblem((6, 0), (3, 13), "Darwin", "arm64") == ""
     assert "Python 3.10" in compat.versionProblem((5, 10), (3, 9))
+
+
+def test_macos_intel_python_gets_a_clear_message_not_a_failed_pip_run():
+    """PyTorch has no macOS x86_64 wheels after 2.2.2, and Slicer 5.10 / 5.12 for macOS are x86_64 (issue 21)."""
+    compat = _compat()
+    mac = compat.versionProblem((5, 12), (3, 12), "Darwin", "x86_64")
+    assert "no wheels for macOS on x86_64" in mac and "2.2.2" in mac and "Linux or Windows" in mac
+    assert compat.platformProblem("Darwin", "arm64") == ""
+    assert compat.platformProblem("Linux", "x86_64") == ""
 
 
 def test_cmake_installs_every_module_side_file():

@@ -198,7 +198,13 @@ def test_requirements_are_one_list_shared_with_pyproject(deps):
     assert "dependencies" not in project["project"] and "dependencies" in project["project"]["dynamic"]
     assert project["tool"]["setuptools"]["dynamic"]["dependencies"]["file"] == ["Resources/requirements.txt"]
     torch = reqs[0]
-    assert torch.specifier == "==2.13.0"
+    assert torch.specifier == ">=2.13.0"  # a minimum inside Slicer (issue 21) ...
+    pinned = [ln for ln in deps.requirementsPath().read_text().splitlines() if ln.startswith("torch")]
+    assert pinned == ["torch==2.13.0"]  # ... while pip install -e . keeps the exact, tested release
+    newer = {r.name: (r.clauses[0][1] if r.clauses else "1") for r in reqs} | {"torch": "2.14.1+cu126"}
+    assert all(p.requirement.key != "torch" for p in deps.checkRequirements(reqs, newer.get))
+    older = newer | {"torch": "2.12.1"}
+    assert [p.requirement.key for p in deps.checkRequirements(reqs, older.get)] == ["torch"]
     monai = deps.parseRequirement("monai[einops]==1.6.1  # a comment")
     assert (monai.name, monai.extras, monai.clauses) == ("monai", ("einops",), (("==", "1.6.1"),))
     with pytest.raises(ValueError):
@@ -270,7 +276,8 @@ def test_ensure_dependencies_asks_once_then_installs_torch_via_pytorchutils(sr, 
     monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text, title=None: answers.append(text) or True)
     assert deps.ensureDependencies(requirements=reqs, versionOf=installed.get) is True
     assert len(answers) == 2  # one question per attempt, nothing asks again
-    assert calls == ["torchInstalled", ("installTorch", False, "==2.13.0"), ("pip_install", ["monai[einops]==1.6.1"])]
+    # torch is never imported into Slicer's process to check it (torchInstalled() would): metadata only
+    assert calls == [("installTorch", False, "==2.13.0"), ("pip_install", ["monai[einops]==1.6.1"])]
 
     # where slicer.packaging has pip_ensure (Slicer 5.12+), it installs the rest without its own prompt
     ensured = []
@@ -301,6 +308,23 @@ def test_self_test_skips_with_a_message_where_packages_are_missing(sr, slicer, m
     assert test.skipReason == "missing Python packages: torch==2.13.0"
     assert "skipped, missing Python packages: torch==2.13.0" in caplog.text
     assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 0
+
+
+def test_self_test_skips_where_ctest_runs_each_method_directly(sr, slicer, monkeypatch):
+    """ctest runs ``unittest.TestLoader().loadTestsFromName("ScoreRecon")``: every ``test_*`` method on its own,
+    never ``runTest``. Without the packages, the reconstruction methods skip instead of erroring (issue 21)."""
+    import unittest
+
+    monkeypatch.setattr(sr.ScoreReconLogic, "missingDependencies", staticmethod(lambda: ["numpy>=1.24"]))
+    suite = unittest.TestLoader().loadTestsFromTestCase(sr.ScoreReconTest)
+    names = sorted(t._testMethodName for t in suite)
+    assert {"test_ScoreRecon_bad_input", "test_ScoreRecon_fbp_geometry", "test_ScoreRecon_score"} <= set(names)
+    result = unittest.TestResult()
+    suite.run(result)
+    assert result.errors == [] and result.failures == []
+    assert sorted(t._testMethodName for t, _ in result.skipped) == ["test_ScoreRecon_fbp_geometry",
+                                                                    "test_ScoreRecon_score"]
+    assert all(reason == "missing Python packages: numpy>=1.24" for _, reason in result.skipped)
 
 
 def test_too_old_slicer_is_refused_with_the_message(sr, slicer, monkeypatch):

@@ -106,11 +106,29 @@ def requirementsPath() -> pathlib.Path:
         + ", ".join(str(c) for c in REQUIREMENTS_CANDIDATES) + "); reinstall the ScoreRecon extension")
 
 
+#: distributions whose exact pin in requirements.txt (the reproducible ``pip install -e .``) is a *minimum* inside
+#: Slicer: Slicer's Python is shared with other extensions (TotalSegmentator, MONAIAuto3DSeg), so a newer torch
+#: they installed is kept, never replaced by the older tested release
+MINIMUM_IN_SLICER = ("torch",)
+
+
 def loadRequirements(path: str | pathlib.Path | None = None) -> list[Requirement]:
-    """The requirements of ``path`` (default: :func:`requirementsPath`), comments and blank lines skipped."""
+    """The requirements of ``path`` (default: :func:`requirementsPath`), comments and blank lines skipped; an
+    exact pin of a :data:`MINIMUM_IN_SLICER` distribution becomes ``>=`` that version."""
     path = pathlib.Path(path) if path is not None else requirementsPath()
     lines = path.read_text(encoding="utf-8").splitlines()
-    return [parseRequirement(ln) for ln in lines if ln.split("#", 1)[0].strip()]
+    out = []
+    for line in lines:
+        if not line.split("#", 1)[0].strip():
+            continue
+        req = parseRequirement(line)
+        if req.key in MINIMUM_IN_SLICER and any(op in ("==", "===") for op, _ in req.clauses):
+            clauses = tuple((">=" if op in ("==", "===") else op, v) for op, v in req.clauses)
+            extras = f"[{','.join(req.extras)}]" if req.extras else ""
+            text = req.name + extras + ",".join(op + v for op, v in clauses)
+            req = Requirement(text=text, name=req.name, extras=req.extras, clauses=clauses)
+        out.append(req)
+    return out
 
 
 # ------------------------------------------------------------------------------------------- versions
@@ -252,8 +270,12 @@ def installTorch(requirement: Requirement) -> None:
             "PyTorch is needed and the PyTorch extension is not installed; install 'PyTorch' from the Extensions "
             "Manager, restart Slicer and try again") from None
     torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-    if torchLogic.torchInstalled():
-        logging.info("ScoreRecon: replacing the installed PyTorch to meet %s", requirement.text)
+    # read the version from the package metadata: importing torch here (torchInstalled() does) would load its
+    # libraries into Slicer's process and, on Windows, lock the files the installer has to replace
+    installed = installedVersion("torch")
+    if installed is not None:
+        logging.info("ScoreRecon: replacing the installed PyTorch %s to meet %s", installed or "(unknown version)",
+                     requirement.text)
     torch = torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=requirement.specifier or None)
     if torch is None:
         raise ScoreReconModuleError(f"PyTorch ({requirement.text}) was not installed; install it with the PyTorch "
