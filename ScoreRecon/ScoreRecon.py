@@ -93,6 +93,7 @@ from ScoreReconModuleLib.settings import (  # noqa: E402, F401
     MIN_IMAGE_SIZE,
     MODEL_CHOICES,
     MRI_MASKS,
+    RANGES,
     SAMPLERS,
     SINOGRAM_UNITS,
     TASKS,
@@ -103,6 +104,7 @@ from ScoreReconModuleLib.settings import (  # noqa: E402, F401
     ScoreReconSettings,
     modelImageSize,
     pathIsSet,
+    snapSetting,
 )
 from ScoreReconModuleLib.volumes import asVolumeArray, checkFinite, ijkToRASArray, volumeArray  # noqa: E402
 
@@ -162,37 +164,37 @@ class ScoreReconParameterNode:
     measurementFile: str
     kspaceFile: str
     kspaceSlices: str
-    kspaceAcceleration: Annotated[float, WithinRange(0.0, 64.0), Default(0.0)]
+    kspaceAcceleration: Annotated[float, WithinRange(*RANGES["kspaceAcceleration"]), Default(0.0)]
     referenceVolume: vtkMRMLScalarVolumeNode
-    size: Annotated[int, WithinRange(0, 4096), Default(0)]
+    size: Annotated[int, WithinRange(*RANGES["size"]), Default(0)]
     sinogramUnits: Annotated[str, Choice(SINOGRAM_UNITS), Default("normalized")]
     # CT geometry (simulation and sinogram input)
     geometry: Annotated[str, Choice(CT_GEOMETRIES), Default("parallel")]
-    sourceDistance: Annotated[float, WithinRange(1.0, 5000.0), Default(595.0)]
-    detectorDistance: Annotated[float, WithinRange(1.0, 5000.0), Default(490.0)]
+    sourceDistance: Annotated[float, WithinRange(*RANGES["sourceDistance"]), Default(595.0)]
+    detectorDistance: Annotated[float, WithinRange(*RANGES["detectorDistance"]), Default(490.0)]
     detector: Annotated[str, Choice(DETECTORS), Default("curved")]
     # measurement
     task: Annotated[str, Choice(TASKS), Default("sparse-ct")]
-    views: Annotated[int, WithinRange(1, 4096), Default(23)]
-    arc: Annotated[float, WithinRange(1.0, 360.0), Default(90.0)]
-    metalThreshold: Annotated[float, WithinRange(0.0, 30000.0), Default(3000.0)]
-    acceleration: Annotated[float, WithinRange(1.0, 64.0), Default(8.0)]
-    centerFraction: Annotated[float, WithinRange(0.0, 0.5), Default(0.08)]
+    views: Annotated[int, WithinRange(*RANGES["views"]), Default(23)]
+    arc: Annotated[float, WithinRange(*RANGES["arc"]), Default(90.0)]
+    metalThreshold: Annotated[float, WithinRange(*RANGES["metalThreshold"]), Default(3000.0)]
+    acceleration: Annotated[float, WithinRange(*RANGES["acceleration"]), Default(8.0)]
+    centerFraction: Annotated[float, WithinRange(*RANGES["centerFraction"]), Default(0.08)]
     maskKind: Annotated[str, Choice(MRI_MASKS), Default("equispaced")]
-    noise: Annotated[float, WithinRange(0.0, 0.5), Default(0.0)]
+    noise: Annotated[float, WithinRange(*RANGES["noise"]), Default(0.0)]
     # reconstruction
     method: Annotated[str, Choice(METHODS), Default("score")]
     modelChoice: Annotated[str, Choice(MODEL_CHOICES), Default("default")]
     checkpointPath: str
     sampler: Annotated[str, Choice(SAMPLERS), Default("proximal")]
     useRecommended: Annotated[bool, Default(True)]
-    steps: Annotated[int, WithinRange(1, 10000), Default(50)]
-    lam: Annotated[float, WithinRange(0.0, 1.0), Default(0.8)]
-    snr: Annotated[float, WithinRange(0.0, 2.0), Default(0.16)]
-    samples: Annotated[int, WithinRange(1, 64), Default(1)]
-    seed: Annotated[int, WithinRange(0, 2147483647), Default(0)]
+    steps: Annotated[int, WithinRange(*RANGES["steps"]), Default(50)]
+    lam: Annotated[float, WithinRange(*RANGES["lam"]), Default(0.8)]
+    snr: Annotated[float, WithinRange(*RANGES["snr"]), Default(0.16)]
+    samples: Annotated[int, WithinRange(*RANGES["samples"]), Default(1)]
+    seed: Annotated[int, WithinRange(*RANGES["seed"]), Default(0)]
     device: Annotated[str, Choice(DEVICES), Default("auto")]
-    threads: Annotated[int, WithinRange(0, 1024), Default(0)]
+    threads: Annotated[int, WithinRange(*RANGES["threads"]), Default(0)]
     weight: Annotated[str, Default("auto")]
     computeBaseline: Annotated[bool, Default(True)]
     keepTemporaryFiles: Annotated[bool, Default(False)]
@@ -660,6 +662,13 @@ class ScoreReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             widget = getattr(ui, widgetName)
             if widget.currentPath != getattr(pn, name):
                 widget.currentPath = getattr(pn, name)
+        previous = getattr(self, "_gappedValues", {})
+        self._gappedValues = {name: getattr(pn, name) for name in ("size", "kspaceAcceleration")}
+        for name, value in self._gappedValues.items():  # no value between "automatic" and the smallest real one
+            snapped = snapSetting(name, value, previous.get(name, value))
+            if snapped != value:
+                setattr(pn, name, snapped)
+                return  # the change above calls this again
         mode, task, method = pn.inputMode, pn.task, pn.method
         allowed = METHODS_FOR_TASK[task]
         if method not in allowed:  # the task changed: fall back to the first method that fits it

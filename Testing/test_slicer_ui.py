@@ -89,6 +89,29 @@ def _parameters() -> dict[str, dict]:
     return params
 
 
+def _settings_module():
+    """ScoreReconModuleLib.settings, loaded by path (plain Python: no Qt, no Slicer)."""
+    import sys
+
+    name = "scorerecon_module_settings"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            name, REPO_ROOT / "ScoreRecon" / "ScoreReconModuleLib" / "settings.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up while the class is built
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def _within(args: list) -> tuple[float, float]:
+    """(low, high) of a ``WithinRange(...)`` annotation: literal numbers or ``*RANGES["name"]`` (the one source)."""
+    if len(args) == 1 and isinstance(args[0], ast.Starred):
+        sub = args[0].value
+        assert isinstance(sub, ast.Subscript) and ast.unparse(sub.value) == "RANGES", ast.unparse(args[0])
+        return tuple(_settings_module().RANGES[ast.literal_eval(sub.slice)])
+    return tuple(ast.literal_eval(a) for a in args)
+
+
 def _kind(param: dict) -> str:
     base = param["base"]
     if base in NODE_TYPES:
@@ -147,7 +170,7 @@ def test_widget_classes_can_represent_their_parameter_types():
             default = ast.literal_eval(annotations["Default"][0])
             assert widget["props"].get("value") == pytest.approx(default), f"{name}: .ui value differs from Default"
         if "WithinRange" in annotations and widget["class"] in ("QSpinBox", "ctkSliderWidget"):
-            low, high = (ast.literal_eval(a) for a in annotations["WithinRange"])
+            low, high = _within(annotations["WithinRange"])
             assert widget["props"]["minimum"] == pytest.approx(low), name
             assert widget["props"]["maximum"] == pytest.approx(high), name
 
@@ -191,3 +214,40 @@ def test_imported_parameter_class_matches_the_ui():
         settings_fields = {f.name for f in sr.dataclasses.fields(sr.ScoreReconSettings)}
         # every scalar setting of a run is a parameter (the model is modelChoice + checkpointPath)
         assert settings_fields - {"model"} <= set(cls.allParameters)
+
+
+def test_every_range_has_one_source():
+    """The parameter node's WithinRange, the .ui widgets and the settings' validate() all use settings.RANGES, so
+    the panel cannot offer a value that is refused later (issue 21)."""
+    settings = _settings_module()
+    params = _parameters()
+    ranged = {n for n, p in params.items() if "WithinRange" in p["annotations"]}
+    assert ranged == set(settings.RANGES)
+    for name in ranged:
+        args = params[name]["annotations"]["WithinRange"]
+        assert len(args) == 1 and isinstance(args[0], ast.Starred), f"{name}: literal range, not RANGES"
+    (widget,) = _bound()["threads"]
+    assert widget["props"]["minimum"] == settings.RANGES["threads"][0]
+    s = settings.ScoreReconSettings
+    for name, (low, high) in settings.RANGES.items():
+        if name in ("arc",):  # also bounded by the geometry (180° parallel beam), checked on its own
+            continue
+        ok = {name: high}
+        s(**ok).validate()
+        with pytest.raises(settings.ScoreReconModuleError, match=name):
+            s(**{name: high * 2 + 1}).validate()
+        if low > 0 or name in settings.GAPS:
+            with pytest.raises(settings.ScoreReconModuleError, match=name):
+                s(**{name: (low - 1) if low > 0 else settings.GAPS[name][1] / 2}).validate()
+
+
+@pytest.mark.parametrize("name,value,previous,expected", [
+    ("size", 1, 0, 16), ("size", 15, 16, 0), ("size", 5, 64, 0), ("size", 16, 0, 16), ("size", 0, 16, 0),
+    ("kspaceAcceleration", 0.5, 0.0, 1.0), ("kspaceAcceleration", 0.9, 1.0, 0.0), ("kspaceAcceleration", 4.0, 0.0, 4.0),
+    ("views", 3, 1, 3),
+])
+def test_gapped_settings_snap_out_of_their_gap(name, value, previous, expected):
+    settings = _settings_module()
+    got = settings.snapSetting(name, value, previous)
+    assert got == expected
+    settings.ScoreReconSettings(**{name: got, "task": "mri"}).validate()

@@ -37,6 +37,28 @@ MODEL_CHOICES = ("default", "checkpoint")
 SINOGRAM_UNITS = ("normalized", "attenuation")
 #: smallest image side the library accepts (pixels)
 MIN_IMAGE_SIZE = 16
+#: the one source of every numeric setting's range: the panel's parameter node (``WithinRange``), its .ui widgets
+#: (tested to match) and :meth:`ScoreReconSettings.validate` all use it
+RANGES: dict[str, tuple[float, float]] = {
+    "kspaceAcceleration": (0.0, 64.0), "size": (0, 4096), "sourceDistance": (1.0, 5000.0),
+    "detectorDistance": (1.0, 5000.0), "views": (1, 4096), "arc": (1.0, 360.0), "metalThreshold": (0.0, 30000.0),
+    "acceleration": (1.0, 64.0), "centerFraction": (0.0, 0.5), "noise": (0.0, 0.5), "steps": (1, 10000),
+    "lam": (0.0, 1.0), "snr": (0.0, 2.0), "samples": (1, 64), "seed": (0, 2147483647), "threads": (0, 1024),
+}
+#: settings whose range has a gap: ``(automatic value, smallest real value)``; values between the two are snapped
+#: by the panel (:func:`snapSetting`) and refused by :meth:`ScoreReconSettings.validate`
+GAPS: dict[str, tuple[float, float]] = {"size": (0, MIN_IMAGE_SIZE), "kspaceAcceleration": (0.0, 1.0)}
+
+
+def snapSetting(name: str, value: float, previous: float) -> float:
+    """``value`` moved out of a :data:`GAPS` gap: to the smallest real value when it rose from the automatic value
+    (a spin box stepping up from "auto"), else back to the automatic value (stepping down, or typed)."""
+    if name not in GAPS:
+        return value
+    automatic, smallest = GAPS[name]
+    if automatic < value < smallest:
+        return smallest if previous <= automatic else automatic
+    return value
 
 
 # ------------------------------------------------------------------------------------------- errors
@@ -159,28 +181,18 @@ class ScoreReconSettings:
         device = str(self.device)
         if device not in DEVICES and not device.startswith("cuda:"):
             raise ScoreReconModuleError(f"device '{device}' is unknown; choose auto, cpu, cuda or cuda:N")
-        checks = [
-            (self.views >= 1, f"views must be at least 1, got {self.views}"),
+        for name, (low, high) in RANGES.items():
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
+                raise ScoreReconModuleError(f"{name} must be in [{low:g}, {high:g}], got {value}; change it in "
+                                            "the settings")
+        checks = [  # what a range cannot say: the arc's geometry-dependent end, the gaps, the weight's text
             (0.0 < self.arc <= self.maxArc, f"arc must be in (0, {self.maxArc:g}] degrees for {self.geometry} beam, "
                                             f"got {self.arc}"),
-            (math.isfinite(self.sourceDistance) and self.sourceDistance > 0,
-             f"sourceDistance must be a positive distance in mm, got {self.sourceDistance}"),
-            (math.isfinite(self.detectorDistance) and self.detectorDistance > 0,
-             f"detectorDistance must be a positive distance in mm, got {self.detectorDistance}"),
-            (math.isfinite(self.kspaceAcceleration) and (self.kspaceAcceleration == 0 or self.kspaceAcceleration >= 1),
+            (self.kspaceAcceleration == 0 or self.kspaceAcceleration >= GAPS["kspaceAcceleration"][1],
              f"kspaceAcceleration must be 0 (the file's sampling) or at least 1, got {self.kspaceAcceleration}"),
-            (math.isfinite(self.metalThreshold), "metalThreshold must be a finite number of HU"),
-            (self.acceleration >= 1.0, f"acceleration must be at least 1 (fully sampled), got {self.acceleration}"),
-            (0.0 <= self.centerFraction < 1.0, f"centerFraction must be in [0, 1), got {self.centerFraction}"),
-            (math.isfinite(self.noise) and self.noise >= 0.0, f"noise must be >= 0, got {self.noise}"),
             (self.size == 0 or self.size >= MIN_IMAGE_SIZE,
              f"size must be 0 (automatic) or at least {MIN_IMAGE_SIZE} pixels, got {self.size}"),
-            (self.samples >= 1, f"samples must be at least 1, got {self.samples}"),
-            (self.steps >= 1, f"steps must be at least 1, got {self.steps}"),
-            (0.0 <= self.lam <= 1.0, f"lam must be in [0, 1], got {self.lam}"),
-            (self.snr > 0.0, f"snr must be positive, got {self.snr}"),
-            (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
-            (0 <= self.threads <= 1024, f"threads must be 0 (automatic) to 1024, got {self.threads}"),
             (self.weightValue is not None, f"weight must be auto or a positive number such as 0.0002, got "
                                            f"'{self.weight}'"),
         ]
