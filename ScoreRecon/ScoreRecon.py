@@ -133,11 +133,15 @@ are installed on first use after asking.
 <br><br>
 Method: Y. Song, L. Shen, L. Xing, S. Ermon, "Solving Inverse Problems in Medical Imaging with
 Score-Based Generative Models", International Conference on Learning Representations (ICLR), 2022.
+<br><br>
+Documentation: <a href="https://github.com/scorerecon/SlicerScoreRecon/blob/main/docs/slicer.md">the module's
+guide</a> and <a href="https://github.com/scorerecon/SlicerScoreRecon#readme">the README</a>.
 """)
         self.parent.acknowledgementText = _("""
 Built on PyTorch, MONAI and 3D Slicer. The method is by Yang Song, Liyue Shen, Lei Xing and
 Stefano Ermon (ICLR 2022); this is an independent implementation. The shipped priors are small and
-trained on few subjects: see their model cards before drawing conclusions from a reconstruction.
+trained on few subjects: see their model cards before drawing conclusions from a reconstruction. The CT
+prior was trained on the InVesalius sample head CT, which is distributed under GPL-2.
 """)
         if hasattr(slicer, "app") and hasattr(slicer.app, "connect"):
             slicer.app.connect("startupCompleted()", _registerSampleDataQuietly)
