@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -302,7 +303,38 @@ def write_image(image: Image, path: str | Path) -> Path:
         else:
             with keep_locale():
                 sitk.WriteImage(to_sitk(image), str(tmp), useCompression=True)
+        verify_written(tmp, path, tuple(image.array.shape))
     return path
+
+
+def verify_written(tmp: Path, final: Path, shape: tuple[int, ...]) -> None:
+    """Check a just-written image file before it is moved into place: flushed to disk (``fsync`` reports a full
+    disk that the writer's buffered writes hid), not empty, and read back whole with ``shape``. SimpleITK's
+    writers can leave an empty or cut-short file without an error when the disk is full."""
+    try:
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        size = os.path.getsize(tmp)
+    except OSError as exc:
+        exc.filename = exc.filename or str(final)
+        raise
+    problem = None
+    if size == 0:
+        problem = "the file came out empty"
+    else:
+        try:
+            if _suffix(final) == ".npy":
+                got = tuple(np.load(tmp, mmap_mode="r", allow_pickle=False).shape)
+            else:
+                with keep_locale():
+                    got = tuple(sitk.GetArrayViewFromImage(sitk.ReadImage(str(tmp))).shape)
+            if got != tuple(shape):
+                problem = f"it reads back as {got}, not {tuple(shape)}"
+        except (RuntimeError, ValueError, OSError, EOFError) as exc:
+            problem = f"it does not read back ({' '.join(str(exc).split())[:100] or type(exc).__name__})"
+    if problem:
+        raise ScoreReconError(f"writing {final} failed: {problem}; the disk may be full: free space or choose "
+                              "another path (nothing was written there)")
 
 
 def check_writable_suffix(path: str | Path) -> None:

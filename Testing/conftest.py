@@ -18,6 +18,9 @@ def _threads() -> int:
 
 
 torch.set_num_threads(_threads())
+# the CLI's load-aware default (ScoreReconLib.threads) honours OMP_NUM_THREADS: commands run in-process by the
+# tests keep this count whatever the machine's load, so results compared across runs use the same threads
+os.environ["OMP_NUM_THREADS"] = str(_threads())
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -766,3 +766,73 @@ def test_batch_size_does_not_change_the_result(tmp_path, capsys, task):
     rc, _ = run(["reconstruct", "--input", tmp_path / "m.npz", "--output", tmp_path / "other.npy", "--method",
                  "score", "--batch-size", "3", "--seed", "6", "--samples", "2", "--progress-format", "none"], capsys)
     assert rc == 0 and np.abs(np.load(tmp_path / "other.npy") - outs[1]).max() / scale > 1e-3  # the seed matters
+
+
+# ------------------------------------------------------------------------ issue 24: a full disk
+@pytest.mark.parametrize("suffix", [".nrrd", ".nii.gz", ".mha"])
+def test_a_writer_that_leaves_an_empty_file_is_an_error_not_exit_0(files, tmp_path, capsys, monkeypatch, suffix):
+    """SimpleITK's writers can end 'successfully' with an empty file on a full disk: the read-back catches it,
+    exit 2, one line, nothing at the output path (issue 24)."""
+    real = sitk.WriteImage
+
+    def full_disk(image, path, *args, **kwargs):
+        Path(path).write_bytes(b"")  # what a full disk left
+
+    monkeypatch.setattr(sitk, "WriteImage", full_disk)
+    out = tmp_path / "out"
+    out.mkdir()
+    line = assert_refused(["reconstruct", "--input", files["meas"], "--output", out / f"a{suffix}", "--method", "fbp",
+                           "--progress-format", "none"], capsys, out)
+    assert "the file came out empty" in line and "disk may be full" in line
+    monkeypatch.setattr(sitk, "WriteImage", real)
+
+
+def test_a_cut_short_file_is_caught_by_the_read_back(files, tmp_path, capsys, monkeypatch):
+    real = sitk.WriteImage
+
+    def cut_short(image, path, *args, **kwargs):
+        real(image, path, *args, **kwargs)
+        data = Path(path).read_bytes()
+        Path(path).write_bytes(data[: len(data) // 2])
+
+    monkeypatch.setattr(sitk, "WriteImage", cut_short)
+    out = tmp_path / "out"
+    out.mkdir()
+    line = assert_refused(["reconstruct", "--input", files["meas"], "--output", out / "a.nrrd", "--method", "fbp",
+                           "--progress-format", "none"], capsys, out)
+    assert "does not read back" in line or "reads back as" in line
+
+
+def test_a_full_disk_on_fsync_is_named(files, tmp_path, capsys, monkeypatch):
+    import errno
+    import os
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    out = tmp_path / "out"
+    out.mkdir()
+    line = assert_refused(["reconstruct", "--input", files["meas"], "--output", out / "a.nrrd", "--method", "fbp",
+                           "--progress-format", "none"], capsys, out)
+    assert "the disk is full" in line and "a.nrrd" in line
+
+
+def test_metrics_that_cannot_be_written_keep_the_image_out_of_place_too(files, tmp_path, capsys, monkeypatch):
+    """Image and metrics move together: a failing --metrics-json leaves neither (issue 24)."""
+    import errno
+
+    from ScoreReconLib.commands import reconstruct as rec
+
+    def full(obj, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(rec, "save_json", full)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert_refused(["reconstruct", "--input", files["meas"], "--output", out / "a.nrrd", "--method", "fbp",
+                    "--metrics-json", out / "m.json", "--progress-format", "none"], capsys, out, "disk is full")
+    monkeypatch.undo()
+    rc, _ = run(["reconstruct", "--input", files["meas"], "--output", out / "a.nrrd", "--method", "fbp",
+                 "--metrics-json", out / "m.json", "--progress-format", "none"], capsys)
+    assert rc == 0 and (out / "a.nrrd").is_file() and json.loads((out / "m.json").read_text())["method"] == "fbp"

@@ -431,7 +431,8 @@ def check_variants(variants: list[Variant], prior, task: str) -> dict[str, dict]
     return out
 
 
-def run_variant(case: EvalCase, prior, v: Variant, samples: int | None, seed: int, device) -> tuple[float, float, float, int]:
+def run_variant(case: EvalCase, prior, v: Variant, samples: int | None, seed: int,
+                device) -> tuple[float, float, float, int]:
     from ScoreReconLib.reconstruction import recommended_samples, reconstruct
 
     kwargs = dict(v.kwargs)

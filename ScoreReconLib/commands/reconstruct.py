@@ -797,6 +797,9 @@ def run(args: argparse.Namespace) -> int:
             record = reconstruct_job(job, engine, args.batch_size, args.seed, progress, done, staging)
             done += job.measurement.n_slices * engine.units_per_slice
             records.append(record)
+        if args.metrics_json and dist is None and records:  # staged too: images and metrics move together
+            save_json(_summary(records, args.method) if batch else records[0],
+                      staging.path_for(Path(args.metrics_json)))
         staging.commit()  # every file succeeded: move all outputs into place
     finally:
         staging.discard()
@@ -809,7 +812,6 @@ def run(args: argparse.Namespace) -> int:
         dist.all_gather_object(gathered, records)
         records = sorted((r for part in gathered for r in (part or [])), key=lambda r: r["input"])
         dist.destroy_process_group()
-    writer = rank == 0 if dist is not None else bool(records)
-    if args.metrics_json and writer:
-        save_json(_summary(records, args.method) if batch else records[0], args.metrics_json)
+    if args.metrics_json and dist is not None and rank == 0:  # torchrun: rank 0 writes the gathered records
+        save_json(_summary(records, args.method), args.metrics_json)
     return 0

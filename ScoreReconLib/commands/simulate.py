@@ -86,10 +86,6 @@ def run(args: argparse.Namespace) -> int:
         if value is not None and not math.isfinite(float(value)):
             raise ScoreReconError(f"--{flag.replace('_', '-')} must be a finite number, got {value}")
     image = read_image(args.input)
-    mismatch = modality_mismatch(image, task_modality(args.task), args.input)
-    if mismatch:
-        print(f"scorerecon simulate: warning: {mismatch[0]}, but --task {args.task} simulates "
-              f"{task_modality(args.task)} measurements", file=sys.stderr, flush=True)
     m, _, _ = simulate(
         image, args.task, views=args.views, arc=args.arc, n_angles=args.n_angles,
         metal_threshold=args.metal_threshold, n_metal=args.n_metal, acceleration=args.acceleration,
@@ -97,6 +93,10 @@ def run(args: argparse.Namespace) -> int:
         geometry=args.geometry, source_distance=args.source_distance, detector_distance=args.detector_distance,
         detector=args.detector, coils=args.coils,
     )
+    mismatch = modality_mismatch(image, task_modality(args.task), args.input)  # after the input's own checks
+    if mismatch:
+        print(f"scorerecon simulate: warning: {mismatch[0]}, but --task {args.task} simulates "
+              f"{task_modality(args.task)} measurements", file=sys.stderr, flush=True)
     save_measurement(output, m)
     n = m.image_size
     what = {
