@@ -109,13 +109,13 @@ def tuned_values(prior, method: str, task: str | None = None) -> dict:
 
 def recommended_samples(prior, method: str, task: str | None = None) -> int:
     """Posterior samples averaged by default: the prior's tuned ``samples`` for ``method``/``task``, else 1."""
+    from .limits import MAX_SAMPLES, check_count
+
     value = tuned_values(prior, method, task).get("samples")
-    try:
-        n = int(value) if value is not None else 1
-    except (TypeError, ValueError):
-        raise ScoreReconError(f"the model's recommended samples {value!r} is not a whole number; fix its "
-                              "config.json / tuned.json") from None
-    return max(1, n)
+    if value is None:
+        return 1
+    return check_count(value, "the model's recommended samples", MAX_SAMPLES,
+                       where="(config.json / tuned.json; fix the file)")
 
 
 def resolve_settings(method: str, prior, steps: int | None = None, lam: float | None = None,
@@ -143,6 +143,14 @@ def resolve_settings(method: str, prior, steps: int | None = None, lam: float | 
     for key in ("cg_iters", "eta", "noise_rate"):
         if key in base:
             _number(base, key, key)
+    from .limits import MAX_CG_ITERATIONS, MAX_SOLVER_ITERATIONS, check_count
+
+    if "cg_iters" in base:
+        base["cg_iters"] = check_count(base["cg_iters"], "cg_iters", MAX_CG_ITERATIONS,
+                                       where="(model config / tuned.json / call)")
+    if "tv_iters" in base:
+        base["tv_iters"] = check_count(base["tv_iters"], "tv_iters", MAX_SOLVER_ITERATIONS,
+                                       where="(model config / tuned.json / call)")
     base["steps"] = int(float(base["steps"]))
     base["lam"], base["snr"] = float(base["lam"]), float(base["snr"])
     _check_start_and_tv(method, base)

@@ -836,3 +836,43 @@ def test_metrics_that_cannot_be_written_keep_the_image_out_of_place_too(files, t
     rc, _ = run(["reconstruct", "--input", files["meas"], "--output", out / "a.nrrd", "--method", "fbp",
                  "--metrics-json", out / "m.json", "--progress-format", "none"], capsys)
     assert rc == 0 and (out / "a.nrrd").is_file() and json.loads((out / "m.json").read_text())["method"] == "fbp"
+
+
+# ------------------------------------------------------------------------ issue 24: counts that could hang
+@pytest.mark.parametrize("count", [1e12, 1001, 0, "many"])
+def test_a_huge_cg_iteration_count_in_a_ct_header_is_refused(files, tmp_path, capsys, count):
+    with np.load(files["meas"], allow_pickle=False) as npz:
+        header = json.loads(str(npz["header"][()]))
+    spec = dict(header["operator"], cg_iterations=count)
+    bad = rewrite_npz(files["meas"], tmp_path / "bad.npz", {"operator": spec})
+    out = tmp_path / "out"
+    out.mkdir()
+    assert_refused(["reconstruct", "--input", bad, "--output", out / "a.nrrd", "--method", "fbp",
+                    "--progress-format", "none"], capsys, out, "from 1 to 1000")
+
+
+def test_huge_counts_on_the_command_line_are_refused(files, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    assert_refused(["reconstruct", "--input", files["meas"], "--output", out / "a.nrrd", "--method", "tv",
+                    "--iters", "1000000000", "--progress-format", "none"], capsys, out, "--iters must be a whole")
+    assert_refused(["reconstruct", "--input", files["meas"], "--output", out / "a.nrrd", "--method", "score",
+                    "--samples", "1000000000", "--progress-format", "none"], capsys, out, "from 1 to 1024")
+    assert_refused(["import-kspace", "--input", files["meas"], "--output", out / "k.npz", "--cg-iterations",
+                    "1000000000"], capsys, out, "--cg-iterations must be a whole number from 1 to 1000")
+
+
+def test_a_huge_sample_count_in_tuned_json_is_refused(model, tmp_path, capsys):
+    from ScoreReconLib.errors import ScoreReconError
+    from ScoreReconLib.networks import load_prior
+    from ScoreReconLib.reconstruction import recommended_samples
+
+    prior = load_prior(str(model))
+    prior.recommended = {"sampler": "proximal", "samples": 1e9}
+    with pytest.raises(ScoreReconError, match="recommended samples .* from 1 to 1024"):
+        recommended_samples(prior, "proximal")
+    prior.recommended = {"sampler": "proximal", "cg_iters": 10**9}
+    from ScoreReconLib.reconstruction import resolve_settings
+
+    with pytest.raises(ScoreReconError, match="cg_iters .* from 1 to 1000"):
+        resolve_settings("proximal", prior)

@@ -56,8 +56,9 @@ def run(args: argparse.Namespace) -> int:
             raise ScoreReconError(f"--{flag.replace('_', '-')} must be a finite number, got {value}")
     if not 0 <= args.center_fraction < 1:
         raise ScoreReconError(f"--center-fraction must be in [0, 1), got {args.center_fraction}")
-    if args.cg_iterations < 1:
-        raise ScoreReconError(f"--cg-iterations must be at least 1, got {args.cg_iterations}")
+    from ..limits import MAX_CG_ITERATIONS, check_count
+
+    check_count(args.cg_iterations, "--cg-iterations", MAX_CG_ITERATIONS)
     from ..kspace_io import import_kspace
 
     m = import_kspace(args.input, slices=args.slices, acceleration=args.acceleration,

@@ -43,6 +43,7 @@ from ..data import (
     write_image,
 )
 from ..errors import ScoreReconError
+from ..limits import MAX_SAMPLES, MAX_SOLVER_ITERATIONS, check_count
 from ..measurement import Measurement, load_measurement, reference_slices
 from ..operators import TASKS
 from ..operators.base import MeasurementOperator
@@ -309,8 +310,8 @@ def check_method(task: str, method: str) -> None:
 def _check_numbers(args: argparse.Namespace) -> None:
     if args.batch_size < 1:
         raise ScoreReconError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.samples is not None and args.samples < 1:
-        raise ScoreReconError(f"--samples must be at least 1, got {args.samples}")
+    if args.samples is not None:
+        check_count(args.samples, "--samples", MAX_SAMPLES)
     if args.std_output and args.method != "score":
         raise ScoreReconError("--std-output needs --method score (classical methods have no posterior std)")
     if args.std_output and args.samples is not None and args.samples < 2:
@@ -326,8 +327,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
     if args.noise_std is not None and args.method in ("tv", "cs") and args.weight not in (None, "auto"):
         raise ScoreReconError("--noise-std sets the noise level of --weight auto; drop it or drop the number "
                               "given to --weight")
-    if args.iters is not None and args.iters < 1:
-        raise ScoreReconError(f"--iters must be at least 1, got {args.iters}")
+    if args.iters is not None:
+        check_count(args.iters, "--iters", MAX_SOLVER_ITERATIONS)
     for flag in ("lam", "snr", "tv_weight", "t_start", "init_weight", "noise_std", "noise_scale", "final_lam",
                  "z_tv"):
         value = getattr(args, flag, None)

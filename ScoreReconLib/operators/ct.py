@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ScoreReconError
+from ..limits import MAX_CG_ITERATIONS, check_count
 from ..utils import atomic_path, check_finite
 from .base import MeasurementOperator
 
@@ -1317,7 +1318,7 @@ def build_ct_operator(task: str, image_size: int, **options: Any) -> CTOperator:
             raise ScoreReconError(f"unknown CT proximal solver '{solver}'; choose one of {', '.join(SOLVERS)}")
         op.default_solver = solver
     if cg_iterations is not None:
-        op.default_cg_iterations = _as_int(cg_iterations, "cg_iterations")
+        op.default_cg_iterations = check_count(cg_iterations, "cg_iterations", MAX_CG_ITERATIONS)
     return op
 
 
@@ -1363,7 +1364,8 @@ def ct_operator_from_spec(spec: dict, arrays: dict[str, np.ndarray], device: Any
     if spec.get("solver") in SOLVERS:
         op.default_solver = spec["solver"]
     if spec.get("cg_iterations") is not None:
-        op.default_cg_iterations = int(spec["cg_iterations"])
+        op.default_cg_iterations = check_count(spec["cg_iterations"], "cg_iterations", MAX_CG_ITERATIONS,
+                                               where="of the CT operator")
     return op
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import ScoreReconError
+from ..limits import MAX_CG_ITERATIONS, check_count
 from ..utils import resolve_device
 from .base import MeasurementOperator, _inner
 from .mri import _ALIASES, MIN_SIZE, fft2c, ifft2c, make_mask
@@ -79,8 +80,7 @@ class MultiCoilMRI(MeasurementOperator):
             raise ScoreReconError("MRI mask must hold only 0 and 1 and sample at least one point")
         if image_domain not in IMAGE_DOMAINS:
             raise ScoreReconError(f"image_domain must be one of {', '.join(IMAGE_DOMAINS)}, got {image_domain!r}")
-        if isinstance(cg_iterations, bool) or int(cg_iterations) != cg_iterations or cg_iterations < 1:
-            raise ScoreReconError(f"cg_iterations must be a whole number of at least 1, got {cg_iterations}")
+        cg_iterations = check_count(cg_iterations, "cg_iterations", MAX_CG_ITERATIONS)
         self.image_size = n
         self.coils = int(s.shape[1])
         self.image_domain = image_domain
