@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import threading
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ScoreReconError
-from .operators.base import MeasurementOperator
+from .operators.base import NORM_ITERS, MeasurementOperator, batch_items, operator_norm  # noqa: F401  (re-exported)
 from .utils import ProgressFn, check_cancel
 
 #: methods :func:`classical_reconstruct` accepts
@@ -50,9 +49,6 @@ DEFAULTS: dict[str, dict[str, dict[str, float]]] = {
     "cs-wavelet": {"MR": {"weight": 3e-4, "iters": 300}},
 }
 #: power-iteration steps for the operator norm
-NORM_ITERS = 30
-
-_NORM_CACHE: weakref.WeakKeyDictionary[MeasurementOperator, float] = weakref.WeakKeyDictionary()
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -62,14 +58,6 @@ def _modality(op: MeasurementOperator) -> str:
     if op.task.endswith("ct"):
         return "CT"
     return "other"
-
-
-def _mask_batch(op: MeasurementOperator) -> int:
-    items = getattr(op, "batch_items", None)  # operators with per-image arrays besides the mask (coil maps)
-    if items:
-        return int(items)
-    mask = op.mask
-    return int(mask.shape[0]) if mask.ndim == 4 else 1
 
 
 def methods_for(task: str) -> tuple[str, ...]:
@@ -86,7 +74,7 @@ def _check_y(y: torch.Tensor, op: MeasurementOperator) -> torch.Tensor:
             f"measurement has shape {tuple(y.shape)} but the {op.task or 'given'} operator expects "
             f"(B, {', '.join(str(s) for s in want)}) in full layout; simulate or load y for this operator"
         )
-    mb = _mask_batch(op)
+    mb = batch_items(op)
     if mb > 1 and y.shape[0] != mb:
         raise ScoreReconError(f"this operator holds {mb} per-image masks but y has {y.shape[0]} images; "
                               "pass one measurement per mask")
@@ -98,27 +86,6 @@ def _check_y(y: torch.Tensor, op: MeasurementOperator) -> torch.Tensor:
         raise ScoreReconError(f"{op.task or 'this'} operator takes real measurements but y is complex; "
                               "pass the real sinogram")
     return y
-
-
-def operator_norm(op: MeasurementOperator, iters: int = NORM_ITERS, device: torch.device | str | None = None) -> float:
-    """‖A‖ (largest singular value) by power iteration on AᴴA with a fixed seed; cached per operator."""
-    cached = _NORM_CACHE.get(op)
-    if cached is not None:
-        return cached
-    gen = torch.Generator().manual_seed(1234)
-    v = torch.randn((_mask_batch(op), 1, op.image_size, op.image_size), generator=gen)
-    v = v.to(device if device is not None else op.mask.device)
-    v = v / v.norm()
-    lam = 0.0
-    for _ in range(iters):
-        w = op.A_adjoint(op.A(v))
-        lam = float(w.norm())
-        if lam == 0.0:
-            raise ScoreReconError("the operator maps everything to zero (empty mask?); check the sampling mask")
-        v = w / lam
-    norm = math.sqrt(lam) * 1.01  # power iteration approaches from below
-    _NORM_CACHE[op] = norm
-    return norm
 
 
 # -------------------------------------------------------------------------------- regularisers

@@ -188,7 +188,7 @@ def sigpy_l1_wavelet(y: torch.Tensor, op, weight: float, iters: int = 100) -> to
     except ImportError:
         raise ScoreReconError("--regularizer sigpy-wavelet needs sigpy; install it with 'pip install sigpy' or use "
                               "--regularizer wavelet (the own Haar frame)") from None
-    from .baselines import operator_norm
+    from .operators.base import operator_norm
 
     lam = float(weight) * operator_norm(op) ** 2
     maps = op.maps if hasattr(op, "maps") else torch.ones(1, 1, op.image_size, op.image_size, dtype=torch.complex64)

@@ -73,3 +73,19 @@ def test_library_imports_without_slicer_or_qt():
                 if "__pycache__" not in p.parts and p.name != "__main__.py"}
     expected = {n[: -len(".__init__")] if n.endswith(".__init__") else n for n in expected}
     assert expected <= names, f"not imported: {sorted(expected - names)}"
+
+
+def test_physics_does_not_depend_on_the_classical_methods():
+    """The operators and coil maps (physics) never import baselines (classical reconstructions): the dependency
+    runs one way, classical methods on physics (issue 18's import circle coils → baselines → coils)."""
+    import ast
+
+    lib = REPO_ROOT / "ScoreReconLib"
+    physics = [lib / "coils.py", *sorted((lib / "operators").glob("*.py"))]
+    for path in physics:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                module = "." * node.level + (node.module or "")
+                assert not module.lstrip(".").startswith("baselines"), f"{path.name} imports {module}"
+            elif isinstance(node, ast.Import):
+                assert all("baselines" not in a.name for a in node.names), path.name
