@@ -27,7 +27,8 @@ from . import __version__
 from .errors import CancelledError, ScoreReconError
 
 #: subcommand modules, in the order ``--help`` lists them
-COMMANDS = ["simulate", "import_kspace", "reconstruct", "train", "sample", "evaluate", "tune", "demo", "prepare_data"]
+COMMANDS = ["simulate", "import_kspace", "import_sinogram", "reconstruct", "train", "sample", "evaluate", "tune",
+            "demo", "prepare_data"]
 
 
 class Terminated(KeyboardInterrupt):

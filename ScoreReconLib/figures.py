@@ -37,10 +37,3 @@ def panel_figure(panels: Sequence[tuple[str, np.ndarray, float, float]], path: s
     with atomic_path(path) as tmp:
         canvas.save(tmp, format="PNG")
     return path
-
-
-def grid_figure(images: np.ndarray, path: str | Path, columns: int = 4, vmin: float = 0.0,
-                vmax: float = 1.0) -> Path:
-    """Write a grid of images ``(N, H, W)`` (e.g. unconditional samples) as a PNG."""
-    panels = [(f"{i}", images[i], vmin, vmax) for i in range(images.shape[0])]
-    return panel_figure(panels, path, scale=1 if images.shape[-1] >= 128 else 2, columns=columns)

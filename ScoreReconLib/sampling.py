@@ -664,7 +664,7 @@ def song2021_sample(prior, op: MeasurementOperator, y: torch.Tensor, settings: S
         y_hat_holder["y"] = noisy_measurement(op, y, sde, vt, g)
         if settings.snr > 0:
             x, _ = corr.update(x, vt, g)
-        x, x_mean = pred.update(x, vt, g)
+        x, _ = pred.update(x, vt, g)
         _report(ctx, i + 1, len(ts), "song2021 sampler")
     return tweedie(prior, x, _vec(ts[-1], x), ctx=ctx)
 

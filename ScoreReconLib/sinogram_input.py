@@ -21,13 +21,14 @@ Values are ``"normalized"`` (pixel-length line integrals of the [0, 1]-normalise
 library's units) or ``"attenuation"`` (-ln(I/I0), converted with water's attenuation and the
 detector spacing in mm).
 
-Run in the reconstruction's child process (the 3D Slicer module does so) as::
+Run as a command (the 3D Slicer module runs it in the reconstruction's child process)::
 
-    python -m ScoreReconLib.sinogram_input --input sinogram.npz --output measurement.npz --task sparse-ct
+    scorerecon import-sinogram --input sinogram.npz --output measurement.npz --task sparse-ct
 
 where ``sinogram.npz`` holds ``sinogram`` (S, A, D) and optionally ``spacing`` (detector, angle,
-slice in mm) and ``z0`` (position of the first slice, mm). Bad input prints one line
-(``scorerecon sinogram: error: ...``) and exits with status 2; nothing is written then.
+slice in mm) and ``z0`` (position of the first slice, mm). It has the CLI's guarantees (``docs/cli.md``): bad
+input prints one line (``scorerecon import-sinogram: error: ...``) and exits with status 2, nothing is written
+then, and a signal removes temporary files. ``python -m ScoreReconLib.sinogram_input`` runs the same command.
 """
 
 from __future__ import annotations
@@ -264,28 +265,71 @@ def sinogram_to_measurement(sinogram: np.ndarray, task: str = "sparse-ct", *, vi
     )
 
 
+#: largest sinogram array the converter expands into memory (bytes, as declared in the file's header)
+MAX_SINOGRAM_BYTES = 2 << 30
+
+
+def _declared(path: Path) -> tuple[tuple[int, ...], np.dtype] | None:
+    """Shape and dtype the ``sinogram`` member of an .npz declares, read from its header without loading it."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        if "sinogram.npy" not in archive.namelist():
+            return None
+        with archive.open("sinogram.npy") as fh:
+            version = np.lib.format.read_magic(fh)
+            reader = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                      else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = reader(fh)
+    return tuple(int(v) for v in shape), np.dtype(dtype)
+
+
 def read_sinogram_file(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float], float]:
-    """``(sinogram, spacing, z0)`` from a ``.npz`` with ``sinogram`` and optional ``spacing`` / ``z0``."""
+    """``(sinogram, spacing, z0)`` from a ``.npz`` with ``sinogram`` and optional ``spacing`` / ``z0``.
+
+    The declared size is checked before anything is expanded (at most :data:`MAX_SINOGRAM_BYTES`), and spacing
+    and z0 must be finite (spacing positive); a truncated, malformed or oversized file is a
+    :class:`ScoreReconError` naming the problem."""
+    import zipfile
+    import zlib
+
     path = Path(path)
     if not path.is_file():
         raise ScoreReconError(f"sinogram file {path} does not exist; check the path")
     try:
+        declared = _declared(path)
+        if declared is None:
+            raise ScoreReconError(f"{path.name} holds no 'sinogram' array; save it with numpy.savez(sinogram=...)")
+        shape, dtype = declared
+        if len(shape) not in (2, 3) or dtype.kind not in "fiu":
+            raise ScoreReconError(f"{path.name}: 'sinogram' is a {dtype} array of shape {shape}; expected a real "
+                                  "(S, angles, detectors) or (angles, detectors) array")
+        nbytes = int(np.prod(shape, dtype=np.float64)) * max(dtype.itemsize, 4)
+        if nbytes > MAX_SINOGRAM_BYTES:
+            raise ScoreReconError(f"{path.name}: 'sinogram' declares {shape} ({nbytes / 2**30:.1f} GiB), more than "
+                                  f"the {MAX_SINOGRAM_BYTES / 2**30:.0f} GiB the converter reads; split the volume")
         with np.load(path, allow_pickle=False) as data:
-            if "sinogram" not in data:
-                raise ScoreReconError(f"{path.name} holds no 'sinogram' array; save it with numpy.savez(sinogram=...)")
-            sinogram = np.array(data["sinogram"])
-            spacing = tuple(float(v) for v in data["spacing"]) if "spacing" in data else (1.0, 1.0, 1.0)
-            z0 = float(data["z0"]) if "z0" in data else 0.0
-    except (OSError, ValueError) as exc:
-        raise ScoreReconError(f"{path} is not a readable .npz sinogram file ({exc})") from None
+            sinogram = np.array(data["sinogram"], dtype=np.float32)
+            spacing = tuple(float(v) for v in np.asarray(data["spacing"]).ravel()) if "spacing" in data \
+                else (1.0, 1.0, 1.0)
+            z0 = float(np.asarray(data["z0"]).reshape(())) if "z0" in data else 0.0
+    except ScoreReconError:
+        raise
+    except (OSError, ValueError, TypeError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        msg = " ".join(str(exc).split())[:120] or type(exc).__name__
+        raise ScoreReconError(f"{path} is not a readable .npz sinogram file ({msg}); it may be truncated: "
+                              "write it again with numpy.savez") from None
     if len(spacing) != 3:
         raise ScoreReconError(f"{path.name}: spacing must hold 3 values (detector, angle, slice), got {len(spacing)}")
+    if not all(np.isfinite(spacing)) or min(spacing) <= 0:
+        raise ScoreReconError(f"{path.name}: spacing {spacing} must be 3 finite positive numbers (mm)")
+    if not np.isfinite(z0):
+        raise ScoreReconError(f"{path.name}: z0 {z0} must be a finite position in mm")
     return sinogram, spacing, z0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="scorerecon sinogram",
-                      description="Convert a measured parallel- or fan-beam sinogram (.npz) to a measurement file.")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``scorerecon import-sinogram``."""
     p.add_argument("--input", required=True, help="sinogram .npz (array 'sinogram' (S, A, D); 'spacing', 'z0')")
     p.add_argument("--output", required=True, help="measurement .npz to write")
     p.add_argument("--task", default="sparse-ct", choices=SINOGRAM_TASKS)
@@ -303,25 +347,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detector-distance", type=float, default=None, metavar="MM",
                    help=f"fan beam: rotation centre to detector in mm (default {DEFAULT_DETECTOR_DISTANCE_MM:g})")
     p.add_argument("--detector", default="curved", choices=DETECTORS, help="fan beam: detector shape")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """A parser of the command's options alone (the Slicer module's argument lists are checked against it)."""
+    p = OneLineParser(prog="scorerecon import-sinogram",
+                      description="Convert a measured parallel- or fan-beam sinogram (.npz) to a measurement file.")
+    add_arguments(p)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status (2 for bad input)."""
-    args = build_parser().parse_args(argv)
-    try:
-        sinogram, spacing, z0 = read_sinogram_file(args.input)
-        m = sinogram_to_measurement(sinogram, args.task, views=args.views, arc=args.arc,
-                                    metal_threshold=args.metal_threshold, units=args.units, spacing=spacing,
-                                    z0=z0, size=args.size, seed=args.seed, name=args.name,
-                                    geometry=args.geometry, source_distance=args.source_distance,
-                                    detector_distance=args.detector_distance, detector=args.detector)
-        save_measurement(args.output, m)
-    except ScoreReconError as exc:
-        print(f"scorerecon sinogram: error: {exc}", file=sys.stderr)
-        return 2
+def run(args: argparse.Namespace) -> int:
+    """``scorerecon import-sinogram``: read, convert and write (atomically); errors are raised for the CLI."""
+    from .measurement import check_measurement_output
+
+    output = check_measurement_output(args.output)
+    sinogram, spacing, z0 = read_sinogram_file(args.input)
+    m = sinogram_to_measurement(sinogram, args.task, views=args.views, arc=args.arc,
+                                metal_threshold=args.metal_threshold, units=args.units, spacing=spacing,
+                                z0=z0, size=args.size, seed=args.seed, name=args.name,
+                                geometry=args.geometry, source_distance=args.source_distance,
+                                detector_distance=args.detector_distance, detector=args.detector)
+    save_measurement(output, m)
     print(f"wrote {args.output}: {m.n_slices} slice(s) of {m.image_size}x{m.image_size}", flush=True)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ScoreReconLib.sinogram_input ...``: the same as ``scorerecon import-sinogram ...``."""
+    from .cli import main as cli_main
+
+    return cli_main(["import-sinogram", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":  # pragma: no cover

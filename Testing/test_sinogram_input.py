@@ -116,6 +116,60 @@ def test_bad_geometry_gives_one_error_line_and_exit_2(tmp_path, capsys, extra, n
         rc = exc.code
     err = capsys.readouterr().err
     assert rc == 2
-    assert len(err.strip().splitlines()) == 1 and err.startswith("scorerecon sinogram: error: "), err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("scorerecon import-sinogram: error: "), err
     assert needle in err
     assert not out.exists()
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_import_sinogram_is_a_command_with_the_cli_guarantees(tmp_path, capsys):
+    """Truncated or malformed inputs and blocked outputs are one line, exit 2, nothing written (issue 24); the
+    converter is `scorerecon import-sinogram` (issue 18), also reachable as python -m ScoreReconLib.sinogram_input."""
+    from ScoreReconLib.cli import main
+
+    m, _, _ = simulate(_phantom(), "sparse-ct", views=16)
+    good = _write(tmp_path, m.y[:, 0])
+    out = tmp_path / "m.npz"
+    assert main(["import-sinogram", "--input", str(good), "--output", str(out)]) == 0 and out.is_file()
+    out.unlink()
+    capsys.readouterr()
+    truncated = tmp_path / "cut.npz"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    assert main(["import-sinogram", "--input", str(truncated), "--output", str(out)]) == 2
+    assert _one_line(capsys).startswith("scorerecon import-sinogram: error: ") and not out.exists()
+    bad_spacing = tmp_path / "bad_spacing.npz"
+    np.savez(bad_spacing, sinogram=m.y[:, 0].astype(np.float32), spacing=np.array(["a", "b", "c"]))
+    assert main(["import-sinogram", "--input", str(bad_spacing), "--output", str(out)]) == 2
+    assert _one_line(capsys).startswith("scorerecon import-sinogram: error: ") and not out.exists()
+    blocked = tmp_path / "blocked.npz"
+    blocked.mkdir()
+    assert main(["import-sinogram", "--input", str(good), "--output", str(blocked)]) == 2
+    _one_line(capsys)
+    assert si.main(["--input", str(truncated), "--output", str(out)]) == 2  # the module entry point: the same
+    assert _one_line(capsys).startswith("scorerecon import-sinogram: error: ")
+
+
+def test_a_huge_declared_sinogram_and_non_finite_geometry_are_refused_before_loading(tmp_path):
+    import zipfile
+
+    huge = tmp_path / "huge.npz"
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 1), np.float32))
+    header["shape"] = (64, 4096, 4096)  # 4 GiB declared, a few bytes stored
+    with zipfile.ZipFile(huge, "w") as archive, archive.open("sinogram.npy", "w") as fh:
+        np.lib.format.write_array_header_1_0(fh, header)
+        fh.write(b"\0" * 16)
+    with pytest.raises(ScoreReconError, match="declares .*GiB.*split the volume"):
+        si.read_sinogram_file(huge)
+    sino = np.zeros((16, 47), np.float32)
+    for name, extra, needle in (("inf.npz", {"spacing": np.array([np.inf, 1.0, 1.0])}, "finite positive"),
+                                ("nan.npz", {"z0": np.float64(np.nan)}, "z0 nan must be a finite"),
+                                ("text.npz", {"sinogram": np.array(["a", "b"])}, "expected a real")):
+        np.savez(tmp_path / name, **({"sinogram": sino} | extra))
+        with pytest.raises(ScoreReconError, match=needle):
+            si.read_sinogram_file(tmp_path / name)

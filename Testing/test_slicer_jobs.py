@@ -163,8 +163,8 @@ def test_wait_keeps_the_gui_alive_and_a_callback_can_cancel(sr, slicer, tmp_path
 
 
 def test_a_failed_step_surfaces_its_error_line_and_keep_temporary_files(sr, tmp_path):
-    bad = "import sys; print('scorerecon sinogram: error: the sinogram is empty; load it first', file=sys.stderr); " \
-          "sys.exit(2)"
+    bad = "import sys; print('scorerecon import-sinogram: error: the sinogram is empty; load it first', " \
+          "file=sys.stderr); sys.exit(2)"
     job, folder = _fake_job(sr, tmp_path, bad, keepTemporaryFiles=True)
     with pytest.raises(sr.ScoreReconModuleError, match="the sinogram is empty"):
         job.wait(timeout=60)

@@ -189,7 +189,7 @@ def test_metal_sinogram_finds_the_metal_in_the_child(sr, slicer):
     result = sr.ScoreReconLogic().reconstruct(sinogram=sino, task="metal-ct", metalThreshold=3000.0, method="fbp",
                                               computeBaseline=False, showResults=False, timeout=240)
     assert slicer.util.arrayFromVolume(result.reconstructionNode).shape == (1, 32, 32)
-    with pytest.raises(sr.ScoreReconModuleError, match="scorerecon sinogram: error: no metal"):
+    with pytest.raises(sr.ScoreReconModuleError, match="scorerecon import-sinogram: error: no metal"):
         sr.ScoreReconLogic().reconstruct(sinogram=slicer.util.addVolumeFromArray(
             _normalized_sinogram(sr.makePhantom(32, 1))), task="metal-ct", metalThreshold=3000.0, method="fbp",
             computeBaseline=False, showResults=False, timeout=240)
@@ -425,7 +425,7 @@ def test_fan_sinogram_node_reconstructs_in_the_child(sr, slicer):
     np.testing.assert_allclose(result.reconstructionNode.GetSpacing(), (0.8, 0.8, 2.0))
     assert result.metrics["fbp"]["psnr"] > 20.0  # all 64 fan views: a fair FBP
     # the same sinogram read as parallel beam fits no geometry: the library's one line comes back
-    with pytest.raises(sr.ScoreReconModuleError, match="scorerecon sinogram: error: .*34x34 image"):
+    with pytest.raises(sr.ScoreReconModuleError, match="scorerecon import-sinogram: error: .*34x34 image"):
         logic.reconstruct(sinogram=sino, task="sparse-ct", method="fbp", computeBaseline=False, showResults=False,
                           timeout=240)
 

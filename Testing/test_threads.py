@@ -10,7 +10,8 @@ import torch
 from ScoreReconLib import cli, threads
 from ScoreReconLib.commands import simulate
 
-COMPUTING = ("simulate", "import-kspace", "reconstruct", "train", "sample", "evaluate", "tune", "demo")
+COMPUTING = ("simulate", "import-kspace", "import-sinogram", "reconstruct", "train", "sample", "evaluate", "tune",
+             "demo")
 
 
 def _subparsers():

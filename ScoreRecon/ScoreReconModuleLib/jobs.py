@@ -264,7 +264,7 @@ def prepareFiles(tempDir: str, python: str, settings: ScoreReconSettings, inputA
         z0 = float(sinogramMatrix[2, 3]) if sinogramMatrix is not None else 0.0
         np.savez(files["sinogram"], sinogram=np.ascontiguousarray(sinogramArray, dtype=np.float32),
                  spacing=np.asarray(sinogramSpacing, dtype=np.float64), z0=np.float64(z0))
-        steps.append(ScoreReconStep("Reading the sinogram", [python, "-m", "ScoreReconLib.sinogram_input"]
+        steps.append(ScoreReconStep("Reading the sinogram", cli + ["import-sinogram"]
                                     + settings.sinogramArgs(files["sinogram"], files["measurement"], inputName),
                                     weight=0.5))
     elif kspaceFile is not None:

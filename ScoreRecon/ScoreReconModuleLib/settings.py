@@ -256,11 +256,12 @@ class ScoreReconSettings:
         return args + self.threadsArgs()
 
     def sinogramArgs(self, inputPath: str, outputPath: str, name: str = "sinogram") -> list[str]:
-        """``python -m ScoreReconLib.sinogram_input`` arguments: a measured sinogram → measurement file."""
+        """``scorerecon import-sinogram`` arguments (after the command name): a measured sinogram → measurement
+        file."""
         return ["--input", inputPath, "--output", outputPath, "--task", self.task, "--views", str(int(self.views)),
                 "--arc", repr(float(self.arc)), "--metal-threshold", repr(float(self.metalThreshold)),
                 "--units", self.sinogramUnits, "--size", str(int(self.size)), "--seed", str(int(self.seed)),
-                "--name", name, *self.geometryArgs()]
+                "--name", name, *self.geometryArgs(), *self.threadsArgs()]
 
     def importKspaceArgs(self, inputPath: str, outputPath: str) -> list[str]:
         """``scorerecon import-kspace`` arguments: a fastMRI-format HDF5 file → measurement file."""
