@@ -219,8 +219,9 @@ def check_discrepancy(op: MeasurementOperator, x: torch.Tensor, y: torch.Tensor,
                       noise_std: float | None = None) -> dict:
     """The discrepancy principle as a check of a final image ``x`` (B, 1, N, N) for measurements ``y``.
 
-    Returns a JSON-ready record: ``residual`` (mean measured-row residual ‖Λ(A x − y)‖² / m in units of σ_y²;
-    None for noise-free data), ``noise_std`` (σ_y, given or estimated), ``band`` (:data:`DISCREPANCY_BAND`) and
+    Returns a JSON-ready record: ``residual`` (mean measured-row residual ‖Λ(A x − y)‖² / m in units of σ_y², the
+    χ² per measured entry; None for noise-free data) and ``residual_per_slice``, ``noise_std`` (σ_y, given or
+    estimated), ``band`` (:data:`DISCREPANCY_BAND`) and
     ``verdict``: "consistent" (inside the band), "fits the noise" (below: the data's noise was copied into the
     image), "leaves signal" (above: the image disagrees with the data by more than their noise), "below the
     noise estimate" (below, but an estimated σ_y under :data:`ESTIMATE_FLOOR` may be the signal floor of
@@ -232,16 +233,20 @@ def check_discrepancy(op: MeasurementOperator, x: torch.Tensor, y: torch.Tensor,
     given = noise_std is not None
     if noise_std is None:
         if not noise_estimable(op, y):
-            return {"residual": None, "noise_std": None, "band": list(DISCREPANCY_BAND), "verdict": "noise unknown",
-                    "warning": None}
+            return {"residual": None, "residual_per_slice": None, "noise_std": None, "band": list(DISCREPANCY_BAND),
+                    "verdict": "noise unknown", "warning": None}
         noise_std = float(estimate_noise_std(op, y))
     sigma = float(noise_std)
     peak = float(y.abs().pow(2).sum(dim=1).sqrt().max())
-    record = {"residual": None, "noise_std": sigma, "band": list(DISCREPANCY_BAND), "verdict": "noise-free data",
-              "warning": None}
+    record = {"residual": None, "residual_per_slice": None, "noise_std": sigma, "band": list(DISCREPANCY_BAND),
+              "verdict": "noise-free data", "warning": None}
     if sigma <= 0 or sigma <= NOISE_FREE_LEVEL[kind] * peak:
         return record
-    ratio = mean_residual(op, x.to(y.device), y, m) / sigma**2
+    r = op.mask_apply(op.A(x.to(y.device)) - y)
+    per_entry = r.abs().pow(2).flatten(1).sum(1)
+    per_count = torch.broadcast_to(op.mask.to(y.device) > 0, y.shape).flatten(1).sum(1).clamp(min=1)
+    record["residual_per_slice"] = [float(v) for v in (per_entry / per_count / sigma**2)]
+    ratio = float(per_entry.sum()) / max(m, 1) / sigma**2
     record["residual"] = ratio
     lo, hi = DISCREPANCY_BAND
     if ratio < lo and not given and sigma <= ESTIMATE_FLOOR[kind] * peak:

@@ -100,3 +100,35 @@ def test_the_h5py_hint_names_what_works_from_a_checkout():
 
     assert "pip install h5py" in INSTALL_H5PY and 'pip install -e ".[mri]"' in INSTALL_H5PY
     assert "scorerecon[mri]'" not in INSTALL_H5PY  # not on the package index
+
+
+def test_residual_output_holds_the_data_residual_its_backprojection_and_chi2(tmp_path, capsys):
+    """--residual-output (issue 19): A x − y on the measured rows, Aᴴ of it, and χ² per slice and per file, the
+    same χ² as metrics.json; recomputed here from the written image."""
+    import json
+
+    import torch
+
+    from ScoreReconLib.measurement import load_measurement
+
+    vol = tmp_path / "vol.nrrd"
+    src = read_image(resource_path("samples", "ct_head_sample.nrrd"))
+    write_image(Image(np.stack([src.array, np.roll(src.array, 5, axis=1)]), (*src.spacing[:2], 2.0),
+                      (*src.origin[:2], 0.0), tuple(np.eye(3).ravel()), "CT"), vol)
+    meas, out, res, met = (tmp_path / n for n in ("m.npz", "fbp.nrrd", "r.npz", "m.json"))
+    assert main(["simulate", "--task", "sparse-ct", "--views", "16", "--noise", "0.01", "--size", "48",
+                 "--input", str(vol), "--output", str(meas)]) == 0
+    assert main(["reconstruct", "--input", str(meas), "--method", "fbp", "--output", str(out), "--residual-output",
+                 str(res), "--metrics-json", str(met), "--progress-format", "none"]) == 0
+    record = json.loads(met.read_text())
+    with np.load(res) as f:
+        residual, back, chi2, per_slice = f["residual"], f["backprojection"], float(f["chi2"]), f["chi2_per_slice"]
+    m = load_measurement(meas)
+    op = m.operator("cpu")
+    assert residual.shape == m.y_tensor(None, "cpu").shape and back.shape == (2, 48, 48)
+    assert np.all(residual[np.broadcast_to(op.mask.numpy() == 0, residual.shape)] == 0)  # measured rows only
+    x = torch.from_numpy(m.normalization.forward(read_image(out).array).astype(np.float32))[:, None]
+    again = op.mask_apply(op.A(x) - m.y_tensor(None, "cpu")).numpy()
+    assert np.abs(again - residual).max() <= 1e-3 * np.abs(residual).max()
+    assert chi2 == pytest.approx(record["chi2"]) and list(per_slice) == pytest.approx(record["chi2_per_slice"])
+    assert len(per_slice) == 2 and np.isfinite(per_slice).all()

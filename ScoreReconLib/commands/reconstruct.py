@@ -189,6 +189,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "magnitude result times the image phase the import folded into the coil maps")
     s.add_argument("--std-output", metavar="FILE",
                    help="write the per-pixel posterior std (physical units); a folder in batch mode")
+    p.add_argument("--residual-output", metavar="FILE.npz",
+                   help="any method: write how well the image explains the data: the measured-row residual A x − y "
+                        "(measurement space), its back-projection (image space, physical units) and chi2 (mean "
+                        "|A x − y|² over the measured rows / σ_y², per slice and for the file; about 1 when the image "
+                        "explains the data to their noise); a folder in batch mode (NAME_residual.npz)")
     add_threads_option(p)
     p.set_defaults(func=run)
 
@@ -206,6 +211,7 @@ class Job:
     measurement: Measurement | None = None
     reference_x: torch.Tensor | None = None
     complex_output: Path | None = None
+    residual_output: Path | None = None
 
 
 def dist_env() -> tuple[int, int, int]:
@@ -251,6 +257,7 @@ def plan_jobs(args: argparse.Namespace) -> tuple[list[Job], bool]:
     std = Path(args.std_output) if args.std_output else None
     if args.metrics_json:
         check_output_path(args.metrics_json, "--metrics-json")
+    resid = Path(args.residual_output) if getattr(args, "residual_output", None) else None
     cplx = Path(args.complex_output) if getattr(args, "complex_output", None) else None
     if cplx is not None and (inp.is_dir() or cplx.suffix.lower() != ".npy" or cplx.is_dir()):
         raise ScoreReconError("--complex-output takes one .npy file name and one measurement file (not a folder)")
@@ -264,7 +271,11 @@ def plan_jobs(args: argparse.Namespace) -> tuple[list[Job], bool]:
         if std is not None:
             check_writable_suffix(std)
             check_output_path(std, "--std-output")
-        return [Job(_strip_suffix(inp), inp, out, std, ref, complex_output=cplx)], False
+        if resid is not None:
+            if resid.suffix.lower() != ".npz" or resid.is_dir():
+                raise ScoreReconError(f"--residual-output {resid} must be a .npz file name")
+            check_output_path(resid, "--residual-output")
+        return [Job(_strip_suffix(inp), inp, out, std, ref, complex_output=cplx, residual_output=resid)], False
     files = sorted(p for p in inp.iterdir() if p.is_file() and p.suffix.lower() == ".npz")
     if not files:
         raise ScoreReconError(f"folder {inp} holds no .npz measurement files; make them with 'scorerecon simulate'")
@@ -274,9 +285,13 @@ def plan_jobs(args: argparse.Namespace) -> tuple[list[Job], bool]:
         raise ScoreReconError(f"--input is a folder, so --std-output must be a folder too, but {std} is a file")
     if ref is not None and not ref.is_dir():
         raise ScoreReconError(f"--input is a folder, so --reference must be a folder of NAME.* images, not {ref}")
+    if resid is not None and resid.exists() and not resid.is_dir():
+        raise ScoreReconError(f"--input is a folder, so --residual-output must be a folder too, but {resid} is a file")
     check_output_folder(out, "--output")
     if std is not None:
         check_output_folder(std, "--std-output")
+    if resid is not None:
+        check_output_folder(resid, "--residual-output")
     suffix = args.output_suffix if args.output_suffix.startswith(".") else "." + args.output_suffix
     if suffix.lower() not in WRITE_SUFFIXES:
         raise ScoreReconError(f"--output-suffix {suffix} cannot be written; use one of {', '.join(WRITE_SUFFIXES)}")
@@ -284,7 +299,8 @@ def plan_jobs(args: argparse.Namespace) -> tuple[list[Job], bool]:
     for f in files:
         name = _strip_suffix(f)
         jobs.append(Job(name, f, out / f"{name}{suffix}", None if std is None else std / f"{name}_std{suffix}",
-                        None if ref is None else _find_reference(ref, name)))
+                        None if ref is None else _find_reference(ref, name),
+                        residual_output=None if resid is None else resid / f"{name}_residual.npz"))
     return jobs, True
 
 
@@ -336,7 +352,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
             raise ScoreReconError(f"--{flag.replace('_', '-')} must be a finite number, got {value}")
     # no two outputs may be the same file: one would silently replace the other
     outputs = {"--output": args.output, "--std-output": args.std_output, "--metrics-json": args.metrics_json,
-               "--complex-output": getattr(args, "complex_output", None)}
+               "--complex-output": getattr(args, "complex_output", None),
+               "--residual-output": getattr(args, "residual_output", None)}
     seen: dict = {}
     for flag, value in outputs.items():
         if not value:
@@ -664,17 +681,26 @@ def reconstruct_job(job: Job, engine: Engine, batch_size: int, seed: int, progre
             progress.write(f"{job.name}: {_choice_line(choice)}")
         if choice.get("warning"):
             print(f"scorerecon reconstruct: warning: {job.name}: {choice['warning']}", file=sys.stderr, flush=True)
-    if engine.method == "score":  # the discrepancy principle as a check: neither the noise fitted nor signal left
-        from ..parameter_choice import check_discrepancy
+    # the discrepancy principle as a check (χ² of the measured rows): neither the noise fitted nor signal left
+    from ..parameter_choice import check_discrepancy
 
-        check = check_discrepancy(op, mean.to(engine.device), m.y_tensor(None, engine.device),
-                                  fixed.get("noise_std", engine.settings.get("noise_std")))
-        record["discrepancy"] = check
+    sigma = fixed.get("noise_std", engine.settings.get("noise_std"))
+    if sigma is None and fixed.get("weight_choice"):
+        sigma = fixed["weight_choice"].get("noise_std") or None
+    y_all = m.y_tensor(None, engine.device)
+    check = check_discrepancy(op, mean.to(engine.device), y_all, sigma)
+    record["chi2"], record["chi2_per_slice"] = check["residual"], check["residual_per_slice"]
+    if engine.method == "score":
+        record["discrepancy"] = {k: v for k, v in check.items() if k != "residual_per_slice"}
         if progress.fmt != "json" and check["residual"] is not None:
             progress.write(f"{job.name}: residual {check['residual']:.2f} σ_y² ({check['verdict']}; expected "
                            f"{check['band'][0]:g}–{check['band'][1]:g})")
         if check["warning"]:
             print(f"scorerecon reconstruct: warning: {job.name}: {check['warning']}", file=sys.stderr, flush=True)
+    if job.residual_output is not None:
+        path = job.residual_output if staging is None else staging.path_for(job.residual_output)
+        _write_residual(m, op, mean.to(engine.device), y_all, check, path)
+        record["residual_output"] = str(job.residual_output)
     if job.reference_x is not None:
         metal = None if m.metal_mask is None else torch.from_numpy(m.metal_mask)
         record.update(compute_metrics(mean, job.reference_x, metal))
@@ -707,6 +733,27 @@ def _write(m: Measurement, x: torch.Tensor, path: Path, is_std: bool = False) ->
     phys = a * (norm.high - norm.low) if is_std else norm.inverse(a)
     arr = phys if int(m.geometry.get("ndim", 3)) == 3 else phys[0]
     write_image(image_from_geometry(np.asarray(arr, dtype=np.float32), m.geometry), path)
+
+
+def _write_residual(m: Measurement, op: MeasurementOperator, x: torch.Tensor, y: torch.Tensor, check: dict,
+                    path: Path) -> None:
+    """``--residual-output``: the measured-row residual ``Λ(A x − y)`` in measurement space (the measurement's full
+    layout: zeros where nothing was measured; complex k-space for MRI), its back-projection ``Aᴴ Λ(A x − y)``
+    (S, N, N) in the image's physical units per pixel, and χ² (per slice and for the file; NaN for noise-free
+    data) in one .npz, written atomically."""
+    from ..utils import atomic_path
+
+    with torch.no_grad():
+        r = op.mask_apply(op.A(x) - y)
+        back = op.A_adjoint(r).real.float()[:, 0] * float(m.normalization.high - m.normalization.low)
+    res = r.cpu().numpy()
+    res = res.astype(np.complex64) if np.iscomplexobj(res) else res.astype(np.float32)
+    per_slice = check.get("residual_per_slice")
+    chi2 = np.asarray(per_slice if per_slice is not None else [np.nan] * res.shape[0], dtype=np.float64)
+    with atomic_path(path, ".npz") as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, residual=res, backprojection=back.cpu().numpy().astype(np.float32), chi2_per_slice=chi2,
+                 chi2=np.float64(check["residual"] if check.get("residual") is not None else np.nan),
+                 noise_std=np.float64(check.get("noise_std") or 0.0))
 
 
 def _write_complex(m: Measurement, x: torch.Tensor, path: Path) -> None:
