@@ -107,6 +107,22 @@ def tuned_values(prior, method: str, task: str | None = None) -> dict:
     return out
 
 
+def std_scale_for(prior, method: str, task: str | None = None) -> float:
+    """Calibration factor of the posterior std: the prior's tuned ``std_scale`` for ``method`` / ``task`` (fitted on
+    validation subjects so that |error| ≤ 1.645 std holds 90 % of body pixels, ``benchmarks/std_calibration.py``),
+    else 1 (the raw sample std)."""
+    value = tuned_values(prior, method, task).get("std_scale", 1.0)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ScoreReconError(f"the model's std_scale {value!r} is not a number; fix its config.json / "
+                              "tuned.json") from None
+    if not (math.isfinite(value) and 0 < value <= 1000):
+        raise ScoreReconError(f"the model's std_scale {value} must lie in (0, 1000]; fix its config.json / "
+                              "tuned.json")
+    return value
+
+
 def recommended_samples(prior, method: str, task: str | None = None) -> int:
     """Posterior samples averaged by default: the prior's tuned ``samples`` for ``method``/``task``, else 1."""
     from .limits import MAX_SAMPLES, check_count
@@ -297,7 +313,8 @@ def reconstruct(y: torch.Tensor, operator: MeasurementOperator, prior, method: s
                 steps: int | None = None, lam: float | None = None, snr: float | None = None,
                 samples: int | None = None, seed: int | None = 0, progress: ProgressFn | None = None,
                 cancel: threading.Event | None = None, device: str | torch.device | None = None,
-                keep_samples: bool = False, first_slice: int = 0, **extra) -> ReconstructionResult:
+                keep_samples: bool = False, first_slice: int = 0, std_scale: float | None = None,
+                **extra) -> ReconstructionResult:
     """Sample the posterior ``p(x | y)`` ``samples`` times and return mean (and std if ``samples > 1``).
 
     ``y``: full-layout measurement for a batch ``(B, 1, ...)`` of ``operator``. ``method``: "proximal"
@@ -308,6 +325,9 @@ def reconstruct(y: torch.Tensor, operator: MeasurementOperator, prior, method: s
     (start from a TV/CS reconstruction noised to ``t_start``; ``steps`` are then run from there) and
     ``init_weight``. Same ``seed`` and device → identical output. ``progress(done, total, message)``
     counts sampler steps over all samples; ``cancel`` (an Event) stops between steps.
+
+    ``std`` is the samples' standard deviation times ``std_scale`` (None → the prior's calibrated factor for the
+    task, :func:`std_scale_for`; 1 gives the raw sample std), so that ±1.645 std holds about 90 % of the error.
 
     Batch item ``b`` is slice ``first_slice + b`` of a volume: its noise comes from its own stream
     (:func:`slice_generators`), so with ``noise_std`` and ``init_weight`` fixed for the volume (as
@@ -356,11 +376,15 @@ def reconstruct(y: torch.Tensor, operator: MeasurementOperator, prior, method: s
         nfe = ctx.nfe
     stack = torch.stack(outs)
     mean = stack.mean(0)
-    std = stack.std(0, unbiased=True) if samples > 1 else None
+    scale = std_scale_for(prior, method, operator.task) if std_scale is None else float(std_scale)
+    if not (math.isfinite(scale) and scale > 0):
+        raise ScoreReconError(f"std_scale must be a finite number > 0, got {scale}; fix the model's std_scale")
+    std = stack.std(0, unbiased=True) * scale if samples > 1 else None
     return ReconstructionResult(
         mean=mean.cpu(), std=None if std is None else std.cpu(), nfe=nfe,
         seconds=time.perf_counter() - t0, method=method, seed=seed,
-        settings={**settings.__dict__, "samples": samples, "nfe_per_step": NFE_PER_STEP[method]},
+        settings={**settings.__dict__, "samples": samples, "nfe_per_step": NFE_PER_STEP[method],
+                  "std_scale": scale},
         samples=stack.cpu() if keep_samples else None,
     )
 

@@ -1,0 +1,124 @@
+"""Calibrating the posterior std: a factor per task fitted on validation subjects, coverage measured on test subjects.
+
+The score method's std map (the spread of its posterior samples) is too narrow for the error it should bound:
+too few samples, a prior that is surer than it should be. For every task, noisy (CT 1 %, MRI 0.1 % of max|y|,
+as benchmarks/generalization.py), 128², same operator, the default reconstruction (the model's recommended
+settings and samples) is run with the raw std (``std_scale=1``) and:
+
+- on the **validation** subjects (as benchmarks/auto_weight.py) the factor k of an operator kind (sparse-view CT,
+  limited-angle CT, metal CT, MRI; its tasks pooled) is the 90 % quantile of |error| / std over their body
+  pixels, divided by 1.645, so that |error| ≤ 1.645 k·std holds 90 % there;
+- on the **test** subjects (the pydicom head CT and Pancreas-CT abdomen; the ITK T1 head and the abdomen MR), the
+  coverage of the 90 % band with the raw std and with k·std, and the correlation of |error| with the std.
+
+Body pixels: truth above 0.05 on the [0, 1] scale (outside the metal for metal CT). The fitted factors are printed
+as the ``recommended.tasks`` entries a prior's config.json takes (``std_scale``); the shipped priors carry them.
+Writes the "std-calibration" section of RESULTS.md and benchmarks/std-calibration.json.
+
+    python benchmarks/std_calibration.py --threads 1          # ~15 min on 2 cores
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    if "--threads" in sys.argv:
+        os.environ.setdefault(_var, sys.argv[sys.argv.index("--threads") + 1])
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import _results  # noqa: E402
+import generalization as G  # noqa: E402
+from auto_weight import NOISE, VALIDATION  # noqa: E402
+
+from ScoreReconLib.data import ct_normalization  # noqa: E402
+from ScoreReconLib.evaluation import make_case  # noqa: E402
+from ScoreReconLib.networks import load_prior  # noqa: E402
+from ScoreReconLib.reconstruction import reconstruct  # noqa: E402
+
+TEST = {"CT": ["heldout/ct/pydicom_head_ct.nrrd", "heldout/ct/pydicom_data_abdomen_ct.nrrd"],
+        "MR": ["heldout/mri/itk_t1_head.nrrd", "heldout/mri/pydicom_data_abdomen_mr.nrrd"]}
+MODELS = {"CT": "default-ct", "MR": "default-mri"}
+Z90 = 1.645
+BODY = 0.05
+
+
+def ratios(modality: str, rel: str, task, prior, data: Path, seed: int) -> dict:
+    s = G.load_subject(data / rel, modality, "x", 1, ct_normalization())[0]
+    c = make_case(s.name, s.at(128), task.task, seed=G.case_seed(s, task), noise=NOISE[modality], **task.opts())
+    res = reconstruct(c.y, c.op, prior, seed=seed + G.case_seed(s, task), std_scale=1.0)
+    truth, mean, std = c.x[0, 0], res.mean[0, 0], res.std[0, 0]
+    body = truth > BODY
+    if c.score_mask is not None:
+        body &= c.score_mask[0, 0].bool()
+    err = (mean - truth).abs()[body].double()
+    sd = std[body].double().clamp(min=1e-12)
+    return {"image": s.name, "task": task.key, "ratio": (err / sd).numpy(),
+            "corr": float(np.corrcoef(err.numpy(), sd.numpy())[0, 1]), "samples": int(res.settings["samples"])}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=str(ROOT / "data"))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "std-calibration.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    t0 = time.time()
+    data = Path(args.data)
+    factors: dict = {}
+    rows = []
+    for modality in ("CT", "MR"):
+        prior = load_prior(MODELS[modality])
+        val = {task.key: [ratios(modality, rel, task, prior, data, args.seed) for rel in VALIDATION[modality]]
+               for task in G.TASKS[modality]}
+        for kind in dict.fromkeys(task.task for task in G.TASKS[modality]):  # one factor per operator kind
+            keys = [task.key for task in G.TASKS[modality] if task.task == kind]
+            pooled = np.concatenate([v["ratio"] for key in keys for v in val[key]])
+            factors.setdefault(modality, {})[kind] = float(np.quantile(pooled, 0.9) / Z90)
+        for task in G.TASKS[modality]:
+            k = factors[modality][task.task]
+            tests = [ratios(modality, rel, task, prior, data, args.seed) for rel in TEST[modality]]
+            for role, items in (("validation", val[task.key]), ("test", tests)):
+                for v in items:
+                    rows.append({"modality": modality, "task": task.key, "role": role, "image": v["image"],
+                                 "raw": float(np.mean(v["ratio"] <= Z90)),
+                                 "calibrated": float(np.mean(v["ratio"] <= Z90 * k)), "corr": v["corr"], "factor": k})
+            print(f"[{time.strftime('%H:%M:%S')}] {modality} {task.key}: factor {k:.2f}; test coverage "
+                  + ", ".join(f"{r['image']} {r['calibrated']:.0%}" for r in rows[-len(tests):]),
+                  file=sys.stderr, flush=True)
+    Path(args.json).write_text(json.dumps({"factors": factors, "rows": rows}, indent=1))
+    lines = ["Coverage of the 90 % band, |error| ≤ 1.645 σ, over body pixels (truth > 0.05; metal excluded), 128², "
+             "noisy (CT 1 %, MRI 0.1 %), the default reconstruction and samples; *raw*: σ the samples' std; "
+             "*calibrated*: σ × the task's factor fitted on the validation rows only. corr: correlation of |error| "
+             "with the raw std over body pixels.", "",
+             "| modality | task | factor | role | image | raw coverage | calibrated coverage | corr(|err|, std) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['modality']} | {r['task']} | {r['factor']:.2f} | {r['role']} | {r['image']} | "
+                     f"{r['raw']:.1%} | {r['calibrated']:.1%} | {r['corr']:.2f} |")
+    snippet = {m: {"tasks": {kind: {"proximal": {"std_scale": round(k, 2)}} for kind, k in per.items()}}
+               for m, per in factors.items()}
+    lines += ["", "One factor per operator kind (pooled over its tasks' validation rows), as the `recommended` "
+                  f"entry of each prior's config.json: `{json.dumps(snippet)}`."]
+    cmd = "python benchmarks/std_calibration.py " + " ".join(sys.argv[1:])
+    _results.update_section("std-calibration", "\n".join(lines) + f"\n\nWall time: {(time.time() - t0) / 60:.1f} min.",
+                            cmd)
+    print(json.dumps(snippet, indent=1))
+
+
+if __name__ == "__main__":
+    main()
