@@ -102,7 +102,7 @@ def test_unknown_noise_warns_and_falls_back():
     y = torch.zeros(op.measurement_shape(1), dtype=torch.complex64)
     choice = choose_weight(y, op, "cs")
     assert choice.rule == "noise unknown" and "--noise-std" in choice.warning
-    assert choice.weight == NOISE_FREE_WEIGHT["mri"]
+    assert choice.weight == NOISE_FREE_WEIGHT["mri-1d"]
     with pytest.raises(ScoreReconError, match="auto"):
         tv_reconstruct(y, op, weight="automatic")
     with pytest.raises(ScoreReconError, match="tv and cs"):
@@ -169,3 +169,15 @@ def test_discrepancy_check_tells_noise_fitting_from_signal_left(task, kw, rel):
     assert clean["verdict"] == ("noise-free data" if task != "mri" else "below the noise estimate")
     assert clean["warning"] is None
     json.dumps(truth)  # JSON-ready, as metrics.json records it
+
+
+def test_mri_noise_free_weight_follows_the_sampling_pattern():
+    """Line masks (1-D Cartesian) and point masks (2-D Poisson disc) have their own validated noise-free weight."""
+    from ScoreReconLib.parameter_choice import noise_free_weight, operator_kind
+
+    for mask, kind in (("equispaced", "mri-1d"), ("random", "mri-1d"), ("variable-density", "mri-2d"),
+                       ("poisson", "mri-2d")):
+        op = build_operator("mri", 64, acceleration=8, mask=mask)
+        assert operator_kind(op) == kind
+        assert noise_free_weight(op, "cs") == NOISE_FREE_WEIGHT[kind]
+    assert operator_kind(build_operator("sparse-ct", 32, views=8)) == "sparse-ct"

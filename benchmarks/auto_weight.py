@@ -58,7 +58,7 @@ NOISE = {"CT": 0.01, "MR": 0.001}
 GRID = [float(f"{10 ** e:.3g}") for e in np.arange(-6.5, -0.9, 0.5)]
 TAUS = {"CT": (0.7, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2), "MR": (0.3, 0.4, 0.5, 0.6, 0.7, 0.85, 1.0)}
 OP_TASK = {"sparse23": "sparse-ct", "sparse8": "sparse-ct", "limited90": "limited-angle-ct", "metal": "metal-ct",
-           "mri4x": "mri", "mri8x": "mri", "mri8x-poisson": "mri"}
+           "mri4x": "mri-1d", "mri8x": "mri-1d", "mri8x-poisson": "mri-2d"}
 
 
 def grid_records(modality: str, data: Path) -> list[dict]:

@@ -1,6 +1,7 @@
 """Per-task summary of generalization*.json records: mean PSNR / SSIM per method (subjects weighted equally).
 
     python benchmarks/summarize_generalization.py benchmarks/generalization-ct.json [--methods "TV tuned (LOSO)" ...]
+        [--subjects pydicom_head_ct.nrrd pydicom_data_abdomen_ct.nrrd]   # only these subjects (e.g. the test ones)
 
 Prints a Markdown table (one row per task and setting) with the seconds per slice of each method.
 """
@@ -13,14 +14,15 @@ from collections import defaultdict
 
 import numpy as np
 
-DEFAULT_METHODS = ("TV tuned (LOSO)", "CS tuned (LOSO)", "TV oracle (optimistic)", "CS oracle (optimistic)",
-                   "ScoreRecon default", "ScoreRecon paper-sampler")
+DEFAULT_METHODS = ("TV auto", "CS auto", "TV tuned (LOSO)", "CS tuned (LOSO)", "TV oracle (optimistic)",
+                   "CS oracle (optimistic)", "ScoreRecon default", "ScoreRecon paper-sampler")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("json", nargs="+")
     ap.add_argument("--methods", nargs="*", default=None)
+    ap.add_argument("--subjects", nargs="*", default=None, help="only these subjects (file names)")
     args = ap.parse_args()
     records = []
     for path in args.json:
@@ -29,6 +31,8 @@ def main() -> None:
     cell: dict = defaultdict(lambda: defaultdict(list))
     secs: dict = defaultdict(list)
     for r in records:
+        if args.subjects is not None and r["subject"] not in args.subjects:
+            continue
         if r["method"] in methods and r.get("role", "test") != "validation":
             cell[(r["task_label"], r["setting"], r["size"])][(r["method"], r["subject"])].append((r["psnr"], r["ssim"]))
             secs[r["method"]].append(r.get("seconds") or 0.0)
