@@ -180,6 +180,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise ScoreReconError(f"--device {device} is not supported (ScoreRecon runs on cpu and cuda); use auto, "
                               "cpu, cuda or cuda:N")
+    if dev.type == "cpu" and dev.index not in (None, 0):
+        raise ScoreReconError(f"--device {device}: the CPU has no numbered devices; use --device cpu")
     if dev.type == "cuda" and torch.cuda.is_available() and dev.index is not None \
             and dev.index >= torch.cuda.device_count():
         raise ScoreReconError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s); "

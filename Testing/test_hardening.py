@@ -876,3 +876,16 @@ def test_a_huge_sample_count_in_tuned_json_is_refused(model, tmp_path, capsys):
 
     with pytest.raises(ScoreReconError, match="cg_iters .* from 1 to 1000"):
         resolve_settings("proximal", prior)
+
+
+def test_small_refusals_of_issue_24(files, tmp_path, capsys):
+    """--model '' is not silently default-ct; cpu:5 is no device; --noise-std without a use is refused."""
+    out = tmp_path / "out"
+    out.mkdir()
+    assert_refused(["reconstruct", "--input", files["meas"], "--output", out / "a.nrrd", "--method", "score",
+                    "--model", "", "--progress-format", "none"], capsys, out, "--model is empty")
+    assert_refused(["reconstruct", "--input", files["meas"], "--output", out / "a.nrrd", "--method", "fbp",
+                    "--device", "cpu:5", "--progress-format", "none"], capsys, out, "no numbered devices")
+    assert_refused(["reconstruct", "--input", files["meas"], "--output", out / "a.nrrd", "--method", "score",
+                    "--sampler", "fast", "--init", "noise", "--noise-std", "0.1", "--progress-format", "none"],
+                   capsys, out, "--noise-std applies to the proximal sampler")

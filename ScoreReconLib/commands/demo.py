@@ -60,6 +60,10 @@ def run(args: argparse.Namespace) -> int:
     seed_everything(args.seed)
     device = resolve_device(args.device)
     modality = task_modality(args.task)
+    if args.model is not None and not str(args.model).strip():
+        from ..errors import ScoreReconError
+
+        raise ScoreReconError("--model is empty; give default-ct, default-mri or a checkpoint folder, or leave it out")
     model = args.model or ("default-mri" if modality == "MR" else "default-ct")
     prior = load_prior(model, device=device, trust_unverified=args.trust_unverified)
     src = Path(args.input) if args.input else sample_path(args.task)

@@ -570,6 +570,8 @@ def make_engine(args: argparse.Namespace, measurements: list[Measurement], devic
     modalities = {m.modality for m in measurements}
     if args.model is None and len(modalities) > 1:
         raise ScoreReconError("the measurements mix CT and MRI tasks; pass --model or split the folder")
+    if args.model is not None and not str(args.model).strip():
+        raise ScoreReconError("--model is empty; give default-ct, default-mri or a checkpoint folder, or leave it out")
     model = args.model or ("default-ct" if modalities == {"CT"} else "default-mri")
     prior = load_prior(model, device=device, trust_unverified=args.trust_unverified)
     for m in measurements:
