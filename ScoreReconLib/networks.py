@@ -218,7 +218,7 @@ class Prior:
         """Grid on which tools without an input grid of their own (demo, evaluate, tune, sample) work:
         the training size of a whole-image prior; ``prior.default_size`` (128) for a patch prior."""
         if self.kind == "patch":
-            return int(self.config.get("prior", {}).get("default_size", 128))
+            return int(prior_spec(self.config).get("default_size", 128))
         return self.image_size
 
     def size_for(self, requested: int | None) -> int:
@@ -277,6 +277,10 @@ class Prior:
                 f"device={self.device})")
 
 
+#: largest patch a patch prior's config may declare (a larger one is a corrupt or hostile config)
+MAX_PATCH_SIZE = 1024
+
+
 def prior_spec(config: dict) -> dict:
     """The ``prior`` section of a checkpoint config, validated: ``{"kind": "whole"}`` or
     ``{"kind": "patch", "patch_size": P, ...}``. Configs without the section are whole-image priors."""
@@ -291,8 +295,23 @@ def prior_spec(config: dict) -> dict:
             spec["patch_size"] = int(spec["patch_size"])
         except (KeyError, TypeError, ValueError):
             raise ScoreReconError(f"a patch prior's config needs an integer prior.patch_size, got {spec!r}") from None
-        if spec["patch_size"] < 4:
-            raise ScoreReconError(f"prior.patch_size {spec['patch_size']} must be at least 4")
+        if not 4 <= spec["patch_size"] <= MAX_PATCH_SIZE:
+            raise ScoreReconError(f"prior.patch_size {spec['patch_size']} must be from 4 to {MAX_PATCH_SIZE}; the "
+                                  "config is corrupt")
+        levels = len(net.get("channels") or []) if isinstance(net, dict) else 0
+        factor = 2 ** max(levels - 1, 0)
+        if spec["patch_size"] % factor:
+            near = factor * max(1, spec["patch_size"] // factor)
+            raise ScoreReconError(f"prior.patch_size {spec['patch_size']} must be a multiple of {factor} (the "
+                                  f"network halves it {levels - 1} times), e.g. {near}")
+        if "default_size" in spec:
+            try:
+                spec["default_size"] = int(spec["default_size"])
+            except (TypeError, ValueError):
+                raise ScoreReconError(f"prior.default_size {spec['default_size']!r} must be a whole number of pixels "
+                                      "such as 128; fix the config") from None
+            if not 16 <= spec["default_size"] <= 4096:
+                raise ScoreReconError(f"prior.default_size {spec['default_size']} must be from 16 to 4096 pixels")
         if isinstance(net, dict) and int(net.get("coord_channels", 0)) != 2:
             raise ScoreReconError("a patch prior's network must have coord_channels = 2; the config is inconsistent")
     elif isinstance(net, dict) and int(net.get("coord_channels", 0)) != 0:

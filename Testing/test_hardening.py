@@ -343,6 +343,10 @@ CONFIG_CASES = {
     "sde-list": ("sde", [1]), "image-size-str": ("image_size", "16"), "image-size-huge": ("image_size", 1 << 30),
     "modality-int": ("modality", 5), "normalization-nan": ("normalization", {"kind": "hu", "low": 0, "high": "x"}),
     "recommended-list": ("recommended", [1, 2]), "recommended-lam-nan": ("recommended", {"lam": float("nan")}),
+    # issue 24: patch sizes the network cannot halve, a huge patch, a text default size
+    "patch-size-7": ("prior", {"kind": "patch", "patch_size": 7}),
+    "patch-size-huge": ("prior", {"kind": "patch", "patch_size": 4096}),
+    "default-size-str": ("prior", {"kind": "patch", "patch_size": 8, "default_size": "abc"}),
 }
 
 

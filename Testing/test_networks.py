@@ -198,3 +198,17 @@ def test_default_prior_names_resolve_to_resources(ve_model, tmp_path, monkeypatc
     assert prior.config["name"] == "default-ct" and prior.modality == "CT"
     with pytest.raises(ScoreReconError, match="default-mri is missing|models/default-mri"):
         load_prior("default-mri")
+
+
+@pytest.mark.parametrize("patch", [20, 36])
+def test_a_patch_size_the_network_cannot_halve_is_refused_by_name(patch):
+    """Issue 24: a config's patch size of 20 or 36 for a 4-level network was 'Sizes of tensors must match' (exit 1)."""
+    from ScoreReconLib.errors import ScoreReconError
+    from ScoreReconLib.networks import prior_spec
+
+    config = {"prior": {"kind": "patch", "patch_size": patch},
+              "network": {"channels": [32, 64, 128, 128], "coord_channels": 2}}
+    with pytest.raises(ScoreReconError, match=f"patch_size {patch} must be a multiple of 8"):
+        prior_spec(config)
+    config["prior"]["patch_size"] = 32
+    assert prior_spec(config)["patch_size"] == 32
