@@ -398,6 +398,10 @@ def _geometry(path: Path, g: Any) -> dict:
                 for x in v):
             rule = "positive " if positive else ""
             raise _bad_file(path, f"header geometry {key} must be a list of {length} finite {rule}numbers")
+    d = g.get("direction")
+    if d is not None and abs(float(np.linalg.det(np.asarray(d, dtype=np.float64).reshape(ndim, ndim)))) < 1e-6:
+        raise _bad_file(path, "header geometry direction is singular (its axes are not independent); it must be "
+                              "the image's orientation matrix, e.g. the identity")
     return dict(g)
 
 

@@ -300,6 +300,7 @@ HEADER_CASES = {
     "n-det-neg": {"operator": {"n_det": -4}}, "geometry-str": {"geometry": "2d"},
     "spacing-text": {"geometry": {"spacing": ["a", "b"]}}, "spacing-zero": {"geometry": {"spacing": [0.0, 1.0]}},
     "direction-short": {"geometry": {"direction": [1.0]}}, "ndim-4": {"geometry": {"ndim": 4}},
+    "direction-singular": {"geometry": {"direction": [1.0, 0.0, 1.0, 0.0]}},
     "noise-str": {"noise": "high"}, "noise-std-dict": {"noise_std": {"a": 1}}, "seed-float": {"seed": 1.5},
     "slice-axis": {"slice_axis": 2}, "metal-list": {"metal": [1]}, "options-str": {"options": "x"},
     "version-str": {"format_version": "1"}, "n-slices-zero": {"n_slices": 0}, "filter-int": {"operator": {"filter": 7}},
