@@ -37,7 +37,7 @@ from . import __version__
 from .coils import absorb_phase, estimate_maps
 from .data import Normalization
 from .errors import ScoreReconError
-from .measurement import MIN_IMAGE_SIZE, MRI_MASKS, Measurement
+from .measurement import MAX_COILS, MIN_IMAGE_SIZE, MRI_MASKS, Measurement
 from .operators.mri import make_mask
 from .operators.multicoil import MultiCoilMRI
 
@@ -97,6 +97,23 @@ def parse_slices(text: str | None, total: int) -> slice:
     return slice(a, b)
 
 
+def _check_own_data(h5py, f, name: str, path: Path) -> None:
+    """Refuse ``name`` when its data live outside the file: an external link (to another file, or ``../``), raw
+    storage in external files, or a virtual dataset that maps other files. A file is read only from itself."""
+    link = f.get(name, getlink=True)
+    if isinstance(link, h5py.ExternalLink):
+        raise ScoreReconError(f"'{name}' in {path} is a link to another file ({link.filename}); ScoreRecon reads a "
+                              "k-space file only from itself: copy the data into the file")
+    obj = f[name]
+    if isinstance(obj, h5py.Dataset):
+        if obj.external:
+            raise ScoreReconError(f"'{name}' in {path} stores its data in external files; ScoreRecon reads a k-space "
+                                  "file only from itself: copy the data into the file")
+        if obj.is_virtual:
+            raise ScoreReconError(f"'{name}' in {path} is a virtual dataset mapping other data; ScoreRecon reads a "
+                                  "k-space file only from itself: copy the data into the file")
+
+
 def read_fastmri(path: str | Path, slices: str | None = None) -> RawKspace:
     """Read (and validate) the ``slices`` of a fastMRI-format HDF5 file; see the module docstring."""
     path = Path(path)
@@ -109,6 +126,9 @@ def read_fastmri(path: str | Path, slices: str | None = None) -> RawKspace:
         raise ScoreReconError(f"{path} is not an HDF5 file; pass a fastMRI-format .h5 file")
     try:
         with h5py.File(path, "r") as f:
+            for name in ("kspace", "mask", "ismrmrd_header", *MAPS_DATASETS):
+                if name in f or isinstance(f.get(name, getlink=True), h5py.ExternalLink):
+                    _check_own_data(h5py, f, name, path)
             if "kspace" not in f or not isinstance(f["kspace"], h5py.Dataset):
                 found = ", ".join(sorted(f.keys())) or "none"
                 raise ScoreReconError(f"{path} has no 'kspace' dataset (found: {found}); "
@@ -124,6 +144,10 @@ def read_fastmri(path: str | Path, slices: str | None = None) -> RawKspace:
             if total < 1:
                 raise ScoreReconError(f"'kspace' in {path} holds no slice")
             sl = parse_slices(slices, total)
+            if ds.ndim == 4 and ds.shape[1] < 1:
+                raise ScoreReconError(f"'kspace' in {path} has shape {ds.shape}: zero coils")
+            if ds.ndim == 4 and ds.shape[1] > MAX_COILS:
+                raise ScoreReconError(f"'kspace' in {path} has {ds.shape[1]} coils; at most {MAX_COILS} are read")
             k = np.asarray(ds[sl], dtype=np.complex64)
             if k.ndim == 3:
                 k = k[:, None]
@@ -216,6 +240,12 @@ def _column_mask(raw: RawKspace, n: int) -> tuple[np.ndarray, str]:
     """(N, N) 0/1 mask of the acquired columns and where it came from ("file" or "data")."""
     if raw.mask is not None:
         m = np.asarray(raw.mask)
+        if m.dtype.kind not in "biuf":
+            raise ScoreReconError(f"'mask' is a {m.dtype} array; expected 0/1 (or true/false) numbers per column")
+        values = np.unique(m.astype(np.float64))
+        if not np.isin(values, (0.0, 1.0)).all():
+            bad = ", ".join(f"{v:g}" for v in values[~np.isin(values, (0.0, 1.0))][:3])
+            raise ScoreReconError(f"'mask' holds {bad}; a sampling mask holds only 0 and 1 (true/false)")
         if m.ndim == 1 and m.shape[0] == n:
             cols = m.astype(bool)
         elif m.ndim == 2 and m.shape[-1] == n:
@@ -280,6 +310,13 @@ def import_kspace(path: str | Path, slices: str | None = None, acceleration: flo
         mp = raw.maps
         if mp.ndim != 4 or mp.shape[:2] != (s_count, coils) or mp.shape[-1] != n:
             raise ScoreReconError(f"coil maps in the file have shape {mp.shape}; expected ({s_count}, {coils}, H, {n})")
+        if not np.isfinite(mp.view(np.float32)).all():
+            raise ScoreReconError("the file's coil maps hold NaN or inf; repair them, or remove them so that maps "
+                                  "are estimated from the data (--maps)")
+        empty = [i for i in range(mp.shape[0]) if not np.abs(mp[i]).any()]
+        if empty:
+            raise ScoreReconError(f"the file's coil maps are all zero for slice(s) {empty[:5]}; a SENSE "
+                                  "reconstruction would be all zero: remove the maps so they are estimated (--maps)")
         maps_t = torch.from_numpy(_normalise_maps(_centre_crop_or_pad(mp, n, axis=-2)))
         maps_source = "file"
     else:

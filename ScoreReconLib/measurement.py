@@ -703,8 +703,8 @@ def simulate(
         raise ScoreReconError("--geometry / --source-distance / --detector-distance apply to CT tasks only")
     _validate_options(task, n, views, arc, n_angles, acceleration, center_fraction, mask, noise, n_metal,
                       fan=geo_opts.get("geometry") == "fan")
-    if isinstance(coils, bool) or int(coils) != coils or coils < 1:
-        raise ScoreReconError(f"--coils must be a whole number >= 1 (1 = single-coil), got {coils}")
+    if isinstance(coils, bool) or int(coils) != coils or not 1 <= coils <= MAX_COILS:
+        raise ScoreReconError(f"--coils must be a whole number from 1 (single-coil) to {MAX_COILS}, got {coils}")
     if coils > 1 and task != "mri":
         raise ScoreReconError(f"--coils applies to --task mri only, not {task}; drop --coils")
     norm = normalization_for(image, task)

@@ -371,3 +371,71 @@ def test_missing_h5py_says_how_to_install(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "h5py", None)
     rc, _, err = cli(["import-kspace", "--input", tmp_path / "f.h5", "--output", tmp_path / "m.npz"], capsys)
     assert rc == 2 and "pip install h5py" in err and len(err.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------------- issue 24: hostile HDF5 files
+def _fastmri_variant(tmp_path: Path, edit) -> Path:
+    h5py = pytest.importorskip("h5py")
+    x = phantom()[0, 0].numpy()[None].astype(np.float32)
+    maps = synthetic_maps(N, COILS, seed=1)[0].numpy()
+    cols = np.zeros(N, np.float32)
+    cols[::4] = 1
+    cols[N // 2 - 2:N // 2 + 2] = 1
+    path = tmp_path / "scan.h5"
+    write_fastmri(path, x, maps, columns=cols)
+    with h5py.File(path, "a") as f:
+        edit(f, h5py)
+    return path
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("external-link", "link to another file"), ("parent-link", "link to another file"),
+    ("external-storage", "external files"), ("virtual", "virtual dataset"),
+    ("mask-half", "holds 0.5"), ("mask-two", "holds 2"), ("mask-nan", "holds nan"), ("mask-text", "expected 0/1"),
+    ("maps-nan", "NaN or inf"), ("maps-zero", "all zero"), ("zero-coils", "zero coils"),
+])
+def test_hostile_hdf5_inputs_are_refused_by_name(tmp_path, capsys, case, needle):
+    """A k-space file is read only from itself; masks hold 0/1; maps are finite and not empty (issue 24)."""
+    other = tmp_path / "other.h5"
+
+    def edit(f, h5py):
+        k = np.asarray(f["kspace"])
+        if case in ("external-link", "parent-link", "virtual"):
+            with h5py.File(other, "w") as g:
+                g["data"] = k
+            del f["kspace"]
+            if case == "virtual":
+                layout = h5py.VirtualLayout(shape=k.shape, dtype=k.dtype)
+                layout[...] = h5py.VirtualSource(str(other), "data", shape=k.shape)
+                f.create_virtual_dataset("kspace", layout)
+            else:
+                target = str(other) if case == "external-link" else "../" + tmp_path.name + "/other.h5"
+                f["kspace"] = h5py.ExternalLink(target, "/data")
+        elif case == "external-storage":
+            raw = tmp_path / "raw.bin"
+            raw.write_bytes(k.tobytes())
+            del f["kspace"]
+            f.create_dataset("kspace", shape=k.shape, dtype=k.dtype, external=[(str(raw), 0, k.nbytes)])
+        elif case.startswith("mask"):
+            m = np.asarray(f["mask"]).astype(np.float32)
+            del f["mask"]
+            if case == "mask-text":
+                f["mask"] = np.array([b"1"] * m.shape[0])
+            else:
+                m[1] = {"mask-half": 0.5, "mask-two": 2.0, "mask-nan": np.nan}[case]
+                f["mask"] = m
+        elif case.startswith("maps"):
+            mp = np.asarray(f["sens_maps"])
+            mp[...] = np.nan if case == "maps-nan" else 0
+            f["sens_maps"][...] = mp
+        elif case == "zero-coils":
+            del f["kspace"]
+            del f["sens_maps"]
+            f["kspace"] = np.zeros((1, 0, 2 * N, N), np.complex64)
+
+    path = _fastmri_variant(tmp_path, edit)
+    rc, _, err = cli(["import-kspace", "--input", path, "--output", tmp_path / "m.npz"], capsys)
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert rc == 2 and len(lines) == 1, err
+    assert needle in lines[0], lines[0]
+    assert not (tmp_path / "m.npz").exists()
