@@ -41,6 +41,8 @@ from .measurement import MAX_COILS, MIN_IMAGE_SIZE, MRI_MASKS, Measurement
 from .operators.mri import make_mask
 from .operators.multicoil import MultiCoilMRI
 
+#: largest k-space (complex64 bytes, from the declared shape) one import expands into memory
+MAX_KSPACE_BYTES = 4 << 30
 #: datasets that may hold coil maps
 MAPS_DATASETS = ("sens_maps", "maps")
 #: in-plane spacing and slice distance (mm) used when the file has no ISMRMRD header
@@ -148,6 +150,11 @@ def read_fastmri(path: str | Path, slices: str | None = None) -> RawKspace:
                 raise ScoreReconError(f"'kspace' in {path} has shape {ds.shape}: zero coils")
             if ds.ndim == 4 and ds.shape[1] > MAX_COILS:
                 raise ScoreReconError(f"'kspace' in {path} has {ds.shape[1]} coils; at most {MAX_COILS} are read")
+            expanded = (sl.stop - sl.start) * int(np.prod(ds.shape[1:], dtype=np.float64)) * 8
+            if expanded > MAX_KSPACE_BYTES:  # checked on the declared shape, before anything is decompressed
+                raise ScoreReconError(f"'kspace' slices {sl.start}:{sl.stop} of {path} expand to "
+                                      f"{expanded / 2**30:.1f} GiB, more than the {MAX_KSPACE_BYTES / 2**30:.0f} GiB "
+                                      "read at once; import fewer slices with --slices A:B")
             k = np.asarray(ds[sl], dtype=np.complex64)
             if k.ndim == 3:
                 k = k[:, None]

@@ -578,8 +578,8 @@ def _validate_options(task: str, size: int, views: int, arc: float, n_angles: in
         raise ScoreReconError(f"--noise must be a finite number >= 0 (relative to max |y|), got {noise}")
     if task in CT_TASKS:
         angles = (2 * size if fan else size) if n_angles is None else n_angles
-        if angles < 2:
-            raise ScoreReconError(f"--n-angles must be at least 2, got {angles}")
+        if not 2 <= angles <= 4 * MAX_IMAGE_SIZE:  # what the measurement reader accepts
+            raise ScoreReconError(f"--n-angles must be from 2 to {4 * MAX_IMAGE_SIZE}, got {angles}")
         if task == "sparse-ct" and not 1 <= views <= angles:
             raise ScoreReconError(
                 f"--views {views} does not fit the {angles} angles of the full set; choose 1..{angles} "

@@ -439,3 +439,28 @@ def test_hostile_hdf5_inputs_are_refused_by_name(tmp_path, capsys, case, needle)
     assert rc == 2 and len(lines) == 1, err
     assert needle in lines[0], lines[0]
     assert not (tmp_path / "m.npz").exists()
+
+
+def test_a_huge_declared_kspace_is_refused_before_it_is_read(tmp_path, capsys):
+    """The expanded size is checked on the declared shape: a compressed dataset of zeros that would expand to
+    8 GiB is refused at once (issue 24), and --slices is the way out."""
+    h5py = pytest.importorskip("h5py")
+    path = tmp_path / "zeros.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("kspace", shape=(64, 32, 640, 640), dtype=np.complex64, chunks=(1, 1, 640, 640),
+                         compression="gzip")  # nothing written: fill value zero, a few KB on disk
+    t0 = __import__("time").perf_counter()
+    rc, _, err = cli(["import-kspace", "--input", path, "--output", tmp_path / "m.npz"], capsys)
+    assert rc == 2 and "expand to 6.2 GiB" in err and "--slices" in err, err
+    assert __import__("time").perf_counter() - t0 < 10
+
+
+def test_simulate_refuses_more_angles_than_the_reader_accepts(tmp_path, capsys):
+    from ScoreReconLib.data import write_image
+
+    img = tmp_path / "x.nrrd"
+    write_image(Image(phantom()[0, 0].numpy() * 1000.0 - 1000.0, (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0), "CT"),
+                img)
+    rc, _, err = cli(["simulate", "--task", "sparse-ct", "--n-angles", "10000000", "--input", img, "--output",
+                      tmp_path / "m.npz"], capsys)
+    assert rc == 2 and "--n-angles must be from 2 to 32768" in err
