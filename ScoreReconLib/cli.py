@@ -130,8 +130,9 @@ def main(argv: list[str] | None = None) -> int:
             threads_before = torch.get_num_threads()
             apply_threads(args.threads)
         with warnings.catch_warnings():
-            if not debug:  # library warnings that matter are printed by the commands themselves
-                warnings.filterwarnings("ignore", category=RuntimeWarning, module="numpy")
+            if not debug:  # library warnings that matter are printed by the commands themselves, as one line
+                for module in ("numpy", "torch", "scipy", "SimpleITK", "monai", "h5py"):  # and their submodules
+                    warnings.filterwarnings("ignore", module=module)
             rc = args.func(args)
     except ScoreReconError as exc:
         print(f"{prog}: error: {_first_line(exc)}", file=sys.stderr)

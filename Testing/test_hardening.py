@@ -894,3 +894,23 @@ def test_small_refusals_of_issue_24(files, tmp_path, capsys):
     assert_refused(["reconstruct", "--input", files["meas"], "--output", out / "a.nrrd", "--method", "score",
                     "--sampler", "fast", "--init", "noise", "--noise-std", "0.1", "--progress-format", "none"],
                    capsys, out, "--noise-std applies to the proximal sampler")
+
+
+def test_a_library_warning_does_not_lengthen_a_refusal(files, tmp_path, capsys, monkeypatch):
+    """Issue 24: a numpy / torch warning raised on the way to a refusal must not add lines to it."""
+    import warnings as w
+
+    from ScoreReconLib.commands import reconstruct as rec
+
+    real = rec.load_measurement
+
+    def noisy_load(path):
+        w.warn_explicit("overflow encountered in cast", RuntimeWarning, "numpy/core/fake.py", 1, module="numpy.core")
+        w.warn_explicit("TypedStorage is deprecated", UserWarning, "torch/storage.py", 1, module="torch.storage")
+        return real(path)
+
+    monkeypatch.setattr(rec, "load_measurement", noisy_load)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert_refused(["reconstruct", "--input", files["meas"], "--output", out / "a.nrrd", "--method", "cs",
+                    "--progress-format", "none"], capsys, out, "does not fit")
