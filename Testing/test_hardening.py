@@ -301,6 +301,7 @@ HEADER_CASES = {
     "spacing-text": {"geometry": {"spacing": ["a", "b"]}}, "spacing-zero": {"geometry": {"spacing": [0.0, 1.0]}},
     "direction-short": {"geometry": {"direction": [1.0]}}, "ndim-4": {"geometry": {"ndim": 4}},
     "direction-singular": {"geometry": {"direction": [1.0, 0.0, 1.0, 0.0]}},
+    "arc-str": {"operator": {"arc": "wide"}}, "arc-huge": {"operator": {"arc": 1e9}},
     "noise-str": {"noise": "high"}, "noise-std-dict": {"noise_std": {"a": 1}}, "seed-float": {"seed": 1.5},
     "slice-axis": {"slice_axis": 2}, "metal-list": {"metal": [1]}, "options-str": {"options": "x"},
     "version-str": {"format_version": "1"}, "n-slices-zero": {"n_slices": 0}, "filter-int": {"operator": {"filter": 7}},
@@ -914,3 +915,12 @@ def test_a_library_warning_does_not_lengthen_a_refusal(files, tmp_path, capsys, 
     out.mkdir()
     assert_refused(["reconstruct", "--input", files["meas"], "--output", out / "a.nrrd", "--method", "cs",
                     "--progress-format", "none"], capsys, out, "does not fit")
+
+
+@pytest.mark.parametrize("arc", ["wide", 1e9, True])
+def test_a_bad_arc_in_the_header_is_refused_not_ignored(files, tmp_path, capsys, arc):
+    bad = rewrite_npz(files["meas"], tmp_path / "bad.npz", header={"operator": {"arc": arc}})
+    out = tmp_path / "out"
+    out.mkdir()
+    assert_refused(["reconstruct", "--input", bad, "--output", out / "r.nrrd", "--method", "fbp",
+                    "--progress-format", "none"], capsys, out, "arc")

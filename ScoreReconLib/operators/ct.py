@@ -1337,6 +1337,11 @@ def _geometry_from_spec(spec: dict) -> dict:
 def ct_operator_from_spec(spec: dict, arrays: dict[str, np.ndarray], device: Any = "cpu") -> CTOperator:
     """Rebuild a CT operator from ``op.spec()`` and ``op.arrays()``."""
     task = spec.get("task")
+    arc = spec.get("arc")
+    if arc is not None and (isinstance(arc, bool) or not isinstance(arc, int | float) or not math.isfinite(arc)
+                            or not 0 < arc <= 360):
+        raise ScoreReconError(f"the CT operator's arc {str(arc)[:40]!r} must be a number of degrees in (0, 360]; the "
+                              "measurement file is corrupt, simulate it again")
     try:
         size = int(spec["image_size"])
         common = {"n_angles": spec.get("n_angles"), "backend": spec.get("backend", "auto"),
