@@ -145,3 +145,24 @@ def test_proximal_sampler_beats_fbp_on_sparse_view():
     res = reconstruct(y, op, prior, method="proximal", steps=100, lam=1.0, snr=0.16, samples=4, seed=0)
     fbp = op.A_dagger(y)
     assert float(psnr(res.mean, x_true, data_range=1.0)[0]) > float(psnr(fbp, x_true, data_range=1.0)[0]) + 2
+
+
+def test_the_shipped_priors_calibrate_their_posterior_std():
+    """The std is the samples' spread times the prior's std_scale for the task (issue 19), recorded in settings."""
+    from ScoreReconLib.errors import ScoreReconError
+    from ScoreReconLib.operators import build_operator
+    from ScoreReconLib.reconstruction import reconstruct, std_scale_for
+
+    prior = load_prior("default-ct")
+    factor = std_scale_for(prior, "proximal", "sparse-ct")
+    assert factor > 1 and std_scale_for(prior, "fast", "sparse-ct") == 1.0  # fitted for the default sampler only
+    op = build_operator("sparse-ct", 32, views=8)
+    x = torch.zeros(1, 1, 32, 32)
+    x[..., 8:24, 8:24] = 0.5
+    y = op.A(x)
+    raw = reconstruct(y, op, prior, samples=2, steps=1, seed=0, std_scale=1.0)
+    cal = reconstruct(y, op, prior, samples=2, steps=1, seed=0)
+    assert cal.settings["std_scale"] == factor and raw.settings["std_scale"] == 1.0
+    assert torch.allclose(cal.std, raw.std * factor) and torch.equal(cal.mean, raw.mean)
+    with pytest.raises(ScoreReconError, match="std_scale"):
+        reconstruct(y, op, prior, samples=2, steps=1, std_scale=float("nan"))
