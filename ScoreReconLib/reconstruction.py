@@ -203,9 +203,6 @@ def _check_start_and_tv(method: str, base: dict) -> None:
         base["z_tv"] = z
     else:
         base.pop("z_tv", None)
-    if base.get("noise_std") is not None and method != "proximal" and base.get("init") != "classical":
-        raise ScoreReconError(f"--noise-std applies to the proximal sampler and to a classical start, not to "
-                              f"'{method}' from noise; use --sampler proximal or --init classical, or drop it")
     if base.get("z_shared_noise") is not None:
         if not isinstance(base["z_shared_noise"], bool):
             raise ScoreReconError(f"z_shared_noise must be True or False, got {base['z_shared_noise']!r}")

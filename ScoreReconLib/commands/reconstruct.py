@@ -342,6 +342,11 @@ def _check_numbers(args: argparse.Namespace) -> None:
     for flag, methods in (("weight", ("tv", "cs")), ("iters", ("tv", "cs", "sense")), ("regularizer", ("cs",))):
         if getattr(args, flag) is not None and args.method not in methods:
             raise ScoreReconError(f"--{flag} only applies to --method {' or '.join(methods)}")
+    if args.noise_std is not None and args.method == "score" and (args.sampler or "proximal") != "proximal" \
+            and args.init != "classical":
+        raise ScoreReconError(f"--noise-std applies to the proximal sampler and to a classical start, not to "
+                              f"--sampler {args.sampler} from noise; use --sampler proximal or --init classical, or "
+                              "drop it")
     if args.noise_std is not None and args.method in ("tv", "cs") and args.weight not in (None, "auto"):
         raise ScoreReconError("--noise-std sets the noise level of --weight auto; drop it or drop the number "
                               "given to --weight")
