@@ -132,3 +132,32 @@ def test_residual_output_holds_the_data_residual_its_backprojection_and_chi2(tmp
     assert np.abs(again - residual).max() <= 1e-3 * np.abs(residual).max()
     assert chi2 == pytest.approx(record["chi2"]) and list(per_slice) == pytest.approx(record["chi2_per_slice"])
     assert len(per_slice) == 2 and np.isfinite(per_slice).all()
+
+
+def test_disagreement_output_compares_score_and_classical_with_the_std(tmp_path, capsys):
+    """--disagreement-output (issue 19 item 3): |score − classical| / std as an image with the input's geometry,
+    the fraction above 1.645 in metrics; a classical method gets one note line and no file."""
+    import json
+
+    from ScoreReconLib.measurement import load_measurement
+
+    meas, out, dis, met = (tmp_path / n for n in ("m.npz", "s.nrrd", "d.nrrd", "m.json"))
+    assert main(["simulate", "--task", "sparse-ct", "--views", "16", "--noise", "0.01", "--size", "32",
+                 "--input", str(resource_path("samples", "ct_head_sample.nrrd")), "--output", str(meas)]) == 0
+    assert main(["reconstruct", "--input", str(meas), "--method", "score", "--samples", "2", "--steps", "2",
+                 "--output", str(out), "--disagreement-output", str(dis), "--metrics-json", str(met),
+                 "--progress-format", "none"]) == 0
+    z = read_image(dis)
+    assert z.array.shape == read_image(out).array.shape and np.isfinite(z.array).all() and (z.array >= 0).all()
+    record = json.loads(met.read_text())
+    assert record["disagreement_fraction"] == pytest.approx(float((z.array > 1.645).mean()), abs=1e-6)
+    assert np.allclose(z.origin, read_image(out).origin)
+    capsys.readouterr()
+    assert main(["reconstruct", "--input", str(meas), "--method", "fbp", "--output", str(tmp_path / "f.nrrd"),
+                 "--disagreement-output", str(tmp_path / "none.nrrd"), "--residual-output", str(tmp_path / "r.npz"),
+                 "--progress-format", "none"]) == 0
+    err = capsys.readouterr().err
+    assert "needs --method score" in err and not (tmp_path / "none.nrrd").exists() and (tmp_path / "r.npz").exists()
+    assert load_measurement(meas).n_slices == 1
+    assert main(["reconstruct", "--input", str(meas), "--method", "score", "--samples", "1", "--output",
+                 str(tmp_path / "x.nrrd"), "--disagreement-output", str(tmp_path / "y.nrrd")]) == 2

@@ -191,6 +191,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="write the per-pixel posterior std (physical units), calibrated: the samples' std times the "
                         "model's factor for the task (std_scale in metrics.json), so that |error| <= 1.645 std holds "
                         "about 90 %% of body pixels on the validation subjects; a folder in batch mode")
+    s.add_argument("--disagreement-output", metavar="FILE",
+                   help="score: write where the score image departs from the classical reconstruction (TV / CS at "
+                        "the automatic weight, the sampler's start) more than the calibrated std allows: "
+                        "|score − classical| / std per pixel, unitless; above 1.645 the prior added structure the "
+                        "data do not demand (metrics: disagreement_fraction); needs 2 or more samples; a folder "
+                        "in batch mode")
     p.add_argument("--residual-output", metavar="FILE.npz",
                    help="any method: write how well the image explains the data: the measured-row residual A x − y "
                         "(measurement space), its back-projection (image space, physical units) and chi2 (mean "
@@ -214,6 +220,7 @@ class Job:
     reference_x: torch.Tensor | None = None
     complex_output: Path | None = None
     residual_output: Path | None = None
+    disagreement_output: Path | None = None
 
 
 def dist_env() -> tuple[int, int, int]:
@@ -260,6 +267,12 @@ def plan_jobs(args: argparse.Namespace) -> tuple[list[Job], bool]:
     if args.metrics_json:
         check_output_path(args.metrics_json, "--metrics-json")
     resid = Path(args.residual_output) if getattr(args, "residual_output", None) else None
+    disagree = Path(args.disagreement_output) if getattr(args, "disagreement_output", None) and \
+        args.method == "score" else None
+    if getattr(args, "disagreement_output", None) and args.method != "score":
+        print(f"scorerecon reconstruct: note: --disagreement-output needs --method score (it compares the score "
+              f"image with the classical one using the posterior std); not written for --method {args.method}",
+              file=sys.stderr, flush=True)
     cplx = Path(args.complex_output) if getattr(args, "complex_output", None) else None
     if cplx is not None and (inp.is_dir() or cplx.suffix.lower() != ".npy" or cplx.is_dir()):
         raise ScoreReconError("--complex-output takes one .npy file name and one measurement file (not a folder)")
@@ -277,7 +290,11 @@ def plan_jobs(args: argparse.Namespace) -> tuple[list[Job], bool]:
             if resid.suffix.lower() != ".npz" or resid.is_dir():
                 raise ScoreReconError(f"--residual-output {resid} must be a .npz file name")
             check_output_path(resid, "--residual-output")
-        return [Job(_strip_suffix(inp), inp, out, std, ref, complex_output=cplx, residual_output=resid)], False
+        if disagree is not None:
+            check_writable_suffix(disagree)
+            check_output_path(disagree, "--disagreement-output")
+        return [Job(_strip_suffix(inp), inp, out, std, ref, complex_output=cplx, residual_output=resid,
+                    disagreement_output=disagree)], False
     files = sorted(p for p in inp.iterdir() if p.is_file() and p.suffix.lower() == ".npz")
     if not files:
         raise ScoreReconError(f"folder {inp} holds no .npz measurement files; make them with 'scorerecon simulate'")
@@ -294,6 +311,8 @@ def plan_jobs(args: argparse.Namespace) -> tuple[list[Job], bool]:
         check_output_folder(std, "--std-output")
     if resid is not None:
         check_output_folder(resid, "--residual-output")
+    if disagree is not None:
+        check_output_folder(disagree, "--disagreement-output")
     suffix = args.output_suffix if args.output_suffix.startswith(".") else "." + args.output_suffix
     if suffix.lower() not in WRITE_SUFFIXES:
         raise ScoreReconError(f"--output-suffix {suffix} cannot be written; use one of {', '.join(WRITE_SUFFIXES)}")
@@ -302,7 +321,8 @@ def plan_jobs(args: argparse.Namespace) -> tuple[list[Job], bool]:
         name = _strip_suffix(f)
         jobs.append(Job(name, f, out / f"{name}{suffix}", None if std is None else std / f"{name}_std{suffix}",
                         None if ref is None else _find_reference(ref, name),
-                        residual_output=None if resid is None else resid / f"{name}_residual.npz"))
+                        residual_output=None if resid is None else resid / f"{name}_residual.npz",
+                        disagreement_output=None if disagree is None else disagree / f"{name}_disagreement{suffix}"))
     return jobs, True
 
 
@@ -334,6 +354,9 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise ScoreReconError("--std-output needs --method score (classical methods have no posterior std)")
     if args.std_output and args.samples is not None and args.samples < 2:
         raise ScoreReconError("--std-output needs --samples 2 or more (the std of a single sample is undefined)")
+    if getattr(args, "disagreement_output", None) and args.method == "score" and args.samples is not None \
+            and args.samples < 2:
+        raise ScoreReconError("--disagreement-output needs --samples 2 or more (it compares with the posterior std)")
     for flag in ("model", "sampler", "steps", "lam", "snr", *SAMPLER_EXTRAS):
         if flag == "noise_std" and args.method in ("tv", "cs"):
             continue  # the automatic weight's σ_y
@@ -360,7 +383,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
     # no two outputs may be the same file: one would silently replace the other
     outputs = {"--output": args.output, "--std-output": args.std_output, "--metrics-json": args.metrics_json,
                "--complex-output": getattr(args, "complex_output", None),
-               "--residual-output": getattr(args, "residual_output", None)}
+               "--residual-output": getattr(args, "residual_output", None),
+               "--disagreement-output": getattr(args, "disagreement_output", None)}
     seen: dict = {}
     for flag, value in outputs.items():
         if not value:
@@ -723,7 +747,34 @@ def reconstruct_job(job: Job, engine: Engine, batch_size: int, seed: int, progre
         _write(m, torch.cat(stds), job.std_output if staging is None else staging.path_for(job.std_output),
                is_std=True)
         record["std_output"] = str(job.std_output)
+    if job.disagreement_output is not None:
+        if not stds:
+            raise ScoreReconError("--disagreement-output needs 2 or more posterior samples (it compares with the "
+                                  "posterior std); pass --samples 2 or more")
+        z = _disagreement(op, y_all, mean, torch.cat(stds), fixed, engine.device)
+        record["disagreement_fraction"] = float((z > DISAGREEMENT_LEVEL).float().mean())
+        arr = z.numpy()[:, 0].astype(np.float32)
+        arr = arr if int(m.geometry.get("ndim", 3)) == 3 else arr[0]
+        write_image(image_from_geometry(arr, m.geometry),
+                    job.disagreement_output if staging is None else staging.path_for(job.disagreement_output))
+        record["disagreement_output"] = str(job.disagreement_output)
     return record
+
+
+#: |score − classical| / std above which the prior added structure the data do not demand (the 90 % band)
+DISAGREEMENT_LEVEL = 1.645
+
+
+def _disagreement(op: MeasurementOperator, y: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, fixed: dict,
+                  device: torch.device) -> torch.Tensor:
+    """|score − classical| / calibrated std per pixel (S, 1, N, N), on CPU; the classical image is the sampler's
+    start: TV (CT) / CS-TV (MRI) at the file's automatic weight."""
+    from ..sampling import classical_init
+
+    with torch.no_grad():
+        classical = classical_init(op, y, fixed.get("init_weight"), None, fixed.get("noise_std")).float().cpu()
+    floor = 1e-6 * float(max(mean.abs().max(), 1e-6))
+    return (mean.float() - classical).abs() / std.float().clamp(min=floor)
 
 
 def _choice_line(choice: dict) -> str:
