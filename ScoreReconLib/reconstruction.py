@@ -107,11 +107,46 @@ def tuned_values(prior, method: str, task: str | None = None) -> dict:
     return out
 
 
-def std_scale_for(prior, method: str, task: str | None = None) -> float:
+def undersampling(operator: MeasurementOperator) -> float:
+    """Entries of the full transform per measured entry (1 for a full scan): the acceleration R of MRI, full set /
+    views for sparse-view CT, 180° / arc for limited angle."""
+    mask = operator.mask.detach()
+    plane = mask.reshape(-1, *mask.shape[-2:])[0].float()
+    frac = float(plane.mean())
+    return 1.0 / frac if frac > 0 else float("inf")
+
+
+def std_scale_for(prior, method: str, task: str | None = None, operator: MeasurementOperator | None = None) -> float:
     """Calibration factor of the posterior std: the prior's tuned ``std_scale`` for ``method`` / ``task`` (fitted on
     validation subjects so that |error| ≤ 1.645 std holds 90 % of body pixels, ``benchmarks/std_calibration.py``),
-    else 1 (the raw sample std)."""
+    else 1 (the raw sample std). ``std_scale`` is a number, or a list of ``[undersampling, factor]`` points
+    interpolated log-linearly in the operator's :func:`undersampling` (clamped at the ends), or a dict of either
+    per :func:`~ScoreReconLib.parameter_choice.operator_kind` (MRI line and point masks)."""
     value = tuned_values(prior, method, task).get("std_scale", 1.0)
+    if isinstance(value, dict):  # per operator kind, e.g. {"mri-1d": [[4, k4], [8, k8]], "mri-2d": k}
+        from .parameter_choice import operator_kind
+
+        kind = operator_kind(operator) if operator is not None else next(iter(value), None)
+        if kind not in value:
+            return 1.0
+        value = value[kind]
+    if isinstance(value, list | tuple):
+        try:
+            points = sorted((float(r), float(k)) for r, k in value)
+        except (TypeError, ValueError):
+            raise ScoreReconError(f"the model's std_scale {str(value)[:80]} must be a number or a list of "
+                                  "[undersampling, factor] pairs; fix its config.json / tuned.json") from None
+        if not points or any(not (math.isfinite(r) and r >= 1) for r, _ in points):
+            raise ScoreReconError(f"the model's std_scale points {points[:4]} need undersampling values >= 1; fix "
+                                  "its config.json / tuned.json")
+        r = undersampling(operator) if operator is not None else points[0][0]
+        r = min(max(r, points[0][0]), points[-1][0])
+        value = points[-1][1]
+        for (r0, k0), (r1, k1) in zip(points, points[1:], strict=False):
+            if r0 <= r <= r1:
+                frac = 0.0 if r1 == r0 else (math.log(r) - math.log(r0)) / (math.log(r1) - math.log(r0))
+                value = k0 + frac * (k1 - k0)
+                break
     try:
         value = float(value)
     except (TypeError, ValueError):
@@ -376,7 +411,7 @@ def reconstruct(y: torch.Tensor, operator: MeasurementOperator, prior, method: s
         nfe = ctx.nfe
     stack = torch.stack(outs)
     mean = stack.mean(0)
-    scale = std_scale_for(prior, method, operator.task) if std_scale is None else float(std_scale)
+    scale = std_scale_for(prior, method, operator.task, operator) if std_scale is None else float(std_scale)
     if not (math.isfinite(scale) and scale > 0):
         raise ScoreReconError(f"std_scale must be a finite number > 0, got {scale}; fix the model's std_scale")
     std = stack.std(0, unbiased=True) * scale if samples > 1 else None

@@ -5,9 +5,10 @@ too few samples, a prior that is surer than it should be. For every task, noisy 
 as benchmarks/generalization.py), 128², same operator, the default reconstruction (the model's recommended
 settings and samples) is run with the raw std (``std_scale=1``) and:
 
-- on the **validation** subjects (as benchmarks/auto_weight.py) the factor k of an operator kind (sparse-view CT,
-  limited-angle CT, metal CT, MRI; its tasks pooled) is the 90 % quantile of |error| / std over their body
-  pixels, divided by 1.645, so that |error| ≤ 1.645 k·std holds 90 % there;
+- on the **validation** subjects (as benchmarks/auto_weight.py) the factor k of each task is the 90 % quantile of
+  |error| / std over their body pixels, divided by 1.645, so that |error| ≤ 1.645 k·std holds 90 % there; the
+  prior stores it at the task's undersampling (entries per measured entry), per operator kind, and interpolates
+  log-linearly between them (``reconstruction.std_scale_for``);
 - on the **test** subjects (the pydicom head CT and Pancreas-CT abdomen; the ITK T1 head and the abdomen MR), the
   coverage of the 90 % band with the raw std and with k·std, and the correlation of |error| with the std.
 
@@ -46,7 +47,8 @@ from auto_weight import NOISE, VALIDATION  # noqa: E402
 from ScoreReconLib.data import ct_normalization  # noqa: E402
 from ScoreReconLib.evaluation import make_case  # noqa: E402
 from ScoreReconLib.networks import load_prior  # noqa: E402
-from ScoreReconLib.reconstruction import reconstruct  # noqa: E402
+from ScoreReconLib.parameter_choice import operator_kind  # noqa: E402
+from ScoreReconLib.reconstruction import reconstruct, undersampling  # noqa: E402
 
 TEST = {"CT": ["heldout/ct/pydicom_head_ct.nrrd", "heldout/ct/pydicom_data_abdomen_ct.nrrd"],
         "MR": ["heldout/mri/itk_t1_head.nrrd", "heldout/mri/pydicom_data_abdomen_mr.nrrd"]}
@@ -65,7 +67,8 @@ def ratios(modality: str, rel: str, task, prior, data: Path, seed: int) -> dict:
         body &= c.score_mask[0, 0].bool()
     err = (mean - truth).abs()[body].double()
     sd = std[body].double().clamp(min=1e-12)
-    return {"image": s.name, "task": task.key, "ratio": (err / sd).numpy(),
+    return {"image": s.name, "task": task.key, "ratio": (err / sd).numpy(), "kind": operator_kind(c.op),
+            "undersampling": undersampling(c.op),
             "corr": float(np.corrcoef(err.numpy(), sd.numpy())[0, 1]), "samples": int(res.settings["samples"])}
 
 
@@ -85,12 +88,16 @@ def main() -> None:
         prior = load_prior(MODELS[modality])
         val = {task.key: [ratios(modality, rel, task, prior, data, args.seed) for rel in VALIDATION[modality]]
                for task in G.TASKS[modality]}
-        for kind in dict.fromkeys(task.task for task in G.TASKS[modality]):  # one factor per operator kind
-            keys = [task.key for task in G.TASKS[modality] if task.task == kind]
-            pooled = np.concatenate([v["ratio"] for key in keys for v in val[key]])
-            factors.setdefault(modality, {})[kind] = float(np.quantile(pooled, 0.9) / Z90)
+        for task in G.TASKS[modality]:  # one factor per task, placed at its undersampling
+            pooled = np.concatenate([v["ratio"] for v in val[task.key]])
+            k = float(np.quantile(pooled, 0.9) / Z90)
+            kind = val[task.key][0]["kind"]
+            factors.setdefault(modality, {}).setdefault(task.task, {}).setdefault(kind, []).append(
+                [round(val[task.key][0]["undersampling"], 3), k])
         for task in G.TASKS[modality]:
-            k = factors[modality][task.task]
+            kind = val[task.key][0]["kind"]
+            k = next(f for r, f in factors[modality][task.task][kind]
+                     if abs(r - round(val[task.key][0]["undersampling"], 3)) < 1e-9)
             tests = [ratios(modality, rel, task, prior, data, args.seed) for rel in TEST[modality]]
             for role, items in (("validation", val[task.key]), ("test", tests)):
                 for v in items:
@@ -110,10 +117,16 @@ def main() -> None:
     for r in rows:
         lines.append(f"| {r['modality']} | {r['task']} | {r['factor']:.2f} | {r['role']} | {r['image']} | "
                      f"{r['raw']:.1%} | {r['calibrated']:.1%} | {r['corr']:.2f} |")
-    snippet = {m: {"tasks": {kind: {"proximal": {"std_scale": round(k, 2)}} for kind, k in per.items()}}
-               for m, per in factors.items()}
-    lines += ["", "One factor per operator kind (pooled over its tasks' validation rows), as the `recommended` "
-                  f"entry of each prior's config.json: `{json.dumps(snippet)}`."]
+    snippet = {}
+    for m, per in factors.items():
+        tasks = snippet.setdefault(m, {"tasks": {}})["tasks"]
+        for task_name, kinds in per.items():
+            spec = {kind: (sorted([[r, round(k, 2)] for r, k in pts]) if len(pts) > 1 else round(pts[0][1], 2))
+                    for kind, pts in kinds.items()}
+            tasks[task_name] = {"proximal": {"std_scale": spec[task_name] if set(spec) == {task_name} else spec}}
+    lines += ["", "One factor per task, placed at its undersampling (entries per measured entry) and interpolated "
+                  "log-linearly between tasks of one operator kind (MRI line masks and point masks apart), as the "
+                  f"`recommended` entry of each prior's config.json: `{json.dumps(snippet)}`."]
     cmd = "python benchmarks/std_calibration.py " + " ".join(sys.argv[1:])
     _results.update_section("std-calibration", "\n".join(lines) + f"\n\nWall time: {(time.time() - t0) / 60:.1f} min.",
                             cmd)

@@ -624,7 +624,7 @@ def make_engine(args: argparse.Namespace, measurements: list[Measurement], devic
                 "noise_std": settings.noise_std, "noise_scale": float(settings.noise_scale),
                 "final_lam": settings.final_lam, "z_tv": float(settings.z_tv),
                 "z_shared_noise": bool(settings.z_shared_noise),
-                "std_scale": std_scale_for(prior, sampler, measurements[0].task)}
+                "std_scale": std_scale_for(prior, sampler, measurements[0].task, measurements[0].operator("cpu"))}
     return Engine("score", device, prior, sampler, recorded, steps * samples, model,
                   overrides={"lam": args.lam, "snr": args.snr, **extra})
 
