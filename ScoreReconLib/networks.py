@@ -642,12 +642,12 @@ DEFAULT_PRIORS = ("default-ct", "default-mri")
 
 
 def _plain_settings(obj, depth: int = 0) -> bool:
-    """True if ``obj`` is nested dicts / lists (≤ 6 deep) whose leaves are finite numbers, strings, booleans or
+    """True if ``obj`` is nested dicts / lists (≤ 8 deep) whose leaves are finite numbers, strings, booleans or
     null (what ``recommended`` and ``tuned.json`` hold: settings per sampler and task, and tuning grids)."""
     if isinstance(obj, dict):
-        return depth < 6 and all(isinstance(k, str) and _plain_settings(v, depth + 1) for k, v in obj.items())
+        return depth < 8 and all(isinstance(k, str) and _plain_settings(v, depth + 1) for k, v in obj.items())
     if isinstance(obj, list):
-        return depth < 6 and all(_plain_settings(v, depth + 1) for v in obj)
+        return depth < 8 and all(_plain_settings(v, depth + 1) for v in obj)
     if isinstance(obj, float):
         return math.isfinite(obj)
     return obj is None or isinstance(obj, str | int | bool)

@@ -166,3 +166,25 @@ def test_the_shipped_priors_calibrate_their_posterior_std():
     assert torch.allclose(cal.std, raw.std * factor) and torch.equal(cal.mean, raw.mean)
     with pytest.raises(ScoreReconError, match="std_scale"):
         reconstruct(y, op, prior, samples=2, steps=1, std_scale=float("nan"))
+
+
+def test_std_scale_follows_the_sampling_of_the_operator():
+    """std_scale as [undersampling, factor] points (log-linear between, clamped outside) and per operator kind."""
+    import types
+
+    from ScoreReconLib.errors import ScoreReconError
+    from ScoreReconLib.operators import build_operator
+    from ScoreReconLib.reconstruction import std_scale_for, undersampling
+
+    ct = types.SimpleNamespace(recommended={"tasks": {"sparse-ct": {"proximal": {"std_scale": [[4, 2.0], [16, 6.0]]}}}})
+    assert undersampling(build_operator("sparse-ct", 64, views=8)) == pytest.approx(8.0)
+    assert std_scale_for(ct, "proximal", "sparse-ct", build_operator("sparse-ct", 64, views=8)) == pytest.approx(4.0)
+    assert std_scale_for(ct, "proximal", "sparse-ct", build_operator("sparse-ct", 64, views=64)) == pytest.approx(2.0)
+    assert std_scale_for(ct, "proximal", "sparse-ct", build_operator("sparse-ct", 64, views=2)) == pytest.approx(6.0)
+    mr = types.SimpleNamespace(recommended={"tasks": {"mri": {"proximal": {"std_scale": {"mri-1d": 3.0,
+                                                                                         "mri-2d": 5.0}}}}})
+    assert std_scale_for(mr, "proximal", "mri", build_operator("mri", 64, acceleration=4)) == 3.0
+    assert std_scale_for(mr, "proximal", "mri", build_operator("mri", 64, acceleration=4, mask="poisson")) == 5.0
+    bad = types.SimpleNamespace(recommended={"tasks": {"mri": {"proximal": {"std_scale": [[0.5, 1.0]]}}}})
+    with pytest.raises(ScoreReconError, match="undersampling values >= 1"):
+        std_scale_for(bad, "proximal", "mri", build_operator("mri", 64, acceleration=4))
