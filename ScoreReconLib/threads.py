@@ -3,7 +3,7 @@
 torch's own default is one intra-op thread per core. On a machine whose cores are already busy that
 oversubscribes them: one 128² score slice took 89 s wall with torch's default threads on a loaded 2-core
 machine and 21.7 s with one thread (issue 20). :func:`default_threads` therefore takes the cores this
-process may use, minus the cores other work keeps busy (the 1-minute load average), capped at
+process may use, minus the cores other work keeps busy (:func:`busy_cores`), capped at
 :data:`MAX_DEFAULT_THREADS`, and respects ``OMP_NUM_THREADS`` when the user has set it.
 """
 
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
+from pathlib import Path
 
 from .errors import ScoreReconError
 
@@ -30,16 +32,34 @@ def usable_cores() -> int:
 
 def default_threads() -> int:
     """``OMP_NUM_THREADS`` when set to a whole number ≥ 1; else the idle usable cores, 1 to
-    :data:`MAX_DEFAULT_THREADS` (idle: usable cores minus the rounded 1-minute load average)."""
+    :data:`MAX_DEFAULT_THREADS` (idle: usable cores minus :func:`busy_cores`)."""
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
     if env.isdigit() and int(env) >= 1:
         return min(int(env), MAX_THREADS)
     cores = usable_cores()
+    return max(1, min(cores - busy_cores(), cores, MAX_DEFAULT_THREADS))
+
+
+def busy_cores() -> int:
+    """Cores other work keeps busy now: the runnable tasks of ``/proc/loadavg`` other than this one (Linux; the
+    median of three looks 10 ms apart), else the rounded 1-minute load average (macOS; 0 where there is none).
+
+    The instantaneous count follows the machine at once, where the 1-minute average still counts a job that
+    ended seconds ago (a previous command of the same user, for one)."""
     try:
-        busy = int(round(os.getloadavg()[0]))
+        counts = []
+        for i in range(3):
+            if i:
+                time.sleep(0.01)
+            fields = Path("/proc/loadavg").read_text().split()
+            counts.append(int(fields[3].split("/")[0]) - 1)  # "running/total"; minus this process
+        return max(0, sorted(counts)[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return max(0, int(round(os.getloadavg()[0])))
     except (AttributeError, OSError):  # no load average (Windows)
-        busy = 0
-    return max(1, min(cores - busy, cores, MAX_DEFAULT_THREADS))
+        return 0
 
 
 def threads_arg(text: str) -> int:

@@ -44,15 +44,28 @@ def test_default_respects_omp_num_threads(monkeypatch):
 def test_default_leaves_busy_cores_alone(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(threads, "usable_cores", lambda: 16)
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 0.0, 0.0))
+    busy = {"n": 0}
+    monkeypatch.setattr(threads, "busy_cores", lambda: busy["n"])
     assert threads.default_threads() == threads.MAX_DEFAULT_THREADS  # idle: capped
-    monkeypatch.setattr(os, "getloadavg", lambda: (12.6, 0.0, 0.0))
+    busy["n"] = 13
     assert threads.default_threads() == 3  # 13 of 16 cores busy
-    monkeypatch.setattr(os, "getloadavg", lambda: (40.0, 0.0, 0.0))
+    busy["n"] = 40
     assert threads.default_threads() == 1  # oversubscribed already: never 0
     monkeypatch.setattr(threads, "usable_cores", lambda: 2)
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    busy["n"] = 0
     assert threads.default_threads() == 2
+
+
+def test_busy_cores_counts_the_runnable_tasks_now(monkeypatch, tmp_path):
+    """Linux: the runnable tasks of /proc/loadavg minus this process, not the lagging 1-minute average."""
+    real_read = os.getloadavg
+    seen = iter(["9.0 9.0 9.0 3/400 1\n", "9.0 9.0 9.0 2/400 1\n", "9.0 9.0 9.0 3/400 1\n"])
+    monkeypatch.setattr(threads.Path, "read_text", lambda self: next(seen))
+    assert threads.busy_cores() == 2  # median of 2, 1, 2 other runnable tasks
+    monkeypatch.setattr(threads.Path, "read_text", lambda self: (_ for _ in ()).throw(OSError("no /proc")))
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.6, 0.0, 0.0))
+    assert threads.busy_cores() == 3  # elsewhere: the 1-minute load average
+    assert real_read is not None
 
 
 def test_cli_runs_the_command_with_the_threads_asked_and_restores_them(monkeypatch):
