@@ -17,22 +17,49 @@ def _to_uint8(a: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
     return (np.clip(a, 0, 1) * 255).round().astype(np.uint8)
 
 
-def panel_figure(panels: Sequence[tuple[str, np.ndarray, float, float]], path: str | Path,
-                 scale: int = 2, columns: int | None = None) -> Path:
-    """Write labelled grayscale panels ``(title, 2-D array, vmin, vmax)`` in a grid as a PNG."""
+#: width of a panel's colour bar in output pixels
+BAR_WIDTH = 8
+
+
+def _label(value: float) -> str:
+    return f"{value:.0f}" if abs(value) >= 10 else f"{value:.2g}"
+
+
+def panel_figure(panels: Sequence[tuple], path: str | Path, scale: int = 2, columns: int | None = None) -> Path:
+    """Write labelled grayscale panels in a grid as a PNG.
+
+    A panel is ``(title, 2-D array, vmin, vmax)``, optionally followed by ``unit`` (str: a grey-scale colour bar
+    with the window's ends in that unit is drawn at the panel's right edge) and ``outline`` (a boolean 2-D mask,
+    e.g. metal, whose border is drawn in red)."""
     columns = columns or len(panels)
     h, w = panels[0][1].shape
     ph, pw = h * scale, w * scale
     label_h = 16
     rows = (len(panels) + columns - 1) // columns
-    canvas = PILImage.new("L", (columns * pw, rows * (ph + label_h)), color=0)
+    canvas = PILImage.new("RGB", (columns * pw, rows * (ph + label_h)), color=(0, 0, 0))
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
-    for i, (title, arr, vmin, vmax) in enumerate(panels):
+    for i, panel in enumerate(panels):
+        title, arr, vmin, vmax = panel[:4]
+        unit = panel[4] if len(panel) > 4 else None
+        outline = panel[5] if len(panel) > 5 else None
         r, c = divmod(i, columns)
-        tile = PILImage.fromarray(_to_uint8(arr, vmin, vmax)).resize((pw, ph), PILImage.NEAREST)
-        canvas.paste(tile, (c * pw, r * (ph + label_h) + label_h))
-        draw.text((c * pw + 3, r * (ph + label_h) + 2), title, fill=255, font=font)
+        x0, y0 = c * pw, r * (ph + label_h) + label_h
+        tile = PILImage.fromarray(_to_uint8(arr, vmin, vmax)).resize((pw, ph), PILImage.NEAREST).convert("RGB")
+        canvas.paste(tile, (x0, y0))
+        if outline is not None and np.asarray(outline).any():
+            m = np.asarray(outline, dtype=bool)
+            edge = m & ~(np.roll(m, 1, 0) & np.roll(m, -1, 0) & np.roll(m, 1, 1) & np.roll(m, -1, 1))
+            for yy, xx in zip(*np.nonzero(edge), strict=True):
+                draw.rectangle([x0 + xx * scale, y0 + yy * scale, x0 + xx * scale + scale - 1,
+                                y0 + yy * scale + scale - 1], fill=(255, 40, 40))
+        if unit is not None:  # grey-scale bar, top = vmax, bottom = vmin, with the ends labelled
+            grad = np.linspace(255, 0, ph).astype(np.uint8)[:, None].repeat(BAR_WIDTH, 1)
+            canvas.paste(PILImage.fromarray(grad).convert("RGB"), (x0 + pw - BAR_WIDTH, y0))
+            draw.text((x0 + pw - BAR_WIDTH - 2, y0 + 1), _label(vmax), fill=(255, 220, 0), font=font, anchor="ra")
+            draw.text((x0 + pw - BAR_WIDTH - 2, y0 + ph - 2), f"{_label(vmin)} {unit}", fill=(255, 220, 0),
+                      font=font, anchor="rd")
+        draw.text((x0 + 3, r * (ph + label_h) + 2), title, fill=(255, 255, 255), font=font)
     path = Path(path)
     with atomic_path(path) as tmp:
         canvas.save(tmp, format="PNG")
