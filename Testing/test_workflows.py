@@ -188,3 +188,19 @@ def test_std_scale_follows_the_sampling_of_the_operator():
     bad = types.SimpleNamespace(recommended={"tasks": {"mri": {"proximal": {"std_scale": [[0.5, 1.0]]}}}})
     with pytest.raises(ScoreReconError, match="undersampling values >= 1"):
         std_scale_for(bad, "proximal", "mri", build_operator("mri", 64, acceleration=4))
+
+
+def test_panel_figure_draws_colour_bars_and_outlines(tmp_path):
+    from PIL import Image as PILImage
+
+    from ScoreReconLib.figures import BAR_WIDTH, panel_figure
+
+    img = np.linspace(-1000, 2000, 32 * 32, dtype=np.float32).reshape(32, 32)
+    metal = np.zeros((32, 32), bool)
+    metal[10:14, 10:14] = True
+    path = panel_figure([("a", img, -160.0, 240.0, "HU", metal), ("b", img, 0.0, 1.0)], tmp_path / "f.png", scale=4)
+    rgb = np.asarray(PILImage.open(path).convert("RGB")).astype(int)
+    red = (rgb[..., 0] > 200) & (rgb[..., 1] < 80) & (rgb[..., 2] < 80)
+    assert red[:, :128].any() and not red[:, 128:].any()  # the outline only where it was asked for
+    bar = rgb[16 + 2:16 + 126, 128 - BAR_WIDTH // 2, 0]  # the grey bar of panel a, top (bright) to bottom (dark)
+    assert bar[0] > 200 and bar[-1] < 60 and (np.diff(bar) <= 0).all()
