@@ -19,28 +19,20 @@ RESULTS.md and benchmarks/weight-flicker.json.
 
 from __future__ import annotations
 
-import os
-import sys
+import _setup  # first: --threads before torch loads, the repository importable
 
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    if "--threads" in sys.argv:
-        os.environ.setdefault(_var, sys.argv[sys.argv.index("--threads") + 1])
-
+ROOT = _setup.ROOT
 import argparse  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import statistics  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import _results  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import _results  # noqa: E402
 
 from ScoreReconLib.baselines import classical_reconstruct  # noqa: E402
 from ScoreReconLib.data import ct_normalization, mr_normalization, read_image  # noqa: E402
