@@ -226,6 +226,18 @@ def test_score_method_resamples_to_the_model_and_returns_uncertainty(sr, slicer,
     assert np.isfinite(spread).all() and spread.min() >= 0.0 and spread.max() > 0.0
     assert set(result.metrics) == {"score", "fbp"} and result.metrics["score"]["sampler"] == "fast"
     assert result.metricsTableNode.GetTable().GetNumberOfRows() == 2
+    # issue 19: the disagreement map beside the std, shown as a map; chi2 in the metrics table
+    dis = result.disagreementNode
+    assert dis.GetName() == "Small ScoreRecon disagreement"
+    np.testing.assert_allclose(dis.GetSpacing(), out.GetSpacing())
+    values = slicer.util.arrayFromVolume(dis)
+    assert values.shape == (2, 32, 32) and np.isfinite(values).all() and values.min() >= 0
+    display = dis.GetDisplayNode()
+    assert display.GetColorNodeID() == "vtkMRMLColorTableNodeRainbow"
+    assert (display.GetWindow(), display.GetLevel()) == pytest.approx((2 * 1.645, 1.645))
+    table = result.metricsTableNode.GetTable()
+    assert table.GetColumnByName("chi2") is not None
+    assert "disagreement_fraction" in result.metrics["score"]
 
 
 def test_patch_prior_reconstructs_at_the_input_grid(sr, slicer, tmp_path):

@@ -28,7 +28,12 @@ from .settings import (
     ScoreReconProcessError,
     ScoreReconSettings,
 )
-from .volumes import readVolumeFile, storeMetrics, storeVolume, writeVolumeFile
+from .volumes import readVolumeFile, showAsMap, storeMetrics, storeVolume, writeVolumeFile
+
+#: colour table of the disagreement map (a Slicer built-in) and the level above which the prior added structure the
+#: data do not demand (|score − classical| > 1.645 calibrated std); the map is shown from 0 to twice that level
+DISAGREEMENT_COLORS = "vtkMRMLColorTableNodeRainbow"
+DISAGREEMENT_LEVEL = 1.645
 
 
 @dataclass
@@ -37,7 +42,8 @@ class ScoreReconResult:
 
     Arrays are in physical units (HU for CT) with the input's layout: ``(H, W)`` for a 2-D input,
     ``(Z, H, W)`` otherwise. ``metrics`` maps method ("score", "fbp", …) to its metrics record
-    (``psnr`` in dB and ``ssim`` on [0, 1]-normalised images, per-slice lists, seconds). Node
+    (``psnr`` in dB and ``ssim`` on [0, 1]-normalised images, per-slice lists, seconds, ``chi2``).
+    ``disagreement``: |score − classical| / calibrated std per voxel (score runs with 2 or more samples). Node
     attributes are None when no nodes were added (array input without ``addNodes``).
     ``tempDir`` is the run's folder if it was kept (``keepTemporaryFiles``), else None.
     """
@@ -46,10 +52,12 @@ class ScoreReconResult:
     ijkToRAS: np.ndarray
     baseline: np.ndarray | None = None
     uncertainty: np.ndarray | None = None
+    disagreement: np.ndarray | None = None
     metrics: dict = field(default_factory=dict)
     reconstructionNode: Any = None
     baselineNode: Any = None
     uncertaintyNode: Any = None
+    disagreementNode: Any = None
     metricsTableNode: Any = None
     seconds: float = 0.0
     log: list = field(default_factory=list)
@@ -279,14 +287,16 @@ def prepareFiles(tempDir: str, python: str, settings: ScoreReconSettings, inputA
         referencePath = files["reference"]
 
     method = settings.method
-    stdPath = None
+    stdPath = disagreementPath = None
     if method == "score" and settings.effectiveSamples() >= 2:
         files["uncertainty"] = os.path.join(tempDir, "uncertainty.nrrd")
         stdPath = files["uncertainty"]
+        files["disagreement"] = os.path.join(tempDir, "disagreement.nrrd")
+        disagreementPath = files["disagreement"]
     mainWeight = 8.0 if method == "score" else 3.0
     steps.append(ScoreReconStep(f"Reconstructing ({METHOD_LABELS[method]})", cli + settings.reconstructArgs(
         files["measurement"], files["reconstruction"], method, referencePath,
-        files["metrics"] if referencePath else None, stdPath), weight=mainWeight))
+        files["metrics"] if referencePath else None, stdPath, disagreementPath), weight=mainWeight))
     baselineMethod = None
     if settings.computeBaseline and method != settings.baselineMethod:
         baselineMethod = settings.baselineMethod
@@ -304,7 +314,7 @@ def prepareFiles(tempDir: str, python: str, settings: ScoreReconSettings, inputA
 def loadResults(job: ScoreReconJob) -> ScoreReconResult:
     """Read a succeeded job's files; fill or add nodes (only after everything loaded)."""
     arrays, matrices = {}, {}
-    for key in ("reconstruction", "baseline", "uncertainty"):
+    for key in ("reconstruction", "baseline", "uncertainty", "disagreement"):
         if key in job.files:
             arrays[key], fileMatrix = readVolumeFile(job.files[key])
             same = job.inputShape is not None and tuple(arrays[key].shape) == tuple(job.inputShape)
@@ -322,6 +332,7 @@ def loadResults(job: ScoreReconJob) -> ScoreReconResult:
     result = ScoreReconResult(
         reconstruction=shaped(arrays["reconstruction"]), ijkToRAS=matrices["reconstruction"],
         baseline=shaped(arrays.get("baseline")), uncertainty=shaped(arrays.get("uncertainty")),
+        disagreement=shaped(arrays.get("disagreement")),
         metrics=metrics, seconds=job.process.elapsed, log=list(job.process.log))
     targets = job.targets
     if not job.addNodes and not any(v is not None for v in targets.values()):
@@ -338,6 +349,11 @@ def loadResults(job: ScoreReconJob) -> ScoreReconResult:
         result.uncertaintyNode = storeVolume(
             targets["uncertainty"], arrays["uncertainty"], matrices["uncertainty"], f"{job.inputName} {label} std",
             None, job.inputNode)
+    if "disagreement" in arrays:  # |score − classical| / calibrated std: a map, not an image
+        result.disagreementNode = storeVolume(
+            targets.get("disagreement"), arrays["disagreement"], matrices["disagreement"],
+            f"{job.inputName} {label} disagreement", None, job.inputNode)
+        showAsMap(result.disagreementNode, DISAGREEMENT_COLORS, 0.0, 2 * DISAGREEMENT_LEVEL)
     if metrics:
         result.metricsTableNode = storeMetrics(targets["metrics"], metrics, f"{job.inputName} {label} metrics",
                                                METHOD_LABELS, job.inputNode)

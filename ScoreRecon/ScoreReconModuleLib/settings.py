@@ -284,7 +284,7 @@ class ScoreReconSettings:
 
     def reconstructArgs(self, measurementPath: str, outputPath: str, method: str,
                         referencePath: str | None = None, metricsPath: str | None = None,
-                        stdPath: str | None = None) -> list[str]:
+                        stdPath: str | None = None, disagreementPath: str | None = None) -> list[str]:
         """``scorerecon reconstruct`` arguments (json progress on stdout)."""
         args = ["reconstruct", "--input", measurementPath, "--method", method, "--output", outputPath,
                 "--device", str(self.device), "--seed", str(int(self.seed)), "--progress-format", "json"]
@@ -300,6 +300,8 @@ class ScoreReconSettings:
                          "--snr", repr(float(self.snr))]
             if stdPath:
                 args += ["--std-output", stdPath]
+            if disagreementPath:
+                args += ["--disagreement-output", disagreementPath]
         elif method in ("tv", "cs"):
             args += ["--weight", self.weightValue or "auto"]
         return args + self.threadsArgs()

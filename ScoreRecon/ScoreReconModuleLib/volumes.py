@@ -160,6 +160,16 @@ def storeVolume(node, array: np.ndarray, ijkToRAS: np.ndarray, name: str, window
     return node
 
 
+def showAsMap(node, colorNodeID: str, low: float, high: float) -> None:
+    """Display a volume as a map: the colour table ``colorNodeID`` over the fixed range ``low``–``high``."""
+    display = node.GetDisplayNode() if node is not None else None
+    if display is None:
+        return
+    display.SetAndObserveColorNodeID(colorNodeID)
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(float(low), float(high))
+
+
 def _number(value) -> float:
     """A metrics value as a float; NaN for none or text (e.g. a weight left at "auto")."""
     try:
@@ -169,9 +179,9 @@ def _number(value) -> float:
 
 
 def storeMetrics(node, metrics: dict, name: str, labels: dict, inputNode=None):
-    """Write one row per method (PSNR in dB, SSIM, seconds, and the regularisation weight the run used: TV / CS's
-    weight, the score method's classical-start weight; NaN where none) into a table node (new: in the input's
-    study)."""
+    """Write one row per method (PSNR in dB, SSIM, seconds, the regularisation weight the run used: TV / CS's
+    weight, the score method's classical-start weight; chi2, the data residual in units of the noise variance;
+    NaN where none) into a table node (new: in the input's study)."""
     scene = slicer.mrmlScene
     isNew = node is None
     if isNew:
@@ -179,13 +189,14 @@ def storeMetrics(node, metrics: dict, name: str, labels: dict, inputNode=None):
     table = node.GetTable()
     table.Initialize()
     columns = [("Method", vtk.vtkStringArray()), ("PSNR (dB)", vtk.vtkDoubleArray()),
-               ("SSIM", vtk.vtkDoubleArray()), ("Seconds", vtk.vtkDoubleArray()), ("Weight", vtk.vtkDoubleArray())]
+               ("SSIM", vtk.vtkDoubleArray()), ("Seconds", vtk.vtkDoubleArray()), ("Weight", vtk.vtkDoubleArray()),
+               ("chi2", vtk.vtkDoubleArray())]
     for title, column in columns:
         column.SetName(title)
     for method, record in metrics.items():
         columns[0][1].InsertNextValue(labels.get(method, method))
         weight = record.get("weight", record.get("init_weight"))
-        for index, key in enumerate(("psnr", "ssim", "seconds", "weight")):  # zip(strict=) is 3.10+
+        for index, key in enumerate(("psnr", "ssim", "seconds", "weight", "chi2")):  # zip(strict=) is 3.10+
             column = columns[index + 1][1]
             value = weight if key == "weight" else record.get(key)
             column.InsertNextValue(_number(value))
