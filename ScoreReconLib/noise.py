@@ -87,14 +87,14 @@ KSPACE_BANDS = 8
 KSPACE_MIN_POINTS = 64
 
 
-def estimate_kspace_noise(y: torch.Tensor, mask: torch.Tensor, inner: float = 0.5,
-                          bands: int = KSPACE_BANDS) -> float:
-    """Complex noise std of one k-space entry from centred ``y`` ``(B, C, H, W)`` and its ``mask``.
+#: median / smallest ring estimate above which k-space is taken as noise-free: white noise reads the same in every
+#: ring (ratios 1.1–1.7 on the validation subjects at 0.1 % noise), signal falls with the radius (2.4–4.2 noise-free)
+KSPACE_SIGNAL_RATIO = 2.0
 
-    The smallest ring-wise MAD estimate over ``bands`` rings from radius ``inner`` (of the half-width)
-    to the corners; all measured points outside ``inner`` together when no ring has
-    :data:`KSPACE_MIN_POINTS` points; 0 when nothing is measured there.
-    """
+
+def kspace_ring_estimates(y: torch.Tensor, mask: torch.Tensor, inner: float = 0.5,
+                          bands: int = KSPACE_BANDS) -> list[float]:
+    """The per-component MAD std of each ring from radius ``inner`` to the corners with enough measured points."""
     h, w = y.shape[-2:]
     ky = (torch.arange(h, device=y.device) - h // 2).abs().float() / (h / 2)
     kx = (torch.arange(w, device=y.device) - w // 2).abs().float() / (w / 2)
@@ -106,7 +106,33 @@ def estimate_kspace_noise(y: torch.Tensor, mask: torch.Tensor, inner: float = 0.
         vals = y[measured & (radius >= lo) & (radius < hi)]
         if vals.numel() >= KSPACE_MIN_POINTS:
             estimates.append(_mad_std(torch.cat([vals.real.flatten(), vals.imag.flatten()])))
+    return estimates
+
+
+def kspace_looks_noise_free(y: torch.Tensor, mask: torch.Tensor) -> bool:
+    """True when the outer k-space rings fall with the radius (median / smallest ring estimate above
+    :data:`KSPACE_SIGNAL_RATIO`): what the smallest ring reads is the signal's tail, not noise."""
+    rings = sorted(kspace_ring_estimates(y, mask))
+    if len(rings) < 3 or rings[0] <= 0:
+        return False
+    return rings[len(rings) // 2] / rings[0] > KSPACE_SIGNAL_RATIO
+
+
+def estimate_kspace_noise(y: torch.Tensor, mask: torch.Tensor, inner: float = 0.5,
+                          bands: int = KSPACE_BANDS) -> float:
+    """Complex noise std of one k-space entry from centred ``y`` ``(B, C, H, W)`` and its ``mask``.
+
+    The smallest ring-wise MAD estimate over ``bands`` rings from radius ``inner`` (of the half-width)
+    to the corners; all measured points outside ``inner`` together when no ring has
+    :data:`KSPACE_MIN_POINTS` points; 0 when nothing is measured there.
+    """
+    estimates = kspace_ring_estimates(y, mask, inner, bands)
     if not estimates:
+        h, w = y.shape[-2:]
+        ky = (torch.arange(h, device=y.device) - h // 2).abs().float() / (h / 2)
+        kx = (torch.arange(w, device=y.device) - w // 2).abs().float() / (w / 2)
+        radius = torch.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2)
+        measured = torch.broadcast_to(mask, y.shape).to(torch.bool)
         vals = y[measured & (radius >= inner)]
         if vals.numel() == 0:
             return 0.0
@@ -128,6 +154,12 @@ def noise_estimable(op: MeasurementOperator, y: torch.Tensor) -> bool:
         return int((m & outer).sum()) >= KSPACE_MIN_POINTS
     runs = m[..., 2:] & m[..., 1:-1] & m[..., :-2]
     return int(runs.sum()) >= SINOGRAM_MIN_POINTS
+
+
+def looks_noise_free(op: MeasurementOperator, y: torch.Tensor) -> bool:
+    """MRI: :func:`kspace_looks_noise_free` (the estimate would read the signal's tail); CT: False (its estimate's
+    floor is far below real noise levels, so the weight choice compares σ_y with the peak instead)."""
+    return bool(y.is_complex() and kspace_looks_noise_free(y, op.mask))
 
 
 def estimate_noise_std(op: MeasurementOperator, y: torch.Tensor) -> float:

@@ -34,7 +34,7 @@ import torch
 
 from .baselines import AUTO, PDHGState, _check_y, _default, _modality, _pdhg, default_key, make_regularizer
 from .errors import ScoreReconError
-from .noise import estimate_noise_std, noise_estimable
+from .noise import estimate_noise_std, looks_noise_free, noise_estimable
 from .operators.base import MeasurementOperator
 from .utils import check_cancel
 
@@ -154,9 +154,11 @@ def choose_weight(y: torch.Tensor, op: MeasurementOperator, method: str = "tv", 
     m = measured_count(op, y)
     source = "given"
     unknown = False
+    signal_floor = False
     if noise_std is None:
         unknown = not noise_estimable(op, y)
         noise_std = 0.0 if unknown else float(estimate_noise_std(op, y))
+        signal_floor = not unknown and looks_noise_free(op, y)  # MRI: the estimate read the signal's tail
         source = "estimated"
     elif not (math.isfinite(float(noise_std)) and noise_std >= 0):
         raise ScoreReconError(f"noise_std must be a finite number >= 0, got {noise_std}")
@@ -182,8 +184,9 @@ def choose_weight(y: torch.Tensor, op: MeasurementOperator, method: str = "tv", 
                             time.perf_counter() - t0, warning, base.x)
     target = tau * sigma**2
     r_floor = mean_residual(op, base.x, y, m)
-    if sigma <= NOISE_FREE_LEVEL[kind] * peak or sigma <= 0 or r_floor >= target:
-        rule = "noise-free" if sigma <= NOISE_FREE_LEVEL[kind] * peak or sigma <= 0 else "discrepancy"
+    if sigma <= NOISE_FREE_LEVEL[kind] * peak or sigma <= 0 or signal_floor or r_floor >= target:
+        rule = "noise-free" if sigma <= NOISE_FREE_LEVEL[kind] * peak or sigma <= 0 or signal_floor \
+            else "discrepancy"
         return WeightChoice(w_floor, rule, sigma, source, r_floor / sigma**2 if sigma > 0 else float("nan"), tau,
                             m, solves, time.perf_counter() - t0, warning, base.x)
     def probe(w: float, start: PDHGState) -> tuple[float, float, PDHGState]:
@@ -245,16 +248,18 @@ def check_discrepancy(op: MeasurementOperator, x: torch.Tensor, y: torch.Tensor,
     kind = _modality(op)
     m = measured_count(op, y)
     given = noise_std is not None
+    signal_floor = False
     if noise_std is None:
         if not noise_estimable(op, y):
             return {"residual": None, "residual_per_slice": None, "noise_std": None, "band": list(DISCREPANCY_BAND),
                     "verdict": "noise unknown", "warning": None}
         noise_std = float(estimate_noise_std(op, y))
+        signal_floor = looks_noise_free(op, y)
     sigma = float(noise_std)
     peak = float(y.abs().pow(2).sum(dim=1).sqrt().max())
     record = {"residual": None, "residual_per_slice": None, "noise_std": sigma, "band": list(DISCREPANCY_BAND),
               "verdict": "noise-free data", "warning": None}
-    if sigma <= 0 or sigma <= NOISE_FREE_LEVEL[kind] * peak:
+    if sigma <= 0 or sigma <= NOISE_FREE_LEVEL[kind] * peak or signal_floor:
         return record
     r = op.mask_apply(op.A(x.to(y.device)) - y)
     per_entry = r.abs().pow(2).flatten(1).sum(1)

@@ -91,3 +91,29 @@ def test_kspace_estimate_ignores_outer_signal():
     est = estimate_kspace_noise(noisy, op.mask)
     assert abs(est - sigma) < 0.2 * sigma
     assert est < estimate_kspace_noise(noisy, op.mask, inner=0.75, bands=1)
+
+
+def test_kspace_that_falls_with_the_radius_looks_noise_free():
+    """Noise-free k-space: the outer rings fall with the radius (the estimate reads the signal's tail), so the weight
+    choice treats it as noise-free; white noise reads the same in every ring."""
+    from ScoreReconLib.noise import kspace_looks_noise_free
+    from ScoreReconLib.operators import build_operator
+    from ScoreReconLib.parameter_choice import NOISE_FREE_WEIGHT, choose_weight
+
+    n = 128
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, n), torch.linspace(-1, 1, n), indexing="ij")
+    x = (((xx / 0.8) ** 2 + (yy / 0.7) ** 2) < 1).float() * 0.6
+    x = x + (((xx - 0.2) / 0.2) ** 2 + (yy / 0.3) ** 2 < 1).float() * 0.3
+    x = torch.nn.functional.avg_pool2d(x[None, None], 5, stride=1, padding=2, count_include_pad=False)
+    for mask in ("equispaced", "poisson"):
+        op = build_operator("mri", n, acceleration=4, mask=mask, center_fraction=0.08)
+        clean = op.A(x)
+        g = torch.Generator().manual_seed(0)
+        noise = torch.complex(torch.randn(clean.shape, generator=g), torch.randn(clean.shape, generator=g))
+        noisy = clean + 0.002 * float(clean.abs().max()) * noise.to(clean.dtype) / 2**0.5 * op.mask
+        assert kspace_looks_noise_free(clean, op.mask)
+        assert not kspace_looks_noise_free(noisy, op.mask)
+        choice = choose_weight(clean, op, "cs")
+        assert choice.rule == "noise-free"
+        assert choice.weight == NOISE_FREE_WEIGHT["mri-1d" if mask == "equispaced" else "mri-2d"]
+        assert choose_weight(noisy, op, "cs").rule == "discrepancy"

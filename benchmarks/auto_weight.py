@@ -8,7 +8,9 @@ noise-free, 128², same operator: the TV (CT) / CS-TV (MRI) reconstruction on a 
   each image's best weight, over the noise-free cases of the task's operator kind;
 - the discrepancy factor τ of each modality (``DISCREPANCY_FACTOR``): the candidate whose rule — the noise-free
   weight, raised until residual = τ σ̂² with σ̂ the library's noise estimate, read off the grid by log-linear
-  interpolation — loses least PSNR against the best grid weight, mean over the noisy cases.
+  interpolation — loses least PSNR against the best grid weight, mean over the noisy cases. The rule keeps the
+  noise-free weight where the data look noise-free (CT: σ̂ at most ``NOISE_FREE_LEVEL`` of the peak; MRI: the
+  outer k-space rings fall with the radius, ``noise.kspace_looks_noise_free``); the per-case table says which.
 
 Validation subjects: CT — pydicom's CT_small (neck), the pydicom-data spine CT and a slice of the InVesalius
 training head; MRI — pydicom's MR_small, the pydicom-data shoulder MR and a slice of Colin27. The held-out test
@@ -39,7 +41,7 @@ import torch  # noqa: E402
 from ScoreReconLib.baselines import classical_reconstruct  # noqa: E402
 from ScoreReconLib.data import ct_normalization  # noqa: E402
 from ScoreReconLib.evaluation import make_case, score_images  # noqa: E402
-from ScoreReconLib.noise import estimate_noise_std  # noqa: E402
+from ScoreReconLib.noise import estimate_noise_std, looks_noise_free  # noqa: E402
 from ScoreReconLib.parameter_choice import DISCREPANCY_FACTOR, NOISE_FREE_LEVEL, NOISE_FREE_WEIGHT  # noqa: E402
 
 VALIDATION = {
@@ -62,6 +64,7 @@ def grid_records(modality: str, data: Path) -> list[dict]:
             for noise in (NOISE[modality], 0.0):
                 c = make_case(s.name, s.at(128), task.task, seed=G.case_seed(s, task), noise=noise, **task.opts())
                 sigma_est = float(estimate_noise_std(c.op, c.y))
+                signal_floor = bool(looks_noise_free(c.op, c.y))
                 m = int(torch.broadcast_to(c.op.mask > 0, c.y.shape).sum())
                 for w in GRID:
                     x = classical_reconstruct(method, c.y, c.op, weight=w, **kw)
@@ -69,7 +72,8 @@ def grid_records(modality: str, data: Path) -> list[dict]:
                     p, q = score_images(x, c.x, c.score_mask)
                     out.append({"image": s.name, "task": task.key, "noise": noise, "weight": w, "psnr": p, "ssim": q,
                                 "residual": float((r.abs() ** 2).sum()) / m, "sigma_est": sigma_est,
-                                "sigma_true": noise * float(c.y.abs().max()), "peak": float(c.y.abs().max())})
+                                "sigma_true": noise * float(c.y.abs().max()), "peak": float(c.y.abs().max()),
+                                "signal_floor": signal_floor})
                 best = max((r for r in out if r["image"] == s.name and r["task"] == task.key
                             and r["noise"] == noise), key=lambda r: r["psnr"])
                 print(f"[{time.strftime('%H:%M:%S')}] {s.name} {task.key} noise {noise}: best w {best['weight']:.3g} "
@@ -103,7 +107,7 @@ def rule_weight(rs: list[dict], floor: float, tau: float, level: float) -> float
     lw = np.log10([r["weight"] for r in rs])
     sigma = rs[0]["sigma_est"]
     lf = math.log10(floor)
-    if sigma <= level * rs[0]["peak"] or sigma <= 0:
+    if sigma <= level * rs[0]["peak"] or sigma <= 0 or rs[0].get("signal_floor"):
         return lf
     lr = np.log10(np.maximum([r["residual"] / sigma**2 for r in rs], 1e-30))
     t = math.log10(tau)
@@ -148,15 +152,17 @@ def markdown(modality: str, records: list[dict]) -> str:
         mark = " (shipped)" if abs(tau - DISCREPANCY_FACTOR[modality]) < 1e-9 else ""
         lines.append(f"| {tau:g}{mark} | {np.mean(a):.2f} | {np.max(a):.2f} | {np.mean(b):.2f} | {np.max(b):.2f} |")
     lines += ["", f"Per case at the shipped τ = {DISCREPANCY_FACTOR[modality]:g} (σ̂ / true σ shown for noisy cases):",
-              "", "| image | task | noise | best weight | best PSNR | rule weight | rule PSNR | loss dB | σ̂ / σ |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "", "| image | task | noise | best weight | best PSNR | rule weight | rule PSNR | loss dB | σ̂ / σ | "
+                  "looks noise-free |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for noisy in (True, False):
         rows = rule_losses(records, floors, DISCREPANCY_FACTOR[modality], level, noisy)
         for image, task, wb, pb, wr, pr, loss in rows:
             r0 = next(r for r in records if r["image"] == image and r["task"] == task and (r["noise"] > 0) == noisy)
             ratio = f"{r0['sigma_est'] / r0['sigma_true']:.2f}" if noisy else "–"
+            floor = "–" if "signal_floor" not in r0 else ("yes" if r0["signal_floor"] else "no")
             lines.append(f"| {image} | {task} | {'noisy' if noisy else 'noise-free'} | {wb:.3g} | {pb:.2f} | "
-                         f"{wr:.3g} | {pr:.2f} | {loss:.2f} | {ratio} |")
+                         f"{wr:.3g} | {pr:.2f} | {loss:.2f} | {ratio} | {floor} |")
     return "\n".join(lines)
 
 
