@@ -7,7 +7,9 @@
    (or as given), and ``m``, the number of measured entries.
 2. The **noise-free weight** of the task, :data:`NOISE_FREE_WEIGHT` (the weight best on average over the
    validation subjects' noise-free measurements), is solved first. It is also the answer when the data
-   look noise-free (``σ_y`` at most :data:`NOISE_FREE_LEVEL` of the peak |y|, or 0).
+   look noise-free: ``σ_y`` at most :data:`NOISE_FREE_LEVEL` of the peak |y|, or 0, or (MRI, estimated ``σ_y``)
+   outer k-space rings that fall with the radius (:func:`~ScoreReconLib.noise.kspace_looks_noise_free`), where
+   the estimate reads the signal's tail rather than noise.
 3. Otherwise the **discrepancy principle** (Morozov): the weight ``w`` whose reconstruction leaves a mean
    measured-row residual ``‖Λ(A x_w − y)‖² / m = τ σ_y²``, searched upward from the noise-free weight
    (the residual grows with ``w``): steps of ×10 until the residual passes the target, then regula falsi
