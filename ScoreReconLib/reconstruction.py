@@ -326,19 +326,22 @@ def volume_extras(y: torch.Tensor, operator: MeasurementOperator, prior, method:
     that σ_y, so that every batch — of any size — uses the same values. Values the caller set are kept.
     With a classical start chosen automatically, ``out["weight_choice"]`` holds the choice's record.
     """
-    from .noise import estimate_noise_std
+    from .noise import estimate_noise_std, looks_noise_free
     from .parameter_choice import choose_weight
 
     settings = resolve_settings(method, prior, steps, lam, snr, task=operator.task, **extra)
     out: dict = {}
     sigma = settings.noise_std
+    noise_free = False
     if sigma is None:
         block, op = central_block(y, operator, NOISE_ESTIMATE_SLICES)
         sigma = float(estimate_noise_std(op, block))
+        noise_free = looks_noise_free(op, block)  # MRI: σ_y read the signal's tail
         out["noise_std"] = sigma
     if settings.init == "classical" and settings.init_weight is None:
         block, op = central_block(y, operator, WEIGHT_CHOICE_SLICES)
-        choice = choose_weight(block, op, "cs" if operator.task == "mri" else "tv", noise_std=sigma)
+        choice = choose_weight(block, op, "cs" if operator.task == "mri" else "tv",
+                               noise_std=0.0 if noise_free else sigma)
         out["init_weight"] = float(choice.weight)
         out["weight_choice"] = choice.to_dict()
     return out
@@ -390,8 +393,12 @@ def reconstruct(y: torch.Tensor, operator: MeasurementOperator, prior, method: s
     sampler = SAMPLERS[method]
     shared = SamplerContext(cancel=cancel)  # what every sample reuses: the noise estimate, the classical start
     if settings.init == "classical":
-        shared.x_init = classical_init(operator, y, settings.init_weight, cancel,
-                                       noise_std_of(operator, y, settings, shared))
+        from .noise import looks_noise_free
+
+        sigma = noise_std_of(operator, y, settings, shared)
+        if settings.noise_std is None and settings.init_weight is None and looks_noise_free(operator, y):
+            sigma = 0.0  # the start's weight: noise-free data (the estimate read the signal's tail)
+        shared.x_init = classical_init(operator, y, settings.init_weight, cancel, sigma)
     outs = []
     nfe = 0
     total = settings.steps * samples
