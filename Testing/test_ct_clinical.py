@@ -409,3 +409,18 @@ def test_shared_noise_volume_is_reproducible_and_more_consistent():
     assert torch.equal(one.mean, reconstruct_volume(y[:1], op, prior, steps=6, seed=4, batch_size=1).mean)
     with pytest.raises(ScoreReconError, match="only to the proximal sampler"):
         reconstruct_volume(y, op, prior, method="fast", steps=4, z_shared_noise=True)
+
+
+def test_a_flat_detector_at_the_image_edge_is_refused_before_memory_is_spent():
+    """Issue 24: a flat detector with the source just outside the image needed thousands of bins and 4 GB; the
+    geometry is refused by name before any projector is built."""
+    import time
+
+    from ScoreReconLib.errors import ScoreReconError
+    from ScoreReconLib.operators.ct import FanBeamGeometry
+
+    t0 = time.perf_counter()
+    with pytest.raises(ScoreReconError, match="more than 8 per image pixel.*larger --source-distance"):
+        FanBeamGeometry(128, 91.6, 100.0, detector="flat")
+    assert time.perf_counter() - t0 < 1
+    assert FanBeamGeometry(128, 91.6, 100.0, detector="curved").n_det < 8 * 128  # a curved one is fine

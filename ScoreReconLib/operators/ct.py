@@ -161,6 +161,11 @@ class ParallelBeamGeometry(_KeyedGeometry):
                 f"arc={self.arc:.6g}, n_det={self.n_det})")
 
 
+#: most detector bins per image pixel a fan-beam geometry may need (a parallel beam needs √2; a flat detector
+#: with the source at the image's edge needs without bound)
+MAX_DET_PER_PIXEL = 8
+
+
 class FanBeamGeometry(_KeyedGeometry):
     """Fan-beam geometry for ``image_size``² images (all lengths in pixels).
 
@@ -211,6 +216,14 @@ class FanBeamGeometry(_KeyedGeometry):
         n_det = 2 * half + 1 if n_det is None else _as_int(n_det, "n_det")
         if n_det < 1:
             raise ScoreReconError(f"n_det must be at least 1, got {n_det}; pass a positive detector count")
+        if n_det > MAX_DET_PER_PIXEL * image_size:  # checked before any projector memory is allocated
+            raise ScoreReconError(
+                f"a {detector} detector with the source {src:.4g} px from the centre needs {n_det} bins to cover a "
+                f"{image_size}-pixel image, more than {MAX_DET_PER_PIXEL} per image pixel: the source sits almost "
+                f"at the image's edge ({radius:.1f} px); give a larger --source-distance (e.g. "
+                f"{1.5 * radius:.0f} px or more) or a curved detector")
+        if n_angles > 4 * 8192:
+            raise ScoreReconError(f"n_angles {n_angles} is more than {4 * 8192}; give fewer angles")
         self.image_size = image_size
         self.n_angles = n_angles
         self.arc = min(arc, 2.0 * math.pi)
