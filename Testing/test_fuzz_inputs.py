@@ -90,3 +90,48 @@ def test_fuzzed_kspace_files(tmp_path, capsys, seed):
     out = tmp_path / "m.npz"
     _check(["import-kspace", "--input", path, "--output", out, "--slices", _pick(rng, ["0:1", "5:9", "1:0", "0:2"])],
            out, capsys)
+
+
+def _measurement(tmp_path):
+    from ScoreReconLib.data import Image
+    from ScoreReconLib.measurement import save_measurement, simulate
+
+    yy, xx = np.mgrid[0:32, 0:32]
+    img = np.where(np.hypot(yy - 16, xx - 16) < 12, 40.0, -1000.0).astype(np.float32)
+    m, _, _ = simulate(Image(img, (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0), "CT"), "sparse-ct", views=8)
+    save_measurement(tmp_path / "base.npz", m)
+    return tmp_path / "base.npz"
+
+
+VALUES = [0, -1, 1, 2.5, 1e12, 10**9, float("nan"), float("inf"), "x", None, True, [1, 2], {"a": 1}, 33, 4096]
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_fuzzed_measurement_header_counts(tmp_path, capsys, seed):
+    """Counts and geometry numbers in a measurement header, set at random: exit 0 or one line, quickly."""
+    import json
+    import time
+
+    rng = np.random.default_rng(500 + seed)
+    base = _measurement(tmp_path)
+    with np.load(base, allow_pickle=False) as npz:
+        content = {k: npz[k] for k in npz.files}
+    header = json.loads(str(content["header"][()]))
+    for _ in range(int(rng.integers(1, 4))):
+        field = _pick(rng, [("operator", "n_angles"), ("operator", "n_det"), ("operator", "cg_iterations"),
+                            ("operator", "image_size"), ("operator", "arc"), ("n_slices", None), ("noise_std", None),
+                            ("geometry", "spacing"), ("geometry", "ndim"), ("seed", None)])
+        value = _pick(rng, VALUES)
+        if field[1] is None:
+            header[field[0]] = value
+        elif isinstance(header.get(field[0]), dict):
+            header[field[0]][field[1]] = value
+    content["header"] = np.array(json.dumps(header, allow_nan=True))
+    bad = tmp_path / "bad.npz"
+    with open(bad, "wb") as fh:
+        np.savez_compressed(fh, **content)
+    out = tmp_path / "r.nrrd"
+    t0 = time.perf_counter()
+    _check(["reconstruct", "--input", bad, "--output", out, "--method", "fbp", "--progress-format", "none"], out,
+           capsys)
+    assert time.perf_counter() - t0 < 30  # no number in the file can make it hang
