@@ -237,6 +237,12 @@ def test_score_method_resamples_to_the_model_and_returns_uncertainty(sr, slicer,
     assert (display.GetWindow(), display.GetLevel()) == pytest.approx((2 * 1.645, 1.645))
     table = result.metricsTableNode.GetTable()
     assert table.GetColumnByName("chi2") is not None
+    res = result.residualNode  # the back-projected data residual, signed, grey about 0
+    assert res.GetName() == "Small ScoreRecon residual"
+    assert slicer.util.arrayFromVolume(res).shape == (2, 32, 32)
+    np.testing.assert_allclose(res.GetSpacing(), out.GetSpacing())
+    assert res.GetDisplayNode().GetColorNodeID() == "vtkMRMLColorTableNodeGrey"
+    assert res.GetDisplayNode().GetLevel() == pytest.approx(0.0, abs=1e-6)
     assert "disagreement_fraction" in result.metrics["score"]
 
 

@@ -34,6 +34,8 @@ from .volumes import readVolumeFile, showAsMap, storeMetrics, storeVolume, write
 #: data do not demand (|score − classical| > 1.645 calibrated std); the map is shown from 0 to twice that level
 DISAGREEMENT_COLORS = "vtkMRMLColorTableNodeRainbow"
 DISAGREEMENT_LEVEL = 1.645
+#: colour table of the back-projected data residual (signed; shown symmetric about 0)
+RESIDUAL_COLORS = "vtkMRMLColorTableNodeGrey"
 
 
 @dataclass
@@ -43,7 +45,8 @@ class ScoreReconResult:
     Arrays are in physical units (HU for CT) with the input's layout: ``(H, W)`` for a 2-D input,
     ``(Z, H, W)`` otherwise. ``metrics`` maps method ("score", "fbp", …) to its metrics record
     (``psnr`` in dB and ``ssim`` on [0, 1]-normalised images, per-slice lists, seconds, ``chi2``).
-    ``disagreement``: |score − classical| / calibrated std per voxel (score runs with 2 or more samples). Node
+    ``disagreement``: |score − classical| / calibrated std per voxel (score runs with 2 or more samples);
+    ``residual``: the back-projected data residual Aᴴ(A x − y) in physical units (every method). Node
     attributes are None when no nodes were added (array input without ``addNodes``).
     ``tempDir`` is the run's folder if it was kept (``keepTemporaryFiles``), else None.
     """
@@ -53,11 +56,13 @@ class ScoreReconResult:
     baseline: np.ndarray | None = None
     uncertainty: np.ndarray | None = None
     disagreement: np.ndarray | None = None
+    residual: np.ndarray | None = None
     metrics: dict = field(default_factory=dict)
     reconstructionNode: Any = None
     baselineNode: Any = None
     uncertaintyNode: Any = None
     disagreementNode: Any = None
+    residualNode: Any = None
     metricsTableNode: Any = None
     seconds: float = 0.0
     log: list = field(default_factory=list)
@@ -258,7 +263,8 @@ def prepareFiles(tempDir: str, python: str, settings: ScoreReconSettings, inputA
     cli = [python, "-m", "ScoreReconLib"]
     files = {"measurement": os.path.join(tempDir, "measurement.npz"),
              "reconstruction": os.path.join(tempDir, "reconstruction.nrrd"),
-             "metrics": os.path.join(tempDir, "metrics.json")}
+             "metrics": os.path.join(tempDir, "metrics.json"),
+             "residual": os.path.join(tempDir, "residual.npz")}
     steps: list[ScoreReconStep] = []
     referencePath = None
     if inputArray is not None:
@@ -296,7 +302,8 @@ def prepareFiles(tempDir: str, python: str, settings: ScoreReconSettings, inputA
     mainWeight = 8.0 if method == "score" else 3.0
     steps.append(ScoreReconStep(f"Reconstructing ({METHOD_LABELS[method]})", cli + settings.reconstructArgs(
         files["measurement"], files["reconstruction"], method, referencePath,
-        files["metrics"] if referencePath else None, stdPath, disagreementPath), weight=mainWeight))
+        files["metrics"] if referencePath else None, stdPath, disagreementPath, files["residual"]),
+        weight=mainWeight))
     baselineMethod = None
     if settings.computeBaseline and method != settings.baselineMethod:
         baselineMethod = settings.baselineMethod
@@ -319,6 +326,10 @@ def loadResults(job: ScoreReconJob) -> ScoreReconResult:
             arrays[key], fileMatrix = readVolumeFile(job.files[key])
             same = job.inputShape is not None and tuple(arrays[key].shape) == tuple(job.inputShape)
             matrices[key] = job.inputIJKToRAS if same and job.inputIJKToRAS is not None else fileMatrix
+    if "residual" in job.files and os.path.isfile(job.files["residual"]):  # Aᴴ(A x − y), physical units
+        with np.load(job.files["residual"], allow_pickle=False) as npz:
+            arrays["residual"] = np.asarray(npz["backprojection"], dtype=np.float32)
+        matrices["residual"] = matrices["reconstruction"]
     metrics = {}
     for key, method in (("metrics", job.settings.method), ("baselineMetrics", job.baselineMethod)):
         path = job.files.get(key)
@@ -332,7 +343,7 @@ def loadResults(job: ScoreReconJob) -> ScoreReconResult:
     result = ScoreReconResult(
         reconstruction=shaped(arrays["reconstruction"]), ijkToRAS=matrices["reconstruction"],
         baseline=shaped(arrays.get("baseline")), uncertainty=shaped(arrays.get("uncertainty")),
-        disagreement=shaped(arrays.get("disagreement")),
+        disagreement=shaped(arrays.get("disagreement")), residual=shaped(arrays.get("residual")),
         metrics=metrics, seconds=job.process.elapsed, log=list(job.process.log))
     targets = job.targets
     if not job.addNodes and not any(v is not None for v in targets.values()):
@@ -349,6 +360,12 @@ def loadResults(job: ScoreReconJob) -> ScoreReconResult:
         result.uncertaintyNode = storeVolume(
             targets["uncertainty"], arrays["uncertainty"], matrices["uncertainty"], f"{job.inputName} {label} std",
             None, job.inputNode)
+    if "residual" in arrays:  # how the image departs from the data, back-projected: signed, grey about 0
+        result.residualNode = storeVolume(
+            targets.get("residual"), arrays["residual"], matrices["residual"], f"{job.inputName} {label} residual",
+            None, job.inputNode)
+        top = float(np.percentile(np.abs(arrays["residual"]), 99)) or 1.0
+        showAsMap(result.residualNode, RESIDUAL_COLORS, -top, top)
     if "disagreement" in arrays:  # |score − classical| / calibrated std: a map, not an image
         result.disagreementNode = storeVolume(
             targets.get("disagreement"), arrays["disagreement"], matrices["disagreement"],

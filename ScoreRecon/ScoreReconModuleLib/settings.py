@@ -284,10 +284,13 @@ class ScoreReconSettings:
 
     def reconstructArgs(self, measurementPath: str, outputPath: str, method: str,
                         referencePath: str | None = None, metricsPath: str | None = None,
-                        stdPath: str | None = None, disagreementPath: str | None = None) -> list[str]:
+                        stdPath: str | None = None, disagreementPath: str | None = None,
+                        residualPath: str | None = None) -> list[str]:
         """``scorerecon reconstruct`` arguments (json progress on stdout)."""
         args = ["reconstruct", "--input", measurementPath, "--method", method, "--output", outputPath,
                 "--device", str(self.device), "--seed", str(int(self.seed)), "--progress-format", "json"]
+        if residualPath:
+            args += ["--residual-output", residualPath]
         if referencePath:
             args += ["--reference", referencePath]
         if metricsPath:
