@@ -235,7 +235,7 @@ ESTIMATE_FLOOR: dict[str, float] = {"CT": NOISE_FREE_LEVEL["CT"], "MR": 1.5e-3, 
 
 
 def check_discrepancy(op: MeasurementOperator, x: torch.Tensor, y: torch.Tensor,
-                      noise_std: float | None = None) -> dict:
+                      noise_std: float | None = None, residual: torch.Tensor | None = None) -> dict:
     """The discrepancy principle as a check of a final image ``x`` (B, 1, N, N) for measurements ``y``.
 
     Returns a JSON-ready record: ``residual`` (mean measured-row residual ‖Λ(A x − y)‖² / m in units of σ_y², the
@@ -245,6 +245,7 @@ def check_discrepancy(op: MeasurementOperator, x: torch.Tensor, y: torch.Tensor,
     image), "leaves signal" (above: the image disagrees with the data by more than their noise), "below the
     noise estimate" (below, but an estimated σ_y under :data:`ESTIMATE_FLOOR` may be the signal floor of
     noise-free data), "noise-free data" or "noise unknown"; ``warning`` (a sentence) for the two failures.
+    ``residual``: ``Λ(A x − y)`` when the caller has computed it already (it is not computed again).
     """
     y = _check_y(y, op)
     kind = _modality(op)
@@ -263,7 +264,7 @@ def check_discrepancy(op: MeasurementOperator, x: torch.Tensor, y: torch.Tensor,
               "verdict": "noise-free data", "warning": None}
     if sigma <= 0 or sigma <= NOISE_FREE_LEVEL[kind] * peak or signal_floor:
         return record
-    r = op.mask_apply(op.A(x.to(y.device)) - y)
+    r = op.mask_apply(op.A(x.to(y.device)) - y) if residual is None else residual
     per_entry = r.abs().pow(2).flatten(1).sum(1)
     per_count = torch.broadcast_to(op.mask.to(y.device) > 0, y.shape).flatten(1).sum(1).clamp(min=1)
     record["residual_per_slice"] = [float(v) for v in (per_entry / per_count / sigma**2)]

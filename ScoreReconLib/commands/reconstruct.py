@@ -701,14 +701,18 @@ def reconstruct_job(job: Job, engine: Engine, batch_size: int, seed: int, progre
             record["noise_std"] = fixed["noise_std"]
     elif engine.method in ("tv", "cs"):
         record["weight"] = fixed.get("weight", engine.options.get("weight"))
-    if fixed.get("weight_choice") is not None:
-        from ..parameter_choice import mean_residual, measured_count
+    from ..parameter_choice import check_discrepancy, measured_count
 
+    # the file's data residual Λ(A x − y), computed once: the weight choice's final residual, the χ² check and
+    # --residual-output all read it
+    y_all = m.y_tensor(None, engine.device)
+    with torch.no_grad():
+        residual = op.mask_apply(op.A(mean.to(engine.device)) - y_all)
+    if fixed.get("weight_choice") is not None:
         choice = dict(fixed["weight_choice"])
         if engine.method in ("tv", "cs") and choice.get("noise_std"):
             # the final image's own residual, over all slices, in units of σ_y²
-            yy = m.y_tensor(None, engine.device)
-            choice["final_residual"] = mean_residual(op, mean.to(engine.device), yy, measured_count(op, yy)) \
+            choice["final_residual"] = float(residual.abs().pow(2).sum()) / max(measured_count(op, y_all), 1) \
                 / choice["noise_std"] ** 2
         record["weight_choice"] = choice
         if progress.fmt != "json":  # json: the file's one result line carries it as "weight_choice"
@@ -716,13 +720,10 @@ def reconstruct_job(job: Job, engine: Engine, batch_size: int, seed: int, progre
         if choice.get("warning"):
             print(f"scorerecon reconstruct: warning: {job.name}: {choice['warning']}", file=sys.stderr, flush=True)
     # the discrepancy principle as a check (χ² of the measured rows): neither the noise fitted nor signal left
-    from ..parameter_choice import check_discrepancy
-
     sigma = fixed.get("noise_std", engine.settings.get("noise_std"))
     if sigma is None and fixed.get("weight_choice"):
         sigma = fixed["weight_choice"].get("noise_std") or None
-    y_all = m.y_tensor(None, engine.device)
-    check = check_discrepancy(op, mean.to(engine.device), y_all, sigma)
+    check = check_discrepancy(op, mean.to(engine.device), y_all, sigma, residual=residual)
     record["chi2"], record["chi2_per_slice"] = check["residual"], check["residual_per_slice"]
     if engine.method == "score":
         record["discrepancy"] = {k: v for k, v in check.items() if k != "residual_per_slice"}
@@ -733,7 +734,7 @@ def reconstruct_job(job: Job, engine: Engine, batch_size: int, seed: int, progre
             print(f"scorerecon reconstruct: warning: {job.name}: {check['warning']}", file=sys.stderr, flush=True)
     if job.residual_output is not None:
         path = job.residual_output if staging is None else staging.path_for(job.residual_output)
-        _write_residual(m, op, mean.to(engine.device), y_all, check, path)
+        _write_residual(m, op, residual, check, path)
         record["residual_output"] = str(job.residual_output)
     if job.reference_x is not None:
         metal = None if m.metal_mask is None else torch.from_numpy(m.metal_mask)
@@ -796,16 +797,14 @@ def _write(m: Measurement, x: torch.Tensor, path: Path, is_std: bool = False) ->
     write_image(image_from_geometry(np.asarray(arr, dtype=np.float32), m.geometry), path)
 
 
-def _write_residual(m: Measurement, op: MeasurementOperator, x: torch.Tensor, y: torch.Tensor, check: dict,
-                    path: Path) -> None:
-    """``--residual-output``: the measured-row residual ``Λ(A x − y)`` in measurement space (the measurement's full
+def _write_residual(m: Measurement, op: MeasurementOperator, r: torch.Tensor, check: dict, path: Path) -> None:
+    """``--residual-output``: the measured-row residual ``r = Λ(A x − y)`` in measurement space (the measurement's full
     layout: zeros where nothing was measured; complex k-space for MRI), its back-projection ``Aᴴ Λ(A x − y)``
     (S, N, N) in the image's physical units per pixel, and χ² (per slice and for the file; NaN for noise-free
     data) in one .npz, written atomically."""
     from ..utils import atomic_path
 
     with torch.no_grad():
-        r = op.mask_apply(op.A(x) - y)
         back = op.A_adjoint(r).real.float()[:, 0] * float(m.normalization.high - m.normalization.low)
     res = r.cpu().numpy()
     res = res.astype(np.complex64) if np.iscomplexobj(res) else res.astype(np.float32)
