@@ -26,14 +26,10 @@ from __future__ import annotations
 import _setup  # first: --threads before torch loads, the repository importable
 
 ROOT = _setup.ROOT
-import argparse  # noqa: E402
-import json  # noqa: E402
 import math  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import _results  # noqa: E402
 import generalization as G  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -167,24 +163,8 @@ def markdown(modality: str, records: list[dict]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", choices=("CT", "MR"), default=None)
-    ap.add_argument("--data", default=str(ROOT / "data"))
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "auto-weight-validation.json"))
-    ap.add_argument("--from-json", action="store_true", help="re-analyse the saved grid records without solving")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    t0 = time.time()
-    saved = json.loads(Path(args.json).read_text()) if Path(args.json).exists() else {}
-    for modality in (["CT", "MR"] if args.only is None else [args.only]):
-        if not args.from_json:
-            saved[modality] = grid_records(modality, Path(args.data))
-            Path(args.json).write_text(json.dumps(saved))
-    body = "\n\n".join(markdown(m, saved[m]) for m in ("CT", "MR") if m in saved)
-    cmd = "python benchmarks/auto_weight.py " + " ".join(sys.argv[1:])
-    _results.update_section("auto-weight-validation", body + f"\n\nWall time: {(time.time() - t0) / 60:.1f} min.", cmd)
-
+    _setup.modality_benchmark(__doc__.splitlines()[0], "auto-weight-validation", "auto-weight-validation.json",
+                              lambda modality, data, args: grid_records(modality, data), markdown)
 
 if __name__ == "__main__":
     main()
