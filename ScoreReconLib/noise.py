@@ -92,13 +92,18 @@ KSPACE_MIN_POINTS = 64
 KSPACE_SIGNAL_RATIO = 2.0
 
 
-def kspace_ring_estimates(y: torch.Tensor, mask: torch.Tensor, inner: float = 0.5,
-                          bands: int = KSPACE_BANDS) -> list[float]:
-    """The per-component MAD std of each ring from radius ``inner`` to the corners with enough measured points."""
+def kspace_radius(y: torch.Tensor) -> torch.Tensor:
+    """(H, W) distance of each k-space point from the centre (N/2), in units of the half-width per axis."""
     h, w = y.shape[-2:]
     ky = (torch.arange(h, device=y.device) - h // 2).abs().float() / (h / 2)
     kx = (torch.arange(w, device=y.device) - w // 2).abs().float() / (w / 2)
-    radius = torch.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2)
+    return torch.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2)
+
+
+def kspace_ring_estimates(y: torch.Tensor, mask: torch.Tensor, inner: float = 0.5,
+                          bands: int = KSPACE_BANDS) -> list[float]:
+    """The per-component MAD std of each ring from radius ``inner`` to the corners with enough measured points."""
+    radius = kspace_radius(y)
     measured = torch.broadcast_to(mask, y.shape).to(torch.bool)
     edges = torch.linspace(inner, math.sqrt(2.0) + 1e-6, int(bands) + 1).tolist()
     estimates = []
@@ -128,10 +133,7 @@ def estimate_kspace_noise(y: torch.Tensor, mask: torch.Tensor, inner: float = 0.
     """
     estimates = kspace_ring_estimates(y, mask, inner, bands)
     if not estimates:
-        h, w = y.shape[-2:]
-        ky = (torch.arange(h, device=y.device) - h // 2).abs().float() / (h / 2)
-        kx = (torch.arange(w, device=y.device) - w // 2).abs().float() / (w / 2)
-        radius = torch.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2)
+        radius = kspace_radius(y)
         measured = torch.broadcast_to(mask, y.shape).to(torch.bool)
         vals = y[measured & (radius >= inner)]
         if vals.numel() == 0:
@@ -147,10 +149,7 @@ def noise_estimable(op: MeasurementOperator, y: torch.Tensor) -> bool:
     noise-free."""
     m = torch.broadcast_to(op.mask.to(y.device), y.shape).to(torch.bool)
     if y.is_complex():
-        h, w = y.shape[-2:]
-        ky = (torch.arange(h, device=y.device) - h // 2).abs().float() / (h / 2)
-        kx = (torch.arange(w, device=y.device) - w // 2).abs().float() / (w / 2)
-        outer = torch.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2) >= 0.5
+        outer = kspace_radius(y) >= 0.5
         return int((m & outer).sum()) >= KSPACE_MIN_POINTS
     runs = m[..., 2:] & m[..., 1:-1] & m[..., :-2]
     return int(runs.sum()) >= SINOGRAM_MIN_POINTS
