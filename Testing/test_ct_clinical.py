@@ -16,7 +16,7 @@ import torch
 from ScoreReconLib.data import Image
 from ScoreReconLib.errors import ScoreReconError
 from ScoreReconLib.measurement import MEASUREMENT_FORMAT_VERSION, load_measurement, save_measurement, simulate
-from ScoreReconLib.operators import build_operator, ct, operator_from_spec
+from ScoreReconLib.operators import build_operator, ct, operator_from_spec, projectors
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,7 +70,7 @@ def test_matrix_free_chunking_does_not_change_results(monkeypatch):
     x = torch.rand(2, 1, 32, 32)
     y = torch.rand(2, 1, *g.sinogram_shape)
     ref_f, ref_a = ct.MatrixFreeJosephProjector(g).forward(x), ct.MatrixFreeJosephProjector(g).adjoint(y)
-    monkeypatch.setattr(ct, "MATRIX_FREE_CHUNK_ELEMENTS", 32 * 7)  # 3 rays per chunk for a batch of 2
+    monkeypatch.setattr(projectors, "MATRIX_FREE_CHUNK_ELEMENTS", 32 * 7)  # 3 rays per chunk for a batch of 2
     p = ct.MatrixFreeJosephProjector(g)
     torch.testing.assert_close(p.forward(x), ref_f)
     torch.testing.assert_close(p.adjoint(y), ref_a, rtol=1e-5, atol=1e-4)

@@ -223,21 +223,23 @@ def part_fbp(args: argparse.Namespace) -> None:
     par = ct.SparseViewCT(128, 128)
     p_par = _psnr(par.A_dagger(par.A(ref)), ref)
     interp.append(f"| parallel, 128 angles | | {p_par:.2f} | |")
-    default_mode = ct.REBIN_MODE
+    from ScoreReconLib.operators import fbp as ct_fbp
+
+    default_mode = ct_fbp.REBIN_MODE
     for det in ("curved", "flat"):
         fan = ct.SparseViewCT(128, 256, geometry="fan", source_distance=256.0, detector_distance=192.0,
                               detector=det)
         for mode in ("bilinear", "bicubic"):
-            ct.REBIN_MODE = mode
+            ct_fbp.REBIN_MODE = mode
             p = _psnr(fan.A_dagger(fan.A(ref)), ref)
             interp.append(f"| fan {det}, 256 views, D = 256 px | {mode} | {p:.2f} | {p - p_par:+.2f} |")
-    ct.REBIN_MODE = default_mode
+    ct_fbp.REBIN_MODE = default_mode
     print("\n".join(interp), flush=True)
     text = ("\n".join(rows) + f"\n\nHeld-out head CT slice `{HEAD_512.name}` (512², 0.431 mm pixels, not the "
             "training patient), HU window [-1000, 2000] → [0, 1], noise-free, Ram-Lak filter; PSNR over the "
             "whole slice with the reconstruction clipped to [0, 1]. Fan FBP rebins both fan samples of every "
             "parallel line (bicubic in source angle and bin) onto 512 parallel angles, then parallel FBP.\n\n"
-            "Why bicubic (the default `ct.REBIN_MODE`):\n\n" + "\n".join(interp))
+            "Why bicubic (the default `operators.fbp.REBIN_MODE`):\n\n" + "\n".join(interp))
     print(text)
     if not args.no_write:
         update_section("clinical-ct fan FBP", text, "python benchmarks/clinical_ct.py --part fbp")

@@ -11,10 +11,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ScoreReconError
+from ..vocabulary import TASKS  # noqa: F401  (the task names, part of this package's API)
 from .base import MeasurementOperator
-
-#: task names accepted by the CLI and measurement files
-TASKS = ("sparse-ct", "limited-angle-ct", "metal-ct", "mri")
 
 
 def build_operator(task: str, image_size: int, **options: Any) -> MeasurementOperator:
@@ -24,7 +22,9 @@ def build_operator(task: str, image_size: int, **options: Any) -> MeasurementOpe
     metal-ct ``metal_mask`` ((B,1,H,W) bool), ``n_angles``; mri ``acceleration``,
     ``center_fraction``, ``mask`` kind ("equispaced", "random", "variable-density", "poisson"), ``seed``.
     CT also: ``solver`` ("cg" or "fbp" for the proximal step), ``cg_iterations``, ``backend`` ("auto",
-    "joseph", "torch-radon"), ``filter`` (FBP filter), ``dilation`` (metal trace). Common: ``device``.
+    "joseph", "matrix-free", "torch-radon"), ``filter`` (FBP filter), ``dilation`` (metal trace), ``geometry``
+    ("parallel" or "fan" with ``source_distance``, ``detector_distance`` in pixels and ``detector``). Common:
+    ``device``.
     """
     if task in ("sparse-ct", "limited-angle-ct", "metal-ct"):
         from . import ct

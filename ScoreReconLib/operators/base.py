@@ -170,6 +170,29 @@ class MeasurementOperator(ABC):
         """Shape of a full-layout measurement for ``batch`` images."""
 
     # --------------------------------------------------------------------------------- validation
+    #: what :meth:`check_measurement` calls a measurement when not told otherwise ("k-space" for MRI)
+    measurement_name: str = "measurement"
+    #: advice :meth:`check_measurement` appends to its wrong-shape message (starts with "; " when set)
+    measurement_hint: str = ""
+
+    @property
+    def operator_label(self) -> str:
+        """How :meth:`check_measurement` names this operator ("MRI operator", "4-coil MRI operator")."""
+        return f"{self.task} operator"
+
+    def check_measurement(self, y: torch.Tensor, what: str | None = None) -> None:
+        """Raise :class:`ScoreReconError` unless ``y`` has this operator's full-layout shape (any batch size).
+
+        ``what`` names ``y`` in the message (default :attr:`measurement_name`).
+        """
+        expected = tuple(self.measurement_shape(1)[1:])
+        if y.ndim != len(expected) + 1 or tuple(y.shape[1:]) != expected:
+            dims = ", ".join(str(d) for d in expected)
+            raise ScoreReconError(
+                f"{self.measurement_name if what is None else what} has shape {tuple(y.shape)} but this "
+                f"{self.operator_label} expects (B, {dims}) in full layout{self.measurement_hint}"
+            )
+
     def check_image(self, x: torch.Tensor) -> None:
         """Raise :class:`ScoreReconError` unless ``x`` is a finite (B, 1, N, N) batch of this size."""
         if x.ndim != 4 or x.shape[1] != 1:

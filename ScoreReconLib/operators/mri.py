@@ -282,6 +282,9 @@ class UndersampledMRI(MeasurementOperator):
     """
 
     task = "mri"
+    measurement_name = "k-space"
+    measurement_hint = "; pass y for this mask size"
+    operator_label = "MRI operator"
 
     def __init__(self, mask: torch.Tensor | np.ndarray, kind: str = "custom", acceleration: float | None = None,
                  center_fraction: float | None = None, seed: int | None = None,
@@ -334,13 +337,6 @@ class UndersampledMRI(MeasurementOperator):
     def measurement_shape(self, batch: int = 1) -> tuple[int, ...]:
         return (batch, 1, self.image_size, self.image_size)
 
-    def _check_measurement(self, y: torch.Tensor, what: str = "k-space") -> None:
-        if y.ndim != 4 or tuple(y.shape[1:]) != self.measurement_shape(1)[1:]:
-            raise ScoreReconError(
-                f"{what} has shape {tuple(y.shape)} but this MRI operator expects "
-                f"(B, 1, {self.image_size}, {self.image_size}) in full layout; pass y for this mask size"
-            )
-
     def _merge(self, v: torch.Tensor, y_hat: torch.Tensor, lam: float) -> torch.Tensor:
         """k-space of the real-image minimiser of (1−λ)‖x' − x‖² + λ‖Λ(F x' − ŷ)‖² (``v = F x``)."""
         m = self._mask.to(v.device)
@@ -352,7 +348,7 @@ class UndersampledMRI(MeasurementOperator):
 
     def A_dagger(self, y: torch.Tensor) -> torch.Tensor:
         """Zero-filled reconstruction, conjugate-symmetry aware: the minimum-norm real x with Λ F x ≈ y."""
-        self._check_measurement(y)
+        self.check_measurement(y)
         yc = y if y.is_complex() else y.to(torch.complex64)
         zero = torch.zeros(yc.shape, dtype=yc.dtype, device=yc.device)
         return ifft2c(self._merge(zero, yc, 1.0)).real
@@ -367,7 +363,7 @@ class UndersampledMRI(MeasurementOperator):
         if lam == 0:
             return x
         self.check_image(x)
-        self._check_measurement(y_hat, "ŷ")
+        self.check_measurement(y_hat, "ŷ")
         v = fft2c(x)
         return ifft2c(self._merge(v, y_hat, float(lam))).real.to(x.dtype)
 

@@ -51,6 +51,7 @@ class MultiCoilMRI(MeasurementOperator):
     """
 
     task = "mri"
+    measurement_name = "k-space"
 
     def __init__(self, maps: torch.Tensor | np.ndarray, mask: torch.Tensor | np.ndarray,
                  phase: torch.Tensor | np.ndarray | None = None, image_domain: str = "real",
@@ -166,6 +167,10 @@ class MultiCoilMRI(MeasurementOperator):
     def measurement_shape(self, batch: int = 1) -> tuple[int, ...]:
         return (batch, self.coils, self.image_size, self.image_size)
 
+    @property
+    def operator_label(self) -> str:
+        return f"{self.coils}-coil MRI operator"
+
     def check_image(self, x: torch.Tensor) -> None:
         super().check_image(x)
         if x.is_complex() and self.image_domain == "real":
@@ -174,15 +179,8 @@ class MultiCoilMRI(MeasurementOperator):
 
     def A_dagger(self, y: torch.Tensor) -> torch.Tensor:
         """Zero-filled coil combination with the maps: ``T_inv(Λ y)`` → (B, 1, N, N)."""
-        self._check_measurement(y)
+        self.check_measurement(y)
         return self.T_inv(self.mask_apply(y.to(torch.complex64)))
-
-    def _check_measurement(self, y: torch.Tensor, what: str = "k-space") -> None:
-        if y.ndim != 4 or tuple(y.shape[1:]) != self.measurement_shape(1)[1:]:
-            raise ScoreReconError(
-                f"{what} has shape {tuple(y.shape)} but this {self.coils}-coil MRI operator expects "
-                f"(B, {self.coils}, {self.image_size}, {self.image_size}) in full layout"
-            )
 
     # ------------------------------------------------------------------------- data consistency
     def proximal(self, x: torch.Tensor, y_hat: torch.Tensor, lam: float) -> torch.Tensor:
@@ -198,7 +196,7 @@ class MultiCoilMRI(MeasurementOperator):
         if lam == 0:
             return x
         self.check_image(x)
-        self._check_measurement(y_hat, "ŷ")
+        self.check_measurement(y_hat, "ŷ")
         r = y_hat.to(torch.complex64) - self.A(x)
         if lam == 1.0:
             return (x + self.least_squares(r, self.cg_iterations).to(x.dtype)).to(x.dtype)

@@ -21,7 +21,7 @@ import torch
 from ..errors import ScoreReconError
 
 if TYPE_CHECKING:
-    from .ct import ParallelBeamGeometry
+    from .geometry import ParallelBeamGeometry
 
 _FALLBACK = ("use backend='joseph' (the built-in Joseph projector, which 'auto' falls back to and which "
              "also runs on CUDA)")

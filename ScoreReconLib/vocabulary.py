@@ -1,0 +1,28 @@
+"""The names the library, the CLI and the Slicer module share: tasks, modalities, methods, samplers, masks.
+
+Pure Python (no torch, no numpy), so the Slicer module imports it in Slicer's own process before any
+reconstruction package is installed.
+"""
+
+from __future__ import annotations
+
+#: inverse problems (the CLI's ``--task`` values and measurement files' ``task``)
+TASKS = ("sparse-ct", "limited-angle-ct", "metal-ct", "mri")
+#: the CT tasks (a sinogram measurement)
+CT_TASKS = ("sparse-ct", "limited-angle-ct", "metal-ct")
+#: image modalities of images, measurements and priors
+MODALITIES = ("CT", "MR")
+#: MRI sampling-mask kinds (1-D lines: equispaced, random; 2-D points: variable-density, poisson)
+MRI_MASKS = ("equispaced", "random", "variable-density", "poisson")
+#: smallest image side the library accepts (pixels)
+MIN_IMAGE_SIZE = 16
+#: classical reconstruction methods (``scorerecon reconstruct --method``; ``score`` is the score prior)
+CLASSICAL_METHODS = ("fbp", "tv", "zero-filled", "cs", "sense", "rss")
+#: conditional samplers of the score method (``--sampler``)
+SAMPLER_NAMES = ("proximal", "song2021", "fast")
+
+
+def classical_methods_for(task: str) -> tuple[str, ...]:
+    """Classical methods that fit ``task`` ("mri" → zero-filled, tv, cs, sense, rss; CT tasks → fbp, tv)."""
+    return ("zero-filled", "tv", "cs", "sense", "rss") if task == "mri" else ("fbp", "tv")
+
