@@ -7,7 +7,6 @@ Used by ``scorerecon evaluate``, ``scorerecon tune``, ``scorerecon demo`` and
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from collections.abc import Sequence
@@ -29,7 +28,10 @@ from .data import (
     read_image,
 )
 from .errors import ScoreReconError
-from .measurement import task_modality  # noqa: F401  (re-exported for the commands)
+from .measurement import (
+    add_measurement_noise,
+    task_modality,  # noqa: F401  (re-exported for the commands)
+)
 from .operators import build_operator
 from .operators.base import MeasurementOperator
 
@@ -164,13 +166,8 @@ def make_case(name: str, x: torch.Tensor, task: str, seed: int = 0, noise: float
     else:
         op = build_operator(task, size, **task_options)
         y = op.A(x_ref)
-    if noise > 0:
-        g = torch.Generator().manual_seed(seed + 1)
-        measured = op.mask_apply(torch.ones_like(y.real if y.is_complex() else y))
-        scale = noise * float(y.abs().max())
-        n = torch.randn(y.shape, generator=g) if not y.is_complex() else torch.complex(
-            torch.randn(y.shape, generator=g), torch.randn(y.shape, generator=g)) / math.sqrt(2)
-        y = y + scale * n.to(y.dtype) * measured
+    if noise > 0:  # one σ = noise × max|y| for the case, drawn from seed + 1
+        y, _ = add_measurement_noise(y, op.mask, noise, seed + 1, per_slice=False)
     return EvalCase(name, x_ref, op, y, score_mask)
 
 

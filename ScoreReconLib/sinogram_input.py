@@ -48,7 +48,9 @@ from .measurement import (
     CT_GEOMETRIES,
     DEFAULT_DETECTOR_DISTANCE_MM,
     DEFAULT_SOURCE_DISTANCE_MM,
+    MIN_IMAGE_SIZE,
     Measurement,
+    fan_distances_mm,
     save_measurement,
 )
 from .operators import build_operator
@@ -60,8 +62,6 @@ SINOGRAM_TASKS = ("sparse-ct", "limited-angle-ct", "metal-ct")
 SINOGRAM_UNITS = ("normalized", "attenuation")
 #: linear attenuation of water used to convert attenuation sinograms (1/mm, ~70 keV)
 WATER_ATTENUATION_PER_MM = 0.0192
-#: smallest image side the library accepts (pixels)
-MIN_IMAGE_SIZE = 16
 
 
 def image_size_for_detectors(n_det: int) -> int | None:
@@ -89,26 +89,6 @@ def fan_image_sizes_for_detectors(n_det: int, source_distance: float, detector: 
         if count == n_det:
             sizes.append(n)
     return sizes
-
-
-def _fan_options(geometry: str, source_distance: float | None, detector_distance: float | None,
-                 detector: str) -> tuple[float, float] | None:
-    """``(source, detector distance in mm)`` for fan beam, None for parallel; validated."""
-    if geometry not in CT_GEOMETRIES:
-        raise ScoreReconError(f"unknown CT geometry '{geometry}'; choose one of {', '.join(CT_GEOMETRIES)}")
-    if geometry == "parallel":
-        if source_distance is not None or detector_distance is not None:
-            raise ScoreReconError("--source-distance / --detector-distance apply to --geometry fan only; "
-                                  "add --geometry fan or drop them")
-        return None
-    src = DEFAULT_SOURCE_DISTANCE_MM if source_distance is None else float(source_distance)
-    det = DEFAULT_DETECTOR_DISTANCE_MM if detector_distance is None else float(detector_distance)
-    for flag, value in (("--source-distance", src), ("--detector-distance", det)):
-        if not (math.isfinite(value) and value > 0):
-            raise ScoreReconError(f"{flag} must be a positive distance in mm, got {value:g}")
-    if detector not in DETECTORS:
-        raise ScoreReconError(f"unknown fan-beam detector '{detector}'; choose one of {', '.join(DETECTORS)}")
-    return src, det
 
 
 def _as_stack(sinogram: np.ndarray) -> np.ndarray:
@@ -143,7 +123,7 @@ def sinogram_to_measurement(sinogram: np.ndarray, task: str = "sparse-ct", *, vi
                               "for MRI k-space use a measurement file")
     if units not in SINOGRAM_UNITS:
         raise ScoreReconError(f"sinogram units '{units}' are unknown; choose {' or '.join(SINOGRAM_UNITS)}")
-    fan = _fan_options(geometry, source_distance, detector_distance, detector)
+    fan = fan_distances_mm(geometry, source_distance, detector_distance, detector)
     s = _as_stack(sinogram)
     n_slices, n_angles, n_det = s.shape
     spacing = tuple(float(v) for v in spacing) if spacing is not None else (1.0, 1.0, 1.0)

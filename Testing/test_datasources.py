@@ -20,6 +20,7 @@ import SimpleITK as sitk
 from ScoreReconLib import datasources as ds
 from ScoreReconLib.cli import build_parser, main
 from ScoreReconLib.data import Image, read_image
+from ScoreReconLib.datasources import fetch, registry
 from ScoreReconLib.errors import ScoreReconError
 
 
@@ -119,7 +120,7 @@ def test_read_deb_member_pure_python(tmp_path):
 
 
 def test_fetch_deb_uses_cached_file_without_apt(tmp_path, monkeypatch):
-    monkeypatch.setattr(ds.shutil, "which", lambda name: None)
+    monkeypatch.setattr(fetch.shutil, "which", lambda name: None)
     (tmp_path / "debs").mkdir()
     cached = tmp_path / "debs" / "mricron-data_1.0_all.deb"
     cached.write_bytes(_deb({"a": b"b"}))
@@ -232,7 +233,7 @@ def test_cli_registers_prepare_data():
 
 
 def test_cli_reports_missing_apt_as_one_line(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(ds.shutil, "which", lambda name: None)
+    monkeypatch.setattr(fetch.shutil, "which", lambda name: None)
     rc = main(["prepare-data", "--output", str(tmp_path / "out"), "--only", "ct", "--cache", str(tmp_path / "c")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1
@@ -280,3 +281,46 @@ def test_fetch_wheel_finds_cached_pydicom_data_wheel(tmp_path):
     got = ds.fetch_wheel(ds.PYDICOM_DATA_REQUIREMENT, tmp_path, log=lambda m: None)
     assert got == whl
     assert ds.read_wheel_member(got, "pydicom_data-*.dist-info/LICENSE") == b"MIT License"
+
+
+# ------------------------------------------------------------------------------ the registry file
+def test_registry_is_loaded_from_the_packaged_json():
+    text = (Path(registry.__file__).parent / registry.SOURCES_FILE).read_text(encoding="utf-8")
+    assert registry.parse_sources(text) == ds.SOURCES
+    assert ds.NILEARN_REQUIREMENT == "nilearn==0.14.1" and ds.PYDICOM_DATA_REQUIREMENT == "pydicom-data==1.0.0"
+    assert ds.source("mni152-2009a").package == f"pypi:{ds.NILEARN_REQUIREMENT}"
+    assert sum(len(keys) for keys in ds.GROUPS.values()) == len(ds.SOURCES)
+
+
+def _registry_text(**change) -> str:
+    entries = [dict(s.__dict__) for s in ds.SOURCES[:2]]
+    entries[0].update(change)
+    return json.dumps({"format_version": 1, "sources": [{k: v for k, v in e.items() if v is not None}
+                                                        for e in entries]})
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"role": "test"}, "role 'test'"),
+    ({"modality": "PET"}, "modality 'PET'"),
+    ({"package": "conda:x"}, "package 'conda:x'"),
+    ({"package": "pypi:nilearn"}, "pinned"),
+    ({"output": "../ct/x.nrrd"}, "relative .nrrd"),
+    ({"output": "heldout/ct/x.nrrd"}, "under heldout/"),
+    ({"sha256": "abc"}, "sha256"),
+    ({"subject": None}, "lacks subject"),
+    ({"extra": "x"}, "unknown fields extra"),
+    ({"licence": 3}, "licence must be"),
+    ({"key": "colin27"}, "key colin27 appears more than once"),
+])
+def test_registry_rejects_bad_entries(change, match):
+    with pytest.raises(ScoreReconError, match=match):
+        registry.parse_sources(_registry_text(**change), "bad.json")
+
+
+def test_registry_rejects_bad_files():
+    with pytest.raises(ScoreReconError, match="not valid JSON"):
+        registry.parse_sources("{", "bad.json")
+    with pytest.raises(ScoreReconError, match="format_version 1"):
+        registry.parse_sources(json.dumps({"format_version": 2, "sources": []}), "bad.json")
+    with pytest.raises(ScoreReconError, match="no 'sources' list"):
+        registry.parse_sources(json.dumps({"format_version": 1}), "bad.json")

@@ -14,6 +14,7 @@ from ScoreReconLib.errors import ScoreReconError
 from ScoreReconLib.measurement import (
     MEASUREMENT_FORMAT_VERSION,
     Measurement,
+    add_measurement_noise,
     load_measurement,
     normalization_for,
     reference_slices,
@@ -247,3 +248,44 @@ def test_metal_operator_subset_per_slice():
     assert part.mask.shape[0] == 2
     torch.testing.assert_close(part.mask, full.mask[1:3])
     assert math.isclose(float(part.mask.mean()), float(full.mask[1:3].mean()))
+
+
+# ------------------------------------------------------------------------------ the noise adder
+def test_add_measurement_noise_scales_per_slice_or_per_batch():
+    y = torch.zeros(2, 1, 6, 5)
+    y[0], y[1] = 1.0, 4.0
+    mask = torch.ones(1, 1, 6, 1)
+    mask[0, 0, ::2] = 0.0
+    y = y * mask  # unmeasured rows hold zeros, as an operator's A gives
+    noisy, stds = add_measurement_noise(y, mask, 0.1, 5)
+    assert stds == pytest.approx([0.1, 0.4])
+    assert torch.equal(noisy[:, :, ::2], y[:, :, ::2])  # unmeasured entries untouched
+    eps = (noisy - y)[:, :, 1::2] / torch.tensor([0.1, 0.4]).reshape(2, 1, 1, 1)
+    batch, batch_stds = add_measurement_noise(y, mask, 0.1, 5, per_slice=False)
+    assert batch_stds == pytest.approx([0.4, 0.4])
+    torch.testing.assert_close((batch - y)[:, :, 1::2] / 0.4, eps)  # the same draws, another σ
+    again, _ = add_measurement_noise(y, mask, 0.1, 5)
+    assert torch.equal(again, noisy)
+    assert not torch.equal(add_measurement_noise(y, mask, 0.1, 6)[0], noisy)
+    same, zeros = add_measurement_noise(y, mask, 0.0, 5)
+    assert same is y and zeros == [0.0, 0.0]
+
+
+def test_add_measurement_noise_complex_has_the_stated_power():
+    y = torch.zeros(1, 1, 256, 256, dtype=torch.complex64)
+    y[0, 0, 0, 0] = 2.0  # the peak: σ = 0.5 × 2
+    noisy, stds = add_measurement_noise(y, torch.ones(1, 1, 256, 256), 0.5, 0)
+    assert noisy.dtype == torch.complex64 and stds == pytest.approx([1.0])
+    eps = (noisy - y)[0, 0].flatten()[1:]
+    assert float(eps.abs().pow(2).mean()) == pytest.approx(1.0, rel=0.02)
+    assert float(eps.real.std()) == pytest.approx(float(eps.imag.std()), rel=0.03)
+
+
+def test_simulate_noise_matches_the_adder():
+    img = volume()
+    clean, _, _ = simulate(img, "sparse-ct", views=8, seed=4)
+    noisy, _, extra = simulate(img, "sparse-ct", views=8, seed=4, noise=0.02)
+    m = clean.operator()
+    expected, stds = add_measurement_noise(torch.from_numpy(clean.y), m.mask, 0.02, 4 + 1_000_003)
+    np.testing.assert_array_equal(noisy.y, expected.numpy())
+    assert noisy.noise_std == extra["noise_std"] == stds

@@ -173,3 +173,21 @@ def test_a_huge_declared_sinogram_and_non_finite_geometry_are_refused_before_loa
         np.savez(tmp_path / name, **({"sinogram": sino} | extra))
         with pytest.raises(ScoreReconError, match=needle):
             si.read_sinogram_file(tmp_path / name)
+
+
+def test_fan_options_are_checked_alike_by_simulate_and_the_import():
+    """One check of the CT source geometry serves both entry points, with the same messages."""
+    sino = np.zeros((64, 61), np.float32)
+    for kwargs, match in [({"geometry": "cone"}, "unknown CT geometry 'cone'"),
+                          ({"source_distance": 300.0}, "apply to --geometry fan only"),
+                          ({**_fan("curved"), "source_distance": -1.0}, "--source-distance must be a positive"),
+                          ({**_fan("curved"), "detector_distance": float("nan")}, "--detector-distance must be"),
+                          ({**_fan("bent")}, "unknown fan-beam detector 'bent'; choose one of curved, flat")]:
+        with pytest.raises(ScoreReconError, match=match):
+            simulate(_phantom(), "sparse-ct", **kwargs)
+        with pytest.raises(ScoreReconError, match=match):
+            si.sinogram_to_measurement(sino, "sparse-ct", **kwargs)
+
+
+def test_parser_is_named_after_the_command():
+    assert si.build_parser().prog == "scorerecon import-sinogram"

@@ -117,6 +117,7 @@ from ScoreReconLib.baselines import classical_reconstruct  # noqa: E402
 from ScoreReconLib.data import Normalization, ct_normalization, mr_normalization, read_image, save_json  # noqa: E402
 from ScoreReconLib.errors import ScoreReconError  # noqa: E402
 from ScoreReconLib.evaluation import METAL_HU, EvalCase, list_images, make_case, resize_square, score_images  # noqa: E402
+from ScoreReconLib.measurement import add_measurement_noise  # noqa: E402
 from ScoreReconLib.operators.base import MeasurementOperator  # noqa: E402
 from ScoreReconLib.operators.ct import JosephProjector, ParallelBeamGeometry  # noqa: E402
 from ScoreReconLib.operators.mri import fft2c, ifft2c  # noqa: E402
@@ -257,18 +258,6 @@ def mri_fine_kspace(op: MeasurementOperator, x_fine: torch.Tensor) -> torch.Tens
     return k * phase.to(k.device)
 
 
-def add_noise(y: torch.Tensor, op: MeasurementOperator, noise: float, seed: int) -> torch.Tensor:
-    """Exactly evaluation.make_case's noise: σ = noise · max|y| on the measured entries, seed + 1."""
-    if noise <= 0:
-        return y
-    g = torch.Generator().manual_seed(seed + 1)
-    measured = op.mask_apply(torch.ones_like(y.real if y.is_complex() else y))
-    scale = noise * float(y.abs().max())
-    n = torch.randn(y.shape, generator=g) if not y.is_complex() else torch.complex(
-        torch.randn(y.shape, generator=g), torch.randn(y.shape, generator=g)) / math.sqrt(2)
-    return y + scale * n.to(y.dtype) * measured
-
-
 def fine_size(s: Slice, size: int) -> int:
     n = s.native_side
     return n if n >= 2 * size else 2 * size
@@ -286,7 +275,7 @@ def fine_case(s: Slice, task: Task, size: int, noise: float, seed: int) -> tuple
         xf = torch.where(metal, torch.tensor(float(ct_normalization().forward(METAL_HU))), xf)
     full = mri_fine_kspace(op, xf) if task.task == "mri" else ct_fine_sinogram(op, xf)
     y_clean = op.mask_apply(full)
-    y = add_noise(y_clean, op, noise, seed)
+    y, _ = add_measurement_noise(y_clean, op.mask, noise, seed + 1, per_slice=False)  # as make_case's noise
     rel = float((y_clean - same.y).abs().norm() / same.y.abs().norm())
     base = "zero-filled" if task.task == "mri" else "fbp"
     sanity = {"fine_size": f, "rel_diff_y": rel,

@@ -63,6 +63,7 @@ from ScoreReconLib.coils import (  # noqa: E402
     synthetic_maps,
 )
 from ScoreReconLib.evaluation import load_slices, score_images  # noqa: E402
+from ScoreReconLib.measurement import add_measurement_noise  # noqa: E402
 from ScoreReconLib.operators.mri import equispaced_mask  # noqa: E402
 from ScoreReconLib.operators.multicoil import MultiCoilMRI  # noqa: E402
 
@@ -73,14 +74,6 @@ GRIDS = {
     "cs-wavelet": [1e-5, 3e-5, 1e-4, 3e-4, 1e-3],
     "cs-sigpy-wavelet": [1e-5, 3e-5, 1e-4, 3e-4, 1e-3],
 }
-
-
-def add_noise(y: torch.Tensor, mask: torch.Tensor, noise: float, seed: int) -> torch.Tensor:
-    if noise <= 0:
-        return y
-    g = torch.Generator().manual_seed(seed + 1)
-    n = torch.complex(torch.randn(y.shape, generator=g), torch.randn(y.shape, generator=g)) / np.sqrt(2)
-    return y + noise * float(y.abs().max()) * n * mask
 
 
 def smooth_phase(size: int, seed: int) -> torch.Tensor:
@@ -136,7 +129,7 @@ def timing_run(prior, size: int, seed: int = 0) -> dict:
     x = load_slices(data_root() / "heldout" / "mri", "MR", size, n_slices=1, per_volume=1)[0][1]
     mask = equispaced_mask(size, 8, 0.08)
     op = MultiCoilMRI(synthetic_maps(size, 8, seed), mask)
-    y = add_noise(op.A(x), op.mask, 1e-3, seed)
+    y = add_measurement_noise(op.A(x), op.mask, 1e-3, seed + 1, per_slice=False)[0]
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
     res = reconstruct(y, op, prior, seed=seed)
@@ -188,11 +181,11 @@ def main(argv=None) -> None:
     for i, (name, x) in enumerate(slices):
         true = synthetic_maps(size, 8, seed=i)
         op = MultiCoilMRI(true, mask)
-        y = add_noise(op.A(x), op.mask, args.noise, seed=i)
+        y = add_measurement_noise(op.A(x), op.mask, args.noise, i + 1, per_slice=False)[0]
         # the same slice with a smooth image phase (complex image x·e^{iθ}), same maps, mask and noise seed
         theta = smooth_phase(size, i)
-        y_ph = add_noise(op.with_domain("complex").A(x * torch.polar(torch.ones_like(theta), theta)), op.mask,
-                         args.noise, seed=i)
+        y_ph = add_measurement_noise(op.with_domain("complex").A(x * torch.polar(torch.ones_like(theta), theta)),
+                                     op.mask, args.noise, i + 1, per_slice=False)[0]
         op_ph_est = MultiCoilMRI(true, mask, absorb_phase(true, y_ph, mask))
         op_ph_true = MultiCoilMRI(true, mask, theta)
         cases.append({"name": name, "subject": subjects[i], "x": x, "y": y, "op": op, "choice": {}, "y_ph": y_ph,
