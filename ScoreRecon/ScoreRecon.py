@@ -155,6 +155,10 @@ def _registerSampleDataQuietly() -> None:
 
 
 # ----------------------------------------------------------------------------------- parameter node
+#: the one source of the panel's defaults: the parameter node's ``Default`` values (and, tested, the .ui widgets')
+DEFAULTS = ScoreReconSettings()
+
+
 @parameterNodeWrapper
 class ScoreReconParameterNode:
     """Every setting of the ScoreRecon panel (names match the ``SlicerParameterName`` of the .ui;
@@ -168,40 +172,41 @@ class ScoreReconParameterNode:
     measurementFile: str
     kspaceFile: str
     kspaceSlices: str
-    kspaceAcceleration: Annotated[float, WithinRange(*RANGES["kspaceAcceleration"]), Default(0.0)]
+    kspaceAcceleration: Annotated[float, WithinRange(*RANGES["kspaceAcceleration"]),
+                                  Default(DEFAULTS.kspaceAcceleration)]
     referenceVolume: vtkMRMLScalarVolumeNode
-    size: Annotated[int, WithinRange(*RANGES["size"]), Default(0)]
-    sinogramUnits: Annotated[str, Choice(SINOGRAM_UNITS), Default("normalized")]
+    size: Annotated[int, WithinRange(*RANGES["size"]), Default(DEFAULTS.size)]
+    sinogramUnits: Annotated[str, Choice(SINOGRAM_UNITS), Default(DEFAULTS.sinogramUnits)]
     # CT geometry (simulation and sinogram input)
-    geometry: Annotated[str, Choice(CT_GEOMETRIES), Default("parallel")]
-    sourceDistance: Annotated[float, WithinRange(*RANGES["sourceDistance"]), Default(595.0)]
-    detectorDistance: Annotated[float, WithinRange(*RANGES["detectorDistance"]), Default(490.0)]
-    detector: Annotated[str, Choice(DETECTORS), Default("curved")]
+    geometry: Annotated[str, Choice(CT_GEOMETRIES), Default(DEFAULTS.geometry)]
+    sourceDistance: Annotated[float, WithinRange(*RANGES["sourceDistance"]), Default(DEFAULTS.sourceDistance)]
+    detectorDistance: Annotated[float, WithinRange(*RANGES["detectorDistance"]), Default(DEFAULTS.detectorDistance)]
+    detector: Annotated[str, Choice(DETECTORS), Default(DEFAULTS.detector)]
     # measurement
-    task: Annotated[str, Choice(TASKS), Default("sparse-ct")]
-    views: Annotated[int, WithinRange(*RANGES["views"]), Default(23)]
-    arc: Annotated[float, WithinRange(*RANGES["arc"]), Default(90.0)]
-    metalThreshold: Annotated[float, WithinRange(*RANGES["metalThreshold"]), Default(3000.0)]
-    acceleration: Annotated[float, WithinRange(*RANGES["acceleration"]), Default(8.0)]
-    centerFraction: Annotated[float, WithinRange(*RANGES["centerFraction"]), Default(0.08)]
-    maskKind: Annotated[str, Choice(MRI_MASKS), Default("equispaced")]
-    noise: Annotated[float, WithinRange(*RANGES["noise"]), Default(0.0)]
+    task: Annotated[str, Choice(TASKS), Default(DEFAULTS.task)]
+    views: Annotated[int, WithinRange(*RANGES["views"]), Default(DEFAULTS.views)]
+    arc: Annotated[float, WithinRange(*RANGES["arc"]), Default(DEFAULTS.arc)]
+    metalThreshold: Annotated[float, WithinRange(*RANGES["metalThreshold"]), Default(DEFAULTS.metalThreshold)]
+    acceleration: Annotated[float, WithinRange(*RANGES["acceleration"]), Default(DEFAULTS.acceleration)]
+    centerFraction: Annotated[float, WithinRange(*RANGES["centerFraction"]), Default(DEFAULTS.centerFraction)]
+    maskKind: Annotated[str, Choice(MRI_MASKS), Default(DEFAULTS.maskKind)]
+    noise: Annotated[float, WithinRange(*RANGES["noise"]), Default(DEFAULTS.noise)]
     # reconstruction
-    method: Annotated[str, Choice(METHODS), Default("score")]
+    method: Annotated[str, Choice(METHODS), Default(DEFAULTS.method)]
     modelChoice: Annotated[str, Choice(MODEL_CHOICES), Default("default")]
     checkpointPath: str
-    sampler: Annotated[str, Choice(SAMPLERS), Default("proximal")]
-    useRecommended: Annotated[bool, Default(True)]
-    steps: Annotated[int, WithinRange(*RANGES["steps"]), Default(50)]
-    lam: Annotated[float, WithinRange(*RANGES["lam"]), Default(0.8)]
-    snr: Annotated[float, WithinRange(*RANGES["snr"]), Default(0.16)]
-    samples: Annotated[int, WithinRange(*RANGES["samples"]), Default(1)]
-    seed: Annotated[int, WithinRange(*RANGES["seed"]), Default(0)]
-    device: Annotated[str, Choice(DEVICES), Default("auto")]
-    threads: Annotated[int, WithinRange(*RANGES["threads"]), Default(0)]
-    weight: Annotated[str, Default("auto")]
-    computeBaseline: Annotated[bool, Default(True)]
-    keepTemporaryFiles: Annotated[bool, Default(False)]
+    sampler: Annotated[str, Choice(SAMPLERS), Default(DEFAULTS.sampler)]
+    useRecommended: Annotated[bool, Default(DEFAULTS.useRecommended)]
+    steps: Annotated[int, WithinRange(*RANGES["steps"]), Default(DEFAULTS.steps)]
+    lam: Annotated[float, WithinRange(*RANGES["lam"]), Default(DEFAULTS.lam)]
+    snr: Annotated[float, WithinRange(*RANGES["snr"]), Default(DEFAULTS.snr)]
+    samples: Annotated[int, WithinRange(*RANGES["samples"]), Default(DEFAULTS.samples)]
+    seed: Annotated[int, WithinRange(*RANGES["seed"]), Default(DEFAULTS.seed)]
+    device: Annotated[str, Choice(DEVICES), Default(DEFAULTS.device)]
+    threads: Annotated[int, WithinRange(*RANGES["threads"]), Default(DEFAULTS.threads)]
+    weight: Annotated[str, Default(DEFAULTS.weight)]
+    computeBaseline: Annotated[bool, Default(DEFAULTS.computeBaseline)]
+    keepTemporaryFiles: Annotated[bool, Default(DEFAULTS.keepTemporaryFiles)]
     # outputs
     outputVolume: vtkMRMLScalarVolumeNode
     baselineVolume: vtkMRMLScalarVolumeNode

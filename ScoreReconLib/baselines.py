@@ -34,9 +34,11 @@ import torch.nn.functional as F
 from .errors import ScoreReconError
 from .operators.base import NORM_ITERS, MeasurementOperator, batch_items, operator_norm  # noqa: F401  (re-exported)
 from .utils import ProgressFn, check_cancel
+from .vocabulary import CLASSICAL_METHODS
+from .vocabulary import classical_methods_for as methods_for  # noqa: F401  (the methods that fit a task)
 
 #: methods :func:`classical_reconstruct` accepts
-METHODS = ("fbp", "tv", "zero-filled", "cs", "sense", "rss")
+METHODS = CLASSICAL_METHODS
 _METHOD_ALIASES = {"fbp": "fbp", "tv": "tv", "zero-filled": "zero-filled", "zero_filled": "zero-filled",
                    "zerofilled": "zero-filled", "zf": "zero-filled", "cs": "cs", "sense": "sense", "rss": "rss"}
 
@@ -58,11 +60,6 @@ def _modality(op: MeasurementOperator) -> str:
     if op.task.endswith("ct"):
         return "CT"
     return "other"
-
-
-def methods_for(task: str) -> tuple[str, ...]:
-    """Classical methods that fit ``task`` ("mri" → zero-filled, tv, cs, sense, rss; CT tasks → fbp, tv)."""
-    return ("zero-filled", "tv", "cs", "sense", "rss") if task == "mri" else ("fbp", "tv")
 
 
 def _check_y(y: torch.Tensor, op: MeasurementOperator) -> torch.Tensor:

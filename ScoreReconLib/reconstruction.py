@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -23,34 +24,18 @@ from .measurement import task_modality
 from .operators import TASKS
 from .operators.base import MeasurementOperator
 from .rng import SliceGenerators
-from .sampling import INITS, NFE_PER_STEP, SAMPLERS, SamplerContext, SamplerSettings, classical_init, noise_std_of
+from .sampling import NFE_PER_STEP, SAMPLERS, SamplerContext, classical_init, noise_std_of
+from .settings import (  # noqa: F401  (re-exported: the settings are part of this module's API)
+    DEFAULT_METHOD,
+    DEFAULTS,
+    MAX_SAMPLER_STEPS,
+    TUNABLE,
+    SamplerSettings,
+    recommended_samples,
+    resolve_settings,
+    tuned_values,
+)
 from .utils import ProgressFn, check_cancel, check_finite, resolve_device
-
-#: defaults per sampler and modality, used where neither the call nor the prior's config says otherwise.
-#: proximal: snr and λ of the official LIDC CT / BraTS MRI configs, but 25 steps (51 network evaluations)
-#: instead of the official 1000: with the ancestral predictor it measured within 0.1 dB of 100 steps
-#: (benchmarks/RESULTS.md, "nfe"); pass steps=1000 for the paper's exact setting. Every sampler starts
-#: from noise at t = 1 (``init``/``t_start``) and the proximal step has no TV term (``tv_weight`` 0)
-#: until a validation benchmark says otherwise.
-_START = {"init": "noise", "t_start": 1.0}
-_PLAIN_MERGE = {"tv_weight": 0.0, "tv_iters": 10}
-DEFAULTS: dict[str, dict[str, dict]] = {
-    "proximal": {"CT": {"steps": 25, "lam": 0.841, "snr": 0.246, **_PLAIN_MERGE, **_START},
-                 "MR": {"steps": 25, "lam": 1.0, "snr": 0.517, **_PLAIN_MERGE, **_START}},
-    "song2021": {"CT": {"steps": 1000, "lam": 1.0, "snr": 0.16, **_START},
-                 "MR": {"steps": 1000, "lam": 1.0, "snr": 0.16, **_START}},
-    "fast": {"CT": {"steps": 50, "lam": 1.0, "snr": 0.0, **_START},
-             "MR": {"steps": 50, "lam": 1.0, "snr": 0.0, **_START}},
-}
-
-#: keys a prior's ``recommended`` / ``tuned.json`` may set (see :func:`tuned_values`)
-TUNABLE = ("steps", "lam", "snr", "cg_iters", "eta", "noise_rate", "tv_weight", "tv_iters", "init", "t_start",
-           "init_weight", "final_lam", "noise_std",
-           "noise_scale")
-
-DEFAULT_METHOD = "proximal"
-#: most sampler steps a reconstruction accepts (the paper's 1000, with a wide margin)
-MAX_SAMPLER_STEPS = 10_000
 
 
 @dataclass
@@ -65,7 +50,8 @@ class ReconstructionResult:
     method: str
     seed: int | None
     settings: dict = field(default_factory=dict)
-    samples: torch.Tensor | None = None
+    #: a volume's automatic classical-start weight choice (``WeightChoice.to_dict()``; None when none was made)
+    weight_choice: dict | None = None
 
 
 def check_compatible(operator: MeasurementOperator, prior) -> None:
@@ -86,25 +72,6 @@ def check_compatible(operator: MeasurementOperator, prior) -> None:
             f"task {operator.task} needs a {want} model but the model is {prior.modality}; "
             f"use --model default-{'ct' if want == 'CT' else 'mri'} or a {want} checkpoint"
         )
-
-
-def tuned_values(prior, method: str, task: str | None = None) -> dict:
-    """Hyperparameters the prior's config (or its ``tuned.json`` sidecar) recommends for ``method``.
-
-    ``prior.recommended`` may hold flat values for its ``sampler``, per-sampler dicts
-    (``{"fast": {...}}``) and per-task dicts (``{"tasks": {"sparse-ct": {"fast": {...}}}}``); the
-    most specific wins.
-    """
-    rec = getattr(prior, "recommended", None) or {}
-    out: dict = {}
-    if rec.get("sampler") == method:
-        out.update({k: v for k, v in rec.items() if not isinstance(v, dict)})
-    if isinstance(rec.get(method), dict):
-        out.update(rec[method])
-    per_task = (rec.get("tasks") or {}).get(task or "", {})
-    if isinstance(per_task.get(method), dict):
-        out.update(per_task[method])
-    return out
 
 
 def undersampling(operator: MeasurementOperator) -> float:
@@ -158,128 +125,6 @@ def std_scale_for(prior, method: str, task: str | None = None, operator: Measure
     return value
 
 
-def recommended_samples(prior, method: str, task: str | None = None) -> int:
-    """Posterior samples averaged by default: the prior's tuned ``samples`` for ``method``/``task``, else 1."""
-    from .limits import MAX_SAMPLES, check_count
-
-    value = tuned_values(prior, method, task).get("samples")
-    if value is None:
-        return 1
-    return check_count(value, "the model's recommended samples", MAX_SAMPLES,
-                       where="(config.json / tuned.json; fix the file)")
-
-
-def resolve_settings(method: str, prior, steps: int | None = None, lam: float | None = None,
-                     snr: float | None = None, task: str | None = None, **extra) -> SamplerSettings:
-    """Merge call arguments, the prior's tuned values (:func:`tuned_values`) and :data:`DEFAULTS`."""
-    if method not in SAMPLERS:
-        raise ScoreReconError(f"unknown sampler '{method}'; choose one of {', '.join(SAMPLERS)}")
-    base = dict(DEFAULTS[method].get(prior.modality, DEFAULTS[method]["CT"]))
-    tuned = tuned_values(prior, method, task)
-    for key in TUNABLE:
-        if key in tuned and tuned[key] is not None:
-            base[key] = tuned[key]
-    for key, value in (("steps", steps), ("lam", lam), ("snr", snr)):
-        if value is not None:
-            base[key] = value
-    base.update({k: v for k, v in extra.items() if v is not None})
-    steps_value = _number(base, "steps", "--steps")
-    if not steps_value.is_integer() or not 1 <= steps_value <= MAX_SAMPLER_STEPS:
-        raise ScoreReconError(f"--steps must be a whole number from 1 to {MAX_SAMPLER_STEPS}, got {base['steps']}; "
-                              "use at least 10 from noise (the model's default is tuned)")
-    if not 0.0 <= _number(base, "lam", "--lam") <= 1.0:
-        raise ScoreReconError(f"--lam must lie in [0, 1], got {base['lam']}")
-    if _number(base, "snr", "--snr") < 0:
-        raise ScoreReconError(f"--snr must be non-negative, got {base['snr']}")
-    for key in ("cg_iters", "eta", "noise_rate"):
-        if key in base:
-            _number(base, key, key)
-    from .limits import MAX_CG_ITERATIONS, MAX_SOLVER_ITERATIONS, check_count
-
-    if "cg_iters" in base:
-        base["cg_iters"] = check_count(base["cg_iters"], "cg_iters", MAX_CG_ITERATIONS,
-                                       where="(model config / tuned.json / call)")
-    if "tv_iters" in base:
-        base["tv_iters"] = check_count(base["tv_iters"], "tv_iters", MAX_SOLVER_ITERATIONS,
-                                       where="(model config / tuned.json / call)")
-    base["steps"] = int(float(base["steps"]))
-    base["lam"], base["snr"] = float(base["lam"]), float(base["snr"])
-    _check_start_and_tv(method, base)
-    return SamplerSettings(**base)
-
-
-def _number(base: dict, key: str, flag: str) -> float:
-    try:
-        value = float(base[key])
-    except (TypeError, ValueError):
-        raise ScoreReconError(f"{flag} must be a number, got {base[key]!r}") from None
-    if not math.isfinite(value):
-        raise ScoreReconError(f"{flag} must be a finite number, got {base[key]}")
-    return value
-
-
-def _check_start_and_tv(method: str, base: dict) -> None:
-    """Validate (and normalise in place) the warm-start, TV and noise settings of ``base``."""
-    tv = _number(base, "tv_weight", "--tv-weight") if "tv_weight" in base else 0.0
-    if tv < 0:
-        raise ScoreReconError(f"--tv-weight must be >= 0 (0 = no TV term), got {base['tv_weight']}; try 1e-4")
-    if tv > 0 and method != "proximal":
-        raise ScoreReconError(f"--tv-weight applies only to the proximal sampler, not '{method}'; "
-                              "use --sampler proximal or drop --tv-weight")
-    if "tv_weight" in base:
-        base["tv_weight"] = tv
-    if base.get("z_tv") is not None:
-        z = _number(base, "z_tv", "--z-tv")
-        if z < 0:
-            raise ScoreReconError(f"--z-tv must be >= 0 (0 = slices independent), got {base['z_tv']}; try 0.01")
-        if z > 0 and method != "proximal":
-            raise ScoreReconError(f"--z-tv applies only to the proximal sampler, not '{method}'; "
-                                  "use --sampler proximal or drop --z-tv")
-        base["z_tv"] = z
-    else:
-        base.pop("z_tv", None)
-    if base.get("z_shared_noise") is not None:
-        if not isinstance(base["z_shared_noise"], bool):
-            raise ScoreReconError(f"z_shared_noise must be True or False, got {base['z_shared_noise']!r}")
-        if base["z_shared_noise"] and method != "proximal":
-            raise ScoreReconError(f"--z-shared-noise applies only to the proximal sampler, not '{method}'")
-    else:
-        base.pop("z_shared_noise", None)
-    if "tv_iters" in base:
-        iters = base["tv_iters"]
-        if isinstance(iters, bool) or not float(iters).is_integer() or int(iters) < 1:
-            raise ScoreReconError(f"tv_iters must be a whole number of at least 1, got {iters}; e.g. 10")
-        base["tv_iters"] = int(iters)
-    init = base.get("init", "noise")
-    if init not in INITS:
-        raise ScoreReconError(f"--init must be one of {', '.join(INITS)}, got {init!r}")
-    t_start = _number(base, "t_start", "--t-start") if "t_start" in base else 1.0
-    if not 0.0 < t_start <= 1.0:
-        raise ScoreReconError(f"--t-start must lie in (0, 1], got {base['t_start']}")
-    if t_start < 1.0 and init != "classical":
-        raise ScoreReconError(f"--t-start {t_start} < 1 needs --init classical (a noise start begins at t = 1)")
-    if "t_start" in base:
-        base["t_start"] = t_start
-    _optional_number(base, "noise_std", "--noise-std", lambda v: v >= 0, "be >= 0 (0 = noise-free data)")
-    _optional_number(base, "noise_scale", "--noise-scale", lambda v: v > 0, "be > 0")
-    if _optional_number(base, "final_lam", "--final-lam", lambda v: 0.0 <= v <= 1.0, "lie in [0, 1]") \
-            and method != "proximal":
-        raise ScoreReconError(f"--final-lam applies only to the proximal sampler, not '{method}'")
-    _optional_number(base, "init_weight", "--init-weight", lambda v: v >= 0, "be >= 0")
-
-
-def _optional_number(base: dict, key: str, flag: str, ok, rule: str) -> bool:
-    """Validate and normalise ``base[key]`` if it is set (not None): a finite number with ``ok(value)``,
-    else ``{flag} must {rule}``. Returns whether it was set."""
-    if base.get(key) is None:
-        return False
-    value = _number(base, key, flag)
-    if not ok(value):
-        raise ScoreReconError(f"{flag} must {rule}, got {base[key]}")
-    base[key] = value
-    return True
-
-
 def derive_seed(seed: int, *keys: int) -> int:
     """A 63-bit seed for the stream ``keys`` (e.g. slice, sample) of ``seed``; streams never overlap."""
     import numpy as np
@@ -315,68 +160,80 @@ def central_block(y: torch.Tensor, operator: MeasurementOperator,
     return y[idx].to(op.mask.device), op
 
 
-def volume_extras(y: torch.Tensor, operator: MeasurementOperator, prior, method: str = DEFAULT_METHOD,
-                  steps: int | None = None, lam: float | None = None, snr: float | None = None,
-                  **extra) -> dict:
-    """``noise_std`` and ``init_weight`` fixed once for all ``S`` slices ``y`` (S, 1, ...) of a volume.
+def fix_volume_settings(y: torch.Tensor, operator: MeasurementOperator,
+                        settings: SamplerSettings) -> tuple[SamplerSettings, dict | None]:
+    """``settings`` with ``noise_std`` and ``init_weight`` fixed once for all ``S`` slices ``y`` (S, 1, ...) of a
+    volume, and the record of the automatic weight choice (None when none was made).
 
     What :func:`reconstruct` would otherwise estimate per batch is fixed here: the measurement noise σ_y from
     up to :data:`NOISE_ESTIMATE_SLICES` central slices, and the classical start weight chosen by
     :func:`~ScoreReconLib.parameter_choice.choose_weight` on :data:`WEIGHT_CHOICE_SLICES` central slices with
-    that σ_y, so that every batch — of any size — uses the same values. Values the caller set are kept.
-    With a classical start chosen automatically, ``out["weight_choice"]`` holds the choice's record.
+    that σ_y, so that every batch — of any size — uses the same values. Values already set are kept.
     """
     from .noise import estimate_noise_std, looks_noise_free
     from .parameter_choice import choose_weight
 
-    settings = resolve_settings(method, prior, steps, lam, snr, task=operator.task, **extra)
-    out: dict = {}
+    changes: dict = {}
     sigma = settings.noise_std
     noise_free = False
     if sigma is None:
         block, op = central_block(y, operator, NOISE_ESTIMATE_SLICES)
         sigma = float(estimate_noise_std(op, block))
         noise_free = looks_noise_free(op, block)  # MRI: σ_y read the signal's tail
-        out["noise_std"] = sigma
+        changes["noise_std"] = sigma
+    choice = None
     if settings.init == "classical" and settings.init_weight is None:
         block, op = central_block(y, operator, WEIGHT_CHOICE_SLICES)
-        choice = choose_weight(block, op, "cs" if operator.task == "mri" else "tv",
+        picked = choose_weight(block, op, "cs" if operator.task == "mri" else "tv",
                                noise_std=0.0 if noise_free else sigma)
-        out["init_weight"] = float(choice.weight)
-        out["weight_choice"] = choice.to_dict()
-    return out
+        changes["init_weight"] = float(picked.weight)
+        choice = picked.to_dict()
+    return (dataclasses.replace(settings, **changes) if changes else settings), choice
 
 
-def reconstruct(y: torch.Tensor, operator: MeasurementOperator, prior, method: str = DEFAULT_METHOD,
+def _settings_of(prior, operator: MeasurementOperator, settings: SamplerSettings | None, method: str | None,
+                 options: dict) -> SamplerSettings:
+    """``settings`` as given, or resolved from ``method`` and ``options`` (:func:`resolve_settings`); not both."""
+    given = sorted(k for k, v in options.items() if v is not None)
+    if settings is None:
+        return resolve_settings(method, prior, task=operator.task, **options)
+    if not isinstance(settings, SamplerSettings):
+        raise ScoreReconError(f"settings must be a SamplerSettings (from resolve_settings), got "
+                              f"{type(settings).__name__}")
+    if given or (method is not None and method != settings.method):
+        raise ScoreReconError(f"pass either settings= or the options {', '.join(given) or 'method'}, not both; "
+                              "derive a changed copy with dataclasses.replace(settings, ...)")
+    return settings
+
+
+def reconstruct(y: torch.Tensor, operator: MeasurementOperator, prior, method: str | None = None,
                 steps: int | None = None, lam: float | None = None, snr: float | None = None,
                 samples: int | None = None, seed: int | None = 0, progress: ProgressFn | None = None,
                 cancel: threading.Event | None = None, device: str | torch.device | None = None,
-                keep_samples: bool = False, first_slice: int = 0, std_scale: float | None = None,
+                first_slice: int = 0, std_scale: float | None = None, settings: SamplerSettings | None = None,
                 **extra) -> ReconstructionResult:
     """Sample the posterior ``p(x | y)`` ``samples`` times and return mean (and std if ``samples > 1``).
 
-    ``y``: full-layout measurement for a batch ``(B, 1, ...)`` of ``operator``. ``method``: "proximal"
-    (default; the prior's recommended settings, else :data:`DEFAULTS`), "fast" (DDS-style) or "song2021".
-    ``lam``/``snr``/``steps`` default to the prior's tuned values, then :data:`DEFAULTS`. ``extra``:
-    other :class:`~ScoreReconLib.sampling.SamplerSettings` fields, e.g. ``tv_weight`` (TV term of the
-    proximal step, ``--method tv --weight`` units), ``init="classical"`` with ``t_start`` ∈ (0, 1]
-    (start from a TV/CS reconstruction noised to ``t_start``; ``steps`` are then run from there) and
-    ``init_weight``. Same ``seed`` and device → identical output. ``progress(done, total, message)``
-    counts sampler steps over all samples; ``cancel`` (an Event) stops between steps.
+    ``y``: full-layout measurement for a batch ``(B, 1, ...)`` of ``operator``. The sampler's settings are either
+    ``settings`` (a :class:`~ScoreReconLib.settings.SamplerSettings`, used as it is) or resolved from the options
+    (:func:`~ScoreReconLib.settings.resolve_settings`: the prior's recommendation for the task, then
+    :data:`DEFAULTS`, then the options given here): ``method`` "proximal" (default), "fast" (DDS-style) or
+    "song2021"; ``steps``, ``lam``, ``snr``, ``samples``, and ``extra`` other settings fields, e.g. ``tv_weight``,
+    ``init="classical"`` with ``t_start`` ∈ (0, 1] and ``init_weight``. Same ``seed`` and device → identical output.
+    ``progress(done, total, message)`` counts sampler steps over all samples; ``cancel`` (an Event) stops between
+    steps.
 
     ``std`` is the samples' standard deviation times ``std_scale`` (None → the prior's calibrated factor for the
     task, :func:`std_scale_for`; 1 gives the raw sample std), so that ±1.645 std holds about 90 % of the error.
 
     Batch item ``b`` is slice ``first_slice + b`` of a volume: its noise comes from its own stream
     (:func:`slice_generators`), so with ``noise_std`` and ``init_weight`` fixed for the volume (as
-    :func:`reconstruct_volume` and the CLI do) a slice's result does not depend on the batch size.
+    :func:`reconstruct_volume` does) a slice's result does not depend on the batch size.
     """
     t0 = time.perf_counter()
     check_compatible(operator, prior)
-    if samples is None:
-        samples = recommended_samples(prior, method, operator.task)
-    if samples < 1:
-        raise ScoreReconError(f"--samples must be at least 1, got {samples}")
+    settings = _settings_of(prior, operator, settings, method,
+                            {"steps": steps, "lam": lam, "snr": snr, "samples": samples, **extra})
     expected = tuple(operator.measurement_shape(y.shape[0]))
     if tuple(y.shape) != expected:
         raise ScoreReconError(
@@ -384,7 +241,7 @@ def reconstruct(y: torch.Tensor, operator: MeasurementOperator, prior, method: s
             "the measurement file and operator do not belong together"
         )
     check_finite(y, "the measurement")
-    settings = resolve_settings(method, prior, steps, lam, snr, task=operator.task, **extra)
+    method, samples = settings.method, settings.samples
     dev = resolve_device(device) if device is not None else prior.device
     if prior.device != dev:
         prior = prior.to(dev)
@@ -425,14 +282,18 @@ def reconstruct(y: torch.Tensor, operator: MeasurementOperator, prior, method: s
     return ReconstructionResult(
         mean=mean.cpu(), std=None if std is None else std.cpu(), nfe=nfe,
         seconds=time.perf_counter() - t0, method=method, seed=seed,
-        settings={**settings.__dict__, "samples": samples, "nfe_per_step": NFE_PER_STEP[method],
-                  "std_scale": scale},
-        samples=stack.cpu() if keep_samples else None,
+        settings={**settings.__dict__, "nfe_per_step": NFE_PER_STEP[method], "std_scale": scale},
     )
 
 
 def subset_operator(operator: MeasurementOperator, index: slice) -> MeasurementOperator:
-    """The operator for slices ``index`` of a batch (only per-slice masks, e.g. metal traces, differ)."""
+    """The operator for slices ``index`` of a batch (only per-slice masks and coil maps differ); ``operator`` itself
+    when ``index`` covers its whole batch or it holds nothing per slice."""
+    from .operators.base import batch_items
+
+    items = batch_items(operator)
+    if items == 1 or range(items)[index] == range(items):
+        return operator
     if hasattr(operator, "batch_subset"):
         return operator.batch_subset(index)
     mask = operator.mask
@@ -443,13 +304,19 @@ def subset_operator(operator: MeasurementOperator, index: slice) -> MeasurementO
 
 def reconstruct_volume(y: torch.Tensor, operator: MeasurementOperator, prior, batch_size: int | None = None,
                        progress: ProgressFn | None = None, cancel: threading.Event | None = None,
-                       **kwargs) -> ReconstructionResult:
+                       settings: SamplerSettings | None = None, seed: int | None = 0,
+                       step_progress: ProgressFn | None = None, method: str | None = None,
+                       **options) -> ReconstructionResult:
     """Reconstruct ``S`` slices ``y`` (S, 1, ...) in batches of ``batch_size`` (default 4); memory bounded by a batch.
 
-    Progress is reported per finished slice; ``cancel`` stops between sampler steps. Every slice
-    draws from its own stream (``derive_seed(seed, slice_index, sample)``) and the noise level and
-    classical start weight are fixed once for the volume (:func:`volume_extras`), so without the 3-D
-    options the result of a slice does not depend on ``batch_size``.
+    The settings are resolved once (``settings``, or :func:`resolve_settings` of ``method`` and ``options`` as in
+    :func:`reconstruct`) and the noise level and classical start weight fixed once for the volume
+    (:func:`fix_volume_settings`); every slice draws from its own stream (``derive_seed(seed, slice_index,
+    sample)``), so without the 3-D options the result of a slice does not depend on ``batch_size``.
+    ``progress(done, S, message)`` is called per finished batch (in slices); ``step_progress(done, total, message)``
+    after every sampler step, counted in slice-steps (``total = S · steps · samples``). ``cancel`` stops between
+    sampler steps. Other ``options`` of :func:`reconstruct` (``device``, ``std_scale``) are passed on.
+
     ``z_shared_noise=True`` (proximal sampler) gives the slices of a batch the same sampler noise, so
     the flicker of independent posterior samples is correlated away (same batching caveat as z-TV).
     ``z_tv=w`` (proximal sampler) couples neighbouring slices by a TV term along z after every
@@ -457,36 +324,40 @@ def reconstruct_volume(y: torch.Tensor, operator: MeasurementOperator, prior, ba
     with ``z_tv > 0`` the default batch is the whole volume (every slice coupled, at the memory of the
     whole volume); a smaller ``batch_size`` leaves the batch boundaries uncoupled.
     """
+    passed = {k: options.pop(k) for k in ("device", "std_scale") if k in options}
+    check_compatible(operator, prior)
+    settings = _settings_of(prior, operator, settings, method, options)
     if batch_size is None:
-        batch_size = y.shape[0] if (kwargs.get("z_tv") or kwargs.get("z_shared_noise")) else 4
+        batch_size = y.shape[0] if (settings.z_tv or settings.z_shared_noise) else 4
     if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
         raise ScoreReconError(f"batch_size must be a whole number of at least 1, got {batch_size}")
     t0 = time.perf_counter()
-    check_compatible(operator, prior)
     S = y.shape[0]
-    means, stds = [], []
-    nfe = 0
-    seed = kwargs.pop("seed", 0)
     if seed is None:
         seed = int(torch.randint(0, 2**62, (1,)).item())
-    sampler_keys = {"method", "steps", "lam", "snr", *SamplerSettings.__dataclass_fields__}
-    fixed = volume_extras(y, operator, prior, **{k: v for k, v in kwargs.items() if k in sampler_keys})
-    fixed.pop("weight_choice", None)
-    kwargs.update({k: v for k, v in fixed.items() if kwargs.get(k) is None})
+    settings, choice = fix_volume_settings(y, operator, settings)
+    per_slice = settings.steps * settings.samples
+    means, stds = [], []
     result = None
     for start in range(0, S, batch_size):
         check_cancel(cancel)
         idx = slice(start, min(S, start + batch_size))
-        op_b = subset_operator(operator, idx)
-        result = reconstruct(y[idx], op_b, prior, cancel=cancel, seed=seed, first_slice=start, **kwargs)
+        count = idx.stop - idx.start
+
+        def on_step(done: int, total: int, message: str, _start: int = start, _count: int = count) -> None:
+            if step_progress is not None:
+                step_progress(_start * per_slice + _count * done, S * per_slice, message)
+
+        result = reconstruct(y[idx], subset_operator(operator, idx), prior, cancel=cancel, seed=seed,
+                             first_slice=start, settings=settings, progress=on_step, **passed)
         means.append(result.mean)
         if result.std is not None:
             stds.append(result.std)
-        nfe = result.nfe
         if progress is not None:
             progress(idx.stop, S, f"slice {idx.stop}/{S}")
     assert result is not None
     return ReconstructionResult(
-        mean=torch.cat(means), std=torch.cat(stds) if stds else None, nfe=nfe,
+        mean=torch.cat(means), std=torch.cat(stds) if stds else None, nfe=result.nfe,
         seconds=time.perf_counter() - t0, method=result.method, seed=seed, settings=result.settings,
+        weight_choice=choice,
     )

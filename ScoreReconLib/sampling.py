@@ -43,6 +43,7 @@ from .errors import ScoreReconError
 from .noise import estimate_noise_std, noise_aware_lam
 from .operators.base import MeasurementOperator
 from .rng import randn
+from .settings import INITS, SamplerSettings  # noqa: F401  (INITS: part of this module's API)
 from .utils import ProgressFn, check_cancel
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -391,7 +392,7 @@ def tv_proximal(op: MeasurementOperator, x0: torch.Tensor, y_hat: torch.Tensor, 
     convergence it is ``--method tv``'s objective on the merged data. Costs ``iters`` applications
     each of A and Aᴴ (no positivity constraint: the sampler's iterates carry noise).
     """
-    if not math.isfinite(float(weight)) or weight < 0:
+    if not math.isfinite(float(weight)) or weight < 0:  # a direct call; the sampler's settings are checked already
         raise ScoreReconError(f"TV weight {weight} must be a finite number >= 0; use e.g. 1e-4")
     if isinstance(iters, bool) or int(iters) != iters or iters < 1:
         raise ScoreReconError(f"TV iterations must be a whole number of at least 1, got {iters}")
@@ -549,52 +550,6 @@ def _consistency_step(op: MeasurementOperator, settings: SamplerSettings, device
 
 
 # ------------------------------------------------------------------------ conditional samplers
-#: values of ``SamplerSettings.init``
-INITS = ("noise", "classical")
-
-
-@dataclass
-class SamplerSettings:
-    """Hyperparameters of the conditional samplers (``None`` → the prior's or method's default)."""
-
-    steps: int
-    lam: float
-    snr: float = 0.16
-    noise_rate: float = 1.0
-    cg_iters: int = 5
-    eta: float = 0.85
-    eps: float = 1e-5
-    corrector_steps: int = 1
-    #: predictor of the proximal / song2021 samplers ("ancestral", "reverse_diffusion", "euler_maruyama")
-    predictor: str = "ancestral"
-    #: proximal only: TV weight w of :func:`tv_proximal` (``--method tv --weight`` units); 0 = the paper's step
-    tv_weight: float = 0.0
-    #: proximal only: PDHG iterations per TV-regularised step
-    tv_iters: int = 10
-    #: start of the reverse process: "noise" (p_T) or "classical" (:func:`classical_init` noised to t_start)
-    init: str = "noise"
-    #: time in (0, 1] the reverse process starts at; < 1 needs ``init="classical"``; ``steps`` are run from it
-    t_start: float = 1.0
-    #: TV / CS weight of the classical start (None → chosen from the measurement, :mod:`ScoreReconLib.parameter_choice`)
-    init_weight: float | None = None
-    #: proximal only: λ of the final merge after the Tweedie step (None → 1 for noise-free data, the paper's
-    #: hard merge; the noise-aware weight at the last time otherwise, see :mod:`ScoreReconLib.noise`)
-    final_lam: float | None = None
-    #: proximal only: noise std of one measured entry (None → estimated from y; 0 → noise-free, the paper's
-    #: constant λ); the merge weight falls as λ_t = λ v_t / (v_t + σ_y²) (:func:`~ScoreReconLib.noise.noise_aware_lam`)
-    noise_std: float | None = None
-    #: proximal only: factor on σ_y in the noise-aware weight (> 1 hands over to the prior earlier)
-    noise_scale: float = 1.0
-    #: proximal only: weight of the TV term along the batch axis (slices of a volume, in order) applied after
-    #: every data-consistency step (:func:`z_tv_proximal`); 0 = slices independent
-    z_tv: float = 0.0
-    #: proximal only: dual iterations of each z-TV step
-    z_tv_iters: int = 20
-    #: proximal only: the slices of a batch share every noise draw of the sampler (start, predictor,
-    #: corrector, ŷ_t), so their independent-sampling flicker is correlated away; the data still differ
-    z_shared_noise: bool = False
-
-
 def proximal_sample(prior, op: MeasurementOperator, y: torch.Tensor, settings: SamplerSettings,
                     ctx: SamplerContext) -> torch.Tensor:
     """The paper's sampler: proximal data consistency before every corrector and predictor step."""

@@ -154,6 +154,30 @@ def test_path_parameters_are_strings_bound_by_the_widget_code():
         assert f'"{name}": "{widget_name}"' in source  # PATH_WIDGETS: parameter → widget, written back on change
 
 
+def _default_value(node: ast.expr):
+    """A parameter's ``Default(...)`` value: ``DEFAULTS.<name>`` (the settings' default) or a literal."""
+    if isinstance(node, ast.Attribute) and ast.unparse(node.value) == "DEFAULTS":
+        return getattr(_settings_module().ScoreReconSettings(), node.attr)
+    return ast.literal_eval(node)
+
+
+def test_parameter_defaults_come_from_the_settings():
+    """The parameter node and ScoreReconSettings share each setting's default: the node names
+    ``DEFAULTS.<same name>`` (ScoreReconSettings()) for every setting the two have in common."""
+    import dataclasses
+
+    shared = {f.name for f in dataclasses.fields(_settings_module().ScoreReconSettings)}
+    params = _parameters()
+    common = shared & set(params)
+    assert len(common) >= 25
+    for name in common:
+        annotations = params[name]["annotations"]
+        if "Default" not in annotations:
+            continue
+        node = annotations["Default"][0]
+        assert ast.unparse(node) == f"DEFAULTS.{name}", f"{name}: Default({ast.unparse(node)}) is a second default"
+
+
 def test_widget_classes_can_represent_their_parameter_types():
     params = _parameters()
     for name, (widget,) in _bound().items():
@@ -167,7 +191,7 @@ def test_widget_classes_can_represent_their_parameter_types():
         if kind == "node":
             assert widget["props"]["nodeTypes"] == [param["base"]], name
         if "Default" in annotations and widget["class"] in ("QSpinBox", "ctkSliderWidget"):
-            default = ast.literal_eval(annotations["Default"][0])
+            default = _default_value(annotations["Default"][0])
             assert widget["props"].get("value") == pytest.approx(default), f"{name}: .ui value differs from Default"
         if "WithinRange" in annotations and widget["class"] in ("QSpinBox", "ctkSliderWidget"):
             low, high = _within(annotations["WithinRange"])

@@ -8,23 +8,24 @@ import pathlib
 from dataclasses import dataclass, fields
 from typing import Any
 
-#: inverse problems (same names as the ``scorerecon`` CLI)
-TASKS = ("sparse-ct", "limited-angle-ct", "metal-ct", "mri")
-CT_TASKS = ("sparse-ct", "limited-angle-ct", "metal-ct")
-#: reconstruction methods and the tasks they fit (as the CLI checks them)
-METHODS = ("score", "fbp", "tv", "zero-filled", "cs", "sense", "rss")
-METHODS_FOR_TASK = {
-    "sparse-ct": ("score", "fbp", "tv"),
-    "limited-angle-ct": ("score", "fbp", "tv"),
-    "metal-ct": ("score", "fbp", "tv"),
-    "mri": ("score", "zero-filled", "cs", "tv", "sense", "rss"),
-}
+# the library's shared vocabulary (pure Python: importable in Slicer's process before torch is installed)
+from ScoreReconLib.vocabulary import (  # noqa: F401  (re-exported to the module)
+    CLASSICAL_METHODS,
+    CT_TASKS,
+    MIN_IMAGE_SIZE,
+    MRI_MASKS,
+    TASKS,
+    classical_methods_for,
+)
+from ScoreReconLib.vocabulary import SAMPLER_NAMES as SAMPLERS
+
+#: reconstruction methods and the tasks they fit (as the CLI checks them); the score method first
+METHODS = ("score", *CLASSICAL_METHODS)
+METHODS_FOR_TASK = {task: ("score", *classical_methods_for(task)) for task in TASKS}
 #: names used for output nodes
 METHOD_LABELS = {"score": "ScoreRecon", "fbp": "FBP", "tv": "TV", "zero-filled": "zero-filled", "cs": "CS",
                  "sense": "SENSE", "rss": "RSS"}
-SAMPLERS = ("proximal", "fast", "song2021")
 DEVICES = ("auto", "cpu", "cuda")
-MRI_MASKS = ("equispaced", "random", "variable-density", "poisson")
 #: where the measurements come from: simulated from an image volume, a measured sinogram volume, a
 #: measurement file, or a fastMRI-format HDF5 k-space file (imported with ``scorerecon import-kspace``)
 INPUT_MODES = ("image", "sinogram", "measurement", "kspace")
@@ -35,8 +36,6 @@ MODEL_CHOICES = ("default", "checkpoint")
 #: sinogram values: the library's units (pixel-length line integrals of the [0, 1]-normalised image),
 #: or attenuation line integrals -ln(I/I0) (dimensionless, detector spacing in mm)
 SINOGRAM_UNITS = ("normalized", "attenuation")
-#: smallest image side the library accepts (pixels)
-MIN_IMAGE_SIZE = 16
 #: the one source of every numeric setting's range: the panel's parameter node (``WithinRange``), its .ui widgets
 #: (tested to match) and :meth:`ScoreReconSettings.validate` all use it
 RANGES: dict[str, tuple[float, float]] = {

@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 
 from ..threads import add_threads_option
-
-TASKS = ("sparse-ct", "limited-angle-ct", "metal-ct", "mri")
+from ..vocabulary import TASKS
 
 
 def add_task_options(p: argparse.ArgumentParser) -> None:

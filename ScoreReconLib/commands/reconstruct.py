@@ -47,7 +47,7 @@ from ..limits import MAX_SAMPLES, MAX_SOLVER_ITERATIONS, check_count
 from ..measurement import Measurement, load_measurement, reference_slices
 from ..operators import TASKS
 from ..operators.base import MeasurementOperator
-from ..sampling import INITS
+from ..settings import INITS, SAMPLER_NAMES, USER_OPTIONS
 from ..threads import add_threads_option
 from ..utils import check_output_folder, check_output_path, make_temp_beside, resolve_device
 
@@ -56,10 +56,10 @@ METHODS = (*CLASSICAL_METHODS, "score")
 #: methods that fit each task
 METHODS_FOR_TASK: dict[str, tuple[str, ...]] = {task: (*methods_for(task), "score") for task in TASKS}
 #: --sampler choices of the score method
-SAMPLERS = ("proximal", "song2021", "fast")
-#: score options passed to the sampler as SamplerSettings fields (None → the model's tuned value / default)
-SAMPLER_EXTRAS = ("tv_weight", "init", "t_start", "init_weight", "noise_std", "noise_scale", "final_lam", "z_tv",
-                  "z_shared_noise")
+SAMPLERS = SAMPLER_NAMES
+#: options of the score method only: --model and the score settings (:data:`~ScoreReconLib.settings.USER_OPTIONS`;
+#: --sampler sets ``method``); --samples is accepted and ignored by the classical methods
+SCORE_FLAGS = ("model", *("sampler" if k == "method" else k for k in USER_OPTIONS if k != "samples"))
 PROGRESS_FORMATS = ("tqdm", "json", "none")
 #: progress units per slice for classical methods (per-mille of a slice's iterations)
 CLASSICAL_UNITS = 1000
@@ -83,7 +83,7 @@ def _default_help(key: str, fallback: str | None = None) -> str:
     """"default: the model's recommendation (default-ct 5, default-mri 5), else 25 (CT) / 25 (MRI)" for ``--help``,
     from the values a run resolves (:func:`ScoreReconLib.reconstruction.resolve_settings`): the shipped models'
     config.json, then the proximal sampler's :data:`~ScoreReconLib.reconstruction.DEFAULTS`."""
-    from ..reconstruction import DEFAULT_METHOD, DEFAULTS
+    from ..settings import DEFAULT_METHOD, DEFAULTS
 
     def text(value) -> str:
         return f"{value:g}" if isinstance(value, float) else str(value)
@@ -357,7 +357,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
     if getattr(args, "disagreement_output", None) and args.method == "score" and args.samples is not None \
             and args.samples < 2:
         raise ScoreReconError("--disagreement-output needs --samples 2 or more (it compares with the posterior std)")
-    for flag in ("model", "sampler", "steps", "lam", "snr", *SAMPLER_EXTRAS):
+    for flag in SCORE_FLAGS:
         if flag == "noise_std" and args.method in ("tv", "cs"):
             continue  # the automatic weight's σ_y
         if getattr(args, flag) is not None and args.method != "score":
@@ -375,11 +375,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
                               "given to --weight")
     if args.iters is not None:
         check_count(args.iters, "--iters", MAX_SOLVER_ITERATIONS)
-    for flag in ("lam", "snr", "tv_weight", "t_start", "init_weight", "noise_std", "noise_scale", "final_lam",
-                 "z_tv"):
-        value = getattr(args, flag, None)
-        if value is not None and not math.isfinite(float(value)):
-            raise ScoreReconError(f"--{flag.replace('_', '-')} must be a finite number, got {value}")
+    if args.noise_std is not None and not math.isfinite(float(args.noise_std)):  # score: checked with its settings
+        raise ScoreReconError(f"--noise-std must be a finite number, got {args.noise_std}")
     # no two outputs may be the same file: one would silently replace the other
     outputs = {"--output": args.output, "--std-output": args.std_output, "--metrics-json": args.metrics_json,
                "--complex-output": getattr(args, "complex_output", None),
@@ -493,16 +490,6 @@ def _is_terminal(stream) -> bool:
 
 
 # ---------------------------------------------------------------------------------- reconstruction
-def _subset(op: MeasurementOperator, m: Measurement, idx: slice, device: torch.device) -> MeasurementOperator:
-    """Operator for slices ``idx`` (metal-ct masks and imported coil maps differ per slice)."""
-    per_slice = m.task == "metal-ct" or getattr(op, "per_slice", False)
-    if not per_slice or (idx.start == 0 and idx.stop >= m.n_slices):
-        return op
-    if hasattr(op, "batch_subset"):
-        return op.batch_subset(idx)
-    return m.operator(device, slices=idx)
-
-
 def compute_metrics(x: torch.Tensor, ref: torch.Tensor, metal_mask: torch.Tensor | None) -> dict[str, Any]:
     """Per-slice PSNR/SSIM of ``x`` vs ``ref`` (S,1,N,N) normalised, clipped to [0, 1], metal excluded."""
     from ..metrics import psnr, ssim
@@ -519,26 +506,30 @@ def compute_metrics(x: torch.Tensor, ref: torch.Tensor, metal_mask: torch.Tensor
 
 @dataclass
 class Engine:
-    """What reconstructs a batch: a classical method, or the score prior with its settings."""
+    """What reconstructs a file: a classical method with its ``options``, or the score prior with the user's score
+    ``options`` (:data:`~ScoreReconLib.settings.USER_OPTIONS`; None = not given), resolved once per task."""
 
     method: str
     device: torch.device
     prior: Any = None
-    sampler: str | None = None
-    settings: dict = field(default_factory=dict)
     units_per_slice: int = CLASSICAL_UNITS
     model_name: str | None = None
     options: dict = field(default_factory=dict)
-    #: λ / snr given on the command line (None → the model's tuned value for the measurement's task)
-    overrides: dict = field(default_factory=dict)
+    resolved: dict = field(default_factory=dict)
 
-    def _extras(self) -> dict:
-        """The sampler options of :data:`SAMPLER_EXTRAS` as given on the command line (None: not given)."""
-        return {k: self.overrides.get(k) for k in SAMPLER_EXTRAS}
+    def settings_for(self, task: str):
+        """The :class:`~ScoreReconLib.settings.SamplerSettings` of a score reconstruction of ``task``, resolved (and
+        validated) once: the model's recommendation for the task, then the command line."""
+        if task not in self.resolved:
+            from ..settings import resolve_settings
 
-    def volume_extras(self, y: torch.Tensor, op: MeasurementOperator) -> dict:
-        """What is fixed once for a file's slices: score — noise level and classical start weight; tv / cs with
-        the automatic weight — that weight. ``"weight_choice"`` holds the automatic choice's record."""
+            options = dict(self.options)
+            self.resolved[task] = resolve_settings(options.pop("method"), self.prior, task=task, **options)
+        return self.resolved[task]
+
+    def classical_fixed(self, y: torch.Tensor, op: MeasurementOperator) -> dict:
+        """tv / cs with the automatic weight: the weight fixed once for a file's slices, and its choice record
+        (``"weight_choice"``); else nothing."""
         if self.method in ("tv", "cs") and self.options.get("weight", "auto") == "auto" \
                 and self.options.get("regularizer") != "sigpy-wavelet":
             from ..parameter_choice import choose_weight
@@ -549,29 +540,11 @@ class Engine:
                                    regularizer=self.options.get("regularizer", "tv"),
                                    noise_std=self.options.get("noise_std"), iters=self.options.get("iters"))
             return {"weight": choice.weight, "weight_choice": choice.to_dict()}
-        if self.method != "score":
-            return {}
-        from ..reconstruction import volume_extras
+        return {}
 
-        return volume_extras(y, op, self.prior, self.sampler, self.settings.get("steps"), self.overrides.get("lam"),
-                             self.overrides.get("snr"), **self._extras())
-
-    def run(self, y: torch.Tensor, op: MeasurementOperator, seed: int, progress: Any = None, first_slice: int = 0,
-            fixed: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None, int | None]:
-        """Reconstruct a batch: (mean (B,1,N,N), std or None, nfe or None), normalised units, on CPU.
-
-        Score: batch item ``b`` is slice ``first_slice + b`` (its own noise stream); ``fixed`` holds the
-        file's :meth:`volume_extras`."""
-        if self.method == "score":
-            from ..reconstruction import reconstruct
-
-            extra = self._extras()
-            extra.update({k: v for k, v in (fixed or {}).items() if extra.get(k) is None and k != "weight_choice"})
-            res = reconstruct(y, op, self.prior, method=self.sampler, steps=self.settings.get("steps"),
-                              lam=self.overrides.get("lam"), snr=self.overrides.get("snr"),
-                              samples=self.settings.get("samples", 1), seed=seed, progress=progress,
-                              device=self.device, first_slice=first_slice, **extra)
-            return res.mean.float().cpu(), None if res.std is None else res.std.float().cpu(), int(res.nfe)
+    def run_classical(self, y: torch.Tensor, op: MeasurementOperator, progress: Any = None,
+                      fixed: dict | None = None) -> torch.Tensor:
+        """Reconstruct a batch with the classical method: (B,1,N,N) normalised units, on CPU."""
         from ..baselines import classical_reconstruct
 
         options = {k: v for k, v in self.options.items() if k != "noise_std"}
@@ -579,11 +552,20 @@ class Engine:
             options["weight"] = fixed["weight"]
         with torch.no_grad():
             x = classical_reconstruct(self.method, y, op, progress=progress, **options)
-        return x.float().cpu(), None, None
+        return x.float().cpu()
+
+
+def score_options(args: argparse.Namespace) -> dict:
+    """The score settings given on the command line, by :data:`~ScoreReconLib.settings.USER_OPTIONS` name (None =
+    not given; ``--sampler`` is ``method``)."""
+    from ..settings import USER_OPTIONS
+
+    return {k: getattr(args, "sampler" if k == "method" else k) for k in USER_OPTIONS}
 
 
 def make_engine(args: argparse.Namespace, measurements: list[Measurement], device: torch.device) -> Engine:
-    """Check the method against every measurement and, for score, load and check the model (no work yet)."""
+    """Check the method against every measurement and, for score, load and check the model and resolve its settings
+    for every task present (no work yet)."""
     for m in measurements:
         check_method(m.task, args.method)
     if args.method != "score":
@@ -592,7 +574,6 @@ def make_engine(args: argparse.Namespace, measurements: list[Measurement], devic
         return Engine(args.method, device, options=options)
     try:
         from ..networks import load_prior
-        from ..reconstruction import DEFAULT_METHOD, resolve_settings
     except ImportError as exc:
         raise ScoreReconError(
             f"--method score is unavailable: this installation lacks {exc.name}; reinstall scorerecon or "
@@ -610,23 +591,14 @@ def make_engine(args: argparse.Namespace, measurements: list[Measurement], devic
         problem = normalization_mismatch(m.normalization, prior.normalization)
         if problem:
             print(f"scorerecon reconstruct: warning: {problem}", file=sys.stderr)
-    sampler = args.sampler or DEFAULT_METHOD
-    extra = {k: getattr(args, k) for k in SAMPLER_EXTRAS}
-    settings = resolve_settings(sampler, prior, args.steps, args.lam, args.snr, task=measurements[0].task, **extra)
-    steps = int(settings.steps)
-    from ..reconstruction import recommended_samples, std_scale_for
-
-    samples = args.samples if args.samples is not None else recommended_samples(prior, sampler, measurements[0].task)
-    if args.std_output and samples < 2:
-        raise ScoreReconError("--std-output needs --samples 2 or more (the std of a single sample is undefined)")
-    recorded = {"steps": steps, "lam": float(settings.lam), "snr": float(settings.snr), "samples": samples,
-                "tv_weight": float(settings.tv_weight), "init": settings.init, "t_start": float(settings.t_start),
-                "noise_std": settings.noise_std, "noise_scale": float(settings.noise_scale),
-                "final_lam": settings.final_lam, "z_tv": float(settings.z_tv),
-                "z_shared_noise": bool(settings.z_shared_noise),
-                "std_scale": std_scale_for(prior, sampler, measurements[0].task, measurements[0].operator("cpu"))}
-    return Engine("score", device, prior, sampler, recorded, steps * samples, model,
-                  overrides={"lam": args.lam, "snr": args.snr, **extra})
+    engine = Engine("score", device, prior, model_name=model, options=score_options(args))
+    for m in measurements:
+        settings = engine.settings_for(m.task)
+        if args.std_output and settings.samples < 2:
+            raise ScoreReconError("--std-output needs --samples 2 or more (the std of a single sample is undefined)")
+    first = engine.settings_for(measurements[0].task)
+    engine.units_per_slice = first.steps * first.samples
+    return engine
 
 
 class Staging:
@@ -654,17 +626,38 @@ class Staging:
         self.staged = []
 
 
-def reconstruct_job(job: Job, engine: Engine, batch_size: int, seed: int, progress: Progress,
-                    done_units: int, staging: Staging | None = None) -> dict[str, Any]:
-    """Reconstruct one measurement file and write its outputs (into ``staging`` when given); return its
-    metrics record."""
+def _score_file(job: Job, engine: Engine, op: MeasurementOperator, batch_size: int, seed: int,
+                progress: Progress, done_units: int) -> tuple[torch.Tensor, torch.Tensor | None, Any]:
+    """The score reconstruction of one file through :func:`~ScoreReconLib.reconstruction.reconstruct_volume`
+    (settings resolved once per task, noise level and start weight once per file): (mean, std or None, result)."""
+    from ..reconstruction import reconstruct_volume
+
     m = job.measurement
-    assert m is not None
-    t0 = time.perf_counter()
-    op = m.operator(engine.device)
-    means, stds, nfe = [], [], None
     S = m.n_slices
-    fixed = engine.volume_extras(m.y_tensor(None, "cpu"), op)
+    units = S * engine.units_per_slice
+
+    def on_step(done: int, total: int, message: str) -> None:
+        progress.update(done_units + units * min(max(done, 0), total) // max(total, 1), message)
+
+    def on_batch(done: int, total: int, message: str) -> None:
+        progress.update(done_units + done * engine.units_per_slice, f"{job.name} slice {done}/{S}", force=True)
+
+    res = reconstruct_volume(m.y_tensor(None, "cpu"), op, engine.prior, batch_size=batch_size,
+                             settings=engine.settings_for(m.task), seed=seed, device=engine.device,
+                             progress=on_batch, step_progress=on_step)
+    return res.mean.float().cpu(), None if res.std is None else res.std.float().cpu(), res
+
+
+def _classical_file(job: Job, engine: Engine, op: MeasurementOperator, batch_size: int, progress: Progress,
+                    done_units: int) -> tuple[torch.Tensor, dict]:
+    """The classical reconstruction of one file in batches (the automatic weight fixed once per file): (mean,
+    what was fixed)."""
+    from ..reconstruction import subset_operator
+
+    m = job.measurement
+    S = m.n_slices
+    fixed = engine.classical_fixed(m.y_tensor(None, "cpu"), op)
+    means = []
     for start in range(0, S, batch_size):
         idx = slice(start, min(S, start + batch_size))
         count = idx.stop - idx.start
@@ -674,16 +667,30 @@ def reconstruct_job(job: Job, engine: Engine, batch_size: int, seed: int, progre
             frac = min(max(done / max(total, 1), 0.0), 1.0)
             progress.update(_before + int(_count * engine.units_per_slice * frac), message)
 
-        mean, std, nfe_b = engine.run(m.y_tensor(idx, engine.device), _subset(op, m, idx, engine.device),
-                                      seed, on_step, first_slice=start, fixed=fixed)
-        means.append(mean)
-        if std is not None:
-            stds.append(std)
-        nfe = nfe_b if nfe_b is not None else nfe
+        means.append(engine.run_classical(m.y_tensor(idx, engine.device), subset_operator(op, idx),
+                                          on_step, fixed))
         progress.update(done_units + idx.stop * engine.units_per_slice, f"{job.name} slice {idx.stop}/{S}",
                         force=True)
+    return torch.cat(means), fixed
+
+
+def reconstruct_job(job: Job, engine: Engine, batch_size: int, seed: int, progress: Progress,
+                    done_units: int, staging: Staging | None = None) -> dict[str, Any]:
+    """Reconstruct one measurement file and write its outputs (into ``staging`` when given); return its
+    metrics record."""
+    m = job.measurement
+    assert m is not None
+    t0 = time.perf_counter()
+    op = m.operator(engine.device)
+    S = m.n_slices
+    std = None
+    if engine.method == "score":
+        mean, std, result = _score_file(job, engine, op, batch_size, seed, progress, done_units)
+        fixed = {"noise_std": result.settings["noise_std"], "init_weight": result.settings["init_weight"],
+                 "weight_choice": result.weight_choice}
+    else:
+        mean, fixed = _classical_file(job, engine, op, batch_size, progress, done_units)
     seconds = time.perf_counter() - t0
-    mean = torch.cat(means)
     if not bool(torch.isfinite(mean).all()):
         raise ScoreReconError(f"{engine.method} produced NaN/inf for {job.input}; check the measurement and settings")
     record: dict[str, Any] = {
@@ -692,13 +699,11 @@ def reconstruct_job(job: Job, engine: Engine, batch_size: int, seed: int, progre
         "device": str(engine.device), "psnr": None, "ssim": None,
     }
     if engine.method == "score":
-        record.update({"sampler": engine.sampler, "nfe": nfe, "nfe_per_sample": nfe,
-                       "nfe_per_slice": None if nfe is None else nfe * int(engine.settings.get("samples", 1)),
-                       "seed": seed, "model": engine.model_name, **engine.settings})
-        if fixed.get("init_weight") is not None:
-            record["init_weight"] = fixed["init_weight"]
-        if fixed.get("noise_std") is not None and record.get("noise_std") is None:
-            record["noise_std"] = fixed["noise_std"]
+        settings = engine.settings_for(m.task)
+        record.update({"nfe": result.nfe, "nfe_per_sample": result.nfe, "nfe_per_slice": result.nfe * settings.samples,
+                       "seed": seed, "model": engine.model_name, **settings.record(),
+                       "std_scale": result.settings["std_scale"]})
+        record.update({k: fixed[k] for k in ("init_weight", "noise_std") if fixed[k] is not None})
     elif engine.method in ("tv", "cs"):
         record["weight"] = fixed.get("weight", engine.options.get("weight"))
     from ..parameter_choice import check_discrepancy, measured_count
@@ -720,7 +725,7 @@ def reconstruct_job(job: Job, engine: Engine, batch_size: int, seed: int, progre
         if choice.get("warning"):
             print(f"scorerecon reconstruct: warning: {job.name}: {choice['warning']}", file=sys.stderr, flush=True)
     # the discrepancy principle as a check (χ² of the measured rows): neither the noise fitted nor signal left
-    sigma = fixed.get("noise_std", engine.settings.get("noise_std"))
+    sigma = fixed.get("noise_std")
     if sigma is None and fixed.get("weight_choice"):
         sigma = fixed["weight_choice"].get("noise_std") or None
     check = check_discrepancy(op, mean.to(engine.device), y_all, sigma, residual=residual)
@@ -744,15 +749,15 @@ def reconstruct_job(job: Job, engine: Engine, batch_size: int, seed: int, progre
     if job.complex_output is not None:
         _write_complex(m, mean, job.complex_output if staging is None else staging.path_for(job.complex_output))
         record["complex_output"] = str(job.complex_output)
-    if job.std_output is not None and stds:
-        _write(m, torch.cat(stds), job.std_output if staging is None else staging.path_for(job.std_output),
+    if job.std_output is not None and std is not None:
+        _write(m, std, job.std_output if staging is None else staging.path_for(job.std_output),
                is_std=True)
         record["std_output"] = str(job.std_output)
     if job.disagreement_output is not None:
-        if not stds:
+        if std is None:
             raise ScoreReconError("--disagreement-output needs 2 or more posterior samples (it compares with the "
                                   "posterior std); pass --samples 2 or more")
-        z = _disagreement(op, y_all, mean, torch.cat(stds), fixed, engine.device)
+        z = _disagreement(op, y_all, mean, std, fixed, engine.device)
         record["disagreement_fraction"] = float((z > DISAGREEMENT_LEVEL).float().mean())
         arr = z.numpy()[:, 0].astype(np.float32)
         arr = arr if int(m.geometry.get("ndim", 3)) == 3 else arr[0]
