@@ -17,6 +17,7 @@ import numpy as np
 
 from .errors import ScoreReconError
 from .utils import atomic_path
+from .vocabulary import MODALITIES
 
 
 class _LazySimpleITK:
@@ -468,7 +469,7 @@ def window(array: np.ndarray, low: float, high: float) -> np.ndarray:
 def guess_modality(image: Image) -> str:
     """"CT" or "MR" from DICOM metadata, else from intensities (negative values ≈ HU)."""
     m = image.modality.upper()
-    if m in ("CT", "MR"):
+    if m in MODALITIES:
         return m
     return "CT" if float(np.min(image.array)) < -200 else "MR"
 
@@ -487,7 +488,7 @@ def modality_mismatch(image: Image, want: str, name: str | Path = "the image") -
     found = guess_modality(image)
     if found == want:
         return None
-    tagged = image.modality.upper() in ("CT", "MR")
+    tagged = image.modality.upper() in MODALITIES
     how = f"its metadata say {found}" if tagged else f"its intensities look like {found}"
     return (f"{name} does not look like {want}: {how}", tagged)
 

@@ -34,6 +34,7 @@ from .data import (
 )
 from .errors import ScoreReconError
 from .utils import ProgressFn
+from .vocabulary import MODALITIES
 
 #: a slice is kept if at least this fraction of its pixels is above :data:`FOREGROUND_LEVEL`
 MIN_FOREGROUND = 0.05
@@ -151,7 +152,7 @@ class SliceDataset(torch.utils.data.Dataset):
         if len(self.hu_window) != 2 or self.hu_window[0] >= self.hu_window[1]:
             raise ScoreReconError(f"HU window {hu_window} must be LOW HIGH with LOW < HIGH, e.g. -1000 2000")
         self.modality = modality.upper() if modality else None
-        if self.modality is not None and self.modality not in ("CT", "MR"):
+        if self.modality is not None and self.modality not in MODALITIES:
             raise ScoreReconError(f"modality '{modality}' must be CT or MR")
         self.min_foreground = float(min_foreground)
         self.warnings: list[str] = []
@@ -190,7 +191,7 @@ class SliceDataset(torch.utils.data.Dataset):
                 found = guess_modality(img)
                 if self.modality is None:
                     self.modality, first = found, path
-                elif found != self.modality and (not given or img.modality.upper() in ("CT", "MR")):
+                elif found != self.modality and (not given or img.modality.upper() in MODALITIES):
                     seen = f"the first image {first}" if not given else f"--modality {self.modality}"
                     raise ScoreReconError(
                         f"{path} is {found} but {seen} is {self.modality}: one prior learns one modality; put CT "

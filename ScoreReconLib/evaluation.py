@@ -32,6 +32,7 @@ from .measurement import (
     add_measurement_noise,
     task_modality,  # noqa: F401  (re-exported for the commands)
 )
+from .metrics import score_slices
 from .operators import build_operator
 from .operators.base import MeasurementOperator
 
@@ -171,22 +172,14 @@ def make_case(name: str, x: torch.Tensor, task: str, seed: int = 0, noise: float
     return EvalCase(name, x_ref, op, y, score_mask)
 
 
-def score_images(x: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor | None) -> tuple[float, float]:
-    """PSNR and SSIM over [0, 1] of a single image pair (1,1,N,N), metal pixels excluded."""
-    from .metrics import psnr, ssim
-
-    xc = x.clamp(0, 1)
-    rc = ref.clamp(0, 1)
-    return float(psnr(xc, rc, data_range=1.0, mask=mask)[0]), float(ssim(xc, rc, data_range=1.0, mask=mask)[0])
-
-
 def run_classical(case: EvalCase, method: str) -> EvalRecord:
     from .baselines import classical_reconstruct
 
     t0 = time.perf_counter()
     xr = classical_reconstruct(method, case.y, case.op)
     sec = time.perf_counter() - t0
-    p, s = score_images(xr, case.x, case.score_mask)
+    scores = score_slices(xr, case.x, case.score_mask)
+    p, s = scores.psnr, scores.ssim
     return EvalRecord(case.name, method, p, s, sec, {"image": xr})
 
 
@@ -195,7 +188,8 @@ def run_score(case: EvalCase, prior, sampler: str = "proximal", samples: int | N
     from .reconstruction import reconstruct
 
     res = reconstruct(case.y, case.op, prior, method=sampler, samples=samples, seed=seed, **kwargs)
-    p, s = score_images(res.mean, case.x, case.score_mask)
+    scores = score_slices(res.mean, case.x, case.score_mask)
+    p, s = scores.psnr, scores.ssim
     return EvalRecord(case.name, label or f"score-{sampler}", p, s, res.seconds,
                       {"image": res.mean, "std": res.std, "nfe": res.nfe,
                        "samples": int(res.settings.get("samples", samples or 1)),

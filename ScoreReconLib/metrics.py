@@ -13,7 +13,9 @@ k1 = 0.01, k2 = 0.03, evaluated on the valid part of the image (5 pixels in from
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 from monai.metrics import PSNRMetric, SSIMMetric
 from monai.metrics.regression import compute_ssim_and_cs
@@ -99,3 +101,34 @@ def ssim(x: torch.Tensor, ref: torch.Tensor, data_range: float = 1.0, mask: torc
 
 
 __all__ = ["psnr", "ssim", "SSIM_WINDOW", "SSIM_SIGMA"]
+
+
+@dataclass(frozen=True)
+class SliceScores:
+    """PSNR (dB) and SSIM of each slice and their means, on images clipped to [0, 1] (data range 1)."""
+
+    psnr: float
+    ssim: float
+    psnr_per_slice: list[float]
+    ssim_per_slice: list[float]
+    #: whether a mask left pixels out (e.g. the metal of metal-ct)
+    masked: bool
+
+    @property
+    def means(self) -> tuple[float, float]:
+        """``(mean PSNR, mean SSIM)``."""
+        return self.psnr, self.ssim
+
+    def to_dict(self) -> dict:
+        """The record ``scorerecon reconstruct --metrics-json`` writes."""
+        return {"psnr": self.psnr, "ssim": self.ssim, "psnr_per_slice": self.psnr_per_slice,
+                "ssim_per_slice": self.ssim_per_slice, "data_range": 1.0, "metal_excluded": self.masked}
+
+
+def score_slices(x: torch.Tensor, ref: torch.Tensor, keep: torch.Tensor | None = None) -> SliceScores:
+    """The project's one image score: PSNR and SSIM per slice of ``x`` against ``ref`` (S, 1, N, N) normalised
+    images, both clipped to [0, 1] (data range 1), counting only pixels where ``keep`` is True (None: all)."""
+    xc, rc = x.float().clamp(0, 1), ref.float().clamp(0, 1)
+    p = [float(v) for v in psnr(xc, rc, data_range=1.0, mask=keep)]
+    s = [float(v) for v in ssim(xc, rc, data_range=1.0, mask=keep)]
+    return SliceScores(float(np.mean(p)), float(np.mean(s)), p, s, keep is not None)

@@ -55,9 +55,10 @@ from .measurement import (
 )
 from .operators import build_operator
 from .operators.ct import DETECTORS, FanBeamGeometry, ParallelBeamGeometry, fbp, metal_mask_from_image
+from .vocabulary import CT_TASKS
 
 #: CT tasks a sinogram can feed
-SINOGRAM_TASKS = ("sparse-ct", "limited-angle-ct", "metal-ct")
+SINOGRAM_TASKS = CT_TASKS
 #: sinogram value units (see the module docstring)
 SINOGRAM_UNITS = ("normalized", "attenuation")
 #: linear attenuation of water used to convert attenuation sinograms (1/mm, ~70 keV)

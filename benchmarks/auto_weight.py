@@ -36,7 +36,8 @@ import torch  # noqa: E402
 
 from ScoreReconLib.baselines import classical_reconstruct  # noqa: E402
 from ScoreReconLib.data import ct_normalization  # noqa: E402
-from ScoreReconLib.evaluation import make_case, score_images  # noqa: E402
+from ScoreReconLib.evaluation import make_case  # noqa: E402
+from ScoreReconLib.metrics import score_slices  # noqa: E402
 from ScoreReconLib.noise import estimate_noise_std, looks_noise_free  # noqa: E402
 from ScoreReconLib.parameter_choice import DISCREPANCY_FACTOR, NOISE_FREE_LEVEL, NOISE_FREE_WEIGHT  # noqa: E402
 
@@ -65,7 +66,7 @@ def grid_records(modality: str, data: Path) -> list[dict]:
                 for w in GRID:
                     x = classical_reconstruct(method, c.y, c.op, weight=w, **kw)
                     r = c.op.mask_apply(c.op.A(x) - c.y)
-                    p, q = score_images(x, c.x, c.score_mask)
+                    p, q = score_slices(x, c.x, c.score_mask).means
                     out.append({"image": s.name, "task": task.key, "noise": noise, "weight": w, "psnr": p, "ssim": q,
                                 "residual": float((r.abs() ** 2).sum()) / m, "sigma_est": sigma_est,
                                 "sigma_true": noise * float(c.y.abs().max()), "peak": float(c.y.abs().max()),

@@ -51,7 +51,7 @@ ScoreRecon rows: the prior's own sampler settings unless ``--score-args`` / ``--
 variants, a "validated variant" column picks, for each test subject, the variant with the best mean
 PSNR on the other held-out subjects (training volumes are not used for this: the prior has seen them).
 
-Metrics: PSNR and SSIM over [0, 1] via ``evaluation.score_images`` (both images clamped to [0, 1],
+Metrics: PSNR and SSIM over [0, 1] via ``metrics.score_slices`` (both images clamped to [0, 1],
 metal pixels excluded).
 
 Noise: make_case's σ = noise · max|y| is, for MRI, relative to the k-space DC, so 0.01 is heavy and
@@ -116,12 +116,14 @@ from ScoreReconLib.baselines import DEFAULTS as CLASSICAL_DEFAULTS  # noqa: E402
 from ScoreReconLib.baselines import classical_reconstruct  # noqa: E402
 from ScoreReconLib.data import Normalization, ct_normalization, mr_normalization, read_image, save_json  # noqa: E402
 from ScoreReconLib.errors import ScoreReconError  # noqa: E402
-from ScoreReconLib.evaluation import METAL_HU, EvalCase, list_images, make_case, resize_square, score_images  # noqa: E402
+from ScoreReconLib.evaluation import METAL_HU, EvalCase, list_images, make_case, resize_square  # noqa: E402
 from ScoreReconLib.measurement import add_measurement_noise  # noqa: E402
+from ScoreReconLib.metrics import score_slices  # noqa: E402
 from ScoreReconLib.operators.base import MeasurementOperator  # noqa: E402
 from ScoreReconLib.operators.ct import JosephProjector, ParallelBeamGeometry  # noqa: E402
 from ScoreReconLib.operators.mri import fft2c, ifft2c  # noqa: E402
 from ScoreReconLib.utils import resolve_device  # noqa: E402
+from ScoreReconLib.validation import leave_one_subject_out, pick_best  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------ setup
@@ -279,12 +281,12 @@ def fine_case(s: Slice, task: Task, size: int, noise: float, seed: int) -> tuple
     rel = float((y_clean - same.y).abs().norm() / same.y.abs().norm())
     base = "zero-filled" if task.task == "mri" else "fbp"
     sanity = {"fine_size": f, "rel_diff_y": rel,
-              "baseline_same": score_images(classical_reconstruct(base, same.y, op), x, same.score_mask),
-              "baseline_cross": score_images(classical_reconstruct(base, y_clean, op), x, same.score_mask)}
+              "baseline_same": score_slices(classical_reconstruct(base, same.y, op), x, same.score_mask).means,
+              "baseline_cross": score_slices(classical_reconstruct(base, y_clean, op), x, same.score_mask).means}
     if task.task != "metal-ct":  # fully sampled data: checks scaling and alignment without undersampling
         inv = (lambda k: ifft2c(k).real) if task.task == "mri" else op.T_inv
-        sanity["full_same"] = score_images(inv(op.T(x)), x, None)
-        sanity["full_cross"] = score_images(inv(full), x, None)
+        sanity["full_same"] = score_slices(inv(op.T(x)), x, None).means
+        sanity["full_cross"] = score_slices(inv(full), x, None).means
     return EvalCase(s.name, x, op, y, same.score_mask), sanity
 
 
@@ -308,7 +310,7 @@ def run_classical(case: EvalCase, method: str, device: torch.device, **kw) -> tu
     t0 = time.perf_counter()
     xr = classical_reconstruct(method, case.y.to(device), op, **kw).cpu()
     sec = time.perf_counter() - t0
-    p, s = score_images(xr, case.x, case.score_mask)
+    p, s = score_slices(xr, case.x, case.score_mask).means
     return p, s, sec
 
 
@@ -319,41 +321,6 @@ def weight_grid(default: float, points: int, decades: float) -> list[float]:
     exps = np.linspace(-decades / 2, decades / 2, points)
     grid = {float(f"{default * 10 ** e:.3g}") for e in exps} | {default}
     return sorted(grid)
-
-
-def mean_psnr_by(records: list[dict], key: str) -> dict:
-    """{value of key: (mean PSNR, mean SSIM)} with images of one subject averaged first."""
-    by: dict = {}
-    for r in records:
-        by.setdefault(r[key], {}).setdefault(r["subject"], []).append((r["psnr"], r["ssim"]))
-    out = {}
-    for k, subj in by.items():
-        per = [np.mean(v, axis=0) for v in subj.values()]
-        out[k] = tuple(float(v) for v in np.mean(per, axis=0))
-    return out
-
-
-def pick_best(records: list[dict], key: str) -> tuple[object, float] | None:
-    """The ``key`` value with the best mean PSNR (ties: SSIM), averaging subjects equally."""
-    scores = mean_psnr_by(records, key)
-    if not scores:
-        return None
-    best = max(scores, key=lambda k: scores[k])
-    return best, scores[best][0]
-
-
-def loso_choice(grid_records: list[dict], test_subject: str) -> tuple[object, float, list[str]] | None:
-    """Leave-one-subject-out: the grid weight best on every subject except ``test_subject``.
-
-    ``grid_records`` hold ``subject``, ``weight``, ``psnr``, ``ssim`` per image and weight. Returns
-    ``(weight, mean validation PSNR, validation subjects)``, or None without another subject. The test
-    subject's own records are dropped before anything is compared.
-    """
-    val = [r for r in grid_records if r["subject"] != test_subject]
-    best = pick_best(val, "weight")
-    if best is None:
-        return None
-    return best[0], best[1], sorted({r["subject"] for r in val})
 
 
 # ------------------------------------------------------------------------------------ ScoreRecon
@@ -433,7 +400,7 @@ def run_variant(case: EvalCase, prior, v: Variant, samples: int | None, seed: in
                           **kwargs)
     except TypeError as exc:
         raise _rejected(v, exc) from None
-    p, s = score_images(res.mean, case.x, case.score_mask)
+    p, s = score_slices(res.mean, case.x, case.score_mask).means
     return p, s, res.seconds, int(res.nfe)
 
 
@@ -501,7 +468,7 @@ class Bench:
                 else:
                     self.note(f"{where}: no {self.args.size}² LOSO weight to transfer for {subj}", ctx.modality)
             elif grid_recs:
-                best = loso_choice(grid_recs, subj)
+                best = leave_one_subject_out(grid_recs, subj)
                 if best is None:
                     self.note(f"{where}: no validation image besides {subj}, so no tuned weight", ctx.modality)
                 else:
@@ -536,7 +503,7 @@ class Bench:
         xr = choice.image if choice.image is not None else classical_reconstruct(
             method, c.y.to(self.device), op, weight=choice.weight, **kw)
         sec = time.perf_counter() - t0
-        p, q = score_images(xr.cpu(), c.x, c.score_mask)
+        p, q = score_slices(xr.cpu(), c.x, c.score_mask).means
         self.log(f"  {ctx.task.key} {ctx.setting} {s.name}: {method.upper()} auto {choice.line()} → {p:.2f} dB")
         return record(ctx, s, f"{method.upper()} auto", p, q, sec, weight=choice.weight, rule=choice.rule,
                       noise_std=choice.noise_std)

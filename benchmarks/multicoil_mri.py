@@ -17,7 +17,7 @@ std ``--noise · max|y|`` on the measured entries. Classical weights (SENSE: CG 
 CS: the regularisation weight of a log grid) are chosen per test subject by the best mean PSNR over the
 *other* subjects (LOSO), never on the test slice. ESPIRiT rows use the LOSO choice of the true-map row.
 The score rows use the default prior (``Resources/models/default-mri``) with its recommended settings.
-PSNR / SSIM on [0, 1] (``evaluation.score_images``).
+PSNR / SSIM on [0, 1] (``metrics.score_slices``).
 """
 
 from __future__ import annotations
@@ -62,10 +62,12 @@ from ScoreReconLib.coils import (  # noqa: E402
     sigpy_available,
     synthetic_maps,
 )
-from ScoreReconLib.evaluation import load_slices, score_images  # noqa: E402
+from ScoreReconLib.evaluation import load_slices  # noqa: E402
 from ScoreReconLib.measurement import add_measurement_noise  # noqa: E402
+from ScoreReconLib.metrics import score_slices  # noqa: E402
 from ScoreReconLib.operators.mri import equispaced_mask  # noqa: E402
 from ScoreReconLib.operators.multicoil import MultiCoilMRI  # noqa: E402
+from ScoreReconLib.validation import leave_one_subject_out  # noqa: E402
 
 SECTION = "multicoil-mri"
 GRIDS = {
@@ -96,16 +98,6 @@ def classical(method: str, value, y: torch.Tensor, op: MultiCoilMRI) -> torch.Te
         return cs_reconstruct(y, op, regularizer="wavelet", weight=float(value))
 
 
-def loso(records: dict, subjects: list[str], test_subject: str):
-    """Grid value with the best mean (over other subjects, slices averaged first) PSNR."""
-    best, best_psnr = None, -1e9
-    for value, per_subject in records.items():
-        others = [np.mean(v) for s, v in per_subject.items() if s != test_subject]
-        if others and np.mean(others) > best_psnr:
-            best, best_psnr = value, float(np.mean(others))
-    return best
-
-
 def data_root() -> Path:
     """``data/`` of the repository, or of its parent folder (worktrees), holding ``heldout/``."""
     for cand in (REPO / "data", REPO.parent / "data"):
@@ -134,7 +126,8 @@ def timing_run(prior, size: int, seed: int = 0) -> dict:
     t0 = time.perf_counter()
     res = reconstruct(y, op, prior, seed=seed)
     seconds = time.perf_counter() - t0
-    p, s = score_images(res.mean, x, None)
+    _sc = score_slices(res.mean, x, None)
+    p, s = _sc.psnr, _sc.ssim
     return {"size": size, "seconds": seconds, "nfe": res.nfe, "samples": res.settings["samples"],
             "steps": res.settings["steps"], "psnr": p, "ssim": s, "load_before": load_before,
             "load_after": os.getloadavg()[0], "threads": torch.get_num_threads()}
@@ -195,7 +188,8 @@ def main(argv=None) -> None:
     rows: dict[str, list[dict]] = {}
 
     def put(row: str, c: dict, img: torch.Tensor, seconds: float, **extra) -> None:
-        p, s = score_images(img.float(), c["x"], None)
+        _sc = score_slices(img.float(), c["x"], None)
+        p, s = _sc.psnr, _sc.ssim
         rows.setdefault(row, []).append({"name": c["name"], "subject": c["subject"], "psnr": p, "ssim": s,
                                          "seconds": seconds, **extra})
 
@@ -232,13 +226,15 @@ def main(argv=None) -> None:
                 t0 = time.perf_counter()
                 img = classical(method, value, c["y"], c["op"])
                 sec = time.perf_counter() - t0
-                p, _ = score_images(img, c["x"], None)
+                p = score_slices(img, c["x"], None).psnr
                 table.setdefault(value, {}).setdefault(c["subject"], []).append(p)
                 outputs[(value, c["name"])] = (img, sec)
             print(f"{method} {value}: mean PSNR {np.mean([v for s in table[value].values() for v in s]):.2f}",
                   flush=True)
         for c in cases:
-            choice = loso(table, subjects, c["subject"])
+            records = [{"subject": subj, "weight": value, "psnr": p, "ssim": 0.0}
+                       for value, per_subject in table.items() for subj, ps in per_subject.items() for p in ps]
+            choice = leave_one_subject_out(records, c["subject"])[0]
             img, sec = outputs[(choice, c["name"])]
             put(f"{method} (true maps, LOSO)", c, img, sec, choice=choice)
             c["choice"][method] = choice

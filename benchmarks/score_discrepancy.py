@@ -35,7 +35,8 @@ from auto_weight import NOISE, VALIDATION  # noqa: E402
 
 from ScoreReconLib.baselines import classical_reconstruct  # noqa: E402
 from ScoreReconLib.data import ct_normalization  # noqa: E402
-from ScoreReconLib.evaluation import make_case, score_images  # noqa: E402
+from ScoreReconLib.evaluation import make_case  # noqa: E402
+from ScoreReconLib.metrics import score_slices  # noqa: E402
 from ScoreReconLib.networks import load_prior  # noqa: E402
 from ScoreReconLib.noise import estimate_noise_std  # noqa: E402
 from ScoreReconLib.parameter_choice import DISCREPANCY_BAND, mean_residual, measured_count  # noqa: E402
@@ -68,7 +69,8 @@ def case_records(modality: str, data: Path, seed: int) -> list[dict]:
 
                 def rec(label: str, x: torch.Tensor, seconds: float, _c=c, _s=s, _task=task, _noise=noise,
                         _sigma=sigma, _m=m) -> dict:
-                    p, q = score_images(x, _c.x, _c.score_mask)
+                    _sc = score_slices(x, _c.x, _c.score_mask)
+                    p, q = _sc.psnr, _sc.ssim
                     r = {"image": _s.name, "task": _task.key, "noise": _noise, "variant": label, "psnr": p, "ssim": q,
                          "residual": mean_residual(_c.op, x, _c.y, _m) / _sigma**2, "sigma_est": _sigma,
                          "sigma_true": _noise * float(_c.y.abs().max()), "seconds": seconds}

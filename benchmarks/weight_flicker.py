@@ -36,7 +36,8 @@ import torch  # noqa: E402
 
 from ScoreReconLib.baselines import classical_reconstruct  # noqa: E402
 from ScoreReconLib.data import ct_normalization, mr_normalization, read_image  # noqa: E402
-from ScoreReconLib.evaluation import resize_square, score_images  # noqa: E402
+from ScoreReconLib.evaluation import resize_square  # noqa: E402
+from ScoreReconLib.metrics import score_slices  # noqa: E402
 from ScoreReconLib.operators import build_operator  # noqa: E402
 from ScoreReconLib.parameter_choice import choose_weight  # noqa: E402
 from ScoreReconLib.reconstruction import WEIGHT_CHOICE_SLICES, central_block  # noqa: E402
@@ -98,8 +99,8 @@ def run(modality: str, data: Path, count: int, seed: int) -> list[dict]:
             noise_change = 0.0
         rec = {"modality": modality, "task": task, "noise": noise, "slices": count, "volume_weight": w_vol,
                "slice_weights": per,
-               "psnr_volume": statistics.mean(score_images(x_vol[i:i + 1], t[i:i + 1], None)[0] for i in range(count)),
-               "psnr_slice": statistics.mean(score_images(x_sl[i:i + 1], t[i:i + 1], None)[0] for i in range(count)),
+               "psnr_volume": score_slices(x_vol[:count], t[:count], None).psnr,
+               "psnr_slice": score_slices(x_sl[:count], t[:count], None).psnr,
                "flicker_volume": flicker(x_vol, t), "flicker_slice": flicker(x_sl, t),
                "flicker_noise": noise_change,
                "seconds_volume": sec_vol, "seconds_slice": sec_sl}

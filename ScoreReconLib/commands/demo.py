@@ -11,6 +11,8 @@ import numpy as np
 
 from ..operators import TASKS  # every task the CLI simulates has a demo
 from ..threads import add_threads_option
+from ..vocabulary import SAMPLER_NAMES
+from .options import add_device_option, add_trust_option
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,11 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", choices=TASKS, default="sparse-ct")
     p.add_argument("--output", default="scorerecon-demo", help="output folder (default: ./scorerecon-demo)")
     p.add_argument("--model", default=None, help="default-ct / default-mri (by task) or a checkpoint folder")
-    p.add_argument("--trust-unverified", action="store_true",
-                   help="load a checkpoint that has no checksums (weights_sha256 / config_sha256) in its "
-                        "config.json, e.g. one from before checksums covered the config")
+    add_trust_option(p)
     p.add_argument("--input", default=None, help="use this image instead of the shipped sample")
-    p.add_argument("--sampler", choices=("proximal", "fast", "song2021"), default="proximal",
+    p.add_argument("--sampler", choices=SAMPLER_NAMES, default="proximal",
                    help="proximal (default; the model's recommended settings, see reconstruct --help), "
                         "fast (DDS-style) or song2021")
     p.add_argument("--steps", type=int, default=None)
@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=None, metavar="N",
                    help="image grid N x N (default: the model's working size; a patch prior takes any N, a whole-image "
                         "prior only its training size)")
-    p.add_argument("--device", default="auto")
+    add_device_option(p)
     add_threads_option(p)
     p.set_defaults(func=run)
 

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from ..threads import add_threads_option
-from ..vocabulary import TASKS
+from ..vocabulary import MRI_MASKS, SAMPLER_NAMES, TASKS
+from .options import add_device_option, add_trust_option
 
 
 def add_task_options(p: argparse.ArgumentParser) -> None:
@@ -17,7 +18,7 @@ def add_task_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arc", type=float, default=90.0, help="limited-angle-ct: arc in degrees (default 90)")
     p.add_argument("--acceleration", type=float, default=8.0, help="mri: acceleration (default 8)")
     p.add_argument("--center-fraction", type=float, default=0.08, help="mri: fully sampled centre (default 0.08)")
-    p.add_argument("--mask", default="equispaced", choices=("equispaced", "random", "variable-density", "poisson"))
+    p.add_argument("--mask", default="equispaced", choices=MRI_MASKS)
     p.add_argument("--noise", type=float, default=0.0, help="relative measurement noise (default 0)")
     p.add_argument("--n-images", type=int, default=8, help="number of test slices (default 8)")
     p.add_argument("--per-volume", type=int, default=3, help="slices taken from each volume (default 3)")
@@ -37,14 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="compare FBP/TV/zero-filled/CS/score on held-out images",
                        description=__doc__)
     p.add_argument("--model", required=True, help="default-ct, default-mri or a checkpoint folder")
-    p.add_argument("--trust-unverified", action="store_true",
-                   help="load a checkpoint that has no checksums (weights_sha256 / config_sha256) in its "
-                        "config.json, e.g. one from before checksums covered the config")
+    add_trust_option(p)
     p.add_argument("--data", required=True, help="folder of held-out images or volumes (or one file)")
     add_task_options(p)
     p.add_argument("--methods", default=None,
                    help="comma list from fbp,tv,zero-filled,cs,score (default: the task's classical methods + score)")
-    p.add_argument("--sampler", choices=("proximal", "fast", "song2021"), default="proximal",
+    p.add_argument("--sampler", choices=SAMPLER_NAMES, default="proximal",
                    help="proximal (default; the model's recommended settings, see reconstruct --help), "
                         "fast (DDS-style) or song2021")
     p.add_argument("--steps", type=int, default=None)
@@ -56,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=None, metavar="N",
                    help="image grid N x N (default: the model's working size; a patch prior takes any N, a whole-image "
                         "prior only its training size)")
-    p.add_argument("--device", default="auto")
+    add_device_option(p)
     p.add_argument("--output", default=None, help="write the table (Markdown) and a JSON of all records here")
     add_threads_option(p)
     p.set_defaults(func=run)

@@ -45,11 +45,13 @@ from ..data import (
 from ..errors import ScoreReconError
 from ..limits import MAX_SAMPLES, MAX_SOLVER_ITERATIONS, check_count
 from ..measurement import Measurement, load_measurement, reference_slices
+from ..metrics import score_slices
 from ..operators import TASKS
 from ..operators.base import MeasurementOperator
 from ..settings import INITS, SAMPLER_NAMES, USER_OPTIONS
 from ..threads import add_threads_option
 from ..utils import check_output_folder, check_output_path, make_temp_beside, resolve_device
+from .options import add_device_option, add_trust_option
 
 #: every --method
 METHODS = (*CLASSICAL_METHODS, "score")
@@ -118,7 +120,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="tqdm: a bar on stderr when it is a terminal, else a plain line every 10 s (slice and "
                         "sampler step); json: lines {\"progress\": done, \"total\": n} on stdout; none")
     p.add_argument("--output-suffix", default=".nrrd", help="batch mode: suffix of the written images")
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
+    add_device_option(p)
     c = p.add_argument_group("tv / cs methods")
     c.add_argument("--weight", type=_weight_arg, default=None, metavar="auto|W",
                    help="regularisation weight relative to ||A||^2, or auto (default): chosen from the measurement "
@@ -131,9 +133,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s = p.add_argument_group("score method")
     s.add_argument("--model", default=None,
                    help="default-ct, default-mri or a checkpoint folder (default: the task's default model)")
-    s.add_argument("--trust-unverified", action="store_true",
-                   help="load a checkpoint that has no checksums (weights_sha256 / config_sha256) in its "
-                        "config.json, e.g. one from before checksums covered the config")
+    add_trust_option(s)
     s.add_argument("--sampler", choices=SAMPLERS, default=None,
                    help="proximal (Song et al. 2022), fast (DDS-style) or song2021; "
                         + _default_help("sampler", "proximal"))
@@ -490,20 +490,6 @@ def _is_terminal(stream) -> bool:
 
 
 # ---------------------------------------------------------------------------------- reconstruction
-def compute_metrics(x: torch.Tensor, ref: torch.Tensor, metal_mask: torch.Tensor | None) -> dict[str, Any]:
-    """Per-slice PSNR/SSIM of ``x`` vs ``ref`` (S,1,N,N) normalised, clipped to [0, 1], metal excluded."""
-    from ..metrics import psnr, ssim
-
-    xc, rc = x.float().clamp(0, 1), ref.float().clamp(0, 1)
-    keep = None if metal_mask is None else ~metal_mask.to(torch.bool)
-    p = [float(v) for v in psnr(xc, rc, data_range=1.0, mask=keep)]
-    s = [float(v) for v in ssim(xc, rc, data_range=1.0, mask=keep)]
-    return {
-        "psnr": float(np.mean(p)), "ssim": float(np.mean(s)), "psnr_per_slice": p, "ssim_per_slice": s,
-        "data_range": 1.0, "metal_excluded": keep is not None,
-    }
-
-
 @dataclass
 class Engine:
     """What reconstructs a file: a classical method with its ``options``, or the score prior with the user's score
@@ -742,8 +728,8 @@ def reconstruct_job(job: Job, engine: Engine, batch_size: int, seed: int, progre
         _write_residual(m, op, residual, check, path)
         record["residual_output"] = str(job.residual_output)
     if job.reference_x is not None:
-        metal = None if m.metal_mask is None else torch.from_numpy(m.metal_mask)
-        record.update(compute_metrics(mean, job.reference_x, metal))
+        keep = None if m.metal_mask is None else ~torch.from_numpy(m.metal_mask).to(torch.bool)
+        record.update(score_slices(mean, job.reference_x, keep).to_dict())
         record["reference"] = str(job.reference)
     _write(m, mean, job.output if staging is None else staging.path_for(job.output))
     if job.complex_output is not None:

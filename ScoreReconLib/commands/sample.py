@@ -7,6 +7,7 @@ import sys
 import time
 
 from ..threads import add_threads_option
+from .options import add_device_option, add_trust_option
 
 
 def register(subparsers) -> None:
@@ -16,9 +17,7 @@ def register(subparsers) -> None:
                     "as one grayscale PNG grid, to check what a prior has learned.",
     )
     p.add_argument("--model", required=True, help="checkpoint folder, or default-ct / default-mri")
-    p.add_argument("--trust-unverified", action="store_true",
-                   help="load a checkpoint that has no checksums (weights_sha256 / config_sha256) in its "
-                        "config.json, e.g. one from before checksums covered the config")
+    add_trust_option(p)
     p.add_argument("--n", type=int, default=16, help="number of samples (default 16)")
     p.add_argument("--output", required=True, help="PNG file to write")
     p.add_argument("--steps", type=int, default=None,
@@ -30,7 +29,7 @@ def register(subparsers) -> None:
     p.add_argument("--size", type=int, default=None, metavar="N",
                    help="image grid N x N (default: the model's working size; a patch prior takes any N, a whole-image "
                         "prior only its training size)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    add_device_option(p)
     add_threads_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

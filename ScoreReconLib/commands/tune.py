@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..threads import add_threads_option
 from .evaluate import add_task_options, task_options
+from .options import add_device_option, add_trust_option
 
 
 def _floats(text: str) -> list[float]:
@@ -25,9 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tune", help="choose λ (and snr) on validation images; write a tuned.json sidecar",
                        description=__doc__)
     p.add_argument("--model", required=True, help="checkpoint folder (or default-ct / default-mri)")
-    p.add_argument("--trust-unverified", action="store_true",
-                   help="load a checkpoint that has no checksums (weights_sha256 / config_sha256) in its "
-                        "config.json, e.g. one from before checksums covered the config")
+    add_trust_option(p)
     p.add_argument("--data", required=True, help="validation images (not the test images)")
     add_task_options(p)
     p.add_argument("--sampler", choices=("proximal", "fast"), default="proximal",
@@ -39,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=None, metavar="N",
                    help="image grid N x N (default: the model's working size; a patch prior takes any N, a whole-image "
                         "prior only its training size)")
-    p.add_argument("--device", default="auto")
+    add_device_option(p)
     p.add_argument("--output", default=None, help="sidecar path (default: <model folder>/tuned.json)")
     p.add_argument("--dry-run", action="store_true", help="print the choice without writing the sidecar")
     add_threads_option(p)

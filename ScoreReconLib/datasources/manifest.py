@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..errors import ScoreReconError
 from ..utils import atomic_path
+from ..vocabulary import MODALITIES
 from .registry import SOURCES
 
 
@@ -55,7 +56,7 @@ def prepared_files(output: str | Path, role: str, modality: str) -> list[Path]:
 
     Read from ``output/manifest.json``; raises :class:`ScoreReconError` if nothing matching was prepared.
     """
-    if role not in ("train", "heldout") or modality not in ("CT", "MR"):
+    if role not in ("train", "heldout") or modality not in MODALITIES:
         raise ScoreReconError(f"role '{role}' / modality '{modality}': use role train|heldout and modality CT|MR")
     output = Path(output)
     paths = [output / e["path"] for e in read_manifest(output) if e["role"] == role and e["modality"] == modality]

@@ -14,6 +14,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from ..errors import ScoreReconError
+from ..vocabulary import MODALITIES
 
 #: the registry file inside this package
 SOURCES_FILE = "sources.json"
@@ -21,7 +22,6 @@ SOURCES_FILE = "sources.json"
 SOURCES_FORMAT_VERSION = 1
 #: values a source's ``role`` / ``modality`` may take
 ROLES = ("train", "heldout")
-MODALITIES = ("CT", "MR")
 #: package kinds: a Debian ``.deb`` (apt-get download), a PyPI wheel (pip download), an importable package
 PACKAGE_KINDS = ("debian", "pypi", "installed")
 

@@ -13,16 +13,12 @@ from ..data import Normalization, ct_normalization
 from ..errors import ScoreReconError
 from ..operators import TASKS, operator_from_spec
 from ..operators.base import MeasurementOperator
+from ..vocabulary import CT_TASKS, MIN_IMAGE_SIZE, MRI_MASKS  # noqa: F401  (re-exported by measurement)
 
 #: version of the measurement file format (checkpoints keep ``ScoreReconLib.FORMAT_VERSION``). 2: the CT
 #: operator records its source geometry ("parallel" or "fan" with source / detector distances in pixels).
 MEASUREMENT_FORMAT_VERSION = 2
 #: tasks whose operator is a CT projection
-CT_TASKS = ("sparse-ct", "limited-angle-ct", "metal-ct")
-#: MRI sampling mask kinds (see :func:`ScoreReconLib.operators.mri.make_mask`)
-MRI_MASKS = ("equispaced", "random", "variable-density", "poisson")
-#: smallest image side the library accepts (pixels)
-MIN_IMAGE_SIZE = 16
 #: limits on what a measurement file may declare (checked before any array is decompressed)
 MAX_IMAGE_SIZE = 8192
 MAX_HEADER_BYTES = 16 << 20

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ScoreReconError
-from ..vocabulary import TASKS  # noqa: F401  (the task names, part of this package's API)
+from ..vocabulary import CT_TASKS, TASKS  # noqa: F401  (TASKS: the task names, part of this package's API)
 from .base import MeasurementOperator
 
 
@@ -26,7 +26,7 @@ def build_operator(task: str, image_size: int, **options: Any) -> MeasurementOpe
     ("parallel" or "fan" with ``source_distance``, ``detector_distance`` in pixels and ``detector``). Common:
     ``device``.
     """
-    if task in ("sparse-ct", "limited-angle-ct", "metal-ct"):
+    if task in CT_TASKS:
         from . import ct
 
         return ct.build_ct_operator(task, image_size, **options)
@@ -40,7 +40,7 @@ def build_operator(task: str, image_size: int, **options: Any) -> MeasurementOpe
 def operator_from_spec(spec: dict, arrays: dict[str, np.ndarray], device: Any = "cpu") -> MeasurementOperator:
     """Rebuild an operator from ``op.spec()`` and ``op.arrays()`` (as stored in a measurement file)."""
     task = spec.get("task")
-    if task in ("sparse-ct", "limited-angle-ct", "metal-ct"):
+    if task in CT_TASKS:
         from . import ct
 
         return ct.ct_operator_from_spec(spec, arrays, device=device)

@@ -29,10 +29,11 @@ import torch
 
 from ..errors import ScoreReconError
 from ..utils import resolve_device
+from ..vocabulary import MRI_MASKS
 from .base import MeasurementOperator
 
 #: mask kinds accepted by :func:`make_mask` and :func:`build_mri_operator`
-MASK_KINDS = ("equispaced", "random", "variable-density", "poisson")
+MASK_KINDS = MRI_MASKS
 _ALIASES = {"equispaced": "equispaced", "random": "random", "variable-density": "variable-density",
             "variable_density": "variable-density", "vd": "variable-density", "poisson": "poisson",
             "poisson-disc": "poisson", "poisson_disc": "poisson", "poisson-disk": "poisson"}
