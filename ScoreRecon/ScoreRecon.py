@@ -93,6 +93,7 @@ from ScoreReconModuleLib.settings import (  # noqa: E402, F401
     MIN_IMAGE_SIZE,
     MODEL_CHOICES,
     MRI_MASKS,
+    OVERLAYS,
     RANGES,
     SAMPLERS,
     SINOGRAM_UNITS,
@@ -213,6 +214,7 @@ class ScoreReconParameterNode:
     uncertaintyVolume: vtkMRMLScalarVolumeNode
     metricsTable: vtkMRMLTableNode
     sideBySideLayout: Annotated[bool, Default(False)]
+    overlay: Annotated[str, Choice(OVERLAYS), Default("none")]
 
 
 def hasInput(pn: ScoreReconParameterNode) -> bool:
@@ -558,6 +560,44 @@ class ScoreReconLogic(ScriptedLoadableModuleLogic):
             sliceWidget.sliceLogic().FitSliceToAll()
 
 
+    #: titles of the overlay maps' colour bars
+    OVERLAY_TITLES = {"std": "posterior std (calibrated)", "residual": "data residual (back-projected)",
+                      "disagreement": "|score − classical| / std"}
+
+    @staticmethod
+    def overlayNode(result: ScoreReconResult, which: str) -> Any:
+        """The volume node of map ``which`` (:data:`OVERLAYS`) of a finished run; None for "none" or a map the run
+        did not make (std and disagreement need the score method with 2 or more samples)."""
+        if which not in OVERLAYS:
+            raise ScoreReconModuleError(f"overlay must be one of {', '.join(OVERLAYS)}, got {which!r}")
+        return {"none": None, "std": result.uncertaintyNode, "residual": result.residualNode,
+                "disagreement": result.disagreementNode}[which]
+
+    @staticmethod
+    def showOverlay(result: ScoreReconResult, which: str, opacity: float = 0.5) -> Any:
+        """One switch for a run's maps: overlay map ``which`` on the reconstruction in every slice view at
+        ``opacity`` and show its colour bar (the other maps' bars are hidden); "none" removes the overlay.
+        Returns the overlaid node, or None when there is none to show."""
+        node = ScoreReconLogic.overlayNode(result, which)
+        colors = getattr(getattr(slicer, "modules", None), "colors", None)
+        for other in (result.uncertaintyNode, result.residualNode, result.disagreementNode):
+            if other is None or other is node or colors is None:
+                continue
+            legend = colors.logic().GetColorLegendDisplayNode(other)
+            if legend is not None:
+                legend.SetVisibility(False)
+        if node is not None and colors is not None:  # the colour bar, titled with what the map holds
+            legend = colors.logic().GetColorLegendDisplayNode(node) or \
+                colors.logic().AddDefaultColorLegendDisplayNode(node)
+            if legend is not None:
+                legend.SetTitleText(ScoreReconLogic.OVERLAY_TITLES[which])
+                legend.SetVisibility(True)
+        if result.reconstructionNode is not None:
+            slicer.util.setSliceViewerLayers(background=result.reconstructionNode, foreground=node,
+                                             foregroundOpacity=float(opacity) if node is not None else 0.0)
+        return node
+
+
 # ------------------------------------------------------------------------------------------- widget
 class ScoreReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The panel: settings bound to the parameter node, Apply / Cancel, progress and status."""
@@ -574,6 +614,9 @@ class ScoreReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._job = None
         self._versionProblem = ""
+        #: the last finished run (its maps are what the overlay switch shows) and the overlay shown now
+        self._lastResult: ScoreReconResult | None = None
+        self._shownOverlay = "none"
 
     def setup(self) -> None:
         import ctk
@@ -632,6 +675,7 @@ class ScoreReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGUIState)
 
     def onSceneStartClose(self, caller, event) -> None:
+        self._lastResult, self._shownOverlay = None, "none"  # its nodes go with the scene
         if self._job is not None:
             self.onCancelButton()
         self.setParameterNode(None)
@@ -671,6 +715,9 @@ class ScoreReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             widget = getattr(ui, widgetName)
             if widget.currentPath != getattr(pn, name):
                 widget.currentPath = getattr(pn, name)
+        if self._lastResult is not None and pn.overlay != self._shownOverlay:  # the one overlay switch
+            self._shownOverlay = pn.overlay
+            self.logic.showOverlay(self._lastResult, pn.overlay)
         previous = getattr(self, "_gappedValues", {})
         self._gappedValues = {name: getattr(pn, name) for name in ("size", "kspaceAcceleration")}
         for name, value in self._gappedValues.items():  # no value between "automatic" and the smallest real one
@@ -775,6 +822,10 @@ class ScoreReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     pn.uncertaintyVolume = result.uncertaintyNode
                 if result.metricsTableNode is not None:
                     pn.metricsTable = result.metricsTableNode
+            self._lastResult, self._shownOverlay = result, "none"
+            if pn is not None and pn.overlay != "none":
+                self._shownOverlay = pn.overlay
+                self.logic.showOverlay(result, pn.overlay)
             self.ui.statusLabel.text = self._summary(result)
         self._updateGUIState()
 

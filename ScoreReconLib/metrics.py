@@ -132,3 +132,24 @@ def score_slices(x: torch.Tensor, ref: torch.Tensor, keep: torch.Tensor | None =
     p = [float(v) for v in psnr(xc, rc, data_range=1.0, mask=keep)]
     s = [float(v) for v in ssim(xc, rc, data_range=1.0, mask=keep)]
     return SliceScores(float(np.mean(p)), float(np.mean(s)), p, s, keep is not None)
+
+
+#: pixels of a [0, 1]-normalised reference above this count as body (air and background left out)
+BODY_LEVEL = 0.05
+#: |error| ≤ Z90 · std holds 90 % of a Gaussian error: the band the posterior std is calibrated for
+Z90 = 1.645
+
+
+def band_coverage(x: torch.Tensor, ref: torch.Tensor, std: torch.Tensor, keep: torch.Tensor | None = None,
+                  z: float = Z90) -> float:
+    """Fraction of body pixels (``ref > BODY_LEVEL`` and ``keep``) whose error lies in the posterior band:
+    |x − ref| ≤ z · std, all (S, 1, N, N) normalised images (0.9 for a calibrated std at the default ``z``).
+    NaN when no pixel is body."""
+    ref = ref.float()
+    body = ref > BODY_LEVEL
+    if keep is not None:
+        body &= torch.as_tensor(keep, dtype=torch.bool).expand_as(body)
+    if not bool(body.any()):
+        return float("nan")
+    inside = (x.float() - ref).abs() <= z * std.float()
+    return float(inside[body].double().mean())

@@ -36,6 +36,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from auto_weight import NOISE, VALIDATION  # noqa: E402
 
+from ScoreReconLib import metrics  # noqa: E402
 from ScoreReconLib.data import ct_normalization  # noqa: E402
 from ScoreReconLib.evaluation import make_case  # noqa: E402
 from ScoreReconLib.networks import load_prior  # noqa: E402
@@ -45,8 +46,7 @@ from ScoreReconLib.reconstruction import reconstruct, undersampling  # noqa: E40
 TEST = {"CT": ["heldout/ct/pydicom_head_ct.nrrd", "heldout/ct/pydicom_data_abdomen_ct.nrrd"],
         "MR": ["heldout/mri/itk_t1_head.nrrd", "heldout/mri/pydicom_data_abdomen_mr.nrrd"]}
 MODELS = {"CT": "default-ct", "MR": "default-mri"}
-Z90 = 1.645
-BODY = 0.05
+Z90, BODY = metrics.Z90, metrics.BODY_LEVEL  # the band and the body pixels of `reconstruct`'s coverage90
 
 
 def ratios(modality: str, rel: str, task, prior, data: Path, seed: int) -> dict:

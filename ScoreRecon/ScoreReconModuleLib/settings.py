@@ -33,6 +33,8 @@ INPUT_MODES = ("image", "sinogram", "measurement", "kspace")
 CT_GEOMETRIES = ("parallel", "fan")
 DETECTORS = ("curved", "flat")
 MODEL_CHOICES = ("default", "checkpoint")
+#: maps of a run the panel overlays on the reconstruction by one switch (``ScoreReconLogic.showOverlay``)
+OVERLAYS = ("none", "std", "residual", "disagreement")
 #: sinogram values: the library's units (pixel-length line integrals of the [0, 1]-normalised image),
 #: or attenuation line integrals -ln(I/I0) (dimensionless, detector spacing in mm)
 SINOGRAM_UNITS = ("normalized", "attenuation")

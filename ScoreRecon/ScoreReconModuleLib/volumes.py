@@ -181,7 +181,8 @@ def _number(value) -> float:
 def storeMetrics(node, metrics: dict, name: str, labels: dict, inputNode=None):
     """Write one row per method (PSNR in dB, SSIM, seconds, the regularisation weight the run used: TV / CS's
     weight, the score method's classical-start weight; chi2, the data residual in units of the noise variance;
-    NaN where none) into a table node (new: in the input's study)."""
+    coverage90, the fraction of body pixels whose error lies within ±1.645 calibrated std (about 0.9 when the std
+    holds; score with 2+ samples and a reference); NaN where none) into a table node (new: in the input's study)."""
     scene = slicer.mrmlScene
     isNew = node is None
     if isNew:
@@ -190,13 +191,13 @@ def storeMetrics(node, metrics: dict, name: str, labels: dict, inputNode=None):
     table.Initialize()
     columns = [("Method", vtk.vtkStringArray()), ("PSNR (dB)", vtk.vtkDoubleArray()),
                ("SSIM", vtk.vtkDoubleArray()), ("Seconds", vtk.vtkDoubleArray()), ("Weight", vtk.vtkDoubleArray()),
-               ("chi2", vtk.vtkDoubleArray())]
+               ("chi2", vtk.vtkDoubleArray()), ("Coverage 90 %", vtk.vtkDoubleArray())]
     for title, column in columns:
         column.SetName(title)
     for method, record in metrics.items():
         columns[0][1].InsertNextValue(labels.get(method, method))
         weight = record.get("weight", record.get("init_weight"))
-        for index, key in enumerate(("psnr", "ssim", "seconds", "weight", "chi2")):  # zip(strict=) is 3.10+
+        for index, key in enumerate(("psnr", "ssim", "seconds", "weight", "chi2", "coverage90")):
             column = columns[index + 1][1]
             value = weight if key == "weight" else record.get(key)
             column.InsertNextValue(_number(value))

@@ -11,7 +11,8 @@ Batch mode: ``--input`` a folder of ``.npz`` files, ``--output`` a folder; each 
 merged metrics JSON.
 
 Metrics (with ``--reference``): PSNR and SSIM per slice on normalised images clipped to [0, 1]
-(data range 1), metal pixels excluded for metal-ct.
+(data range 1), metal pixels excluded for metal-ct; with a posterior std also ``coverage90``, the fraction of body
+pixels whose error lies within ±1.645 calibrated std (:func:`ScoreReconLib.metrics.band_coverage`).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from ..data import (
 from ..errors import ScoreReconError
 from ..limits import MAX_SAMPLES, MAX_SOLVER_ITERATIONS, check_count
 from ..measurement import Measurement, load_measurement, reference_slices
-from ..metrics import score_slices
+from ..metrics import band_coverage, score_slices
 from ..operators import TASKS
 from ..operators.base import MeasurementOperator
 from ..settings import INITS, SAMPLER_NAMES, USER_OPTIONS
@@ -730,6 +731,8 @@ def reconstruct_job(job: Job, engine: Engine, batch_size: int, seed: int, progre
     if job.reference_x is not None:
         keep = None if m.metal_mask is None else ~torch.from_numpy(m.metal_mask).to(torch.bool)
         record.update(score_slices(mean, job.reference_x, keep).to_dict())
+        if std is not None:  # the calibrated std against the true error: about 0.9 when it holds
+            record["coverage90"] = band_coverage(mean, job.reference_x, std, keep)
         record["reference"] = str(job.reference)
     _write(m, mean, job.output if staging is None else staging.path_for(job.output))
     if job.complex_output is not None:
