@@ -1,15 +1,20 @@
-"""PNG figures with Pillow: labelled image panels side by side (no matplotlib needed)."""
+"""PNG figures with Pillow (no matplotlib needed): labelled image panels side by side, and plain image grids."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image as PILImage
 from PIL import ImageDraw, ImageFont
 
 from .utils import atomic_path
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _to_uint8(a: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
@@ -63,4 +68,21 @@ def panel_figure(panels: Sequence[tuple], path: str | Path, scale: int = 2, colu
     path = Path(path)
     with atomic_path(path) as tmp:
         canvas.save(tmp, format="PNG")
+    return path
+
+
+def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, padding: int = 2) -> Path:
+    """Write images ``(B, 1, H, W)`` in ``[0, 1]`` (clipped) as one 8-bit grayscale PNG grid, atomically."""
+    imgs = images.detach().float().cpu().clamp(0, 1)
+    b, _, h, w = imgs.shape
+    nrow = nrow or max(1, math.ceil(math.sqrt(b)))
+    rows = math.ceil(b / nrow)
+    grid = np.zeros((rows * (h + padding) + padding, nrow * (w + padding) + padding), np.uint8)
+    for k in range(b):
+        r, c = divmod(k, nrow)
+        y, x = padding + r * (h + padding), padding + c * (w + padding)
+        grid[y:y + h, x:x + w] = np.round(imgs[k, 0].numpy() * 255).astype(np.uint8)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        PILImage.fromarray(grid, mode="L").save(tmp, format="PNG")
     return path

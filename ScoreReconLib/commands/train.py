@@ -12,6 +12,7 @@ import sys
 
 from ..errors import ScoreReconError
 from ..threads import add_threads_option
+from .options import add_device_option, add_trust_option
 
 
 def _int_list(text: str) -> list[int]:
@@ -80,13 +81,12 @@ def register(subparsers) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the checkpoint in --output (its settings are kept; --steps is the new total)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    add_device_option(p)
     p.add_argument("--num-workers", type=int, default=0, help="threads reading the image files")
     p.add_argument("--description", default="", help="free text about the training data for the model card")
     p.add_argument("--init-from", default=None, metavar="CKPT",
                    help="start from this checkpoint's weights (fine-tune, or continue with a fresh optimizer)")
-    p.add_argument("--trust-unverified", action="store_true",
-                   help="--init-from a checkpoint that has no checksums (weights_sha256 / config_sha256)")
+    add_trust_option(p, "--init-from a checkpoint")
     add_threads_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -119,9 +119,9 @@ def run(args: argparse.Namespace) -> int:
         scale_range=tuple(args.scale_range), val_data=args.val_data,
     )
     result = train(cfg)
-    import os
+    from ..distributed import dist_env
 
-    if int(os.environ.get("RANK", "0")) == 0:
+    if dist_env()[0] == 0:  # only rank 0 reports
         sigma = f", sigma_max {result.sigma_max}" if result.sigma_max is not None else ""
         print(f"trained steps {result.start_step}..{result.steps}, final loss {result.final_loss:.4f}{sigma}, "
               f"{result.seconds:.0f} s; checkpoint in {result.output}", file=sys.stderr)
