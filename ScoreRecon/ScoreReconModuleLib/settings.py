@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import pathlib
 from dataclasses import dataclass, fields
@@ -277,10 +276,13 @@ class ScoreReconSettings:
 
     def effectiveSamples(self) -> int:
         """Posterior samples to draw: the model's recommended count when ``useRecommended``, else ``samples``."""
-        if self.useRecommended and self.sampler == "proximal":
-            recommended = modelRecommendedSamples(self.modelArgument)
-            if recommended is not None:
-                return recommended
+        if self.useRecommended:
+            facts = modelFacts(self.modelArgument)
+            if facts is not None:
+                try:
+                    return facts.recommended_samples(self.task, self.sampler)
+                except ValueError:  # a bad count in the model's files: the run itself reports it precisely
+                    pass
         return int(self.samples)
 
     def reconstructArgs(self, measurementPath: str, outputPath: str, method: str,
@@ -316,43 +318,19 @@ def pathIsSet(path: Any) -> bool:
     return path is not None and str(path) not in ("", ".")
 
 
-def modelConfig(model: str) -> dict | None:
-    """A prior's config.json (``default-ct`` / ``default-mri`` or a checkpoint folder); None if unreadable."""
+def modelFacts(model: str) -> Any:
+    """What the library reads from a prior's config.json and tuned.json (:func:`ScoreReconLib.model_card.model_facts`:
+    modality, kind, image size, recommended settings per task), without torch; None if it cannot be read (the
+    reconstruct command then reports the problem precisely)."""
     try:
-        if model in ("default-ct", "default-mri"):
-            from ScoreReconLib.resources import resources_dir
+        from ScoreReconLib.model_card import model_facts
 
-            folder = resources_dir() / "models" / model
-        else:
-            folder = pathlib.Path(model).expanduser()
-            if folder.is_file():
-                folder = folder.parent
-        config = json.loads((folder / "config.json").read_text())
-        return config if isinstance(config, dict) else None
-    except Exception:  # missing or unreadable: the reconstruct command reports it precisely
-        return None
-
-
-def modelRecommendedSamples(model: str) -> int | None:
-    """The posterior sample count a prior's config.json recommends for its sampler (None if it says none)."""
-    try:
-        value = ((modelConfig(model) or {}).get("recommended") or {}).get("samples")
-        return max(1, int(value)) if value is not None else None
-    except (TypeError, ValueError, AttributeError):
+        return model_facts(model)
+    except Exception:  # missing, unreadable or invalid
         return None
 
 
 def modelImageSize(model: str) -> int | None:
-    """Image size a prior was trained on, from its config.json (None if it cannot be read).
-
-    A patch prior (config ``prior.kind == "patch"``) works at any size: this returns 0 for it."""
-    config = modelConfig(model)
-    if config is None:
-        return None
-    try:
-        if (config.get("prior") or {}).get("kind") == "patch":
-            return 0
-        return int(config["image_size"])
-    except (TypeError, ValueError, KeyError, AttributeError):
-        return None
-
+    """Image size a prior was trained on (0 for a patch prior, which works at any size); None if unreadable."""
+    facts = modelFacts(model)
+    return None if facts is None else int(facts.image_size)

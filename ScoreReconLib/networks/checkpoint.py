@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from ..errors import ScoreReconError
+from ..model_card import DEFAULT_PRIORS, with_tuned
 from ..sde import sde_from_dict
-from .config import plain_settings, read_config, read_config_json
+from .config import read_config, read_config_json
 from .files import CONFIG_FILE, TRAINING_STATE_FILE, TUNED_FILE, WEIGHTS_FILE
 from .integrity import file_sha256, sign_config, verify_checkpoint
 from .model import ScoreModel
@@ -136,28 +137,12 @@ def load_checkpoint(folder: str | Path, device: torch.device | str = "cpu", trus
     model = ScoreModel(sde, cfg["network"])
     load_weights(model, weights)
     cfg.setdefault("name", folder.name)
-    tuned = folder / TUNED_FILE
-    if tuned.is_file():  # λ/snr chosen by `scorerecon tune`, per task and sampler
-        try:
-            side = json.loads(tuned.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ScoreReconError(f"{tuned} is not valid JSON ({exc}); delete it or re-run scorerecon tune") from None
-        if not isinstance(side, dict) or not isinstance(side.get("tasks", {}), dict) \
-                or not plain_settings(side) \
-                or not all(isinstance(v, dict) for v in dict(side.get("tasks") or {}).values()):
-            raise ScoreReconError(f"{tuned} is not a tune sidecar (a JSON object with 'tasks' of per-sampler "
-                                  "settings: numbers or strings); delete it or re-run scorerecon tune")
-        rec = dict(cfg.get("recommended") or {})
-        tasks = {t: dict(v) for t, v in dict(rec.get("tasks") or {}).items()}
-        for task, per in side.get("tasks", {}).items():
-            tasks.setdefault(task, {}).update(per)
-        cfg["recommended"] = {**rec, **{k: v for k, v in side.items() if k != "tasks"}, "tasks": tasks}
+    if (folder / TUNED_FILE).is_file():  # λ/snr chosen by `scorerecon tune`, per task and sampler
+        cfg["recommended"] = with_tuned(cfg.get("recommended") or {}, folder)
     cfg["path"] = str(folder)
     return Prior(model, cfg, device)
 
 
-#: shipped default priors
-DEFAULT_PRIORS = ("default-ct", "default-mri")
 
 
 def load_prior(name_or_path: str | Path, device: torch.device | str = "cpu", trust_unverified: bool = False) -> Prior:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from .. import FORMAT_VERSION, __version__
 from ..data import Normalization
 from ..errors import ScoreReconError
+from ..model_card import MAX_CONFIG_BYTES, plain_settings, read_config_json  # noqa: F401  (re-exported)
 from ..sde import sde_from_dict
 from .files import CONFIG_FILE
 from .model import ScoreModel, network_config
@@ -43,23 +43,6 @@ def make_config(model: ScoreModel, image_size: int, modality: str, normalization
     return cfg
 
 
-def read_config_json(path: Path) -> dict:
-    """The parsed ``config.json`` at ``path`` (a JSON object of bounded size), with one-line errors."""
-    try:
-        size = path.stat().st_size
-        if size > MAX_CONFIG_BYTES:
-            raise ScoreReconError(f"{path} is {size} bytes, far more than a checkpoint config; restore it or retrain")
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        msg = " ".join(str(exc).split())[:120]
-        raise ScoreReconError(f"{path} is not valid JSON ({msg}); restore it or retrain the checkpoint") from None
-    if not isinstance(cfg, dict):
-        raise ScoreReconError(f"{path} must hold a JSON object; restore it or retrain the checkpoint")
-    return cfg
-
-
-#: a config.json larger than this is refused unread (real ones are a few kB)
-MAX_CONFIG_BYTES = 4 << 20
 #: image sizes a checkpoint may declare
 MAX_IMAGE_SIZE = 16384
 
@@ -119,15 +102,3 @@ def read_config(folder: str | Path, raw: dict | None = None) -> dict:
     network_config(cfg["network"])
     prior_spec(cfg)
     return cfg
-
-
-def plain_settings(obj: object, depth: int = 0) -> bool:
-    """True if ``obj`` is nested dicts / lists (≤ 8 deep) whose leaves are finite numbers, strings, booleans or
-    null (what ``recommended`` and ``tuned.json`` hold: settings per sampler and task, and tuning grids)."""
-    if isinstance(obj, dict):
-        return depth < 8 and all(isinstance(k, str) and plain_settings(v, depth + 1) for k, v in obj.items())
-    if isinstance(obj, list):
-        return depth < 8 and all(plain_settings(v, depth + 1) for v in obj)
-    if isinstance(obj, float):
-        return math.isfinite(obj)
-    return obj is None or isinstance(obj, str | int | bool)
