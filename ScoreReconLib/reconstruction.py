@@ -52,6 +52,8 @@ class ReconstructionResult:
     settings: dict = field(default_factory=dict)
     #: a volume's automatic classical-start weight choice (``WeightChoice.to_dict()``; None when none was made)
     weight_choice: dict | None = None
+    #: what test-time adaptation did (``AdaptationRecord.to_dict()``; None without ``adapt``)
+    adaptation: dict | None = None
 
 
 def check_compatible(operator: MeasurementOperator, prior) -> None:
@@ -249,13 +251,20 @@ def reconstruct(y: torch.Tensor, operator: MeasurementOperator, prior, method: s
     y = y.to(dev)
     sampler = SAMPLERS[method]
     shared = SamplerContext(cancel=cancel)  # what every sample reuses: the noise estimate, the classical start
-    if settings.init == "classical":
+    if settings.init == "classical" or settings.adapt != "none":
         from .noise import looks_noise_free
 
         sigma = noise_std_of(operator, y, settings, shared)
         if settings.noise_std is None and settings.init_weight is None and looks_noise_free(operator, y):
             sigma = 0.0  # the start's weight: noise-free data (the estimate read the signal's tail)
         shared.x_init = classical_init(operator, y, settings.init_weight, cancel, sigma)
+    adaptation = None
+    if settings.adapt != "none":  # fit adapters to this batch's data from its classical start
+        prior, record = _adapt(prior, operator, y, shared.x_init, noise_std_of(operator, y, settings, shared),
+                               settings, seed, cancel)
+        adaptation = record.to_dict()
+        if settings.init != "classical":
+            shared.x_init = None  # the start was only the adaptation's
     outs = []
     nfe = 0
     total = settings.steps * samples
@@ -283,7 +292,17 @@ def reconstruct(y: torch.Tensor, operator: MeasurementOperator, prior, method: s
         mean=mean.cpu(), std=None if std is None else std.cpu(), nfe=nfe,
         seconds=time.perf_counter() - t0, method=method, seed=seed,
         settings={**settings.__dict__, "nfe_per_step": NFE_PER_STEP[method], "std_scale": scale},
+        adaptation=adaptation,
     )
+
+
+def _adapt(prior, operator: MeasurementOperator, y: torch.Tensor, x_start: torch.Tensor, noise_std: float,
+           settings: SamplerSettings, seed: int | None, cancel: threading.Event | None):
+    """``prior`` with adapters fitted to ``y`` (:func:`~ScoreReconLib.adaptation.adapt_prior`), seeded from ``seed``."""
+    from .adaptation import adapt_prior
+
+    return adapt_prior(prior, operator, y, x_start, float(noise_std), settings.t_start, settings.adapt_steps,
+                       seed=derive_seed(0 if seed is None else seed, 2**33), mode=settings.adapt, cancel=cancel)
 
 
 def subset_operator(operator: MeasurementOperator, index: slice) -> MeasurementOperator:
@@ -336,6 +355,17 @@ def reconstruct_volume(y: torch.Tensor, operator: MeasurementOperator, prior, ba
     if seed is None:
         seed = int(torch.randint(0, 2**62, (1,)).item())
     settings, choice = fix_volume_settings(y, operator, settings)
+    adaptation = None
+    if settings.adapt != "none":  # once, on the central slices; every batch then samples with the adapted prior
+        block, op = central_block(y, operator, WEIGHT_CHOICE_SLICES)
+        check_compatible(op, prior)
+        dev = resolve_device(passed["device"]) if passed.get("device") is not None else prior.device
+        prior = prior.to(dev)
+        op, block = op.to(dev), block.to(dev)
+        start = classical_init(op, block, settings.init_weight, cancel, settings.noise_std)
+        prior, record = _adapt(prior, op, block, start, settings.noise_std, settings, seed, cancel)
+        adaptation = record.to_dict()
+        settings = dataclasses.replace(settings, adapt="none")
     per_slice = settings.steps * settings.samples
     means, stds = [], []
     result = None
@@ -358,6 +388,7 @@ def reconstruct_volume(y: torch.Tensor, operator: MeasurementOperator, prior, ba
     assert result is not None
     return ReconstructionResult(
         mean=torch.cat(means), std=torch.cat(stds) if stds else None, nfe=result.nfe,
-        seconds=time.perf_counter() - t0, method=result.method, seed=seed, settings=result.settings,
-        weight_choice=choice,
+        seconds=time.perf_counter() - t0, method=result.method, seed=seed,
+        settings={**result.settings, "adapt": "none" if adaptation is None else adaptation["mode"]},
+        weight_choice=choice, adaptation=adaptation,
     )

@@ -23,6 +23,10 @@ from .vocabulary import SAMPLER_NAMES  # the samplers :data:`ScoreReconLib.sampl
 DEFAULT_METHOD = "proximal"
 #: values of ``SamplerSettings.init``
 INITS = ("noise", "classical")
+#: ``adapt`` values (:mod:`ScoreReconLib.adaptation`): none, or low-rank adapters fitted to the measurement
+ADAPT_MODES = ("none", "lora")
+#: most test-time adaptation steps
+MAX_ADAPT_STEPS = 10_000
 #: most sampler steps a reconstruction accepts (the paper's 1000, with a wide margin)
 MAX_SAMPLER_STEPS = 10_000
 
@@ -45,12 +49,12 @@ DEFAULTS: dict[str, dict[str, dict]] = {
 #: operator-dependent ``std_scale`` are read by :func:`recommended_samples` and
 #: :func:`ScoreReconLib.reconstruction.std_scale_for`
 TUNABLE = ("steps", "lam", "snr", "cg_iters", "eta", "noise_rate", "tv_weight", "tv_iters", "init", "t_start",
-           "init_weight", "final_lam", "noise_std", "noise_scale")
+           "init_weight", "final_lam", "noise_std", "noise_scale", "adapt", "adapt_steps")
 
 #: the options a user sets (CLI ``--sampler`` for ``method``, ``--<name>`` for the others; the Slicer module's
 #: settings of the same names); the other fields are the samplers' internals
 USER_OPTIONS = ("method", "steps", "lam", "snr", "samples", "tv_weight", "init", "t_start", "init_weight",
-                "noise_std", "noise_scale", "final_lam", "z_tv", "z_shared_noise")
+                "noise_std", "noise_scale", "final_lam", "z_tv", "z_shared_noise", "adapt", "adapt_steps")
 #: fields that apply to the proximal sampler only (an error for another sampler when set away from their default)
 PROXIMAL_ONLY = ("tv_weight", "z_tv", "z_shared_noise", "final_lam")
 
@@ -102,6 +106,11 @@ class SamplerSettings:
     method: str = DEFAULT_METHOD
     #: posterior samples averaged (each costs a full sampler run; the std needs 2 or more)
     samples: int = 1
+    #: test-time adaptation of the prior to the measurement before sampling (:mod:`ScoreReconLib.adaptation`):
+    #: "none" or "lora" (low-rank adapters fitted until the denoised image explains the data to their noise)
+    adapt: str = "none"
+    #: most adapter steps (the discrepancy principle usually stops earlier on noisy data)
+    adapt_steps: int = 20
 
     def __post_init__(self) -> None:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -170,6 +179,9 @@ def _validate(v: dict[str, Any]) -> None:
             and method != "proximal":
         raise ScoreReconError(f"--final-lam applies only to the proximal sampler, not '{method}'")
     _optional_number(v, "init_weight", "--init-weight", lambda x: x >= 0, "be >= 0")
+    if v["adapt"] not in ADAPT_MODES:
+        raise ScoreReconError(f"--adapt must be one of {', '.join(ADAPT_MODES)}, got {v['adapt']!r}")
+    v["adapt_steps"] = check_count(v["adapt_steps"], "--adapt-steps", MAX_ADAPT_STEPS, minimum=0)
 
 
 def _number(v: dict, key: str, flag: str) -> float:

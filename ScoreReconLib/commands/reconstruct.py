@@ -43,13 +43,14 @@ from ..data import (
     save_json,
     write_image,
 )
+from ..distributed import dist_env
 from ..errors import ScoreReconError
 from ..limits import MAX_SAMPLES, MAX_SOLVER_ITERATIONS, check_count
 from ..measurement import Measurement, load_measurement, reference_slices
 from ..metrics import band_coverage, score_slices
 from ..operators import TASKS
 from ..operators.base import MeasurementOperator
-from ..settings import INITS, SAMPLER_NAMES, USER_OPTIONS
+from ..settings import ADAPT_MODES, INITS, SAMPLER_NAMES, USER_OPTIONS
 from ..threads import add_threads_option
 from ..utils import check_output_folder, check_output_path, make_temp_beside, resolve_device
 from .options import add_device_option, add_trust_option
@@ -179,6 +180,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--final-lam", type=float, default=None, metavar="L",
                    help="proximal sampler: λ of the last merge after the final denoising step (default: 1 for "
                         "noise-free data, the noise-aware weight otherwise)")
+    s.add_argument("--adapt", choices=ADAPT_MODES, default=None,
+                   help="test-time adaptation before sampling: none, or lora (low-rank adapters of the score "
+                        "network fitted to this measurement from the classical start, stopped by the discrepancy "
+                        "principle once the denoised image explains the data to their noise; once per file, on its "
+                        "central slices; metrics: adaptation); " + _default_help("adapt", "none"))
+    s.add_argument("--adapt-steps", type=int, default=None, metavar="N",
+                   help="--adapt lora: most adapter steps (each a forward and backward pass of the network); "
+                        + _default_help("adapt_steps", "20"))
     s.add_argument("--samples", type=int, default=None,
                    help="posterior samples averaged (std needs >= 2; each costs the sampler's network evaluations "
                         "again); " + _default_help("samples", "1"))
@@ -222,17 +231,6 @@ class Job:
     complex_output: Path | None = None
     residual_output: Path | None = None
     disagreement_output: Path | None = None
-
-
-def dist_env() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) outside torchrun."""
-    try:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", "0"))
-        local = int(os.environ.get("LOCAL_RANK", str(rank)))
-    except ValueError:
-        raise ScoreReconError("WORLD_SIZE/RANK/LOCAL_RANK are not integers; launch with torchrun") from None
-    return rank, max(world, 1), local
 
 
 def shard(items: list, rank: int, world: int) -> list:
@@ -691,6 +689,8 @@ def reconstruct_job(job: Job, engine: Engine, batch_size: int, seed: int, progre
                        "seed": seed, "model": engine.model_name, **settings.record(),
                        "std_scale": result.settings["std_scale"]})
         record.update({k: fixed[k] for k in ("init_weight", "noise_std") if fixed[k] is not None})
+        if result.adaptation is not None:
+            record["adaptation"] = result.adaptation
     elif engine.method in ("tv", "cs"):
         record["weight"] = fixed.get("weight", engine.options.get("weight"))
     from ..parameter_choice import check_discrepancy, measured_count

@@ -1,0 +1,88 @@
+"""Does test-time adaptation (``reconstruct --adapt lora``, ScoreReconLib.adaptation) pay for its cost?
+
+For every validation and test image (128², the subjects of benchmarks/auto_weight.py and benchmarks/
+generalization.py) and task (CT: 23 and 8 views; MRI: 4× 1-D and 8× Poisson), noisy (CT 1 %, MRI 0.1 % of
+max|y|) and noise-free: the default score reconstruction (``reconstruct_volume`` with the shipped prior's
+recommended settings) without and with ``adapt="lora"`` (at most ``--adapt-steps`` adapter steps, stopped by the
+discrepancy principle), same seed. Reports PSNR / SSIM of both, the adapter steps run, why they stopped and the
+seconds of each. The default of ``--adapt`` is chosen on the validation rows only; test rows only measure.
+Writes the "adaptation" section of RESULTS.md.
+
+    python benchmarks/adaptation.py --threads 1             # ~40 min on the shared 2-core CPU
+    python benchmarks/adaptation.py --threads 1 --only MR --adapt-steps 20
+"""
+
+from __future__ import annotations
+
+import _setup  # first: --threads before torch loads, the repository importable
+
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import generalization as G  # noqa: E402
+import numpy as np  # noqa: E402
+from auto_weight import VALIDATION  # noqa: E402
+
+from ScoreReconLib.data import ct_normalization  # noqa: E402
+from ScoreReconLib.evaluation import make_case  # noqa: E402
+from ScoreReconLib.metrics import score_slices  # noqa: E402
+from ScoreReconLib.networks import load_prior  # noqa: E402
+from ScoreReconLib.reconstruction import reconstruct_volume  # noqa: E402
+
+TEST = {"CT": ["heldout/ct/pydicom_head_ct.nrrd", "heldout/ct/pydicom_data_abdomen_ct.nrrd"],
+        "MR": ["heldout/mri/itk_t1_head.nrrd", "heldout/mri/pydicom_data_abdomen_mr.nrrd"]}
+TASKS = {"CT": ("sparse23", "sparse8"), "MR": ("mri4x", "mri8x-poisson")}
+NOISE = {"CT": 0.01, "MR": 0.001}
+MODELS = {"CT": "default-ct", "MR": "default-mri"}
+
+
+def records(modality: str, data: Path, args) -> list[dict]:
+    prior = load_prior(MODELS[modality])
+    out = []
+    for role, rels in (("validation", VALIDATION[modality]), ("test", TEST[modality])):
+        for rel in rels:
+            s = G.load_subject(data / rel, modality, role, 1, ct_normalization())[0]
+            for key in TASKS[modality]:
+                task = next(t for t in G.TASKS[modality] if t.key == key)
+                for noise in (NOISE[modality], 0.0):
+                    c = make_case(s.name, s.at(128), task.task, seed=G.case_seed(s, task), noise=noise,
+                                  **task.opts())
+                    rec = {"role": role, "image": s.name, "task": key, "noise": noise}
+                    for label, extra in (("default", {}), ("lora", {"adapt": "lora",
+                                                                    "adapt_steps": args.adapt_steps})):
+                        t0 = time.perf_counter()
+                        res = reconstruct_volume(c.y, c.op, prior, seed=0, **extra)
+                        sc = score_slices(res.mean, c.x, c.score_mask)
+                        rec[label] = {"psnr": sc.psnr, "ssim": sc.ssim, "seconds": time.perf_counter() - t0}
+                        if res.adaptation is not None:
+                            rec[label].update(steps=res.adaptation["steps"], stopped=res.adaptation["stopped"],
+                                              chi2_first=res.adaptation["chi2_first"])
+                    out.append(rec)
+                    d, a = rec["default"], rec["lora"]
+                    print(f"[{time.strftime('%H:%M:%S')}] {role} {s.name} {key} noise {noise:g}: default "
+                          f"{d['psnr']:.2f} dB {d['seconds']:.0f} s, lora {a['psnr']:.2f} dB {a['seconds']:.0f} s "
+                          f"({a.get('steps')} steps, {a.get('stopped')})", flush=True)
+    return out
+
+
+def markdown(modality: str, recs: list[dict]) -> str:
+    lines = [f"**{modality}** (128², default score vs `--adapt lora`, same seed; Δ = lora − default)", "",
+             "| role | image | task | noise | default PSNR / SSIM | lora PSNR / SSIM | Δ dB | adapter steps (stop) "
+             "| s default / lora |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in recs:
+        d, a = r["default"], r["lora"]
+        lines.append(f"| {r['role']} | {r['image']} | {r['task']} | {r['noise']:g} | {d['psnr']:.2f} / "
+                     f"{d['ssim']:.3f} | {a['psnr']:.2f} / {a['ssim']:.3f} | {a['psnr'] - d['psnr']:+.2f} | "
+                     f"{a.get('steps')} ({a.get('stopped')}) | {d['seconds']:.0f} / {a['seconds']:.0f} |")
+    for role in ("validation", "test"):
+        deltas = [r["lora"]["psnr"] - r["default"]["psnr"] for r in recs if r["role"] == role]
+        cost = [r["lora"]["seconds"] / r["default"]["seconds"] for r in recs if r["role"] == role]
+        if deltas:
+            lines.append(f"\n{role}: mean Δ {np.mean(deltas):+.2f} dB (min {min(deltas):+.2f}, max "
+                         f"{max(deltas):+.2f}) at {np.mean(cost):.1f}× the seconds, {len(deltas)} cases.")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    _setup.modality_benchmark(__doc__.splitlines()[0], "adaptation", "adaptation.json", records, markdown,
+                              extra_args=lambda ap: ap.add_argument("--adapt-steps", type=int, default=20))
