@@ -78,6 +78,7 @@ def _ensureImportable() -> None:
 _ensureImportable()
 
 from ScoreReconModuleLib import compat, dependencies  # noqa: E402
+from ScoreReconModuleLib.inputs import RunInputs, checkInputChoice, readInputs  # noqa: E402
 from ScoreReconModuleLib.jobs import ScoreReconJob, ScoreReconResult, prepareFiles  # noqa: E402, F401
 from ScoreReconModuleLib.process import ScoreReconProcess, ScoreReconStep  # noqa: E402, F401
 from ScoreReconModuleLib.sampledata import registerSampleData  # noqa: E402
@@ -107,7 +108,7 @@ from ScoreReconModuleLib.settings import (  # noqa: E402, F401
     pathIsSet,
     snapSetting,
 )
-from ScoreReconModuleLib.volumes import asVolumeArray, checkFinite, ijkToRASArray, volumeArray  # noqa: E402
+from ScoreReconModuleLib.volumes import ijkToRASArray  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------- module
@@ -379,20 +380,8 @@ class ScoreReconLogic(ScriptedLoadableModuleLogic):
             settings = ScoreReconSettings.fromOptions(**options)
         elif options:
             raise ScoreReconModuleError("pass either settings or keyword options, not both")
-        given = [x is not None for x in (inputVolume, sinogram, measurementFile, kspaceFile)]
-        if sum(given) == 0:
-            raise ScoreReconModuleError(
-                "no input: pass an image volume (inputVolume), a measured sinogram volume (sinogram), a "
-                "measurement .npz file (measurementFile) or a fastMRI-format HDF5 file (kspaceFile)")
-        if sum(given) > 1:
-            raise ScoreReconModuleError("give only one of inputVolume, sinogram, measurementFile and kspaceFile")
+        checkInputChoice(settings, inputVolume, sinogram, measurementFile, kspaceFile)
         settings.validate()
-        if sinogram is not None and settings.task not in CT_TASKS:
-            raise ScoreReconModuleError(
-                f"a sinogram input needs a CT task (sparse-ct, limited-angle-ct, metal-ct), not {settings.task}; "
-                "for MRI k-space use a measurement file")
-        if kspaceFile is not None and settings.task != "mri":
-            raise ScoreReconModuleError(f"a k-space file needs the mri task, not {settings.task}; set the task to mri")
         if checkDependencies and not self.ensureDependencies(ask=True,
                                                              inputMode="kspace" if kspaceFile is not None else None):
             raise ScoreReconModuleError("the Python packages ScoreRecon needs were not installed; "
@@ -403,92 +392,37 @@ class ScoreReconLogic(ScriptedLoadableModuleLogic):
             addNodes = measurementFile is not None or kspaceFile is not None or isNodeInput
         targets = {"reconstruction": outputVolume, "baseline": baselineVolume,
                    "uncertainty": uncertaintyVolume, "metrics": metricsTable}
-
         # read and check every input before touching the disk
-        inputArray = inputMatrix = sinogramArray = sinogramSpacing = sinogramMatrix = None
-        windowLevel = None
-        if inputVolume is not None:
-            if isinstance(inputVolume, np.ndarray):
-                inputArray = asVolumeArray(inputVolume, "input")
-                inputMatrix = np.eye(4) if ijkToRAS is None else np.asarray(ijkToRAS, dtype=np.float64)
-                inputName, inputNdim = "array", np.asarray(inputVolume).ndim
-            else:
-                inputArray = volumeArray(inputVolume, "input volume")
-                inputMatrix = ijkToRASArray(inputVolume)
-                inputName, inputNdim = inputVolume.GetName(), 3
-                display = inputVolume.GetDisplayNode() if hasattr(inputVolume, "GetDisplayNode") else None
-                if display is not None and hasattr(display, "GetWindow"):
-                    windowLevel = (display.GetWindow(), display.GetLevel())
-            checkFinite(inputArray, "the input volume")
-            self._checkImageShape(inputArray, settings)
-        elif sinogram is not None:
-            if isinstance(sinogram, np.ndarray):
-                sinogramArray = asVolumeArray(sinogram, "sinogram")
-                sinogramSpacing, sinogramMatrix = (1.0, 1.0, 1.0), np.eye(4)
-                inputName, inputNdim = "sinogram", np.asarray(sinogram).ndim
-            else:
-                sinogramArray = volumeArray(sinogram, "sinogram volume")
-                sinogramSpacing, sinogramMatrix = tuple(sinogram.GetSpacing()), ijkToRASArray(sinogram)
-                inputName, inputNdim = sinogram.GetName(), 3
-            checkFinite(sinogramArray, "the sinogram")
-        elif kspaceFile is not None:
-            path = pathlib.Path(str(kspaceFile)).expanduser()
-            if not path.is_file():
-                raise ScoreReconModuleError(f"k-space file {path} does not exist; check the path")
-            if path.suffix.lower() not in (".h5", ".hdf5"):
-                raise ScoreReconModuleError(f"{path.name} is not an HDF5 k-space file (.h5); choose a fastMRI-format "
-                                            "file, or a .npz as the measurement file")
-            inputName, inputNdim = path.stem, 3
-        else:
-            path = pathlib.Path(str(measurementFile)).expanduser()
-            if not path.is_file():
-                raise ScoreReconModuleError(f"measurement file {path} does not exist; check the path")
-            if path.suffix.lower() != ".npz":
-                raise ScoreReconModuleError(f"{path.name} is not a .npz measurement file; make one with "
-                                            "'scorerecon simulate' or the ScoreRecon panel")
-            inputName, inputNdim = path.stem, 3
-
-        referenceArray = referenceMatrix = None
-        if reference is not None:
-            if isinstance(reference, np.ndarray):
-                referenceArray = asVolumeArray(reference, "reference")
-                referenceMatrix = inputMatrix if inputMatrix is not None else np.eye(4)
-            else:
-                referenceArray = volumeArray(reference, "reference volume")
-                referenceMatrix = ijkToRASArray(reference)
-            checkFinite(referenceArray, "the reference volume")
-            if inputArray is not None and referenceArray.shape != inputArray.shape:
-                raise ScoreReconDimensionError(
-                    f"the reference has shape {referenceArray.shape} (slices, rows, columns) but the input has "
-                    f"{inputArray.shape}; choose a reference of the input's size")
-            if sinogramArray is not None and referenceArray.shape[0] != sinogramArray.shape[0]:
-                raise ScoreReconDimensionError(
-                    f"the reference has {referenceArray.shape[0]} slice(s) but the sinogram has "
-                    f"{sinogramArray.shape[0]}; choose the reference volume of these slices")
-
+        inputs = readInputs(settings, inputVolume, sinogram, measurementFile, kspaceFile, ijkToRAS, reference)
         # a whole-image prior works at its training size: resample automatically unless told otherwise;
         # a patch prior (size 0) reconstructs at the input's own grid
-        if settings.size == 0 and settings.method == "score" and inputArray is not None:
+        if settings.size == 0 and settings.method == "score" and inputs.image is not None:
             modelSize = modelImageSize(settings.modelArgument)
-            if modelSize and tuple(inputArray.shape[1:]) != (modelSize, modelSize):
+            if modelSize and tuple(inputs.image.shape[1:]) != (modelSize, modelSize):
                 logging.info("ScoreRecon: resampling slices to %d x %d, the model's image size", modelSize, modelSize)
                 settings = dataclasses.replace(settings, size=modelSize)
+        show = None
+        if showResults:
+            def show(result: ScoreReconResult) -> None:
+                self.showResults(result.reconstructionNode, result.baselineNode, sideBySide=sideBySide)
+        return self._launch(settings, inputs, measurementFile, kspaceFile, targets, bool(addNodes),
+                            sourceNode if isNodeInput else None, show)
 
+    def _launch(self, settings: ScoreReconSettings, inputs: RunInputs, measurementFile: Any, kspaceFile: Any,
+                targets: dict, addNodes: bool, inputNode: Any, show: Callable | None) -> ScoreReconJob:
+        """Write the inputs into a new temporary folder and start the child process; the job polls itself."""
         tempDir = self.makeTempDir()
         try:
             files, steps, baselineMethod = prepareFiles(
-                tempDir, self.pythonExecutable(), settings, inputArray, inputMatrix, sinogramArray, sinogramSpacing,
-                sinogramMatrix, measurementFile, referenceArray, referenceMatrix, inputName, kspaceFile=kspaceFile)
+                tempDir, self.pythonExecutable(), settings, inputs.image, inputs.imageMatrix, inputs.sinogram,
+                inputs.sinogramSpacing, inputs.sinogramMatrix, measurementFile, inputs.reference,
+                inputs.referenceMatrix, inputs.name, kspaceFile=kspaceFile)
             process = ScoreReconProcess(steps, env=self.processEnvironment(), cwd=tempDir)
-            show = None
-            if showResults:
-                def show(result: ScoreReconResult) -> None:
-                    self.showResults(result.reconstructionNode, result.baselineNode, sideBySide=sideBySide)
-            job = ScoreReconJob(settings=settings, process=process, tempDir=tempDir, inputName=inputName,
-                                files=files, targets=targets, addNodes=bool(addNodes),
-                                inputShape=None if inputArray is None else tuple(inputArray.shape),
-                                inputIJKToRAS=inputMatrix, inputNdim=int(inputNdim), windowLevel=windowLevel,
-                                baselineMethod=baselineMethod, inputNode=sourceNode if isNodeInput else None,
+            job = ScoreReconJob(settings=settings, process=process, tempDir=tempDir, inputName=inputs.name,
+                                files=files, targets=targets, addNodes=addNodes,
+                                inputShape=None if inputs.image is None else tuple(inputs.image.shape),
+                                inputIJKToRAS=inputs.imageMatrix, inputNdim=int(inputs.ndim),
+                                windowLevel=inputs.windowLevel, baselineMethod=baselineMethod, inputNode=inputNode,
                                 showResults=show)
             process.start()
         except BaseException:
@@ -503,24 +437,6 @@ class ScoreReconLogic(ScriptedLoadableModuleLogic):
 
     #: the earlier name of :meth:`startJob`
     start = startJob
-
-    @staticmethod
-    def _checkImageShape(array: np.ndarray, settings: ScoreReconSettings) -> None:
-        rows, cols = array.shape[1:]
-        if settings.size:
-            if min(rows, cols) < 2:
-                raise ScoreReconDimensionError(f"input slices are {rows}x{cols}; they need at least 2x2 pixels")
-            return
-        if settings.method == "score":
-            return  # resampled to the model's size
-        if rows != cols:
-            raise ScoreReconDimensionError(
-                f"input slices are {rows}x{cols} (rows x columns) but ScoreRecon needs square slices; set "
-                "'Resample to' (size) or crop the volume (Crop Volume module)")
-        if rows < MIN_IMAGE_SIZE:
-            raise ScoreReconDimensionError(
-                f"input slices are {rows}x{cols}, smaller than {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE}; set 'Resample to' "
-                f"(size) to at least {MIN_IMAGE_SIZE}")
 
     def finish(self, job: ScoreReconJob, showResults: bool = True) -> ScoreReconResult:
         """Poll a job whose process has ended, then return its result (or raise its error)."""
