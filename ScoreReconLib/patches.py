@@ -10,16 +10,17 @@ Training (:func:`sample_patches`): every patch is cut from a zero-padded trainin
 position, scale (pixel size), rotation and flip by one ``grid_sample`` call; a few volumes give
 millions of distinct patches.
 
-Sampling (:func:`tiled_score`): the whole-image score is assembled from a non-overlapping grid of
-patches over the image padded with fresh noise, the grid shifted by a random offset in
-``[0, P)`` at every evaluation, all patches scored in one batch; the seams move every step and
-average out. Pad pixels carry ``N(0, sigma(t)^2)`` noise, the marginal of the zero background the
+Sampling (:func:`tiled_score`, with a :class:`TileGrid` splitter / merger): the whole-image score is
+assembled from a non-overlapping grid of patches over the image padded with fresh noise, the grid shifted
+by a random offset in ``[0, P)`` at every evaluation, all patches scored in one batch; the seams move every
+step and average out. Pad pixels carry ``N(0, sigma(t)^2)`` noise, the marginal of the zero background the
 network saw in training; their scores are dropped.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -88,6 +89,52 @@ def random_offset(patch: int, generator: torch.Generator | None, device=None) ->
     return int(o[0]), int(o[1])
 
 
+@dataclass(frozen=True)
+class TileGrid:
+    """A grid of non-overlapping ``patch``-sized tiles over an ``height x width`` image, shifted ``offset = (oy,
+    ox)`` pixels up/left (:func:`tile_layout`): :meth:`split` pads and cuts an image batch into tiles with their
+    coordinate channels, :meth:`merge` puts scored tiles back and crops the padding (MONAI's splitter / merger
+    pair, for one fixed grid)."""
+
+    height: int
+    width: int
+    patch: int
+    offset: tuple[int, int]
+
+    @property
+    def padding(self) -> tuple[int, int, int, int]:
+        """``(top, bottom, left, right)`` of the padded canvas."""
+        return tile_layout(self.height, self.width, self.patch, self.offset)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Tiles per column and per row ``(nH, nW)``."""
+        top, bottom, left, right = self.padding
+        return (self.height + top + bottom) // self.patch, (self.width + left + right) // self.patch
+
+    def split(self, x: torch.Tensor, pad_std: torch.Tensor,
+              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` ``(B, C, H, W)`` padded with ``N(0, pad_std²)`` noise (``pad_std`` ``(B,)``, drawn from
+        ``generator``) and cut into ``(B*nH*nW, C, P, P)`` tiles, with their ``(B*nH*nW, 2, P, P)`` coordinates."""
+        from .rng import randn
+
+        b, c, h, w = x.shape
+        top, bottom, left, right = self.padding
+        hc, wc = h + top + bottom, w + left + right
+        noise = randn((b, c, hc, wc), generator, x.device, x.dtype)
+        canvas = noise * pad_std.reshape(-1, 1, 1, 1).to(x)
+        canvas[:, :, top:top + h, left:left + w] = x
+        coords = to_patches(coordinate_grid(h, w, -top, -left, hc, wc, device=x.device)[None].to(x.dtype),
+                            self.patch)
+        return to_patches(canvas, self.patch), coords.repeat(b, 1, 1, 1)
+
+    def merge(self, tiles: torch.Tensor, batch: int) -> torch.Tensor:
+        """Scored tiles ``(B*nH*nW, C, P, P)`` back into ``(B, C, H, W)`` images (the padding cropped)."""
+        top, _, left, _ = self.padding
+        full = from_patches(tiles, batch, *self.shape)
+        return full[:, :, top:top + self.height, left:left + self.width]
+
+
 def tiled_score(patch_score, x: torch.Tensor, t: torch.Tensor, std: torch.Tensor, patch: int,
                 offset: tuple[int, int], generator: torch.Generator | None = None,
                 max_batch: int = 256) -> torch.Tensor:
@@ -97,23 +144,14 @@ def tiled_score(patch_score, x: torch.Tensor, t: torch.Tensor, std: torch.Tensor
     coordinate channels ``(N, 2, P, P)``; ``std`` ``(B,)`` is the noise std ``sigma(t)`` used to fill
     the padding with fresh noise drawn from ``generator``. Tiles are scored in chunks of ``max_batch``.
     """
-    b, c, h, w = x.shape
-    top, bottom, left, right = tile_layout(h, w, patch, offset)
-    hc, wc = h + top + bottom, w + left + right
-    from .rng import randn
-
-    noise = randn((b, c, hc, wc), generator, x.device, x.dtype)
-    canvas = noise * std.reshape(-1, 1, 1, 1).to(x)
-    canvas[:, :, top:top + h, left:left + w] = x
-    nh, nw = hc // patch, wc // patch
-    tiles = to_patches(canvas, patch)
-    coords = to_patches(coordinate_grid(h, w, -top, -left, hc, wc, device=x.device)[None].to(x.dtype), patch)
-    coords = coords.repeat(b, 1, 1, 1)
+    b, _, h, w = x.shape
+    grid = TileGrid(h, w, patch, offset)
+    tiles, coords = grid.split(x, std, generator)
+    nh, nw = grid.shape
     tt = t.reshape(-1).to(x.device).repeat_interleave(nh * nw)
     outs = [patch_score(tiles[i:i + max_batch], tt[i:i + max_batch], coords[i:i + max_batch])
             for i in range(0, tiles.shape[0], max_batch)]
-    full = from_patches(torch.cat(outs), b, nh, nw)
-    return full[:, :, top:top + h, left:left + w]
+    return grid.merge(torch.cat(outs), b)
 
 
 def sample_patches(images: torch.Tensor, count: int, patch: int, generator: torch.Generator,
