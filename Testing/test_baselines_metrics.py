@@ -8,6 +8,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+from helpers import blocks, shepp_logan
 
 from ScoreReconLib.baselines import (
     DEFAULTS,
@@ -27,14 +28,6 @@ from ScoreReconLib.errors import CancelledError, ScoreReconError
 from ScoreReconLib.metrics import psnr, ssim
 from ScoreReconLib.operators.base import MeasurementOperator
 from ScoreReconLib.operators.mri import build_mri_operator
-
-
-def _shepp(n: int = 64) -> torch.Tensor:
-    from skimage.data import shepp_logan_phantom
-    from skimage.transform import resize
-
-    img = resize(shepp_logan_phantom(), (n, n), anti_aliasing=True)
-    return torch.tensor(img, dtype=torch.float32)[None, None]
 
 
 class DenseOperator(MeasurementOperator):
@@ -67,13 +60,6 @@ class DenseOperator(MeasurementOperator):
 
     def spec(self):
         return {"task": self.task, "image_size": self.image_size}
-
-
-def _blocks(n: int = 16) -> torch.Tensor:
-    x = torch.zeros(1, 1, n, n)
-    x[..., 3:9, 2:12] = 0.8
-    x[..., 10:14, 6:15] = 0.4
-    return x
 
 
 # ---------------------------------------------------------------------------------------- metrics
@@ -161,7 +147,7 @@ def test_operator_norm_by_power_iteration():
 
 # --------------------------------------------------------------------------------------- baselines
 def test_tv_beats_zero_filled_on_undersampled_mri():
-    x = _shepp(64)
+    x = shepp_logan(64)
     op = build_mri_operator(64, acceleration=4, center_fraction=0.08)
     y = op.A(x)
     zf = classical_reconstruct("zero-filled", y, op)
@@ -179,7 +165,7 @@ def test_tv_on_sparse_view_ct_beats_fbp():
     del ct
     from ScoreReconLib.operators import build_operator
 
-    x = _shepp(64)
+    x = shepp_logan(64)
     op = build_operator("sparse-ct", 64, views=23)
     y = op.A(x)
     f = classical_reconstruct("fbp", y, op)
@@ -189,7 +175,7 @@ def test_tv_on_sparse_view_ct_beats_fbp():
 
 def test_pdhg_on_dense_operator():
     op = DenseOperator(16, 120)  # 256 unknowns, 120 measurements
-    x = _blocks()
+    x = blocks()
     y = op.A(x)
     ls = op.A_dagger(y)
     tv = tv_reconstruct(y, op, weight=1e-4, iters=1000)
@@ -204,7 +190,7 @@ def test_pdhg_on_dense_operator():
 
 def test_batched_equals_single():
     op = build_mri_operator(32, acceleration=4, mask="random", seed=1)
-    x = torch.cat([_shepp(32), torch.flip(_shepp(32), dims=(-1,))])
+    x = torch.cat([shepp_logan(32), torch.flip(shepp_logan(32), dims=(-1,))])
     y = op.A(x)
     # a fixed weight: weight="auto" chooses one weight per batch (a volume's slices share it), so it differs here
     both = tv_reconstruct(y, op, weight=1e-3, iters=60)
@@ -214,7 +200,7 @@ def test_batched_equals_single():
 
 def test_progress_and_cancel():
     op = build_mri_operator(32, acceleration=4)
-    y = op.A(_shepp(32))
+    y = op.A(shepp_logan(32))
     calls = []
     classical_reconstruct("tv", y, op, iters=20, progress=lambda d, t, m: calls.append((d, t, m)))
     assert calls[-1][:2] == (20, 20) and all(c[1] == 20 for c in calls)
@@ -233,13 +219,13 @@ def test_methods_and_defaults():
     assert methods_for("sparse-ct") == ("fbp", "tv")
     assert DEFAULTS["tv"]["MR"]["weight"] > 0 and DEFAULTS["tv"]["CT"]["iters"] >= 100
     op = build_mri_operator(32, acceleration=4)
-    y = op.A(_shepp(32))
+    y = op.A(shepp_logan(32))
     assert torch.equal(classical_reconstruct("zf", y, op), zero_filled(y, op))
 
 
 def test_baseline_bad_input():
     op = build_mri_operator(32, acceleration=4)
-    y = op.A(_shepp(32))
+    y = op.A(shepp_logan(32))
     dense = DenseOperator(8, 30)
     with pytest.raises(ScoreReconError, match="does not fit"):
         classical_reconstruct("fbp", y, op)

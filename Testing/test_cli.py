@@ -1,4 +1,4 @@
-"""``scorerecon simulate`` / ``scorerecon reconstruct`` end to end through ``ScoreReconLib.cli.main``."""
+"""``scorerecon simulate`` / ``reconstruct`` end to end through ``ScoreReconLib.cli.main``, extra outputs included."""
 
 from __future__ import annotations
 
@@ -11,38 +11,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import cli, disc_hu, head_hu, run
 
 from ScoreReconLib.cli import main
 from ScoreReconLib.commands.reconstruct import METHODS_FOR_TASK, shard
 from ScoreReconLib.data import Image, read_image, write_image
+from ScoreReconLib.measurement import save_measurement, simulate
+from ScoreReconLib.resources import resource_path
 
 N = 32
 REPO = Path(__file__).resolve().parents[1]
-
-
-def phantom_hu(n: int, tissue: float) -> np.ndarray:
-    """Head-like phantom in HU: air, skull ring, soft tissue of ``tissue`` HU, two inserts."""
-    yy, xx = np.mgrid[0:n, 0:n].astype(np.float64)
-    r = np.hypot((yy - n / 2 + 0.5) / (0.42 * n), (xx - n / 2 + 0.5) / (0.36 * n))
-    img = np.full((n, n), -1000.0)
-    img[r < 1.0] = 1200.0
-    img[r < 0.85] = tissue
-    img[np.hypot(yy - n * 0.4, xx - n * 0.4) < n * 0.08] = tissue + 300.0
-    img[np.hypot(yy - n * 0.6, xx - n * 0.58) < n * 0.1] = tissue - 250.0
-    return img.astype(np.float32)
+#: the two inserts of the phantoms here, relative to their soft tissue (helpers.head_hu)
+CLI_INSERTS = (300.0, -250.0)
 
 
 def ct_volume() -> Image:
     """3 slices with clearly different soft tissue (0, 400, 800 HU) and a non-trivial geometry."""
-    arr = np.stack([phantom_hu(N, 400.0 * k) for k in range(3)])
+    arr = np.stack([head_hu(N, 400.0 * k, offsets=CLI_INSERTS) for k in range(3)])
     c, s = np.cos(0.2), np.sin(0.2)
     return Image(arr, (0.8, 0.9, 2.5), (-12.0, 4.0, 30.0), (c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0), "CT")
-
-
-def cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 SIM_OPTIONS = {
@@ -137,7 +124,7 @@ def test_volume_keeps_geometry_and_slice_order(data, tmp_path, capsys):
 def test_single_slice_png_gives_2d_output(tmp_path, capsys):
     from PIL import Image as PILImage
 
-    img = np.clip((phantom_hu(N, 40.0) + 1000) / 12, 0, 255).astype(np.uint8)
+    img = np.clip((head_hu(N, 40.0, offsets=CLI_INSERTS) + 1000) / 12, 0, 255).astype(np.uint8)
     PILImage.fromarray(img).save(tmp_path / "slice.png")
     assert cli(["simulate", "--task", "sparse-ct", "--input", tmp_path / "slice.png", "--output",
                 tmp_path / "s.npz", "--views", "16"], capsys)[0] == 0
@@ -214,26 +201,9 @@ def test_torchrun_shards_files_and_merges_metrics(data, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ score
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    """An untrained, tiny CT prior at 32² (checks plumbing, not quality)."""
-    import torch
-
-    from ScoreReconLib.data import ct_normalization
-    from ScoreReconLib.networks import build_score_model, make_config, save_checkpoint
-    from ScoreReconLib.sde import VESDE
-
-    torch.manual_seed(0)
-    model = build_score_model(VESDE(0.01, 10.0, N=100), {"channels": [8, 8], "attention_levels": [False, False],
-                                                         "num_head_channels": 8})
-    folder = tmp_path_factory.mktemp("model") / "tiny-ct"
-    save_checkpoint(folder, model, make_config(model, N, "CT", ct_normalization()))
-    return folder
-
-
-def test_score_round_trip_with_std(data, tiny_model, tmp_path, capsys):
+def test_score_round_trip_with_std(data, tiny_ct, tmp_path, capsys):
     out, std, metrics = tmp_path / "s.nrrd", tmp_path / "std.nrrd", tmp_path / "m.json"
-    rc, _, err = cli(["reconstruct", "--input", data / "sparse-ct.npz", "--method", "score", "--model", tiny_model,
+    rc, _, err = cli(["reconstruct", "--input", data / "sparse-ct.npz", "--method", "score", "--model", tiny_ct,
                       "--sampler", "fast", "--steps", "2", "--samples", "2", "--seed", "3", "--std-output", std,
                       "--output", out, "--reference", data / "ct.nrrd", "--metrics-json", metrics,
                       "--batch-size", "2", "--device", "cpu", "--progress-format", "none"], capsys)
@@ -269,15 +239,15 @@ def test_reconstruct_help_states_the_defaults_a_run_uses(capsys):
 
 
 @pytest.mark.parametrize("task, pattern", [("mri", "MR"), ("sparse-ct", "64")])
-def test_score_refuses_incompatible_model(data, tiny_model, tmp_path, capsys, task, pattern):
+def test_score_refuses_incompatible_model(data, tiny_ct, tmp_path, capsys, task, pattern):
     meas = data / f"{task}.npz"
     if task == "sparse-ct":  # the model is 32², this measurement 64²
-        write_image(Image(np.stack([phantom_hu(64, 40.0)] * 1), modality="CT"), tmp_path / "big.nrrd")
+        write_image(Image(np.stack([head_hu(64, 40.0, offsets=CLI_INSERTS)] * 1), modality="CT"), tmp_path / "big.nrrd")
         assert cli(["simulate", "--task", task, "--input", tmp_path / "big.nrrd", "--output", tmp_path / "big.npz"],
                    capsys)[0] == 0
         meas = tmp_path / "big.npz"
     out = tmp_path / "never.nrrd"
-    rc, _, err = cli(["reconstruct", "--input", meas, "--method", "score", "--model", tiny_model,
+    rc, _, err = cli(["reconstruct", "--input", meas, "--method", "score", "--model", tiny_ct,
                       "--output", out, "--progress-format", "none"], capsys)
     assert rc == 2 and pattern in err
     assert len(err.strip().splitlines()) == 1 and not out.exists()
@@ -285,7 +255,7 @@ def test_score_refuses_incompatible_model(data, tiny_model, tmp_path, capsys, ta
 
 # ------------------------------------------------------------------------------------- bad input
 def _bad_inputs(d: Path) -> dict[str, tuple[list, str]]:
-    base = phantom_hu(N, 40.0)
+    base = head_hu(N, 40.0, offsets=CLI_INSERTS)
     write_image(Image(np.where(base > 1000, np.nan, base)), d / "nan.nrrd")
     write_image(Image(np.where(base > 1000, np.inf, base)), d / "inf.nrrd")
     write_image(Image(base[:, :24]), d / "rect.nrrd")
@@ -373,3 +343,108 @@ def test_bad_input_exits_2_with_one_line_and_no_output(bad_cases, tmp_path, caps
 def test_every_task_has_a_classical_method():
     for task, methods in METHODS_FOR_TASK.items():
         assert "score" in methods and len(methods) >= 3, task
+
+
+# ---------------------------------------------- batch size, --reference, --residual-output, --disagreement-output
+@pytest.mark.parametrize("task", ["sparse-ct", "mri"])
+def test_batch_size_does_not_change_the_result(tmp_path, capsys, task):
+    vol = np.stack([disc_hu(), np.roll(disc_hu(), 3, axis=1), np.roll(disc_hu(), -4, axis=0)])
+    img = Image(vol, (0.9, 0.9, 2.0), (0, 0, 0), tuple(np.eye(3).ravel()), "CT")
+    if task == "mri":
+        img = Image(np.abs(vol + 1000.0) / 10.0, img.spacing, img.origin, img.direction, "MR")
+    m, _, _ = simulate(img, task, views=8, acceleration=4, noise=0.01, seed=3)
+    save_measurement(tmp_path / "m.npz", m)
+    outs = {}
+    for bs in (1, 2, 3):
+        out = tmp_path / f"r{bs}.npy"
+        rc, lines = run(["reconstruct", "--input", tmp_path / "m.npz", "--output", out, "--method", "score",
+                         "--batch-size", bs, "--seed", "5", "--samples", "2", "--progress-format", "none"], capsys)
+        assert rc == 0, lines
+        outs[bs] = np.load(out)
+    scale = 3000.0 if task != "mri" else float(np.abs(outs[1]).max())
+    for bs in (2, 3):
+        assert np.abs(outs[bs] - outs[1]).max() / scale < 1e-3, bs
+    rc, _ = run(["reconstruct", "--input", tmp_path / "m.npz", "--output", tmp_path / "other.npy", "--method",
+                 "score", "--batch-size", "3", "--seed", "6", "--samples", "2", "--progress-format", "none"], capsys)
+    assert rc == 0 and np.abs(np.load(tmp_path / "other.npy") - outs[1]).max() / scale > 1e-3  # the seed matters
+
+
+def test_reference_on_another_grid_is_named(tmp_path, capsys):
+    src = read_image(resource_path("samples", "ct_head_sample.nrrd"))
+    meas = tmp_path / "m.npz"
+    assert main(["simulate", "--task", "sparse-ct", "--views", "16", "--input",
+                 str(resource_path("samples", "ct_head_sample.nrrd")), "--output", str(meas)]) == 0
+    other = tmp_path / "other.nrrd"  # the same pixels, declared on a 3x coarser grid
+    write_image(Image(src.array, tuple(3 * s for s in src.spacing), src.origin, src.direction, src.modality), other)
+    capsys.readouterr()
+    rc = main(["reconstruct", "--input", str(meas), "--method", "fbp", "--output", str(tmp_path / "r.nrrd"),
+               "--reference", str(other), "--progress-format", "none"])
+    err = capsys.readouterr().err
+    assert rc == 0
+    sp = src.spacing[0]
+    assert f"the reference's pixels are {3 * sp:.4g} x {3 * sp:.4g} mm" in err
+    assert f"the measurement's are {sp:.4g} x {sp:.4g} mm" in err
+    rc = main(["reconstruct", "--input", str(meas), "--method", "fbp", "--output", str(tmp_path / "r2.nrrd"),
+               "--reference", str(resource_path("samples", "ct_head_sample.nrrd")), "--progress-format", "none"])
+    assert rc == 0 and "fields of view" not in capsys.readouterr().err
+
+
+def test_residual_output_holds_the_data_residual_its_backprojection_and_chi2(tmp_path, capsys):
+    """--residual-output (issue 19): A x − y on the measured rows, Aᴴ of it, and χ² per slice and per file, the
+    same χ² as metrics.json; recomputed here from the written image."""
+    import json
+
+    import torch
+
+    from ScoreReconLib.measurement import load_measurement
+
+    vol = tmp_path / "vol.nrrd"
+    src = read_image(resource_path("samples", "ct_head_sample.nrrd"))
+    write_image(Image(np.stack([src.array, np.roll(src.array, 5, axis=1)]), (*src.spacing[:2], 2.0),
+                      (*src.origin[:2], 0.0), tuple(np.eye(3).ravel()), "CT"), vol)
+    meas, out, res, met = (tmp_path / n for n in ("m.npz", "fbp.nrrd", "r.npz", "m.json"))
+    assert main(["simulate", "--task", "sparse-ct", "--views", "16", "--noise", "0.01", "--size", "48",
+                 "--input", str(vol), "--output", str(meas)]) == 0
+    assert main(["reconstruct", "--input", str(meas), "--method", "fbp", "--output", str(out), "--residual-output",
+                 str(res), "--metrics-json", str(met), "--progress-format", "none"]) == 0
+    record = json.loads(met.read_text())
+    with np.load(res) as f:
+        residual, back, chi2, per_slice = f["residual"], f["backprojection"], float(f["chi2"]), f["chi2_per_slice"]
+    m = load_measurement(meas)
+    op = m.operator("cpu")
+    assert residual.shape == m.y_tensor(None, "cpu").shape and back.shape == (2, 48, 48)
+    assert np.all(residual[np.broadcast_to(op.mask.numpy() == 0, residual.shape)] == 0)  # measured rows only
+    x = torch.from_numpy(m.normalization.forward(read_image(out).array).astype(np.float32))[:, None]
+    again = op.mask_apply(op.A(x) - m.y_tensor(None, "cpu")).numpy()
+    assert np.abs(again - residual).max() <= 1e-3 * np.abs(residual).max()
+    assert chi2 == pytest.approx(record["chi2"]) and list(per_slice) == pytest.approx(record["chi2_per_slice"])
+    assert len(per_slice) == 2 and np.isfinite(per_slice).all()
+
+
+def test_disagreement_output_compares_score_and_classical_with_the_std(tmp_path, capsys):
+    """--disagreement-output (issue 19 item 3): |score − classical| / std as an image with the input's geometry,
+    the fraction above 1.645 in metrics; a classical method gets one note line and no file."""
+    import json
+
+    from ScoreReconLib.measurement import load_measurement
+
+    meas, out, dis, met = (tmp_path / n for n in ("m.npz", "s.nrrd", "d.nrrd", "m.json"))
+    assert main(["simulate", "--task", "sparse-ct", "--views", "16", "--noise", "0.01", "--size", "32",
+                 "--input", str(resource_path("samples", "ct_head_sample.nrrd")), "--output", str(meas)]) == 0
+    assert main(["reconstruct", "--input", str(meas), "--method", "score", "--samples", "2", "--steps", "2",
+                 "--output", str(out), "--disagreement-output", str(dis), "--metrics-json", str(met),
+                 "--progress-format", "none"]) == 0
+    z = read_image(dis)
+    assert z.array.shape == read_image(out).array.shape and np.isfinite(z.array).all() and (z.array >= 0).all()
+    record = json.loads(met.read_text())
+    assert record["disagreement_fraction"] == pytest.approx(float((z.array > 1.645).mean()), abs=1e-6)
+    assert np.allclose(z.origin, read_image(out).origin)
+    capsys.readouterr()
+    assert main(["reconstruct", "--input", str(meas), "--method", "fbp", "--output", str(tmp_path / "f.nrrd"),
+                 "--disagreement-output", str(tmp_path / "none.nrrd"), "--residual-output", str(tmp_path / "r.npz"),
+                 "--progress-format", "none"]) == 0
+    err = capsys.readouterr().err
+    assert "needs --method score" in err and not (tmp_path / "none.nrrd").exists() and (tmp_path / "r.npz").exists()
+    assert load_measurement(meas).n_slices == 1
+    assert main(["reconstruct", "--input", str(meas), "--method", "score", "--samples", "1", "--output",
+                 str(tmp_path / "x.nrrd"), "--disagreement-output", str(tmp_path / "y.nrrd")]) == 2

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import head_hu, shepp_logan
 
 from ScoreReconLib.data import Image
 from ScoreReconLib.errors import ScoreReconError
@@ -19,13 +20,6 @@ from ScoreReconLib.measurement import MEASUREMENT_FORMAT_VERSION, load_measureme
 from ScoreReconLib.operators import build_operator, ct, operator_from_spec, projectors
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _phantom(n: int) -> torch.Tensor:
-    from skimage.data import shepp_logan_phantom
-    from skimage.transform import resize
-
-    return torch.from_numpy(resize(shepp_logan_phantom(), (n, n), anti_aliasing=True).astype(np.float32))[None, None]
 
 
 def _psnr(x: torch.Tensor, ref: torch.Tensor, keep: torch.Tensor | None = None) -> float:
@@ -96,7 +90,7 @@ def test_fan_rays_follow_the_geometry():
     np.testing.assert_allclose(seen, expected, atol=0.35)
     far = ct.FanBeamGeometry(n, 1e6, 1.0, 8, arc=math.pi, n_det=ct.ParallelBeamGeometry(n).n_det)
     par = ct.ParallelBeamGeometry(n, 8)
-    blob = _phantom(n)
+    blob = shepp_logan(n)
     torch.testing.assert_close(ct.JosephProjector(far).forward(blob), ct.JosephProjector(par).forward(blob),
                                rtol=1e-3, atol=1e-3)
 
@@ -142,7 +136,7 @@ def test_operator_memory_at_512_is_within_budget():
 def test_astra_agreement_parallel_and_fan():
     astra = pytest.importorskip("astra")
     n = 48
-    x = _phantom(n)
+    x = shepp_logan(n)
     vol = astra.create_vol_geom(n, n)
 
     def astra_sino(proj_geom, kind):
@@ -168,7 +162,7 @@ def test_astra_agreement_parallel_and_fan():
 # ------------------------------------------------------------------------------------ fan FBP
 def test_fan_fbp_is_close_to_parallel_fbp():
     n = 64
-    x = _phantom(n)
+    x = shepp_logan(n)
     par = build_operator("sparse-ct", n, views=n)
     base = _psnr(par.A_dagger(par.A(x)), x)
     for det in ("curved", "flat"):
@@ -181,7 +175,7 @@ def test_fan_fbp_is_close_to_parallel_fbp():
 
 def test_fan_limited_arc_sparse_and_metal():
     n = 48
-    x = _phantom(n)
+    x = shepp_logan(n)
     geo = {"geometry": "fan", "source_distance": 2.0 * n, "detector_distance": n}
     full = _psnr(build_operator("sparse-ct", n, views=2 * n, **geo).A_dagger(
         build_operator("sparse-ct", n, views=2 * n, **geo).A(x)), x)
@@ -231,13 +225,8 @@ def test_fan_spec_round_trip_and_errors():
 
 # ------------------------------------------------------------------------ measurement files
 def _head_image(n: int = 48, slices: int = 1) -> Image:
-    yy, xx = np.mgrid[0:n, 0:n].astype(np.float64)
-    r = np.hypot((yy - n / 2 + 0.5) / (0.42 * n), (xx - n / 2 + 0.5) / (0.36 * n))
-    img = np.full((n, n), -1000.0)
-    img[r < 1.0] = 1200.0
-    img[r < 0.85] = 40.0
-    img[np.hypot(yy - n * 0.4, xx - n * 0.4) < n * 0.08] = 300.0
-    arr = img.astype(np.float32) if slices == 1 else np.stack([img] * slices).astype(np.float32)
+    img = head_hu(n, 40.0, (300.0,))
+    arr = img if slices == 1 else np.stack([img] * slices)
     spacing = (2.0, 2.0) if slices == 1 else (2.0, 2.0, 3.0)
     return Image(arr, spacing, (0.0,) * len(spacing), tuple(np.eye(len(spacing)).ravel()), "CT")
 
@@ -311,12 +300,12 @@ def test_measurement_version_bump_and_geometry_validation(tmp_path):
 
 # ------------------------------------------------------------------------ 3-D consistency (z-TV)
 def _volume_problem(slices: int = 3, fan: bool = False):
-    from test_sampling import GaussianPrior, _mu
+    from helpers import GaussianPrior, smooth_mean
 
     n = 24
     geo = {"geometry": "fan", "source_distance": 60.0, "detector_distance": 30.0} if fan else {}
     op = build_operator("sparse-ct", n, views=8, **geo)
-    mu = _mu(n)
+    mu = smooth_mean(n)
     prior = GaussianPrior(mu, 0.1, "CT")
     g = torch.Generator().manual_seed(5)
     base = mu + 0.1 * torch.randn(mu.shape, generator=g)

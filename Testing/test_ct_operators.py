@@ -8,18 +8,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import shepp_logan
 
 from ScoreReconLib.errors import ScoreReconError
 from ScoreReconLib.operators import build_operator, ct, operator_from_spec
 from ScoreReconLib.operators import torch_radon_backend as trb
-
-
-def _phantom(n: int) -> torch.Tensor:
-    from skimage.data import shepp_logan_phantom
-    from skimage.transform import resize
-
-    img = resize(shepp_logan_phantom(), (n, n), anti_aliasing=True).astype(np.float32)
-    return torch.from_numpy(img)[None, None]
 
 
 def _psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -118,7 +111,7 @@ def test_masks_shapes_and_views():
 
 # ------------------------------------------------------------------------------------------ FBP
 def test_fbp_full_view_shepp_logan_psnr():
-    ref = _phantom(128)
+    ref = shepp_logan(128)
     g = ct.ParallelBeamGeometry(128)
     sino = ct.JosephProjector(g).forward(ref)
     rec = ct.fbp(sino, g, "ram-lak")
@@ -136,7 +129,7 @@ def test_fbp_full_view_shepp_logan_psnr():
 def test_limited_angle_dagger_is_plain_fbp_of_measured_views():
     n = 32
     op = ct.LimitedAngleCT(n, 90.0)
-    x = _phantom(n)
+    x = shepp_logan(n)
     y = op.A(x)
     expected = ct.fbp(y * op.mask, op.geometry, "ram-lak")
     torch.testing.assert_close(op.A_dagger(y), expected)
@@ -155,7 +148,7 @@ def test_interpolate_trace_is_linear():
 
 def test_metal_dagger_beats_zero_filled_trace():
     n = 64
-    ref = _phantom(n)
+    ref = shepp_logan(n)
     metal = ct.random_metal_mask(n, 2, seed=3, inside=ref[0, 0] > 0.05)
     op = ct.MetalTraceCT(n, metal)
     y = op.A(ref)
@@ -178,7 +171,7 @@ def test_proximal_cg_reproduces_measured_rows():
     assert ct.CTOperator.default_solver == "cg"
     n = 32
     torch.manual_seed(1)
-    truth = _phantom(n)
+    truth = shepp_logan(n)
     for op in (ct.SparseViewCT(n, 8), ct.MetalTraceCT(n, ct.random_metal_mask(n, 1, seed=0))):
         y = op.A(truth)
         x = torch.rand(1, 1, n, n)
@@ -373,7 +366,7 @@ def test_torch_radon_missing_names_joseph_fallback():
 @pytest.mark.skipif(not trb.torch_radon_available(), reason="torch_radon not installed (CUDA-only, not on PyPI)")
 def test_torch_radon_matches_joseph():
     g = ct.ParallelBeamGeometry(64)
-    x = _phantom(64).cuda()
+    x = shepp_logan(64).cuda()
     theirs = trb.TorchRadonProjector(g, "cuda").forward(x)
     ours = ct.JosephProjector(g, "cuda").forward(x)
     assert float((theirs - ours).norm() / ours.norm()) < 0.05

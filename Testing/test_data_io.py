@@ -1,19 +1,25 @@
-"""Image I/O round trips with geometry, readers for PNG / DICOM / .npy, resampling and normalisation."""
+"""Image I/O: round trips with geometry, readers (PNG/DICOM/.npy/NIfTI), resampling, normalisation, bad files."""
 
 from __future__ import annotations
 
+import gzip
 import shutil
+import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from helpers import assert_no_crash, assert_refused, disc_hu, fuzz_bytes
 
+from ScoreReconLib.cli import main
 from ScoreReconLib.data import (
     Image,
     ct_normalization,
     guess_modality,
     image_from_geometry,
     image_slices,
+    keep_locale,
     mr_normalization,
     read_image,
     resample_image,
@@ -21,6 +27,7 @@ from ScoreReconLib.data import (
     write_image,
 )
 from ScoreReconLib.errors import ScoreReconError
+from ScoreReconLib.measurement import load_measurement
 
 
 def _volume(ndim: int) -> Image:
@@ -213,3 +220,128 @@ def test_the_documented_mri_workflow_prints_no_normalisation_warning(tmp_path, c
                      "--steps", "1", "--samples", "1", "--progress-format", "none", "--device", "cpu"]) == 0
     err = capsys.readouterr().err
     assert "normalised" not in err and "results may be off" not in err, err
+
+
+# ---------------------------------------------------- bad images: one line, exit 2, nothing written
+def test_truncated_nifti_is_refused(ct_files, tmp_path, capsys):
+    raw = ct_files["nii"].read_bytes()
+    (tmp_path / "in").mkdir()
+    cut = tmp_path / "in" / "cut.nii"
+    cut.write_bytes(raw[: len(raw) // 2])
+    out = tmp_path / "out"
+    out.mkdir()
+    assert_refused(["simulate", "--input", cut, "--task", "sparse-ct", "--output", out / "m.npz"], capsys, out,
+                   "truncated")
+    gz = ct_files["niigz"].read_bytes()
+    cutgz = tmp_path / "in" / "cut.nii.gz"
+    cutgz.write_bytes(gz[: len(gz) // 2])
+    assert_refused(["simulate", "--input", cutgz, "--task", "sparse-ct", "--output", out / "m.npz"], capsys, out,
+                   "truncated")
+    # a complete gzip stream whose voxel data are short
+    short = tmp_path / "in" / "short.nii.gz"
+    short.write_bytes(gzip.compress(gzip.decompress(gz)[:-100]))
+    assert_refused(["simulate", "--input", short, "--task", "sparse-ct", "--output", out / "m.npz"], capsys, out,
+                   "truncated")
+
+
+def test_nan_and_inf_stored_in_nifti_are_refused(tmp_path, capsys):
+    a = disc_hu()
+    a[3, 3], a[5, 5] = np.nan, np.inf
+    for name in ("nan.nii", "nan.nii.gz"):
+        sitk.WriteImage(sitk.GetImageFromArray(a), str(tmp_path / name))
+        # SimpleITK alone hands these back as zeros; the reader must not
+        with pytest.raises(ScoreReconError, match="NaN or infinite"):
+            read_image(tmp_path / name)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert_refused(["simulate", "--input", tmp_path / "nan.nii", "--task", "sparse-ct", "--output", out / "m.npz"],
+                   capsys, out, "NaN")
+
+
+def test_intact_nifti_still_reads_identically(ct_files):
+    a = read_image(ct_files["nii"]).array
+    b = read_image(ct_files["niigz"]).array
+    np.testing.assert_array_equal(a, disc_hu())
+    np.testing.assert_array_equal(b, disc_hu())
+
+
+def _write_dicom_series(folder: Path, uid: str, n: int, value: float) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(n):
+        img = sitk.GetImageFromArray((disc_hu() + value).astype(np.int16)[None])
+        img.SetSpacing((0.9, 0.9, 2.0))
+        img.SetOrigin((0.0, 0.0, 2.0 * k))
+        for tag, v in (("0008|0060", "CT"), ("0020|000e", uid), ("0020|0013", str(k + 1)),
+                       ("0020|0032", f"0\\0\\{2.0 * k}"), ("0020|0037", "1\\0\\0\\0\\1\\0"),
+                       ("0008|0018", f"{uid}.{k + 1}"), ("0028|1052", "0"), ("0028|1053", "1")):
+            img.SetMetaData(tag, v)
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        writer.SetFileName(str(folder / f"{uid[-3:]}_{k}.dcm"))
+        with keep_locale():  # GDCM's writer switches the C locale too
+            writer.Execute(img)
+
+
+def test_dicom_folder_with_two_series_is_refused(tmp_path, capsys):
+    import locale
+
+    encoding = locale.getpreferredencoding(False)
+    folder = tmp_path / "dicom"
+    _write_dicom_series(folder, "1.2.826.0.1.3680043.2.1125.1.111", 3, 0.0)
+    _write_dicom_series(folder, "1.2.826.0.1.3680043.2.1125.1.222", 2, 100.0)
+    out = tmp_path / "out"
+    out.mkdir()
+    line = assert_refused(["simulate", "--input", folder, "--task", "sparse-ct", "--output", out / "m.npz"], capsys,
+                          out, "holds 2 DICOM series")
+    assert "111" in line and "222" in line and "own folder" in line
+    one = tmp_path / "one"
+    _write_dicom_series(one, "1.2.826.0.1.3680043.2.1125.1.333", 3, 0.0)
+    assert read_image(one).array.shape == (3, 32, 32)
+    # GDCM switches the C locale to "C"; the reader restores it, or Python's text I/O would turn ASCII
+    assert locale.getpreferredencoding(False) == encoding
+
+
+def test_empty_dicom_folder_is_one_quiet_line(tmp_path, capfd):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("not dicom")
+    out = tmp_path / "out"
+    out.mkdir()
+    rc = main(["simulate", "--input", str(tmp_path / "empty"), "--task", "sparse-ct", "--output", str(out / "m.npz")])
+    err = capfd.readouterr().err  # capfd: ITK writes its warnings from C++ straight to fd 2
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc == 2 and len(lines) == 1 and "no DICOM series" in lines[0], err
+    assert list(out.iterdir()) == []
+
+
+def test_nifti_header_parser_rejects_garbage_dims(tmp_path):
+    raw = bytearray((tmp_path / "x.nii").write_bytes(b"") or b"")
+    img = sitk.GetImageFromArray(disc_hu())
+    sitk.WriteImage(img, str(tmp_path / "x.nii"))
+    raw = bytearray((tmp_path / "x.nii").read_bytes())
+    raw[40:56] = struct.pack("<8h", 2, -5, 32, 1, 1, 1, 1, 1)
+    (tmp_path / "bad.nii").write_bytes(bytes(raw))
+    with pytest.raises(ScoreReconError):
+        read_image(tmp_path / "bad.nii")
+
+
+def test_float64_overflow_is_one_line(tmp_path, capsys):
+    np.save(tmp_path / "big.npy", np.full((32, 32), 1e300))
+    out = tmp_path / "out"
+    out.mkdir()
+    assert_refused(["simulate", "--input", tmp_path / "big.npy", "--task", "sparse-ct", "--output", out / "m.npz"],
+                   capsys, out, "float32")
+
+
+def test_fuzz_images(ct_files, tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    out = tmp_path / "out"
+    out.mkdir()
+    for k in range(30):
+        src = [ct_files["nii"], ct_files["niigz"], ct_files["ct"]][k % 3]
+        bad = tmp_path / f"img{k}{''.join(src.suffixes)}"
+        bad.write_bytes(fuzz_bytes(src.read_bytes(), rng))
+        if assert_no_crash(["simulate", "--input", bad, "--task", "sparse-ct", "--views", "4", "--output",
+                             out / "m.npz"], capsys) == 0:
+            load_measurement(out / "m.npz")  # whatever was accepted is a valid, finite measurement
+            (out / "m.npz").unlink()
+        assert list(out.iterdir()) == []

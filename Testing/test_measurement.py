@@ -1,13 +1,28 @@
-"""Measurement simulation and the self-describing .npz measurement file."""
+"""Measurement simulation and the self-describing .npz measurement file, wrong or hostile files included."""
 
 from __future__ import annotations
 
 import json
 import math
+import time
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import (
+    assert_no_crash,
+    assert_refused,
+    check_fuzz_case,
+    disc_hu,
+    fuzz_bytes,
+    fuzz_json,
+    head_hu,
+    pick,
+    rewrite_npz,
+    run,
+)
 
 from ScoreReconLib.data import Image, ct_normalization
 from ScoreReconLib.errors import ScoreReconError
@@ -23,21 +38,9 @@ from ScoreReconLib.measurement import (
 )
 
 
-def head_hu(n: int = 32, shift: float = 0.0) -> np.ndarray:
-    """A small head-like phantom in HU: air, a skull ring, soft tissue and two inserts."""
-    yy, xx = np.mgrid[0:n, 0:n].astype(np.float64)
-    r = np.hypot((yy - n / 2 + 0.5) / (0.42 * n), (xx - n / 2 + 0.5) / (0.36 * n))
-    img = np.full((n, n), -1000.0)
-    img[r < 1.0] = 1200.0
-    img[r < 0.85] = 40.0
-    img[np.hypot(yy - n * (0.4 + shift), xx - n * 0.4) < n * 0.08] = 300.0
-    img[np.hypot(yy - n * 0.6, xx - n * (0.58 - shift)) < n * 0.1] = -200.0
-    return img.astype(np.float32)
-
-
 def volume(n: int = 32, slices: int = 3, modality: str = "CT") -> Image:
     """A 3-slice volume: the phantom in HU (CT) or as positive MR-like intensities (HU + 1000)."""
-    arr = np.stack([head_hu(n, 0.05 * k) for k in range(slices)])
+    arr = np.stack([head_hu(n, shift=0.05 * k) for k in range(slices)])
     if modality == "MR":
         arr = arr + 1000.0
     return Image(arr, (0.8, 0.9, 2.5), (-12.0, 4.0, 30.0), tuple(np.eye(3).ravel()), modality)
@@ -289,3 +292,158 @@ def test_simulate_noise_matches_the_adder():
     expected, stds = add_measurement_noise(torch.from_numpy(clean.y), m.mask, 0.02, 4 + 1_000_003)
     np.testing.assert_array_equal(noisy.y, expected.numpy())
     assert noisy.noise_std == extra["noise_std"] == stds
+
+
+# ---------------------------------------------- wrong or hostile measurement files: refused by name
+@pytest.mark.parametrize("norm", [{"low": float("nan")}, {"high": -1000.0}, {"kind": "weird"}, {"low": "0"}])
+def test_measurement_with_bad_normalisation_is_refused(ct_files, tmp_path, capsys, norm):
+    bad = rewrite_npz(ct_files["meas"], tmp_path / "bad.npz", header={"normalization": norm})
+    out = tmp_path / "out"
+    out.mkdir()
+    assert_refused(["reconstruct", "--input", bad, "--output", out / "r.nrrd", "--method", "fbp"], capsys, out,
+                   "normalization")
+
+
+@pytest.mark.parametrize("views", [[0.5, 3.0, 7.0], [0.0, float("nan"), 5.0]])
+def test_float_view_indices_are_refused_not_truncated(ct_files, tmp_path, capsys, views):
+    bad = rewrite_npz(ct_files["meas"], tmp_path / "views.npz", op__views=np.asarray(views + [1.0] * 5))
+    out = tmp_path / "out"
+    out.mkdir()
+    assert_refused(["reconstruct", "--input", bad, "--output", out / "r.nrrd", "--method", "fbp"], capsys, out,
+                   "whole numbers")
+
+
+HEADER_CASES = {
+    "task-int": {"task": 3}, "operator-list": {"operator": [1, 2]},
+    "image-size-str": {"operator": {"image_size": "32"}},
+    "image-size-huge": {"operator": {"image_size": 10**9}}, "n-angles-float": {"operator": {"n_angles": 32.5}},
+    "n-det-neg": {"operator": {"n_det": -4}}, "geometry-str": {"geometry": "2d"},
+    "spacing-text": {"geometry": {"spacing": ["a", "b"]}}, "spacing-zero": {"geometry": {"spacing": [0.0, 1.0]}},
+    "direction-short": {"geometry": {"direction": [1.0]}}, "ndim-4": {"geometry": {"ndim": 4}},
+    "direction-singular": {"geometry": {"direction": [1.0, 0.0, 1.0, 0.0]}},
+    "arc-str": {"operator": {"arc": "wide"}}, "arc-huge": {"operator": {"arc": 1e9}},
+    "noise-str": {"noise": "high"}, "noise-std-dict": {"noise_std": {"a": 1}}, "seed-float": {"seed": 1.5},
+    "slice-axis": {"slice_axis": 2}, "metal-list": {"metal": [1]}, "options-str": {"options": "x"},
+    "version-str": {"format_version": "1"}, "n-slices-zero": {"n_slices": 0}, "filter-int": {"operator": {"filter": 7}},
+    "backend-list": {"operator": {"backend": ["a"]}}, "views-str": {"operator": {"views": "many"}},
+}
+
+
+@pytest.mark.parametrize("case", sorted(HEADER_CASES))
+def test_wrongly_typed_header_fields(ct_files, tmp_path, capsys, case):
+    bad = rewrite_npz(ct_files["meas"], tmp_path / f"{case}.npz", header=HEADER_CASES[case])
+    out = tmp_path / "out"
+    out.mkdir()
+    rc, lines = run(["reconstruct", "--input", bad, "--output", out / "r.nrrd", "--method", "fbp"], capsys)
+    assert rc in (0, 2) and len(lines) <= 1, lines  # a harmless field may be accepted, never a traceback
+    if rc == 2:
+        assert list(out.iterdir()) == [] and "error" in lines[0]
+
+
+def _npz_with_declared_y(src: Path, dst: Path, shape: tuple[int, ...]) -> Path:
+    """An archive whose ``y.npy`` member *declares* ``shape`` but carries almost no data."""
+    with np.load(src, allow_pickle=False) as npz:
+        content = {k: npz[k] for k in npz.files if k != "y"}
+    with zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as zf:
+        for k, v in content.items():
+            with zf.open(f"{k}.npy", "w") as fh:
+                np.lib.format.write_array(fh, v, allow_pickle=False)
+        with zf.open("y.npy", "w") as fh:
+            np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False, "shape": shape})
+            fh.write(b"\x00" * 1024)
+    return dst
+
+
+def test_huge_declared_array_is_refused_before_decompressing(ct_files, tmp_path, capsys):
+    bad = _npz_with_declared_y(ct_files["meas"], tmp_path / "bomb.npz", (2000, 1, 512, 512))
+    out = tmp_path / "out"
+    out.mkdir()
+    t0 = time.perf_counter()
+    assert_refused(["reconstruct", "--input", bad, "--output", out / "r.nrrd", "--method", "fbp"], capsys, out,
+                   "header describes")
+    assert time.perf_counter() - t0 < 5
+    big = rewrite_npz(ct_files["meas"], tmp_path / "big.npz", header={"n_slices": 10**6})
+    assert_refused(["reconstruct", "--input", big, "--output", out / "r.nrrd", "--method", "fbp"], capsys, out,
+                   "y has shape")
+
+
+@pytest.mark.parametrize("count", [1e12, 1001, 0, "many"])
+def test_a_huge_cg_iteration_count_in_a_ct_header_is_refused(ct_files, tmp_path, capsys, count):
+    with np.load(ct_files["meas"], allow_pickle=False) as npz:
+        header = json.loads(str(npz["header"][()]))
+    spec = dict(header["operator"], cg_iterations=count)
+    bad = rewrite_npz(ct_files["meas"], tmp_path / "bad.npz", {"operator": spec})
+    out = tmp_path / "out"
+    out.mkdir()
+    assert_refused(["reconstruct", "--input", bad, "--output", out / "a.nrrd", "--method", "fbp",
+                    "--progress-format", "none"], capsys, out, "from 1 to 1000")
+
+
+@pytest.mark.parametrize("arc", ["wide", 1e9, True])
+def test_a_bad_arc_in_the_header_is_refused_not_ignored(ct_files, tmp_path, capsys, arc):
+    bad = rewrite_npz(ct_files["meas"], tmp_path / "bad.npz", header={"operator": {"arc": arc}})
+    out = tmp_path / "out"
+    out.mkdir()
+    assert_refused(["reconstruct", "--input", bad, "--output", out / "r.nrrd", "--method", "fbp",
+                    "--progress-format", "none"], capsys, out, "arc")
+
+
+def test_fuzz_measurement_files(ct_files, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    raw = ct_files["meas"].read_bytes()
+    with np.load(ct_files["meas"]) as npz:
+        header = json.loads(str(npz["header"][()]))
+    out = tmp_path / "out"
+    out.mkdir()
+    for k in range(40):
+        bad = tmp_path / f"f{k}.npz"
+        if k % 2:
+            bad.write_bytes(fuzz_bytes(raw, rng))
+        else:
+            rewrite_npz(ct_files["meas"], bad, header=fuzz_json(header, rng))
+        if assert_no_crash(["reconstruct", "--input", bad, "--output", out / "r.nrrd", "--method", "fbp",
+                             "--progress-format", "none"], capsys) == 2:
+            assert not (out / "r.nrrd").exists()
+        (out / "r.nrrd").unlink(missing_ok=True)
+        assert list(out.iterdir()) == []
+
+
+def _measurement(tmp_path):
+    img = disc_hu(32, radius=12.0, insert=None)
+    m, _, _ = simulate(Image(img, (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0), "CT"), "sparse-ct", views=8)
+    save_measurement(tmp_path / "base.npz", m)
+    return tmp_path / "base.npz"
+
+
+VALUES = [0, -1, 1, 2.5, 1e12, 10**9, float("nan"), float("inf"), "x", None, True, [1, 2], {"a": 1}, 33, 4096]
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_fuzzed_measurement_header_counts(tmp_path, capsys, seed):
+    """Counts and geometry numbers in a measurement header, set at random: exit 0 or one line, quickly."""
+    import json
+    import time
+
+    rng = np.random.default_rng(500 + seed)
+    base = _measurement(tmp_path)
+    with np.load(base, allow_pickle=False) as npz:
+        content = {k: npz[k] for k in npz.files}
+    header = json.loads(str(content["header"][()]))
+    for _ in range(int(rng.integers(1, 4))):
+        field = pick(rng, [("operator", "n_angles"), ("operator", "n_det"), ("operator", "cg_iterations"),
+                            ("operator", "image_size"), ("operator", "arc"), ("n_slices", None), ("noise_std", None),
+                            ("geometry", "spacing"), ("geometry", "ndim"), ("seed", None)])
+        value = pick(rng, VALUES)
+        if field[1] is None:
+            header[field[0]] = value
+        elif isinstance(header.get(field[0]), dict):
+            header[field[0]][field[1]] = value
+    content["header"] = np.array(json.dumps(header, allow_nan=True))
+    bad = tmp_path / "bad.npz"
+    with open(bad, "wb") as fh:
+        np.savez_compressed(fh, **content)
+    out = tmp_path / "r.nrrd"
+    t0 = time.perf_counter()
+    check_fuzz_case(["reconstruct", "--input", bad, "--output", out, "--method", "fbp", "--progress-format", "none"],
+                    out, capsys)
+    assert time.perf_counter() - t0 < 30  # no number in the file can make it hang

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import random_ellipses
 
 from ScoreReconLib.errors import ScoreReconError
 from ScoreReconLib.operators import build_operator, operator_from_spec
@@ -23,20 +24,6 @@ from ScoreReconLib.operators.mri import (
 )
 
 N = 32
-
-
-def _phantom(n: int = N, batch: int = 1) -> torch.Tensor:
-    g = torch.Generator().manual_seed(3)
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, n), torch.linspace(-1, 1, n), indexing="ij")
-    out = []
-    for _ in range(batch):
-        img = torch.zeros(n, n)
-        for _ in range(4):
-            c = torch.rand(2, generator=g) - 0.5
-            r = 0.15 + 0.3 * torch.rand(2, generator=g)
-            img += torch.rand(1, generator=g) * (((xx - c[0]) / r[0]) ** 2 + ((yy - c[1]) / r[1]) ** 2 < 1).float()
-        out.append(img)
-    return torch.stack(out)[:, None]
 
 
 def test_fft2c_is_centred_orthonormal_and_inverted():
@@ -66,7 +53,7 @@ def test_adjoint_identity(kind):
 def test_full_mask_recovers_image_exactly():
     op = build_mri_operator(N, acceleration=1, center_fraction=0.0)
     assert op.mask.sum() == N * N
-    x = _phantom(batch=2)
+    x = random_ellipses(batch=2)
     assert torch.allclose(op.A_dagger(op.A(x)), x, atol=1e-5)
     assert torch.allclose(op.T_inv(op.T(x)), x, atol=1e-5)
 
@@ -74,7 +61,7 @@ def test_full_mask_recovers_image_exactly():
 @pytest.mark.parametrize("kind", MASK_KINDS)
 def test_proximal_lambda_one_puts_measurements_exactly(kind):
     op = build_mri_operator(N, acceleration=4, mask=kind, seed=2)
-    x_true = _phantom(batch=2)
+    x_true = random_ellipses(batch=2)
     y = op.A(x_true)
     x = torch.rand(2, 1, N, N)
     out = op.proximal(x, y, 1.0)
@@ -89,7 +76,7 @@ def test_proximal_lambda_one_puts_measurements_exactly(kind):
 
 def test_proximal_interpolates_between_lambda_zero_and_one():
     op = build_mri_operator(N, acceleration=4, mask="random", seed=0)
-    y = op.A(_phantom())
+    y = op.A(random_ellipses())
     x = torch.rand(1, 1, N, N)
     errors = [float((op.A(op.proximal(x, y, lam)) - y).abs().norm()) for lam in (0.0, 0.3, 0.7, 1.0)]
     assert errors == sorted(errors, reverse=True)
@@ -99,7 +86,7 @@ def test_proximal_interpolates_between_lambda_zero_and_one():
 def test_zero_filled_uses_conjugate_symmetry():
     """A_dagger is the minimum-norm real solution: it beats the plain real part of the IFFT."""
     op = build_mri_operator(N, acceleration=4, mask="random", seed=4)
-    x = _phantom()
+    x = random_ellipses()
     y = op.A(x)
     err_dagger = float((op.A_dagger(y) - x).norm())
     err_plain = float((ifft2c(y).real - x).norm())
@@ -168,7 +155,7 @@ def test_spec_round_trip_and_registry():
     assert arrays["mask"].shape == (N, N) and arrays["mask"].dtype == np.float32
     again = operator_from_spec(spec, arrays)
     assert torch.equal(again.mask, op.mask)
-    x = _phantom()
+    x = random_ellipses()
     assert torch.allclose(again.A(x), op.A(x))
     rebuilt = mri_operator_from_spec(spec, {})  # no array stored: rebuilt from kind + seed
     assert torch.equal(rebuilt.mask, op.mask)

@@ -1,4 +1,4 @@
-"""Multi-coil MRI: the operator, coil maps, the measurement file, and fastMRI-format HDF5 import."""
+"""Multi-coil MRI: the operator, coil maps, the measurement file, and fastMRI-format HDF5 import (fuzzed too)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import check_fuzz_case, cli, mr_ellipse, pick
 
-from ScoreReconLib.cli import main
 from ScoreReconLib.coils import (
     absorb_phase,
     calibration_width,
@@ -28,16 +28,6 @@ from ScoreReconLib.operators.multicoil import MultiCoilMRI, build_multicoil_oper
 
 N = 32
 COILS = 6
-
-
-def phantom(n: int = N) -> torch.Tensor:
-    """(1, 1, n, n) float32 ellipse phantom in [0, 1] with two inserts."""
-    yy, xx = np.mgrid[0:n, 0:n].astype(np.float64)
-    r = np.hypot((yy - n / 2 + 0.5) / (0.4 * n), (xx - n / 2 + 0.5) / (0.33 * n))
-    img = np.where(r < 1, 0.6, 0.0)
-    img[np.hypot(yy - 0.4 * n, xx - 0.45 * n) < 0.09 * n] = 1.0
-    img[np.hypot(yy - 0.62 * n, xx - 0.55 * n) < 0.07 * n] = 0.25
-    return torch.from_numpy(img.astype(np.float32))[None, None]
 
 
 def rand_complex(shape, g) -> torch.Tensor:
@@ -70,7 +60,7 @@ def test_adjoint_identity(domain):
 
 
 def test_full_sampling_with_true_maps_recovers_the_image_exactly():
-    x = phantom()
+    x = mr_ellipse()
     op = MultiCoilMRI(synthetic_maps(N, COILS), torch.ones(N, N), image_domain="complex")
     xc = x.to(torch.complex64) * torch.exp(1j * torch.linspace(0, 2, N))  # a complex image with phase
     assert float((op.A_dagger(op.A(xc)) - xc).abs().max()) < 1e-5
@@ -80,7 +70,7 @@ def test_full_sampling_with_true_maps_recovers_the_image_exactly():
 
 
 def test_proximal_step_fits_the_data_and_lambda_zero_keeps_x():
-    x = phantom()
+    x = mr_ellipse()
     op = build_multicoil_operator(synthetic_maps(N, COILS), acceleration=4, center_fraction=0.1)
     y = op.A(x)
     start = torch.zeros_like(x)
@@ -97,7 +87,7 @@ def test_proximal_step_fits_the_data_and_lambda_zero_keeps_x():
 def test_batch_shapes_per_slice_maps_and_errors():
     maps = torch.cat([synthetic_maps(N, COILS, seed=0), synthetic_maps(N, COILS, seed=1)])
     op = build_multicoil_operator(maps, acceleration=4, center_fraction=0.1)
-    x = phantom().repeat(2, 1, 1, 1)
+    x = mr_ellipse().repeat(2, 1, 1, 1)
     y = op.A(x)
     assert y.shape == (2, COILS, N, N) and y.dtype == torch.complex64
     sub = op.batch_subset(slice(1, 2))
@@ -117,7 +107,7 @@ def _agreement(est: torch.Tensor, true: torch.Tensor, where: torch.Tensor) -> to
 
 
 def test_own_map_estimate_recovers_smooth_maps_up_to_phase():
-    x = phantom(64)
+    x = mr_ellipse(64)
     true = synthetic_maps(64, COILS, seed=2)
     op = build_multicoil_operator(true, acceleration=4, center_fraction=0.16)
     y = op.A(x)
@@ -137,7 +127,7 @@ def test_own_map_estimate_recovers_smooth_maps_up_to_phase():
 
 @pytest.mark.skipif(not sigpy_available(), reason="sigpy not installed")
 def test_espirit_maps_agree_with_true_maps():
-    x = phantom(64)
+    x = mr_ellipse(64)
     true = synthetic_maps(64, COILS, seed=2)
     op = build_multicoil_operator(true, acceleration=4, center_fraction=0.2)
     est, used = estimate_maps(op.A(x), op.mask, "espirit")
@@ -146,7 +136,7 @@ def test_espirit_maps_agree_with_true_maps():
 
 
 def test_sense_and_rss_baselines():
-    x = phantom()
+    x = mr_ellipse()
     op = build_multicoil_operator(synthetic_maps(N, COILS), acceleration=3, center_fraction=0.1)
     y = op.A(x)
     zf = op.A_dagger(y)
@@ -158,7 +148,7 @@ def test_sense_and_rss_baselines():
 
 # --------------------------------------------------------------------------- measurement files
 def test_simulate_multicoil_measurement_round_trip(tmp_path):
-    img = Image((phantom()[0, 0].numpy() * 80.0), (0.7, 0.7))
+    img = Image((mr_ellipse()[0, 0].numpy() * 80.0), (0.7, 0.7))
     m, ref, _ = simulate(img, "mri", acceleration=4, center_fraction=0.1, coils=4, seed=5)
     assert m.y.shape == (1, 4, N, N) and m.coils == 4
     path = save_measurement(tmp_path / "k.npz", m)
@@ -170,15 +160,9 @@ def test_simulate_multicoil_measurement_round_trip(tmp_path):
         simulate(img, "sparse-ct", coils=4)
 
 
-def cli(argv, capsys) -> tuple[int, str, str]:
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
 def test_cli_simulate_coils_and_reconstruct(tmp_path, capsys):
     src = tmp_path / "img.npy"
-    np.save(src, phantom()[0, 0].numpy() * 50.0)
+    np.save(src, mr_ellipse()[0, 0].numpy() * 50.0)
     rc, out, _ = cli(["simulate", "--task", "mri", "--coils", "4", "--acceleration", "3", "--center-fraction",
                       "0.12", "--input", src, "--output", tmp_path / "k.npz"], capsys)
     assert rc == 0 and "4 coils" in out
@@ -223,7 +207,7 @@ def write_fastmri(path: Path, x: np.ndarray, maps: np.ndarray, scale: float = 1e
 
 def test_hdf5_fully_sampled_round_trip_is_exact(tmp_path, capsys):
     pytest.importorskip("h5py")
-    x = np.stack([phantom()[0, 0].numpy(), 0.5 * phantom()[0, 0].numpy()[::-1]]).astype(np.float32)
+    x = np.stack([mr_ellipse()[0, 0].numpy(), 0.5 * mr_ellipse()[0, 0].numpy()[::-1]]).astype(np.float32)
     maps = synthetic_maps(N, COILS, seed=1)[0].numpy()
     write_fastmri(tmp_path / "full.h5", x, maps)
     rc, out, err = cli(["import-kspace", "--input", tmp_path / "full.h5", "--output", tmp_path / "m.npz",
@@ -242,7 +226,7 @@ def test_hdf5_fully_sampled_round_trip_is_exact(tmp_path, capsys):
 
 def test_hdf5_undersampled_with_mask_and_estimated_maps(tmp_path, capsys):
     pytest.importorskip("h5py")
-    x = phantom()[0, 0].numpy()[None]
+    x = mr_ellipse()[0, 0].numpy()[None]
     cols = np.zeros(N, bool)
     cols[::3] = True
     cols[N // 2 - 4:N // 2 + 4] = True
@@ -270,7 +254,7 @@ def test_hdf5_undersampled_with_mask_and_estimated_maps(tmp_path, capsys):
 
 def test_hdf5_retrospective_undersampling_and_slices(tmp_path, capsys):
     pytest.importorskip("h5py")
-    x = np.stack([phantom()[0, 0].numpy()] * 3).astype(np.float32)
+    x = np.stack([mr_ellipse()[0, 0].numpy()] * 3).astype(np.float32)
     write_fastmri(tmp_path / "f.h5", x, synthetic_maps(N, COILS, seed=1)[0].numpy())
     rc, _, err = cli(["import-kspace", "--input", tmp_path / "f.h5", "--output", tmp_path / "m.npz",
                       "--acceleration", "4", "--center-fraction", "0.125", "--slices", "1:3"], capsys)
@@ -309,17 +293,16 @@ def test_bad_hdf5_input_is_one_line_exit_2(tmp_path, capsys, kind, needle):
 
 def test_bad_slices_are_refused(tmp_path, capsys):
     pytest.importorskip("h5py")
-    write_fastmri(tmp_path / "f.h5", phantom()[0, 0].numpy()[None], synthetic_maps(N, 2)[0].numpy())
+    write_fastmri(tmp_path / "f.h5", mr_ellipse()[0, 0].numpy()[None], synthetic_maps(N, 2)[0].numpy())
     for text in ("3:5", "a:b"):
         rc, _, err = cli(["import-kspace", "--input", tmp_path / "f.h5", "--output", tmp_path / "m.npz",
                           "--slices", text], capsys)
         assert rc == 2 and "--slices" in err
 
 
-
 def test_complex_output_carries_the_image_phase(tmp_path, capsys):
     pytest.importorskip("h5py")
-    mag = phantom()[0, 0].numpy()
+    mag = mr_ellipse()[0, 0].numpy()
     t = (np.arange(N) - N // 2) / (N / 2)
     theta = (0.8 + 0.9 * t[:, None] - 0.6 * t[None, :]).astype(np.float32)  # smooth phase
     write_fastmri(tmp_path / "p.h5", (mag * np.exp(1j * theta))[None].astype(np.complex64),
@@ -345,7 +328,7 @@ def test_complex_output_carries_the_image_phase(tmp_path, capsys):
 def test_samplers_with_the_multicoil_operator_find_the_gaussian_posterior_mean(method):
     """Under an exact Gaussian prior the posterior mean is the min-norm correction of μ (converged CGLS);
     the samplers with the multi-coil CG data-consistency step must land much closer to it than μ is."""
-    from test_sampling import GaussianPrior, _mu
+    from helpers import GaussianPrior, smooth_mean
 
     from ScoreReconLib.reconstruction import reconstruct
     from ScoreReconLib.sampling import cgls
@@ -353,7 +336,7 @@ def test_samplers_with_the_multicoil_operator_find_the_gaussian_posterior_mean(m
     n = 16
     op = build_multicoil_operator(synthetic_maps(n, 4, seed=0), acceleration=2, center_fraction=0.25,
                                   mask="random", seed=1)
-    mu = _mu(n)
+    mu = smooth_mean(n)
     prior = GaussianPrior(mu, 0.1, "MR")
     x_true = mu + 0.1 * torch.randn(mu.shape, generator=torch.Generator().manual_seed(3))
     y = op.A(x_true)
@@ -376,7 +359,7 @@ def test_missing_h5py_says_how_to_install(tmp_path, capsys, monkeypatch):
 # ------------------------------------------------------------------------- issue 24: hostile HDF5 files
 def _fastmri_variant(tmp_path: Path, edit) -> Path:
     h5py = pytest.importorskip("h5py")
-    x = phantom()[0, 0].numpy()[None].astype(np.float32)
+    x = mr_ellipse()[0, 0].numpy()[None].astype(np.float32)
     maps = synthetic_maps(N, COILS, seed=1)[0].numpy()
     cols = np.zeros(N, np.float32)
     cols[::4] = 1
@@ -459,8 +442,49 @@ def test_simulate_refuses_more_angles_than_the_reader_accepts(tmp_path, capsys):
     from ScoreReconLib.data import write_image
 
     img = tmp_path / "x.nrrd"
-    write_image(Image(phantom()[0, 0].numpy() * 1000.0 - 1000.0, (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0), "CT"),
+    write_image(Image(mr_ellipse()[0, 0].numpy() * 1000.0 - 1000.0, (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0), "CT"),
                 img)
     rc, _, err = cli(["simulate", "--task", "sparse-ct", "--n-angles", "10000000", "--input", img, "--output",
                       tmp_path / "m.npz"], capsys)
     assert rc == 2 and "--n-angles must be from 2 to 32768" in err
+
+
+# ------------------------------------------------------------------------- h5py hint, fuzzed HDF5 files
+def test_the_h5py_hint_names_what_works_from_a_checkout():
+    from ScoreReconLib.kspace_io import INSTALL_H5PY
+
+    assert "pip install h5py" in INSTALL_H5PY and 'pip install -e ".[mri]"' in INSTALL_H5PY
+    assert "scorerecon[mri]'" not in INSTALL_H5PY  # not on the package index
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_fuzzed_kspace_files(tmp_path, capsys, seed):
+    h5py = pytest.importorskip("h5py")
+    rng = np.random.default_rng(100 + seed)
+    path = tmp_path / "k.h5"
+    n = 32
+    with h5py.File(path, "w") as f:
+        kind = seed % 6
+        shape = [int(v) for v in rng.choice([0, 1, 2, 4, 16, n, 2 * n], size=int(rng.integers(2, 6)))]
+        if kind == 0:  # plausible k-space of a random shape and dtype
+            f["kspace"] = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64)
+        elif kind == 1:
+            f["kspace"] = rng.standard_normal(shape).astype(np.float32)  # real-valued
+        elif kind == 2:
+            f.create_group("kspace")  # a group, not a dataset
+        elif kind == 3:
+            k = (rng.standard_normal((1, 2, 2 * n, n)) + 1j * rng.standard_normal((1, 2, 2 * n, n)))
+            k = k.astype(np.complex64)
+            f.create_dataset("kspace", data=k, compression="gzip", shuffle=True)
+            f["mask"] = rng.choice(np.array([0.0, 1.0, 0.5, np.nan]), size=int(rng.choice([n, n + 1])))
+        elif kind == 4:
+            k = (rng.standard_normal((2, 2, 2 * n, n)) + 1j * rng.standard_normal((2, 2, 2 * n, n)))
+            k = k.astype(np.complex64)
+            f["kspace"] = k
+            f["sens_maps"] = rng.standard_normal(shape).astype(np.complex64)
+        else:
+            f["kspace"] = np.zeros((1, 1, 2 * n, n), np.complex64)
+            f["ismrmrd_header"] = pick(rng, ["<bad", "", "<ismrmrdHeader/>", "x" * 4])
+    out = tmp_path / "m.npz"
+    check_fuzz_case(["import-kspace", "--input", path, "--output", out, "--slices",
+                     pick(rng, ["0:1", "5:9", "1:0", "0:2"])], out, capsys)

@@ -6,24 +6,17 @@ import math
 
 import pytest
 import torch
+from helpers import TWO_ELLIPSES, blurred_ellipses
 
 from ScoreReconLib.errors import ScoreReconError
 from ScoreReconLib.noise import estimate_kspace_noise, estimate_noise_std, estimate_sinogram_noise, noise_aware_lam
 from ScoreReconLib.operators import build_operator
 
 
-def _phantom(n: int) -> torch.Tensor:
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, n), torch.linspace(-1, 1, n), indexing="ij")
-    x = ((xx / 0.8) ** 2 + (yy / 0.7) ** 2 < 1).float() * 0.4
-    x = x + ((xx / 0.3) ** 2 + ((yy - 0.1) / 0.2) ** 2 < 1).float() * 0.4
-    # a little blur, as real images have (a binary phantom's edges put signal at every frequency)
-    return torch.nn.functional.avg_pool2d(x[None, None], 3, stride=1, padding=1, count_include_pad=False)
-
-
 @pytest.mark.parametrize("sigma", [0.3, 1.0])  # 1–3 % of the sinogram maximum
 def test_sinogram_noise_estimate_is_close(sigma):
     op = build_operator("sparse-ct", 48, views=12)
-    y = op.A(_phantom(48))
+    y = op.A(blurred_ellipses(48, TWO_ELLIPSES))
     g = torch.Generator().manual_seed(0)
     noisy = y + sigma * torch.randn(y.shape, generator=g) * op.mask
     est = estimate_sinogram_noise(noisy, op.mask)
@@ -34,7 +27,7 @@ def test_sinogram_noise_estimate_is_close(sigma):
 @pytest.mark.parametrize("sigma", [0.05, 0.2])
 def test_kspace_noise_estimate_is_close(sigma):
     op = build_operator("mri", 64, acceleration=4, mask="poisson", seed=0)
-    y = op.A(_phantom(64))
+    y = op.A(blurred_ellipses(64, TWO_ELLIPSES))
     g = torch.Generator().manual_seed(1)
     n = torch.complex(torch.randn(y.shape, generator=g), torch.randn(y.shape, generator=g)) / math.sqrt(2)
     noisy = y + sigma * n * op.mask
@@ -72,7 +65,7 @@ def test_sampler_settings_validate_noise_options():
 def test_sinogram_noise_free_estimate_is_tiny():
     """Noise-free projections of a smooth image read far below any real noise level (≤ 0.05 % of the peak)."""
     op = build_operator("sparse-ct", 64, views=23)
-    y = op.A(_phantom(64))
+    y = op.A(blurred_ellipses(64, TWO_ELLIPSES))
     assert estimate_sinogram_noise(y, op.mask) < 5e-4 * float(y.abs().max())
 
 

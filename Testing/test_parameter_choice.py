@@ -7,23 +7,13 @@ import math
 
 import pytest
 import torch
+from helpers import SHEPP_LIKE_ELLIPSES, blurred_ellipses
 
 from ScoreReconLib.baselines import classical_reconstruct, tv_reconstruct
 from ScoreReconLib.errors import ScoreReconError
 from ScoreReconLib.metrics import psnr
 from ScoreReconLib.operators import build_operator
 from ScoreReconLib.parameter_choice import NOISE_FREE_WEIGHT, choose_weight, mean_residual, measured_count
-
-
-def _phantom(n: int) -> torch.Tensor:
-    """Shepp–Logan-like ellipses on [0, 1], lightly blurred."""
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, n), torch.linspace(-1, 1, n), indexing="ij")
-    x = ((xx / 0.85) ** 2 + (yy / 0.75) ** 2 < 1).float() * 0.5
-    x = x + ((xx / 0.78) ** 2 + (yy / 0.68) ** 2 < 1).float() * -0.2
-    x = x + (((xx - 0.25) / 0.15) ** 2 + ((yy + 0.1) / 0.3) ** 2 < 1).float() * 0.3
-    x = x + (((xx + 0.3) / 0.2) ** 2 + ((yy - 0.2) / 0.12) ** 2 < 1).float() * 0.4
-    x = x + ((xx / 0.05) ** 2 + ((yy - 0.45) / 0.05) ** 2 < 1).float() * 0.3
-    return torch.nn.functional.avg_pool2d(x[None, None], 3, stride=1, padding=1, count_include_pad=False)
 
 
 def _noisy(op, x, rel, seed=0):
@@ -48,7 +38,7 @@ def _psnr(a, b):
 def test_auto_weight_near_the_best_weight(task, method, kw, rel):
     """On a phantom with known noise the automatic weight is within a factor 2 of the best weight of a fine grid
     and within 0.3 dB of its PSNR (the issue's acceptance test)."""
-    x = _phantom(64)
+    x = blurred_ellipses(64, SHEPP_LIKE_ELLIPSES)
     op = build_operator(task, 64, **kw)
     y, sigma = _noisy(op, x, rel)
     grid = [10 ** (e / 4) for e in range(-20, -3)]  # 1e-5 … 0.1, quarter decades
@@ -63,7 +53,7 @@ def test_auto_weight_near_the_best_weight(task, method, kw, rel):
 
 
 def test_auto_is_the_default_and_a_number_reproduces_it():
-    x = _phantom(48)
+    x = blurred_ellipses(48, SHEPP_LIKE_ELLIPSES)
     op = build_operator("sparse-ct", 48, views=16)
     y, _ = _noisy(op, x, 0.02)
     choice = choose_weight(y, op, "tv")
@@ -74,7 +64,7 @@ def test_auto_is_the_default_and_a_number_reproduces_it():
 
 
 def test_noise_free_data_take_the_noise_free_weight():
-    x = _phantom(48)
+    x = blurred_ellipses(48, SHEPP_LIKE_ELLIPSES)
     op = build_operator("sparse-ct", 48, views=23)
     choice = choose_weight(op.A(x), op, "tv")
     assert choice.rule == "noise-free"
@@ -83,7 +73,7 @@ def test_noise_free_data_take_the_noise_free_weight():
 
 
 def test_more_noise_gives_a_larger_weight_and_residual_meets_the_target():
-    x = _phantom(48)
+    x = blurred_ellipses(48, SHEPP_LIKE_ELLIPSES)
     op = build_operator("sparse-ct", 48, views=23)
     weights = []
     for rel in (0.01, 0.04):
@@ -115,7 +105,7 @@ def test_cli_weight_auto_prints_and_records(tmp_path, capsys):
 
     from ScoreReconLib.cli import main
 
-    x = (_phantom(48)[0, 0].numpy() * 3000.0 - 1000.0).astype(np.float32)
+    x = (blurred_ellipses(48, SHEPP_LIKE_ELLIPSES)[0, 0].numpy() * 3000.0 - 1000.0).astype(np.float32)
     img = sitk.GetImageFromArray(x)
     src = tmp_path / "x.nrrd"
     sitk.WriteImage(img, str(src))
@@ -151,7 +141,7 @@ def test_discrepancy_check_tells_noise_fitting_from_signal_left(task, kw, rel):
     leaves signal; noise-free data are named as such."""
     from ScoreReconLib.parameter_choice import DISCREPANCY_BAND, check_discrepancy
 
-    x = _phantom(64)
+    x = blurred_ellipses(64, SHEPP_LIKE_ELLIPSES)
     op = build_operator(task, 64, **kw)
     y, sigma = _noisy(op, x, rel)
     truth = check_discrepancy(op, x, y, sigma)

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_PATCH_NETWORK, random_insert_phantoms
 
 from ScoreReconLib.cli import main as cli_main
 from ScoreReconLib.errors import ScoreReconError
@@ -23,9 +24,6 @@ from ScoreReconLib.patches import (
 )
 from ScoreReconLib.reconstruction import reconstruct
 from ScoreReconLib.training import TrainConfig, train, transplant_state
-
-TINY = {"channels": [8, 16], "attention_levels": [False, False]}
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: see conftest.one_thread
 
@@ -134,31 +132,8 @@ def test_transplant_zero_inits_coordinate_channels():
 
 
 # --------------------------------------------------------------- train / load / reconstruct
-def _phantoms(n: int, count: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[-1:1:n * 1j, -1:1:n * 1j]
-    out = np.zeros((count, n, n), np.float32)
-    for k in range(count):
-        out[k][(xx / 0.8) ** 2 + (yy / 0.7) ** 2 < 1] = 80.0
-        cx, cy = rng.uniform(-0.3, 0.3, 2)
-        out[k][((xx - cx) / 0.2) ** 2 + ((yy - cy) / 0.3) ** 2 < 1] = 200.0
-    return out
-
-
-@pytest.fixture(scope="module")
-def patch_prior(tmp_path_factory):
-    data = tmp_path_factory.mktemp("mr")
-    np.save(data / "vol.npy", _phantoms(32, 6, 0))
-    out = tmp_path_factory.mktemp("ckpt") / "patch"
-    cfg = TrainConfig(data=str(data), output=str(out), image_size=32, steps=8, batch_size=8, network=TINY,
-                      modality="MR", device="cpu", show_progress=False, checkpoint_every=4, warmup=2, log_every=2,
-                      prior="patch", patch_size=8)
-    res = train(cfg)
-    return out, res
-
-
-def test_patch_prior_trains_saves_and_loads(patch_prior):
-    out, res = patch_prior
+def test_patch_prior_trains_saves_and_loads(trained_patch_prior):
+    out, res = trained_patch_prior
     assert res.steps == 8 and np.isfinite(res.final_loss)
     cfg = json.loads((out / CONFIG_FILE).read_text())
     assert cfg["prior"]["kind"] == "patch" and cfg["prior"]["patch_size"] == 8
@@ -172,8 +147,8 @@ def test_patch_prior_trains_saves_and_loads(patch_prior):
         prior.model(x, torch.full((2,), 0.5))
 
 
-def test_patch_prior_resume_continues_the_same_run(patch_prior, tmp_path):
-    out, res = patch_prior
+def test_patch_prior_resume_continues_the_same_run(trained_patch_prior, tmp_path):
+    out, res = trained_patch_prior
     import shutil
 
     a, b = tmp_path / "a", tmp_path / "b"
@@ -188,8 +163,8 @@ def test_patch_prior_resume_continues_the_same_run(patch_prior, tmp_path):
     assert json.loads((a / CONFIG_FILE).read_text())["prior"]["kind"] == "patch"
 
 
-def test_one_patch_checkpoint_reconstructs_64_128_and_256(patch_prior):
-    out, _ = patch_prior
+def test_one_patch_checkpoint_reconstructs_64_128_and_256(trained_patch_prior):
+    out, _ = trained_patch_prior
     prior = load_prior(out)
     for n, task, kw in [(64, "mri", {"acceleration": 4}), (128, "mri", {"acceleration": 4}),
                         (256, "mri", {"acceleration": 4})]:
@@ -213,7 +188,7 @@ def test_one_patch_checkpoint_reconstructs_64_128_and_256(patch_prior):
 def test_train_cli_defaults_to_patch_and_refuses_bad_patch_size(tmp_path):
     data = tmp_path / "d"
     data.mkdir()
-    np.save(data / "v.npy", _phantoms(16, 3, 1))
+    np.save(data / "v.npy", random_insert_phantoms(16, 3, 1))
     rc = cli_main(["train", "--data", str(data), "--output", str(tmp_path / "m"), "--size", "16", "--patch-size",
                    "8", "--steps", "2", "--batch-size", "2", "--channels", "8,16", "--attention-levels", "0,0",
                    "--modality", "MR", "--quiet", "--device", "cpu"])
@@ -228,10 +203,10 @@ def test_validation_split_by_subject_logs_a_loss_and_refuses_shared_files(tmp_pa
     train_dir, val_dir = tmp_path / "train", tmp_path / "val"
     train_dir.mkdir()
     val_dir.mkdir()
-    np.save(train_dir / "subject1.npy", _phantoms(16, 4, 2))
-    np.save(val_dir / "subject2.npy", _phantoms(16, 3, 3))
-    base = dict(image_size=16, steps=4, batch_size=4, network=TINY, modality="MR", device="cpu", show_progress=False,
-                checkpoint_every=2, warmup=1, log_every=1, prior="patch", patch_size=8)
+    np.save(train_dir / "subject1.npy", random_insert_phantoms(16, 4, 2))
+    np.save(val_dir / "subject2.npy", random_insert_phantoms(16, 3, 3))
+    base = dict(image_size=16, steps=4, batch_size=4, network=TINY_PATCH_NETWORK, modality="MR", device="cpu",
+                show_progress=False, checkpoint_every=2, warmup=1, log_every=1, prior="patch", patch_size=8)
     out = tmp_path / "m"
     train(TrainConfig(data=str(train_dir), output=str(out), val_data=str(val_dir), **base))
     rows = (out / "val_log.csv").read_text().splitlines()

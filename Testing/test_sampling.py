@@ -12,58 +12,11 @@ import threading
 
 import pytest
 import torch
+from helpers import GaussianPrior, gaussian_problem, smooth_mean
 
-from ScoreReconLib.data import Normalization
 from ScoreReconLib.errors import CancelledError, ScoreReconError
-from ScoreReconLib.operators import build_operator
 from ScoreReconLib.reconstruction import reconstruct, reconstruct_volume
-from ScoreReconLib.sampling import cgls, ode_sample, pc_sample
-from ScoreReconLib.sde import VESDE
-
-
-class GaussianPrior:
-    """Exact score of N(μ, s₀² I) perturbed by a VE-SDE; same interface as networks.Prior."""
-
-    def __init__(self, mu: torch.Tensor, s0: float, modality: str, N: int = 200):
-        self.mu = mu
-        self.s0 = s0
-        self.sde = VESDE(sigma_min=0.01, sigma_max=5.0, N=N)
-        self.image_size = mu.shape[-1]
-        self.modality = modality
-        self.normalization = Normalization("scale", 0.0, 1.0)
-        self.recommended: dict = {}
-        self.device = torch.device("cpu")
-        self.config = {"image_size": self.image_size, "modality": modality}
-
-    def score(self, x, t, generator=None):
-        var = self.s0**2 + self.sde.sigma(t).reshape(-1, 1, 1, 1) ** 2
-        return -(x - self.mu) / var
-
-    def to(self, device):
-        return self
-
-
-def _mu(n):
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, n), torch.linspace(-1, 1, n), indexing="ij")
-    return (0.5 + 0.3 * torch.exp(-(xx**2 + yy**2) * 3))[None, None].float()
-
-
-def _problem(task):
-    if task == "mri":
-        n = 16
-        op = build_operator("mri", n, acceleration=2, center_fraction=0.25, mask="random", seed=1)
-        modality = "MR"
-    else:
-        n = 24
-        op = build_operator("sparse-ct", n, views=8)
-        modality = "CT"
-    mu = _mu(n)
-    prior = GaussianPrior(mu, 0.1, modality)
-    g = torch.Generator().manual_seed(3)
-    x_true = mu + 0.1 * torch.randn(mu.shape, generator=g)
-    y = op.A(x_true)
-    post_mean = cgls(op, mu, y, 300)
-    return op, prior, x_true, y, post_mean
+from ScoreReconLib.sampling import ode_sample, pc_sample
 
 
 def _rmse(a, b):
@@ -73,7 +26,7 @@ def _rmse(a, b):
 @pytest.mark.parametrize("task", ["mri", "sparse-ct"])
 @pytest.mark.parametrize("method", ["proximal", "fast", "song2021"])
 def test_posterior_mean_matches_closed_form(task, method):
-    op, prior, x_true, y, post_mean = _problem(task)
+    op, prior, x_true, y, post_mean = gaussian_problem(task)
     steps = {"proximal": 150, "fast": 40, "song2021": 150}[method]
     kwargs = {"snr": 0.16} if method != "fast" else {}
     # noise-free data: the paper's constant-λ sampler (noise_std=0), whose posterior is the closed form
@@ -89,7 +42,7 @@ def test_posterior_mean_matches_closed_form(task, method):
 
 
 def test_mri_measured_rows_exact_with_lam_one():
-    op, prior, x_true, y, _ = _problem("mri")
+    op, prior, x_true, y, _ = gaussian_problem("mri")
     for method in ("proximal", "fast"):
         res = reconstruct(y, op, prior, method=method, steps=30, lam=1.0, seed=0, noise_std=0.0)
         resid = op.A(res.mean) - y
@@ -98,7 +51,7 @@ def test_mri_measured_rows_exact_with_lam_one():
 
 def test_posterior_std_matches_closed_form_mri():
     """Unmeasured directions keep the prior's s₀; the pixelwise std is s₀·sqrt(diag(I − A⁺A))."""
-    op, prior, x_true, y, _ = _problem("mri")
+    op, prior, x_true, y, _ = gaussian_problem("mri")
     res = reconstruct(y, op, prior, method="proximal", steps=150, lam=1.0, samples=24, seed=1, noise_std=0.0)
     frac_unmeasured = 1.0 - float(op.mask.mean())
     expected = prior.s0 * frac_unmeasured**0.5
@@ -106,7 +59,7 @@ def test_posterior_std_matches_closed_form_mri():
 
 
 def test_reproducible_by_seed_and_differs_across_seeds():
-    op, prior, x_true, y, _ = _problem("sparse-ct")
+    op, prior, x_true, y, _ = gaussian_problem("sparse-ct")
     a = reconstruct(y, op, prior, method="fast", steps=10, seed=5).mean
     b = reconstruct(y, op, prior, method="fast", steps=10, seed=5).mean
     c = reconstruct(y, op, prior, method="fast", steps=10, seed=6).mean
@@ -115,7 +68,7 @@ def test_reproducible_by_seed_and_differs_across_seeds():
 
 
 def test_cancel_stops_mid_run():
-    op, prior, x_true, y, _ = _problem("mri")
+    op, prior, x_true, y, _ = gaussian_problem("mri")
     cancel = threading.Event()
     seen = []
 
@@ -130,11 +83,11 @@ def test_cancel_stops_mid_run():
 
 
 def test_mismatched_prior_is_refused_before_work():
-    op, prior, x_true, y, _ = _problem("mri")
+    op, prior, x_true, y, _ = gaussian_problem("mri")
     ct_prior = GaussianPrior(prior.mu, 0.1, "CT")
     with pytest.raises(ScoreReconError, match="MR model"):
         reconstruct(y, op, ct_prior)
-    big = GaussianPrior(_mu(32), 0.1, "MR")
+    big = GaussianPrior(smooth_mean(32), 0.1, "MR")
     with pytest.raises(ScoreReconError, match="trained on 32x32"):
         reconstruct(y, op, big)
     with pytest.raises(ScoreReconError, match="NaN"):
@@ -142,7 +95,7 @@ def test_mismatched_prior_is_refused_before_work():
 
 
 def test_volume_streams_batches_and_reports_per_slice():
-    op, prior, x_true, y, _ = _problem("mri")
+    op, prior, x_true, y, _ = gaussian_problem("mri")
     yv = y.expand(3, -1, -1, -1).contiguous()
     seen = []
     res = reconstruct_volume(yv, op, prior, batch_size=2, method="fast", steps=5,
@@ -152,7 +105,7 @@ def test_volume_streams_batches_and_reports_per_slice():
 
 
 def test_unconditional_samplers_reach_prior_statistics():
-    mu = _mu(16)
+    mu = smooth_mean(16)
     prior = GaussianPrior(mu, 0.1, "MR", N=200)
     g = torch.Generator().manual_seed(0)
     x = pc_sample(prior, (64, 1, 16, 16), snr=0.16, generator=g)

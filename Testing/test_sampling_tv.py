@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_sampling import GaussianPrior, _mu, _problem
+from helpers import GaussianPrior, gaussian_problem, head_hu, smooth_mean
 
 from ScoreReconLib.baselines import classical_reconstruct, operator_norm
 from ScoreReconLib.errors import ScoreReconError
@@ -41,14 +41,14 @@ TASKS = ["sparse-ct", "mri"]
 @pytest.mark.parametrize("task", TASKS)
 @pytest.mark.parametrize("lam", [0.0, 0.5, 0.841, 1.0])
 def test_zero_tv_weight_is_the_existing_proximal_step(task, lam):
-    op, prior, x_true, y, _ = _problem(task)
+    op, prior, x_true, y, _ = gaussian_problem(task)
     x0, y_hat = _noisy_start(op, x_true, y)
     assert torch.equal(tv_proximal(op, x0, y_hat, lam, 0.0), op.proximal(x0, y_hat, lam))
 
 
 @pytest.mark.parametrize("task", TASKS)
 def test_zero_tv_weight_sampler_is_the_default_sampler(task):
-    op, prior, x_true, y, _ = _problem(task)
+    op, prior, x_true, y, _ = gaussian_problem(task)
     a = reconstruct(y, op, prior, steps=6, seed=2).mean
     b = reconstruct(y, op, prior, steps=6, seed=2, tv_weight=0.0, init="noise", t_start=1.0).mean
     assert torch.equal(a, b)
@@ -57,7 +57,7 @@ def test_zero_tv_weight_sampler_is_the_default_sampler(task):
 @pytest.mark.parametrize("task", TASKS)
 @pytest.mark.parametrize("lam", [0.7, 1.0])
 def test_tv_step_lowers_objective_and_tv(task, lam):
-    op, prior, x_true, y, _ = _problem(task)
+    op, prior, x_true, y, _ = gaussian_problem(task)
     x0, y_hat = _noisy_start(op, x_true, y)
     p = op.proximal(x0, y_hat, lam)
     for w in (1e-3, 1e-2):
@@ -73,7 +73,7 @@ def test_tv_step_lowers_objective_and_tv(task, lam):
 def test_mri_objective_is_the_x0_centred_one_up_to_a_constant(lam):
     """MRI's merge is the exact minimiser, so E(x) − E(p) = F(x) − F(p) with
     F(x) = ½‖Ax − ŷ‖² + (1/(2γ))‖x − x₀‖² + w‖A‖²TV(x), γ = λ/(1−λ)."""
-    op, prior, x_true, y, _ = _problem("mri")
+    op, prior, x_true, y, _ = gaussian_problem("mri")
     x0, y_hat = _noisy_start(op, x_true, y)
     w = 1e-2
     L = operator_norm(op) ** 2
@@ -93,7 +93,7 @@ def test_mri_objective_is_the_x0_centred_one_up_to_a_constant(lam):
 
 def test_tv_step_converges_to_tv_reconstruction_at_lam_one():
     """λ = 1, consistent data: E is --method tv's objective (same weight units), so many iterations meet it."""
-    op, prior, x_true, y, _ = _problem("mri")
+    op, prior, x_true, y, _ = gaussian_problem("mri")
     w = 1e-2
     x = tv_proximal(op, op.A_dagger(y), y, 1.0, w, iters=400)
     ref = classical_reconstruct("tv", y, op, weight=w, iters=400, nonneg=False)
@@ -102,7 +102,7 @@ def test_tv_step_converges_to_tv_reconstruction_at_lam_one():
 
 
 def test_tv_step_rejects_bad_arguments():
-    op, prior, x_true, y, _ = _problem("mri")
+    op, prior, x_true, y, _ = gaussian_problem("mri")
     for w in (-1e-3, float("nan")):
         with pytest.raises(ScoreReconError, match="TV weight"):
             tv_proximal(op, x_true, y, 1.0, w)
@@ -111,7 +111,7 @@ def test_tv_step_rejects_bad_arguments():
 
 
 def test_proximal_sampler_with_tv_is_reproducible_and_smoother():
-    op, prior, x_true, y, _ = _problem("sparse-ct")
+    op, prior, x_true, y, _ = gaussian_problem("sparse-ct")
     plain = reconstruct(y, op, prior, steps=8, seed=1).mean
     a = reconstruct(y, op, prior, steps=8, seed=1, tv_weight=1e-2)
     b = reconstruct(y, op, prior, steps=8, seed=1, tv_weight=1e-2)
@@ -135,7 +135,7 @@ def test_reverse_grid_from_t_start():
 
 @pytest.mark.parametrize("task", TASKS)
 def test_classical_warm_start_runs_fewer_evaluations_and_is_reproducible(task):
-    op, prior, x_true, y, post_mean = _problem(task)
+    op, prior, x_true, y, post_mean = gaussian_problem(task)
     cold = reconstruct(y, op, prior, steps=10, seed=4)
     kw = {"init": "classical", "t_start": 0.3, "steps": 3, "seed": 4}
     warm = reconstruct(y, op, prior, **kw)
@@ -148,7 +148,7 @@ def test_classical_warm_start_runs_fewer_evaluations_and_is_reproducible(task):
 
 
 def test_fast_and_song2021_accept_the_warm_start():
-    op, prior, x_true, y, _ = _problem("mri")
+    op, prior, x_true, y, _ = gaussian_problem("mri")
     fast = reconstruct(y, op, prior, method="fast", steps=4, init="classical", t_start=0.5, seed=0)
     assert fast.nfe == 4 and torch.isfinite(fast.mean).all()
     song = reconstruct(y, op, prior, method="song2021", steps=5, init="classical", t_start=0.5, seed=0)
@@ -157,13 +157,13 @@ def test_fast_and_song2021_accept_the_warm_start():
 
 def test_classical_init_is_tv_for_ct_and_cs_for_mri():
     for task, method in (("sparse-ct", "tv"), ("mri", "cs")):
-        op, prior, x_true, y, _ = _problem(task)
+        op, prior, x_true, y, _ = gaussian_problem(task)
         assert torch.equal(classical_init(op, y, 1e-3), classical_reconstruct(method, y, op, weight=1e-3))
 
 
 def test_warm_start_starts_from_the_noised_classical_image():
     """One step at the grid's smallest time, no corrector: the output stays next to the classical start."""
-    op, prior, x_true, y, _ = _problem("mri")
+    op, prior, x_true, y, _ = gaussian_problem("mri")
     res = reconstruct(y, op, prior, init="classical", t_start=0.01, steps=1, lam=1.0, snr=0.0, seed=0)
     xc = classical_init(op, y)
     assert float((res.mean - xc).abs().mean()) < 0.01 < float((prior.mu - xc).abs().mean())
@@ -185,7 +185,7 @@ BAD = [
 
 @pytest.mark.parametrize("extra, pattern", BAD)
 def test_invalid_settings_raise(extra, pattern):
-    op, prior, x_true, y, _ = _problem("mri")
+    op, prior, x_true, y, _ = gaussian_problem("mri")
     with pytest.raises(ScoreReconError, match=pattern):
         resolve_settings("proximal", prior, **extra)
     with pytest.raises(ScoreReconError, match=pattern):
@@ -193,7 +193,7 @@ def test_invalid_settings_raise(extra, pattern):
 
 
 def test_tv_weight_only_for_the_proximal_sampler():
-    prior = GaussianPrior(_mu(16), 0.1, "MR")
+    prior = GaussianPrior(smooth_mean(16), 0.1, "MR")
     for method in ("fast", "song2021"):
         with pytest.raises(ScoreReconError, match="only to the proximal sampler"):
             resolve_settings(method, prior, tv_weight=1e-4)
@@ -201,7 +201,7 @@ def test_tv_weight_only_for_the_proximal_sampler():
 
 
 def test_defaults_unchanged_and_tuned_values_carry_the_new_keys():
-    prior = GaussianPrior(_mu(16), 0.1, "CT")
+    prior = GaussianPrior(smooth_mean(16), 0.1, "CT")
     s = resolve_settings("proximal", prior, task="sparse-ct")
     assert (s.tv_weight, s.tv_iters, s.init, s.t_start, s.init_weight) == (0.0, 10, "noise", 1.0, None)
     prior.recommended = {"tasks": {"sparse-ct": {"proximal": {"tv_weight": 2e-4, "tv_iters": 5, "init": "classical",
@@ -216,30 +216,23 @@ def test_defaults_unchanged_and_tuned_values_carry_the_new_keys():
 # ----------------------------------------------------------------------------------------- CLI
 @pytest.fixture(scope="module")
 def cli_setup(tmp_path_factory):
-    """A 32² sparse-ct measurement file and an untrained tiny CT model (plumbing only)."""
-    from test_cli import phantom_hu
-
+    """A 32² sparse-ct measurement file (the untrained tiny CT prior is conftest's ``tiny_ct``)."""
     from ScoreReconLib.cli import main
-    from ScoreReconLib.data import Image, ct_normalization, write_image
-    from ScoreReconLib.networks import build_score_model, make_config, save_checkpoint
+    from ScoreReconLib.data import Image, write_image
 
     d = tmp_path_factory.mktemp("tvcli")
-    write_image(Image(np.stack([phantom_hu(32, 40.0)]), modality="CT"), d / "ct.nrrd")
+    write_image(Image(np.stack([head_hu(32, 40.0, offsets=(300.0, -250.0))]), modality="CT"), d / "ct.nrrd")
     assert main(["simulate", "--task", "sparse-ct", "--input", str(d / "ct.nrrd"), "--output", str(d / "m.npz"),
                  "--views", "8", "--seed", "1"]) == 0
-    torch.manual_seed(0)
-    model = build_score_model(VESDE(0.01, 10.0, N=100), {"channels": [8, 8], "attention_levels": [False, False],
-                                                         "num_head_channels": 8})
-    save_checkpoint(d / "tiny", model, make_config(model, 32, "CT", ct_normalization()))
     return d
 
 
-def test_cli_score_accepts_tv_and_warm_start_flags(cli_setup, tmp_path, capsys):
+def test_cli_score_accepts_tv_and_warm_start_flags(cli_setup, tiny_ct, tmp_path, capsys):
     from ScoreReconLib.cli import main
 
     d = cli_setup
     metrics = tmp_path / "m.json"
-    rc = main(["reconstruct", "--input", str(d / "m.npz"), "--method", "score", "--model", str(d / "tiny"),
+    rc = main(["reconstruct", "--input", str(d / "m.npz"), "--method", "score", "--model", str(tiny_ct),
                "--sampler", "proximal", "--steps", "2", "--tv-weight", "1e-4", "--init", "classical",
                "--t-start", "0.5", "--init-weight", "1e-3", "--output", str(tmp_path / "out.nrrd"),
                "--metrics-json", str(metrics), "--device", "cpu", "--progress-format", "none"])
@@ -257,11 +250,11 @@ def test_cli_score_accepts_tv_and_warm_start_flags(cli_setup, tmp_path, capsys):
     (["--method", "fbp", "--tv-weight", "1e-4"], "--tv-weight only applies to --method score"),
     (["--method", "fbp", "--t-start", "0.5"], "--t-start only applies to --method score"),
 ])
-def test_cli_rejects_bad_flags_with_one_line(cli_setup, tmp_path, capsys, argv, pattern):
+def test_cli_rejects_bad_flags_with_one_line(cli_setup, tiny_ct, tmp_path, capsys, argv, pattern):
     from ScoreReconLib.cli import main
 
     d = cli_setup
-    rc = main(["reconstruct", "--input", str(d / "m.npz"), "--model", str(d / "tiny"), "--output",
+    rc = main(["reconstruct", "--input", str(d / "m.npz"), "--model", str(tiny_ct), "--output",
                str(tmp_path / "never.nrrd"), "--device", "cpu", "--progress-format", "none", *argv]
               if argv[1] == "score" else
               ["reconstruct", "--input", str(d / "m.npz"), "--output", str(tmp_path / "never.nrrd"), *argv])

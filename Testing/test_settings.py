@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from test_sampling import GaussianPrior, _mu
+from helpers import GaussianPrior, smooth_mean
 
 from ScoreReconLib.errors import ScoreReconError
 from ScoreReconLib.operators import build_operator
@@ -65,7 +65,7 @@ def test_user_options_are_fields_cli_flags_and_record_keys():
 
 def test_settings_or_options_not_both():
     n = 16
-    prior = GaussianPrior(_mu(n), 0.1, "MR")
+    prior = GaussianPrior(smooth_mean(n), 0.1, "MR")
     op = build_operator("mri", n, acceleration=2, center_fraction=0.25, mask="random", seed=1)
     y = op.A(prior.mu)
     s = resolve_settings("fast", prior, task="mri", steps=4)
@@ -82,7 +82,7 @@ def test_settings_or_options_not_both():
 
 def test_volume_step_progress_counts_slice_steps_to_the_end():
     n = 16
-    prior = GaussianPrior(_mu(n), 0.1, "MR")
+    prior = GaussianPrior(smooth_mean(n), 0.1, "MR")
     op = build_operator("mri", n, acceleration=2, center_fraction=0.25, mask="random", seed=1)
     y = op.A(prior.mu).expand(3, -1, -1, -1).contiguous()
     seen = []
@@ -107,7 +107,7 @@ def test_metal_volume_batches_use_their_own_traces():
     assert subset_operator(op, slice(0, 3)) is op
     x = torch.rand(3, 1, n, n, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(sub.A(x[1:2]), op.A(x)[1:2])
-    prior = GaussianPrior(_mu(n), 0.1, "CT")
+    prior = GaussianPrior(smooth_mean(n), 0.1, "CT")
     y = op.A(prior.mu.expand(3, -1, -1, -1).contiguous())
     one = reconstruct_volume(y, op, prior, batch_size=1, method="fast", steps=3, seed=2, noise_std=0.0)
     assert np.isfinite(one.mean.numpy()).all() and one.mean.shape == (3, 1, n, n)

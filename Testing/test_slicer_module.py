@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import save_tiny_checkpoint
 
 
 @pytest.fixture(autouse=True)
@@ -196,21 +197,8 @@ def test_metal_sinogram_finds_the_metal_in_the_child(sr, slicer):
 
 
 # ----------------------------------------------------------------------------------- score method
-def _tiny_checkpoint(folder: Path, size: int, modality: str) -> Path:
-    """A tiny untrained prior: exercises the score path's plumbing, not its quality."""
-    from ScoreReconLib.data import Normalization, ct_normalization
-    from ScoreReconLib.networks import build_score_model, make_config, network_config, save_checkpoint
-    from ScoreReconLib.sde import VESDE
-
-    network = network_config({"channels": [8, 8], "attention_levels": [False, False], "num_head_channels": 8})
-    model = build_score_model(VESDE(0.01, 10.0, 100), network)
-    norm = ct_normalization() if modality == "CT" else Normalization("scale", 0.0, 1.0)
-    save_checkpoint(folder, model, make_config(model, size, modality, norm))
-    return folder
-
-
 def test_score_method_resamples_to_the_model_and_returns_uncertainty(sr, slicer, tmp_path):
-    checkpoint = _tiny_checkpoint(tmp_path / "ct-prior", 32, "CT")
+    checkpoint = save_tiny_checkpoint(tmp_path / "ct-prior", 32, "CT", seed=None)
     node = slicer.util.addVolumeFromArray(sr.makePhantom(40, 2), ijkToRAS=np.diag([-0.5, -0.5, 3.0, 1.0]),
                                           name="Small")
     result = sr.ScoreReconLogic().reconstruct(
@@ -247,18 +235,9 @@ def test_score_method_resamples_to_the_model_and_returns_uncertainty(sr, slicer,
 
 
 def test_patch_prior_reconstructs_at_the_input_grid(sr, slicer, tmp_path):
-    from ScoreReconLib.data import ct_normalization
-    from ScoreReconLib.networks import build_score_model, make_config, network_config, save_checkpoint
-    from ScoreReconLib.sde import VESDE
-
-    network = network_config({"channels": [8, 8], "attention_levels": [False, False], "num_head_channels": 8,
-                              "coord_channels": 2})
-    model = build_score_model(VESDE(0.01, 10.0, 100), network)
-    folder = tmp_path / "patch-prior"
-    save_checkpoint(folder, model, make_config(model, 32, "CT", ct_normalization(),
-                                               prior={"kind": "patch", "patch_size": 8},
-                                               recommended={"sampler": "proximal", "steps": 2, "lam": 1.0,
-                                                            "snr": 0.0, "samples": 2}))
+    folder = save_tiny_checkpoint(tmp_path / "patch-prior", 32, "CT", seed=None, network={"coord_channels": 2},
+                                  prior={"kind": "patch", "patch_size": 8},
+                                  recommended={"sampler": "proximal", "steps": 2, "lam": 1.0, "snr": 0.0, "samples": 2})
     assert sr.ScoreReconSettings(model=str(folder)).effectiveSamples() == 2  # the model's recommendation
     node = slicer.util.addVolumeFromArray(sr.makePhantom(40, 1), ijkToRAS=np.diag([-0.5, -0.5, 3.0, 1.0]),
                                           name="Small")
@@ -271,10 +250,6 @@ def test_patch_prior_reconstructs_at_the_input_grid(sr, slicer, tmp_path):
 
 
 # ------------------------------------------------------------------------------------- bad inputs
-def _mr_checkpoint(folder: Path, size: int) -> Path:
-    return _tiny_checkpoint(folder, size, "MR")
-
-
 def test_bad_inputs_raise_clear_errors_and_add_no_nodes(sr, slicer, tmp_path, monkeypatch):
     runs = tmp_path / "runs"
     runs.mkdir()
@@ -309,7 +284,7 @@ def test_bad_inputs_raise_clear_errors_and_add_no_nodes(sr, slicer, tmp_path, mo
         logic.reconstruct(measurementFile=str(tmp_path / "nothing.npz"), task="sparse-ct", method="fbp")
 
     # a model of the wrong modality: the reconstruct command's exit-status-2 message is surfaced
-    checkpoint = _mr_checkpoint(tmp_path / "mr-prior", 32)
+    checkpoint = save_tiny_checkpoint(tmp_path / "mr-prior", 32, "MR", seed=None)
     with pytest.raises(sr.ScoreReconModuleError) as info:
         logic.reconstruct(volume, task="sparse-ct", method="score", model=str(checkpoint), timeout=240)
     message = str(info.value)

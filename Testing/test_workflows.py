@@ -1,5 +1,6 @@
-"""End-to-end workflows: evaluate, tune (sidecar picked up by load_prior), demo, the shipped priors,
-and the proximal sampler beating FBP on a sparse-view problem."""
+"""End-to-end workflows: evaluate, tune, demo, the shipped priors and a new user's first steps.
+
+tune's sidecar is picked up by load_prior; the proximal sampler beats FBP on a sparse-view problem."""
 
 from __future__ import annotations
 
@@ -9,49 +10,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import cli, ellipse_insert
 
 from ScoreReconLib.cli import main
-from ScoreReconLib.data import Image, ct_normalization, write_image
-from ScoreReconLib.networks import build_score_model, load_prior, make_config, save_checkpoint
-from ScoreReconLib.sde import VESDE
+from ScoreReconLib.data import Image, write_image
+from ScoreReconLib.networks import load_prior
 
 N = 32
-
-
-def _phantom_hu(n: int, shift: float) -> np.ndarray:
-    yy, xx = np.mgrid[-1:1:n * 1j, -1:1:n * 1j]
-    img = np.full((n, n), -1000.0, np.float32)
-    img[(xx / 0.8) ** 2 + (yy / 0.9) ** 2 < 1] = 40.0
-    img[((xx - shift) / 0.2) ** 2 + (yy / 0.3) ** 2 < 1] = 900.0
-    return img
-
-
-@pytest.fixture(scope="module")
-def tiny_ct(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = build_score_model(VESDE(0.01, 10.0, N=100), {"channels": [8, 8], "attention_levels": [False, False],
-                                                         "num_head_channels": 8})
-    folder = tmp_path_factory.mktemp("m") / "tiny-ct"
-    save_checkpoint(folder, model, make_config(model, N, "CT", ct_normalization()))
-    return folder
 
 
 @pytest.fixture(scope="module")
 def ct_folder(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("ct")
     for i, s in enumerate((-0.3, 0.3)):
-        write_image(Image(_phantom_hu(N, s), (1.0, 1.0)), d / f"case{i}.nrrd")
+        write_image(Image(ellipse_insert(N, insert_at=(s, 0.0)), (1.0, 1.0)), d / f"case{i}.nrrd")
     return d
 
 
-def run(argv, capsys):
-    rc = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return rc, out.out, out.err
-
-
 def test_evaluate_writes_table_and_records(tiny_ct, ct_folder, tmp_path, capsys):
-    rc, out, err = run(["evaluate", "--model", tiny_ct, "--data", ct_folder, "--task", "sparse-ct", "--views", "8",
+    rc, out, err = cli(["evaluate", "--model", tiny_ct, "--data", ct_folder, "--task", "sparse-ct", "--views", "8",
                         "--steps", "2", "--device", "cpu", "--output", tmp_path / "ev"], capsys)
     assert rc == 0, err
     assert "| fbp |" in out and "| tv |" in out and "| score-proximal |" in out
@@ -61,7 +38,7 @@ def test_evaluate_writes_table_and_records(tiny_ct, ct_folder, tmp_path, capsys)
 
 
 def test_evaluate_rejects_a_method_of_another_task(tiny_ct, ct_folder, capsys):
-    rc, _, err = run(["evaluate", "--model", tiny_ct, "--data", ct_folder, "--task", "sparse-ct",
+    rc, _, err = cli(["evaluate", "--model", tiny_ct, "--data", ct_folder, "--task", "sparse-ct",
                       "--methods", "zero-filled"], capsys)
     assert rc == 2 and "does not fit sparse-ct" in err
 
@@ -71,7 +48,7 @@ def test_tune_writes_sidecar_that_load_prior_uses(tiny_ct, ct_folder, tmp_path, 
 
     model = tmp_path / "model"
     shutil.copytree(tiny_ct, model)
-    rc, out, err = run(["tune", "--model", model, "--data", ct_folder, "--task", "sparse-ct", "--views", "8",
+    rc, out, err = cli(["tune", "--model", model, "--data", ct_folder, "--task", "sparse-ct", "--views", "8",
                         "--lams", "0.5,1.0", "--steps", "2", "--sampler", "fast", "--device", "cpu"], capsys)
     assert rc == 0, err
     choice = json.loads(out.strip().splitlines()[-1])["choice"]
@@ -87,7 +64,7 @@ def test_tune_writes_sidecar_that_load_prior_uses(tiny_ct, ct_folder, tmp_path, 
 
 def test_demo_on_the_shipped_sample(tiny_ct, tmp_path, capsys):
     out_dir = tmp_path / "demo"
-    rc, out, err = run(["demo", "--model", tiny_ct, "--steps", "2", "--samples", "2", "--device", "cpu",
+    rc, out, err = cli(["demo", "--model", tiny_ct, "--steps", "2", "--samples", "2", "--device", "cpu",
                         "--output", out_dir], capsys)
     assert rc == 0, err
     names = {p.name for p in out_dir.iterdir()}
@@ -108,7 +85,7 @@ def test_demo_covers_limited_angle_ct_with_noise(tiny_ct, tmp_path, capsys):
     task_action = next(a for a in sub._actions if a.dest == "task")
     assert set(task_action.choices) == set(TASKS)
     out_dir = tmp_path / "demo-la"
-    rc, out, err = run(["demo", "--task", "limited-angle-ct", "--arc", "100", "--noise", "0.01", "--model", tiny_ct,
+    rc, out, err = cli(["demo", "--task", "limited-angle-ct", "--arc", "100", "--noise", "0.01", "--model", tiny_ct,
                         "--steps", "2", "--samples", "1", "--device", "cpu", "--output", out_dir], capsys)
     assert rc == 0, err
     metrics = json.loads((out_dir / "metrics.json").read_text())
@@ -136,12 +113,12 @@ def test_shipped_priors_load_and_run(name, modality):
 
 def test_proximal_sampler_beats_fbp_on_sparse_view():
     """Gaussian prior (exact score): the posterior mean from 8 views is closer to the truth than FBP."""
-    from test_sampling import _problem
+    from helpers import gaussian_problem
 
     from ScoreReconLib.metrics import psnr
     from ScoreReconLib.reconstruction import reconstruct
 
-    op, prior, x_true, y, _ = _problem("sparse-ct")
+    op, prior, x_true, y, _ = gaussian_problem("sparse-ct")
     res = reconstruct(y, op, prior, method="proximal", steps=100, lam=1.0, snr=0.16, samples=4, seed=0)
     fbp = op.A_dagger(y)
     assert float(psnr(res.mean, x_true, data_range=1.0)[0]) > float(psnr(fbp, x_true, data_range=1.0)[0]) + 2
@@ -204,3 +181,15 @@ def test_panel_figure_draws_colour_bars_and_outlines(tmp_path):
     assert red[:, :128].any() and not red[:, 128:].any()  # the outline only where it was asked for
     bar = rgb[16 + 2:16 + 126, 128 - BAR_WIDTH // 2, 0]  # the grey bar of panel a, top (bright) to bottom (dark)
     assert bar[0] > 200 and bar[-1] < 60 and (np.diff(bar) <= 0).all()
+
+
+# ----------------------------------------------------------------------------- first steps
+def test_a_missing_data_folder_says_how_to_make_it(tmp_path, capsys):
+    rc = main(["evaluate", "--data", str(tmp_path / "data" / "heldout" / "ct"), "--task", "sparse-ct",
+               "--model", "default-ct", "--methods", "fbp"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "does not exist" in err and "scorerecon prepare-data --output data" in err
+    rc = main(["train", "--data", str(tmp_path / "nowhere"), "--output", str(tmp_path / "ckpt"), "--size", "32",
+               "--steps", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "scorerecon prepare-data --output data" in err
