@@ -14,7 +14,8 @@ import pytest
 from helpers import cli, disc_hu, head_hu, run
 
 from ScoreReconLib.cli import main
-from ScoreReconLib.commands.reconstruct import METHODS_FOR_TASK, shard
+from ScoreReconLib.commands.engine import METHODS_FOR_TASK
+from ScoreReconLib.commands.planning import shard
 from ScoreReconLib.data import Image, read_image, write_image
 from ScoreReconLib.measurement import save_measurement, simulate
 from ScoreReconLib.resources import resource_path

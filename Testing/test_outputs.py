@@ -63,7 +63,7 @@ def test_batch_failing_while_writing_leaves_no_output(ct_files, tmp_path, capsys
     folder.mkdir()
     for name in ("a", "b", "c"):
         shutil.copy(ct_files["meas"], folder / f"{name}.npz")
-    real, calls = rec._write, []
+    real, calls = rec.write_volume, []
 
     def failing_write(m, x, path, is_std=False):
         calls.append(path)
@@ -71,7 +71,7 @@ def test_batch_failing_while_writing_leaves_no_output(ct_files, tmp_path, capsys
             raise OSError(28, "No space left on device", str(path))
         real(m, x, path, is_std)
 
-    monkeypatch.setattr(rec, "_write", failing_write)
+    monkeypatch.setattr(rec, "write_volume", failing_write)
     out = tmp_path / "out"
     out.mkdir()
     line = assert_refused(["reconstruct", "--input", folder, "--output", out, "--method", "fbp",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from ScoreReconLib.commands.reconstruct import Progress
+from ScoreReconLib.commands.progress import Progress
 
 
 class _Terminal(io.StringIO):

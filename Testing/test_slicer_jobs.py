@@ -431,7 +431,7 @@ def test_kspace_arguments_and_steps(sr, tmp_path):
 
 
 def test_module_methods_are_the_library_reconstruct_methods(sr):
-    from ScoreReconLib.commands.reconstruct import METHODS_FOR_TASK
+    from ScoreReconLib.commands.engine import METHODS_FOR_TASK
 
     assert set(sr.METHODS) == {m for ms in METHODS_FOR_TASK.values() for m in ms}
     for task, methods in METHODS_FOR_TASK.items():

@@ -18,12 +18,10 @@ pixels whose error lies within ±1.645 calibrated std (:func:`ScoreReconLib.metr
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -32,13 +30,8 @@ import numpy as np
 import torch
 
 from ..baselines import METHODS as CLASSICAL_METHODS
-from ..baselines import methods_for
 from ..data import (
-    IMAGE_SUFFIXES,
-    WRITE_SUFFIXES,
-    check_writable_suffix,
     image_from_geometry,
-    normalization_mismatch,
     read_image,
     save_json,
     write_image,
@@ -46,39 +39,38 @@ from ..data import (
 from ..distributed import dist_env
 from ..errors import ScoreReconError
 from ..limits import MAX_SAMPLES, MAX_SOLVER_ITERATIONS, check_count
-from ..measurement import Measurement, load_measurement, reference_slices
+from ..measurement import load_measurement, reference_slices
 from ..metrics import band_coverage, score_slices
-from ..operators import TASKS
 from ..operators.base import MeasurementOperator
 from ..settings import ADAPT_MODES, INITS, SAMPLER_NAMES, USER_OPTIONS
 from ..threads import add_threads_option
-from ..utils import check_output_folder, check_output_path, make_temp_beside, resolve_device
+from ..utils import resolve_device
+from .engine import Engine, check_method, make_engine
 from .options import add_device_option, add_trust_option
+from .outputs import DISAGREEMENT_LEVEL, choice_line, disagreement_map, write_complex, write_residual, write_volume
+from .planning import Job, Staging, plan_jobs, shard
+from .progress import Progress
 
 #: every --method
 METHODS = (*CLASSICAL_METHODS, "score")
-#: methods that fit each task
-METHODS_FOR_TASK: dict[str, tuple[str, ...]] = {task: (*methods_for(task), "score") for task in TASKS}
 #: --sampler choices of the score method
 SAMPLERS = SAMPLER_NAMES
 #: options of the score method only: --model and the score settings (:data:`~ScoreReconLib.settings.USER_OPTIONS`;
 #: --sampler sets ``method``); --samples is accepted and ignored by the classical methods
 SCORE_FLAGS = ("model", *("sampler" if k == "method" else k for k in USER_OPTIONS if k != "samples"))
 PROGRESS_FORMATS = ("tqdm", "json", "none")
-#: progress units per slice for classical methods (per-mille of a slice's iterations)
-CLASSICAL_UNITS = 1000
 
 
 def _shipped_recommendations() -> dict[str, dict]:
-    """``recommended`` of the shipped default models' config.json (read without torch, for ``--help``)."""
-    from ..resources import resources_dir
+    """``recommended`` of the shipped default models (:func:`~ScoreReconLib.model_card.model_facts`, without torch),
+    for ``--help``."""
+    from ..model_card import DEFAULT_PRIORS, model_facts
 
     out = {}
-    for name in ("default-ct", "default-mri"):
+    for name in DEFAULT_PRIORS:
         try:
-            config = json.loads((resources_dir() / "models" / name / "config.json").read_text())
-            out[name] = dict(config.get("recommended") or {})
-        except (OSError, ValueError, ScoreReconError, AttributeError):  # a build without the shipped models
+            out[name] = dict(model_facts(name).recommended)
+        except ScoreReconError:  # a build without the shipped models
             continue
     return out
 
@@ -216,115 +208,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-# ------------------------------------------------------------------------------------- planning
-@dataclass
-class Job:
-    """One measurement file to reconstruct and where its results go."""
-
-    name: str
-    input: Path
-    output: Path
-    std_output: Path | None = None
-    reference: Path | None = None
-    measurement: Measurement | None = None
-    reference_x: torch.Tensor | None = None
-    complex_output: Path | None = None
-    residual_output: Path | None = None
-    disagreement_output: Path | None = None
-
-
-def shard(items: list, rank: int, world: int) -> list:
-    """The items rank ``rank`` of ``world`` processes: ``items[rank::world]``."""
-    return list(items[rank::world])
-
-
-def _strip_suffix(path: Path) -> str:
-    name = path.name
-    for suffix in sorted(IMAGE_SUFFIXES + (".npz",), key=len, reverse=True):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
-
-
-def _find_reference(folder: Path, name: str) -> Path:
-    hits = sorted(p for p in folder.iterdir()
-                  if _strip_suffix(p) == name and (p.is_dir() or p.suffix) and not p.name.lower().endswith(".npz"))
-    if not hits:
-        raise ScoreReconError(f"no reference image named {name}.* in {folder}; add it or drop --reference")
-    return hits[0]
-
-
-def plan_jobs(args: argparse.Namespace) -> tuple[list[Job], bool]:
-    """Validate paths and list the jobs; returns (jobs, batch_mode). Writes nothing."""
-    inp, out = Path(args.input), Path(args.output)
-    if not inp.exists():
-        raise ScoreReconError(f"input {inp} does not exist; check the path")
-    ref = Path(args.reference) if args.reference else None
-    if ref is not None and not ref.exists():
-        raise ScoreReconError(f"reference {ref} does not exist; check the path")
-    std = Path(args.std_output) if args.std_output else None
-    if args.metrics_json:
-        check_output_path(args.metrics_json, "--metrics-json")
-    resid = Path(args.residual_output) if getattr(args, "residual_output", None) else None
-    disagree = Path(args.disagreement_output) if getattr(args, "disagreement_output", None) and \
-        args.method == "score" else None
-    if getattr(args, "disagreement_output", None) and args.method != "score":
-        print(f"scorerecon reconstruct: note: --disagreement-output needs --method score (it compares the score "
-              f"image with the classical one using the posterior std); not written for --method {args.method}",
-              file=sys.stderr, flush=True)
-    cplx = Path(args.complex_output) if getattr(args, "complex_output", None) else None
-    if cplx is not None and (inp.is_dir() or cplx.suffix.lower() != ".npy" or cplx.is_dir()):
-        raise ScoreReconError("--complex-output takes one .npy file name and one measurement file (not a folder)")
-    if cplx is not None:
-        check_output_path(cplx, "--complex-output")
-    if not inp.is_dir():
-        if out.is_dir():
-            raise ScoreReconError(f"--output {out} is a folder; give an image file name such as {out / 'recon.nrrd'}")
-        check_writable_suffix(out)
-        check_output_path(out, "--output")
-        if std is not None:
-            check_writable_suffix(std)
-            check_output_path(std, "--std-output")
-        if resid is not None:
-            if resid.suffix.lower() != ".npz" or resid.is_dir():
-                raise ScoreReconError(f"--residual-output {resid} must be a .npz file name")
-            check_output_path(resid, "--residual-output")
-        if disagree is not None:
-            check_writable_suffix(disagree)
-            check_output_path(disagree, "--disagreement-output")
-        return [Job(_strip_suffix(inp), inp, out, std, ref, complex_output=cplx, residual_output=resid,
-                    disagreement_output=disagree)], False
-    files = sorted(p for p in inp.iterdir() if p.is_file() and p.suffix.lower() == ".npz")
-    if not files:
-        raise ScoreReconError(f"folder {inp} holds no .npz measurement files; make them with 'scorerecon simulate'")
-    if out.exists() and not out.is_dir():
-        raise ScoreReconError(f"--input is a folder, so --output must be a folder too, but {out} is a file")
-    if std is not None and std.exists() and not std.is_dir():
-        raise ScoreReconError(f"--input is a folder, so --std-output must be a folder too, but {std} is a file")
-    if ref is not None and not ref.is_dir():
-        raise ScoreReconError(f"--input is a folder, so --reference must be a folder of NAME.* images, not {ref}")
-    if resid is not None and resid.exists() and not resid.is_dir():
-        raise ScoreReconError(f"--input is a folder, so --residual-output must be a folder too, but {resid} is a file")
-    check_output_folder(out, "--output")
-    if std is not None:
-        check_output_folder(std, "--std-output")
-    if resid is not None:
-        check_output_folder(resid, "--residual-output")
-    if disagree is not None:
-        check_output_folder(disagree, "--disagreement-output")
-    suffix = args.output_suffix if args.output_suffix.startswith(".") else "." + args.output_suffix
-    if suffix.lower() not in WRITE_SUFFIXES:
-        raise ScoreReconError(f"--output-suffix {suffix} cannot be written; use one of {', '.join(WRITE_SUFFIXES)}")
-    jobs = []
-    for f in files:
-        name = _strip_suffix(f)
-        jobs.append(Job(name, f, out / f"{name}{suffix}", None if std is None else std / f"{name}_std{suffix}",
-                        None if ref is None else _find_reference(ref, name),
-                        residual_output=None if resid is None else resid / f"{name}_residual.npz",
-                        disagreement_output=None if disagree is None else disagree / f"{name}_disagreement{suffix}"))
-    return jobs, True
-
-
 def _weight_arg(text: str) -> float | str:
     """argparse type of --weight: 'auto' or a finite number >= 0."""
     from ..baselines import check_weight
@@ -335,13 +218,6 @@ def _weight_arg(text: str) -> float | str:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("--weight ")) from None
     assert value is not None
     return value
-
-
-def check_method(task: str, method: str) -> None:
-    """Refuse a method that does not fit ``task`` (e.g. zero-filled on CT), naming those that do."""
-    fits = METHODS_FOR_TASK.get(task, ())
-    if method not in fits:
-        raise ScoreReconError(f"--method {method} does not fit task {task}; use one of {', '.join(fits)}")
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
@@ -391,226 +267,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
         seen[key] = flag
 
 
-# -------------------------------------------------------------------------------------- progress
-class Progress:
-    """Overall progress in work units (slices, or slices × sampler steps): a tqdm bar on a terminal, plain lines
-    at intervals when stderr is a log or a pipe, or JSON lines (``--progress-format json``).
-
-    Positions are whole slices and, within a slice, whole sampler steps ("slice 2/5, step 8/24"), never fractions.
-    """
-
-    #: seconds between two plain lines (stderr not a terminal)
-    plain_interval = 10.0
-
-    def __init__(self, total_units: int, units_per_slice: int, fmt: str, enabled: bool = True,
-                 stream=None, steps: bool = True) -> None:
-        #: units are sampler steps (shown as "step j/K"); else fractions of a slice's work (shown in %)
-        self.steps = steps
-        self.total = max(int(total_units), 1)
-        self.per_slice = max(int(units_per_slice), 1)
-        self.stream = sys.stderr if stream is None else stream
-        self.fmt = fmt if enabled else "none"
-        if self.fmt == "tqdm" and not _is_terminal(self.stream):
-            self.fmt = "plain"
-        self.done = 0
-        self.last = 0.0
-        self.start = time.monotonic()
-        #: seconds between two reports (the bar and JSON lines are throttled)
-        self.interval = 0.2
-        self.bar = None
-        if self.fmt == "tqdm":
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=self.total, file=self.stream, dynamic_ncols=True,
-                            bar_format="{l_bar}{bar}| [{elapsed}<{remaining}] {postfix}")
-            self.bar.set_postfix_str(self.position(), refresh=False)
-
-    @property
-    def slices(self) -> int:
-        return max(1, self.total // self.per_slice)
-
-    def position(self) -> str:
-        """Where the run is: "3/10 slices", or "slice 2/5, step 8/24" within a slice of several steps."""
-        if self.per_slice == 1 or self.done >= self.total:
-            return f"{min(self.done // self.per_slice, self.slices)}/{self.slices} slices"
-        index, step = divmod(self.done, self.per_slice)
-        within = f"step {step}/{self.per_slice}" if self.steps else f"{100 * step // self.per_slice} %"
-        return f"slice {index + 1}/{self.slices}, {within}"
-
-    def update(self, done_units: int, message: str = "", force: bool = False) -> None:
-        """Report ``done_units``; throttled to :attr:`interval` s (plain lines: :attr:`plain_interval` s) unless
-        finished (JSON and the bar also when ``force``)."""
-        done = min(int(done_units), self.total)
-        now = time.monotonic()
-        if done == self.done and (not force or self.fmt == "plain") and self.last:
-            return
-        self.done = done
-        finished = done == self.total
-        if self.fmt == "plain":
-            if not (finished or now - self.last >= self.plain_interval):
-                return
-        elif not (force or finished or now - self.last >= self.interval):
-            return
-        self.last = now
-        if self.fmt == "json":
-            line = {"progress": self.done, "total": self.total}
-            if message:
-                line["message"] = message
-            print(json.dumps(line), flush=True)
-        elif self.fmt == "plain":
-            elapsed = now - self.start
-            frac = self.done / self.total
-            left = f", ~{elapsed * (1 - frac) / frac:.0f} s left" if 0 < frac < 1 else ""
-            print(f"progress: {100 * frac:3.0f} % {self.position()} ({elapsed:.0f} s{left})"
-                  + (f" {message}" if message else ""), file=self.stream, flush=True)
-        elif self.bar is not None:
-            self.bar.n = self.done
-            self.bar.set_postfix_str(self.position() + (f" {message}" if message else ""), refresh=False)
-            self.bar.refresh()
-
-    def write(self, text: str, record: dict | None = None) -> None:
-        if self.fmt == "json":
-            print(json.dumps({"result": record or {"message": text}}), flush=True)
-        elif self.bar is not None:
-            self.bar.write(text, file=sys.stdout)
-        else:
-            print(text, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _is_terminal(stream) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False
-
-
 # ---------------------------------------------------------------------------------- reconstruction
-@dataclass
-class Engine:
-    """What reconstructs a file: a classical method with its ``options``, or the score prior with the user's score
-    ``options`` (:data:`~ScoreReconLib.settings.USER_OPTIONS`; None = not given), resolved once per task."""
-
-    method: str
-    device: torch.device
-    prior: Any = None
-    units_per_slice: int = CLASSICAL_UNITS
-    model_name: str | None = None
-    options: dict = field(default_factory=dict)
-    resolved: dict = field(default_factory=dict)
-
-    def settings_for(self, task: str):
-        """The :class:`~ScoreReconLib.settings.SamplerSettings` of a score reconstruction of ``task``, resolved (and
-        validated) once: the model's recommendation for the task, then the command line."""
-        if task not in self.resolved:
-            from ..settings import resolve_settings
-
-            options = dict(self.options)
-            self.resolved[task] = resolve_settings(options.pop("method"), self.prior, task=task, **options)
-        return self.resolved[task]
-
-    def classical_fixed(self, y: torch.Tensor, op: MeasurementOperator) -> dict:
-        """tv / cs with the automatic weight: the weight fixed once for a file's slices, and its choice record
-        (``"weight_choice"``); else nothing."""
-        if self.method in ("tv", "cs") and self.options.get("weight", "auto") == "auto" \
-                and self.options.get("regularizer") != "sigpy-wavelet":
-            from ..parameter_choice import choose_weight
-            from ..reconstruction import WEIGHT_CHOICE_SLICES, central_block
-
-            block, sub = central_block(y, op, WEIGHT_CHOICE_SLICES)
-            choice = choose_weight(block, sub, self.method,
-                                   regularizer=self.options.get("regularizer", "tv"),
-                                   noise_std=self.options.get("noise_std"), iters=self.options.get("iters"))
-            return {"weight": choice.weight, "weight_choice": choice.to_dict()}
-        return {}
-
-    def run_classical(self, y: torch.Tensor, op: MeasurementOperator, progress: Any = None,
-                      fixed: dict | None = None) -> torch.Tensor:
-        """Reconstruct a batch with the classical method: (B,1,N,N) normalised units, on CPU."""
-        from ..baselines import classical_reconstruct
-
-        options = {k: v for k, v in self.options.items() if k != "noise_std"}
-        if fixed and "weight" in fixed:
-            options["weight"] = fixed["weight"]
-        with torch.no_grad():
-            x = classical_reconstruct(self.method, y, op, progress=progress, **options)
-        return x.float().cpu()
-
-
-def score_options(args: argparse.Namespace) -> dict:
-    """The score settings given on the command line, by :data:`~ScoreReconLib.settings.USER_OPTIONS` name (None =
-    not given; ``--sampler`` is ``method``)."""
-    from ..settings import USER_OPTIONS
-
-    return {k: getattr(args, "sampler" if k == "method" else k) for k in USER_OPTIONS}
-
-
-def make_engine(args: argparse.Namespace, measurements: list[Measurement], device: torch.device) -> Engine:
-    """Check the method against every measurement and, for score, load and check the model and resolve its settings
-    for every task present (no work yet)."""
-    for m in measurements:
-        check_method(m.task, args.method)
-    if args.method != "score":
-        options = {k: getattr(args, k) for k in ("weight", "iters", "regularizer", "noise_std")
-                   if getattr(args, k) is not None}
-        return Engine(args.method, device, options=options)
-    try:
-        from ..networks import load_prior
-    except ImportError as exc:
-        raise ScoreReconError(
-            f"--method score is unavailable: this installation lacks {exc.name}; reinstall scorerecon or "
-            "use a classical method"
-        ) from None
-    modalities = {m.modality for m in measurements}
-    if args.model is None and len(modalities) > 1:
-        raise ScoreReconError("the measurements mix CT and MRI tasks; pass --model or split the folder")
-    if args.model is not None and not str(args.model).strip():
-        raise ScoreReconError("--model is empty; give default-ct, default-mri or a checkpoint folder, or leave it out")
-    model = args.model or ("default-ct" if modalities == {"CT"} else "default-mri")
-    prior = load_prior(model, device=device, trust_unverified=args.trust_unverified)
-    for m in measurements:
-        prior.check_compatible(m.image_size, m.modality)
-        problem = normalization_mismatch(m.normalization, prior.normalization)
-        if problem:
-            print(f"scorerecon reconstruct: warning: {problem}", file=sys.stderr)
-    engine = Engine("score", device, prior, model_name=model, options=score_options(args))
-    for m in measurements:
-        settings = engine.settings_for(m.task)
-        if args.std_output and settings.samples < 2:
-            raise ScoreReconError("--std-output needs --samples 2 or more (the std of a single sample is undefined)")
-    first = engine.settings_for(measurements[0].task)
-    engine.units_per_slice = first.steps * first.samples
-    return engine
-
-
-class Staging:
-    """Outputs written to temporary files beside their targets and moved into place only by :meth:`commit`,
-    so a run that fails (or is stopped) on its third file leaves none of the first two behind."""
-
-    def __init__(self) -> None:
-        self.staged: list[tuple[Path, Path]] = []
-
-    def path_for(self, final: Path) -> Path:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = make_temp_beside(final, "".join(final.suffixes))
-        self.staged.append((tmp, final))
-        return tmp
-
-    def commit(self) -> None:
-        for tmp, final in self.staged:
-            os.replace(tmp, final)
-        self.staged = []
-
-    def discard(self) -> None:
-        for tmp, _ in self.staged:
-            if tmp.exists():
-                tmp.unlink()
-        self.staged = []
-
-
 def _score_file(job: Job, engine: Engine, op: MeasurementOperator, batch_size: int, seed: int,
                 progress: Progress, done_units: int) -> tuple[torch.Tensor, torch.Tensor | None, Any]:
     """The score reconstruction of one file through :func:`~ScoreReconLib.reconstruction.reconstruct_volume`
@@ -708,7 +365,7 @@ def reconstruct_job(job: Job, engine: Engine, batch_size: int, seed: int, progre
                 / choice["noise_std"] ** 2
         record["weight_choice"] = choice
         if progress.fmt != "json":  # json: the file's one result line carries it as "weight_choice"
-            progress.write(f"{job.name}: {_choice_line(choice)}")
+            progress.write(f"{job.name}: {choice_line(choice)}")
         if choice.get("warning"):
             print(f"scorerecon reconstruct: warning: {job.name}: {choice['warning']}", file=sys.stderr, flush=True)
     # the discrepancy principle as a check (χ² of the measured rows): neither the noise fitted nor signal left
@@ -726,7 +383,7 @@ def reconstruct_job(job: Job, engine: Engine, batch_size: int, seed: int, progre
             print(f"scorerecon reconstruct: warning: {job.name}: {check['warning']}", file=sys.stderr, flush=True)
     if job.residual_output is not None:
         path = job.residual_output if staging is None else staging.path_for(job.residual_output)
-        _write_residual(m, op, residual, check, path)
+        write_residual(m, op, residual, check, path)
         record["residual_output"] = str(job.residual_output)
     if job.reference_x is not None:
         keep = None if m.metal_mask is None else ~torch.from_numpy(m.metal_mask).to(torch.bool)
@@ -734,19 +391,19 @@ def reconstruct_job(job: Job, engine: Engine, batch_size: int, seed: int, progre
         if std is not None:  # the calibrated std against the true error: about 0.9 when it holds
             record["coverage90"] = band_coverage(mean, job.reference_x, std, keep)
         record["reference"] = str(job.reference)
-    _write(m, mean, job.output if staging is None else staging.path_for(job.output))
+    write_volume(m, mean, job.output if staging is None else staging.path_for(job.output))
     if job.complex_output is not None:
-        _write_complex(m, mean, job.complex_output if staging is None else staging.path_for(job.complex_output))
+        write_complex(m, mean, job.complex_output if staging is None else staging.path_for(job.complex_output))
         record["complex_output"] = str(job.complex_output)
     if job.std_output is not None and std is not None:
-        _write(m, std, job.std_output if staging is None else staging.path_for(job.std_output),
+        write_volume(m, std, job.std_output if staging is None else staging.path_for(job.std_output),
                is_std=True)
         record["std_output"] = str(job.std_output)
     if job.disagreement_output is not None:
         if std is None:
             raise ScoreReconError("--disagreement-output needs 2 or more posterior samples (it compares with the "
                                   "posterior std); pass --samples 2 or more")
-        z = _disagreement(op, y_all, mean, std, fixed, engine.device)
+        z = disagreement_map(op, y_all, mean, std, fixed, engine.device)
         record["disagreement_fraction"] = float((z > DISAGREEMENT_LEVEL).float().mean())
         arr = z.numpy()[:, 0].astype(np.float32)
         arr = arr if int(m.geometry.get("ndim", 3)) == 3 else arr[0]
@@ -754,75 +411,6 @@ def reconstruct_job(job: Job, engine: Engine, batch_size: int, seed: int, progre
                     job.disagreement_output if staging is None else staging.path_for(job.disagreement_output))
         record["disagreement_output"] = str(job.disagreement_output)
     return record
-
-
-#: |score − classical| / std above which the prior added structure the data do not demand (the 90 % band)
-DISAGREEMENT_LEVEL = 1.645
-
-
-def _disagreement(op: MeasurementOperator, y: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, fixed: dict,
-                  device: torch.device) -> torch.Tensor:
-    """|score − classical| / calibrated std per pixel (S, 1, N, N), on CPU; the classical image is the sampler's
-    start: TV (CT) / CS-TV (MRI) at the file's automatic weight."""
-    from ..sampling import classical_init
-
-    with torch.no_grad():
-        classical = classical_init(op, y, fixed.get("init_weight"), None, fixed.get("noise_std")).float().cpu()
-    floor = 1e-6 * float(max(mean.abs().max(), 1e-6))
-    return (mean.float() - classical).abs() / std.float().clamp(min=floor)
-
-
-def _choice_line(choice: dict) -> str:
-    """One line for an automatic weight choice record (:meth:`WeightChoice.to_dict`)."""
-    res = choice.get("final_residual", choice.get("residual"))
-    res_text = "n/a" if res is None else f"{res:.2f} σ_y²"
-    text = (f"auto weight {choice['weight']:.3g} ({choice['rule']}; residual {res_text}, target "
-            f"{choice['target']:.2f} σ_y²; σ_y {choice['noise_std']:.4g} {choice['noise_source']}; "
-            f"{choice['solves']} solve(s), {choice['seconds']:.1f} s)")
-    return text
-
-
-def _write(m: Measurement, x: torch.Tensor, path: Path, is_std: bool = False) -> None:
-    """Normalised (S,1,N,N) → physical units with the measurement's geometry, written atomically."""
-    a = x.numpy()[:, 0].astype(np.float32)
-    norm = m.normalization
-    phys = a * (norm.high - norm.low) if is_std else norm.inverse(a)
-    arr = phys if int(m.geometry.get("ndim", 3)) == 3 else phys[0]
-    write_image(image_from_geometry(np.asarray(arr, dtype=np.float32), m.geometry), path)
-
-
-def _write_residual(m: Measurement, op: MeasurementOperator, r: torch.Tensor, check: dict, path: Path) -> None:
-    """``--residual-output``: the measured-row residual ``r = Λ(A x − y)`` in measurement space (the measurement's full
-    layout: zeros where nothing was measured; complex k-space for MRI), its back-projection ``Aᴴ Λ(A x − y)``
-    (S, N, N) in the image's physical units per pixel, and χ² (per slice and for the file; NaN for noise-free
-    data) in one .npz, written atomically."""
-    from ..utils import atomic_path
-
-    with torch.no_grad():
-        back = op.A_adjoint(r).real.float()[:, 0] * float(m.normalization.high - m.normalization.low)
-    res = r.cpu().numpy()
-    res = res.astype(np.complex64) if np.iscomplexobj(res) else res.astype(np.float32)
-    per_slice = check.get("residual_per_slice")
-    chi2 = np.asarray(per_slice if per_slice is not None else [np.nan] * res.shape[0], dtype=np.float64)
-    with atomic_path(path, ".npz") as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, residual=res, backprojection=back.cpu().numpy().astype(np.float32), chi2_per_slice=chi2,
-                 chi2=np.float64(check["residual"] if check.get("residual") is not None else np.nan),
-                 noise_std=np.float64(check.get("noise_std") or 0.0))
-
-
-def _write_complex(m: Measurement, x: torch.Tensor, path: Path) -> None:
-    """The magnitude result (S,1,N,N) times ``e^{iφ}`` of the operator's folded-in phase (0 without one), in
-    physical units, as an (S, N, N) (or (N, N) for a 2-D image) complex64 .npy written atomically."""
-    from ..utils import atomic_path
-
-    if m.task != "mri":
-        raise ScoreReconError(f"--complex-output applies to MRI measurements, not {m.task}")
-    mag = np.asarray(m.normalization.inverse(x.numpy()[:, 0]), dtype=np.float32)
-    phase = m.operator_arrays.get("phase")
-    cplx = mag.astype(np.complex64) if phase is None else (mag * np.exp(1j * phase[:, 0])).astype(np.complex64)
-    arr = cplx if int(m.geometry.get("ndim", 3)) == 3 else cplx[0]
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, arr)
 
 
 # -------------------------------------------------------------------------------------------- run
