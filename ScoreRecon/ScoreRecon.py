@@ -83,6 +83,7 @@ from ScoreReconModuleLib.jobs import ScoreReconJob, ScoreReconResult, prepareFil
 from ScoreReconModuleLib.process import ScoreReconProcess, ScoreReconStep  # noqa: E402, F401
 from ScoreReconModuleLib.sampledata import registerSampleData  # noqa: E402
 from ScoreReconModuleLib.settings import (  # noqa: E402, F401
+    ADAPT_MODES,
     CT_GEOMETRIES,
     CT_TASKS,
     DETECTORS,
@@ -209,6 +210,7 @@ class ScoreReconParameterNode:
     weight: Annotated[str, Default(DEFAULTS.weight)]
     computeBaseline: Annotated[bool, Default(DEFAULTS.computeBaseline)]
     keepTemporaryFiles: Annotated[bool, Default(DEFAULTS.keepTemporaryFiles)]
+    adapt: Annotated[str, Choice(ADAPT_MODES), Default(DEFAULTS.adapt)]
     # outputs
     outputVolume: vtkMRMLScalarVolumeNode
     baselineVolume: vtkMRMLScalarVolumeNode

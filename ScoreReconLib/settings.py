@@ -18,13 +18,11 @@ from typing import Any
 
 from .errors import ScoreReconError
 from .limits import MAX_CG_ITERATIONS, MAX_SAMPLES, MAX_SOLVER_ITERATIONS, check_count
-from .vocabulary import SAMPLER_NAMES  # the samplers :data:`ScoreReconLib.sampling.SAMPLERS` holds
+from .vocabulary import ADAPT_MODES, SAMPLER_NAMES  # SAMPLER_NAMES: the samplers :data:`~.sampling.SAMPLERS` holds
 
 DEFAULT_METHOD = "proximal"
 #: values of ``SamplerSettings.init``
 INITS = ("noise", "classical")
-#: ``adapt`` values (:mod:`ScoreReconLib.adaptation`): none, or low-rank adapters fitted to the measurement
-ADAPT_MODES = ("none", "lora")
 #: most test-time adaptation steps
 MAX_ADAPT_STEPS = 10_000
 #: most sampler steps a reconstruction accepts (the paper's 1000, with a wide margin)

@@ -20,6 +20,8 @@ MIN_IMAGE_SIZE = 16
 CLASSICAL_METHODS = ("fbp", "tv", "zero-filled", "cs", "sense", "rss")
 #: conditional samplers of the score method (``--sampler``)
 SAMPLER_NAMES = ("proximal", "song2021", "fast")
+#: test-time adaptation of the prior (``--adapt``): none, or low-rank adapters fitted to the measurement
+ADAPT_MODES = ("none", "lora")
 
 
 def classical_methods_for(task: str) -> tuple[str, ...]:

@@ -506,3 +506,20 @@ def test_threads_and_weight_settings_reach_every_command(sr):
             sr.ScoreReconSettings(method="tv", weight=bad).validate()
     with pytest.raises(sr.ScoreReconModuleError, match=r"threads must be in \[0, 1024\]"):
         sr.ScoreReconSettings(threads=-2).validate()
+
+
+def test_adapt_setting_reaches_reconstruct(sr):
+    """The panel's Adapt prior setting (issue 25) becomes reconstruct --adapt for the score method only."""
+    from ScoreReconLib.cli import build_parser
+
+    parse = build_parser().parse_args
+    plain = sr.ScoreReconSettings(task="sparse-ct", method="score")
+    assert plain.adapt == "none" and parse(plain.reconstructArgs("m.npz", "o.nrrd", "score")).adapt is None
+    lora = sr.ScoreReconSettings(task="sparse-ct", method="score", adapt="lora")
+    lora.validate()
+    assert parse(lora.reconstructArgs("m.npz", "o.nrrd", "score")).adapt == "lora"
+    assert "--adapt" not in lora.reconstructArgs("m.npz", "o.nrrd", "fbp")  # the baseline does not adapt
+    with pytest.raises(sr.ScoreReconModuleError, match="adapt"):
+        sr.ScoreReconSettings(adapt="full").validate()
+    assert set(sr.ADAPT_MODES) == set(build_parser()._subparsers._group_actions[0].choices["reconstruct"]
+                                       ._option_string_actions["--adapt"].choices)

@@ -9,6 +9,7 @@ from typing import Any
 
 # the library's shared vocabulary (pure Python: importable in Slicer's process before torch is installed)
 from ScoreReconLib.vocabulary import (  # noqa: F401  (re-exported to the module)
+    ADAPT_MODES,
     CLASSICAL_METHODS,
     CT_TASKS,
     MIN_IMAGE_SIZE,
@@ -95,7 +96,8 @@ class ScoreReconSettings:
     undersamples a fully sampled file retrospectively (with ``centerFraction``, ``maskKind``, ``seed``);
     ``kspaceSlices`` "A:B" imports slices A..B-1 ("" = all). ``threads``: CPU threads of every
     ``scorerecon`` process of the run (0 = the CLI's default, the idle cores). ``weight``: the TV / CS
-    regularisation weight, "auto" (chosen from the measurement) or a number.
+    regularisation weight, "auto" (chosen from the measurement) or a number. ``adapt``: test-time adaptation of
+    the prior for the score method ("none" or "lora", ``reconstruct --adapt``).
     """
 
     task: str = "sparse-ct"
@@ -128,6 +130,7 @@ class ScoreReconSettings:
     weight: str = "auto"
     computeBaseline: bool = True
     keepTemporaryFiles: bool = False
+    adapt: str = "none"
 
     @classmethod
     def fromOptions(cls, **options: Any) -> ScoreReconSettings:
@@ -170,6 +173,7 @@ class ScoreReconSettings:
         choose("task", self.task, TASKS)
         choose("method", self.method, METHODS)
         choose("sampler", self.sampler, SAMPLERS)
+        choose("adapt", self.adapt, ADAPT_MODES)
         choose("maskKind", self.maskKind, MRI_MASKS)
         choose("sinogramUnits", self.sinogramUnits, SINOGRAM_UNITS)
         choose("geometry", self.geometry, CT_GEOMETRIES)
@@ -308,6 +312,8 @@ class ScoreReconSettings:
                 args += ["--std-output", stdPath]
             if disagreementPath:
                 args += ["--disagreement-output", disagreementPath]
+            if self.adapt != "none":
+                args += ["--adapt", self.adapt]
         elif method in ("tv", "cs"):
             args += ["--weight", self.weightValue or "auto"]
         return args + self.threadsArgs()
