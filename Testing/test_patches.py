@@ -215,3 +215,20 @@ def test_validation_split_by_subject_logs_a_loss_and_refuses_shared_files(tmp_pa
     assert np.isfinite(cfg["val_loss"]) and cfg["data"]["validation"]["n_sources"] == 1
     with pytest.raises(ScoreReconError, match="other subjects"):
         train(TrainConfig(data=str(train_dir), output=str(tmp_path / "m2"), val_data=str(train_dir), **base))
+
+
+def test_tile_grid_split_then_merge_is_the_identity():
+    """TileGrid (the splitter / merger of tiled_score): merging the split tiles gives the image back at any offset,
+    and every tile's coordinates are the pixels' normalised positions."""
+    from ScoreReconLib.patches import TileGrid, pixel_coords
+
+    x = torch.rand(2, 1, 13, 13, generator=torch.Generator().manual_seed(0))
+    for offset in ((0, 0), (3, 7), (7, 1)):
+        grid = TileGrid(13, 13, 8, offset)
+        tiles, coords = grid.split(x, torch.ones(2), torch.Generator().manual_seed(1))
+        nh, nw = grid.shape
+        assert tiles.shape == (2 * nh * nw, 1, 8, 8) and coords.shape == (2 * nh * nw, 2, 8, 8)
+        assert torch.equal(grid.merge(tiles, 2), x)
+        top, _, left, _ = grid.padding
+        assert float(coords[0, 0, 0, 0]) == float(pixel_coords(13, -left, 1)[0])  # u of the first canvas pixel
+        assert float(coords[0, 1, 0, 0]) == float(pixel_coords(13, -top, 1)[0])
