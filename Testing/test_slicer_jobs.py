@@ -523,3 +523,35 @@ def test_adapt_setting_reaches_reconstruct(sr):
         sr.ScoreReconSettings(adapt="full").validate()
     assert set(sr.ADAPT_MODES) == set(build_parser()._subparsers._group_actions[0].choices["reconstruct"]
                                        ._option_string_actions["--adapt"].choices)
+
+
+def test_library_steps_run_in_one_child(sr, tmp_path):
+    """An Apply's library commands share one child process (torch loads once); step labels still advance and a
+    failing step reports its own error line."""
+    import json as _json
+
+    from ScoreReconLib.resources import resource_path
+
+    python = sys.executable
+    meas, out = tmp_path / "m.npz", tmp_path / "fbp.nrrd"
+    cli = [python, "-m", "ScoreReconLib"]
+    steps = [sr.ScoreReconStep("Simulating", cli + ["simulate", "--task", "sparse-ct", "--views", "8", "--size", "32",
+                                                    "--input", str(resource_path("samples", "ct_head_sample.nrrd")),
+                                                    "--output", str(meas)]),
+             sr.ScoreReconStep("FBP", cli + ["reconstruct", "--input", str(meas), "--method", "fbp", "--output",
+                                             str(out), "--progress-format", "json"])]
+    process = sr.ScoreReconProcess(steps, cwd=str(tmp_path))
+    assert process.chained
+    seen = []
+    assert process.wait(timeout=600, callback=lambda p: seen.append(p.stepIndex)) == "succeeded"
+    assert out.exists() and max(seen) == 1 and process.progress == 1.0
+    assert _json.loads((tmp_path / "steps.json").read_text())[1][0] == "reconstruct"
+    bad = [steps[0], sr.ScoreReconStep("FBP", cli + ["reconstruct", "--input", str(tmp_path / "none.npz"),
+                                                     "--method", "fbp", "--output", str(out)])]
+    failing = sr.ScoreReconProcess(bad, cwd=str(tmp_path))
+    assert failing.wait(timeout=600) == "failed"
+    assert failing.stepIndex == 1 and "does not exist" in failing.errorMessage and failing.returncode == 2
+    single = sr.ScoreReconProcess([steps[0]])
+    assert not single.chained  # one step: run as it is
+    mixed = sr.ScoreReconProcess([steps[0], sr.ScoreReconStep("other", [python, "-c", "pass"])])
+    assert not mixed.chained  # not all library commands: one child per step

@@ -36,6 +36,10 @@ class ScoreReconProcess:
     ``{"progress": done, "total": n}`` JSON lines move :attr:`progress` (0…1 over all steps);
     other output is kept in :attr:`log`. After a failure :attr:`errorMessage` holds the command's
     error line and :attr:`returncode` its exit status (2: bad input).
+
+    When every step is a ``python -m ScoreReconLib`` command of the same interpreter, all of them run in one
+    child (``python -m ScoreReconLib.steps``), which loads torch and the library once; its ``{"step": i}`` lines
+    move :attr:`stepIndex`, and progress, cancel and errors behave as with one child per step.
     """
 
     POLL_INTERVAL_S = 0.1
@@ -60,6 +64,8 @@ class ScoreReconProcess:
         self._lines: queue.Queue = queue.Queue()
         self._stderr: list[str] = []
         self._readers: list[threading.Thread] = []
+        #: all steps run in one child (``ScoreReconLib.steps``)
+        self.chained = self._chainable(self.steps)
 
     # ------------------------------------------------------------------------------------ state
     @property
@@ -99,6 +105,25 @@ class ScoreReconProcess:
         self.startTime = time.monotonic()
         self._startStep(0)
 
+    #: the start of an argv that runs the library's CLI
+    LIBRARY_MODULE = ("-m", "ScoreReconLib")
+
+    @classmethod
+    def _chainable(cls, steps: list[ScoreReconStep]) -> bool:
+        """Whether every step is ``PYTHON -m ScoreReconLib ...`` with the same ``PYTHON`` (and there are several)."""
+        return len(steps) > 1 and all(len(s.args) > 3 and tuple(s.args[1:3]) == cls.LIBRARY_MODULE
+                                      and s.args[0] == steps[0].args[0] for s in steps)
+
+    def _chainedArgs(self) -> list[str]:
+        """The one child's argv: ``PYTHON -m ScoreReconLib.steps FILE`` with the steps' arguments in FILE."""
+        import tempfile
+
+        folder = self.cwd or tempfile.mkdtemp(prefix="scorerecon-steps-")
+        path = os.path.join(folder, "steps.json")
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump([s.args[3:] for s in self.steps], fh)
+        return [self.steps[0].args[0], "-m", "ScoreReconLib.steps", path]
+
     def _startStep(self, index: int) -> None:
         step = self.steps[index]
         self.stepIndex = index
@@ -113,9 +138,14 @@ class ScoreReconProcess:
             kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)
         else:
             kwargs["start_new_session"] = True
-        logger.info("ScoreRecon: running %s", " ".join(step.args))
+        args = step.args
+        if self.chained:
+            args = self._chainedArgs()
+            for s in self.steps:
+                logger.info("ScoreRecon: step %s", " ".join(s.args))
+        logger.info("ScoreRecon: running %s", " ".join(args))
         try:
-            self._proc = subprocess.Popen(step.args, **kwargs)
+            self._proc = subprocess.Popen(args, **kwargs)
         except OSError as exc:
             self._finish("failed", f"cannot start {step.args[0]}: {exc}")
             return
@@ -148,7 +178,7 @@ class ScoreReconProcess:
         self.returncode = proc.returncode
         if proc.returncode == 0:
             self.stepFraction = 1.0
-            if self.stepIndex + 1 < len(self.steps):
+            if self.stepIndex + 1 < len(self.steps) and not self.chained:
                 self._startStep(self.stepIndex + 1)
             else:
                 self._finish("succeeded", "Done")
@@ -179,6 +209,12 @@ class ScoreReconProcess:
                 record = json.loads(text)
             except ValueError:
                 record = None
+            if self.chained and isinstance(record, dict) and set(record) == {"step", "of"}:
+                index = record["step"]
+                if isinstance(index, int) and 0 <= index < len(self.steps):  # the chained child began a step
+                    self.stepIndex, self.stepFraction = index, 0.0
+                    self.message = self.steps[index].label
+                return
             if isinstance(record, dict) and "progress" in record and "total" in record:
                 try:
                     done, total = float(record["progress"]), float(record["total"])
