@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import _setup  # first: --threads before torch loads, the repository importable
 
+ROOT = _setup.ROOT
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -80,6 +81,11 @@ def markdown(modality: str, recs: list[dict]) -> str:
         if deltas:
             lines.append(f"\n{role}: mean Δ {np.mean(deltas):+.2f} dB (min {min(deltas):+.2f}, max "
                          f"{max(deltas):+.2f}) at {np.mean(cost):.1f}× the seconds, {len(deltas)} cases.")
+    val = [r["lora"]["psnr"] - r["default"]["psnr"] for r in recs if r["role"] == "validation"]
+    if val:
+        keep = np.mean(val) <= 0.1
+        lines.append(f"\nDecision (validation rows only): {'keep' if keep else 'consider'} `--adapt "
+                     f"{'none' if keep else 'lora'}` as the default ({np.mean(val):+.2f} dB mean on validation).")
     return "\n".join(lines)
 
 
