@@ -71,6 +71,39 @@ def panel_figure(panels: Sequence[tuple], path: str | Path, scale: int = 2, colu
     return path
 
 
+#: display windows (low, high) of CT comparison figures in HU: soft tissue (W 400 / L 40) and bone (W 2000 / L 500)
+CT_WINDOWS = {"soft tissue": (-160.0, 240.0), "bone": (-500.0, 1500.0)}
+
+
+def comparison_panels(case, records, score_rec, norm, modality: str) -> list[tuple]:
+    """The panels of a method comparison (the demo's and ``evaluate --output``'s figures), in physical units with
+    colour bars: every method's image (FBP / zero-filled, the classical methods and ScoreRecon beside the reference)
+    in the soft-tissue and bone windows for CT or the image's range for MRI, then |error| of the best classical
+    method and of ScoreRecon and the calibrated posterior std on one common scale; metal outlined in red.
+    ``records``: the case's classical records then the score record ``score_rec`` (``EvalRecord`` with the image in
+    ``extra["image"]``); ``norm`` the images' normalisation."""
+    unit = "HU" if modality == "CT" else "a.u."
+    span = float(norm.high - norm.low)
+    ref = norm.inverse(case.x[0, 0].numpy())
+    images = [("reference", ref)] + [("ScoreRecon" if r is score_rec else r.method.upper(),
+                                      norm.inverse(r.extra["image"][0, 0].numpy())) for r in records]
+    metal = None if case.score_mask is None else ~case.score_mask[0, 0].numpy().astype(bool)
+    keep = np.ones_like(ref, bool) if metal is None else ~metal
+    windows = CT_WINDOWS if modality == "CT" else {"": (0.0, float(np.percentile(ref[keep], 99.5)) or 1.0)}
+    panels: list[tuple] = []
+    for name, (lo, hi) in windows.items():
+        for title, arr in images:
+            panels.append((f"{title} {name}".strip(), arr, lo, hi, unit, metal))
+    best = max(records[:-1], key=lambda r: r.psnr)
+    errors = [(f"|err| {best.method.upper()}", np.abs(norm.inverse(best.extra["image"][0, 0].numpy()) - ref) * keep),
+              ("|err| ScoreRecon", np.abs(norm.inverse(score_rec.extra["image"][0, 0].numpy()) - ref) * keep)]
+    if score_rec.extra.get("std") is not None:
+        errors.append(("posterior std (calibrated)", score_rec.extra["std"][0, 0].numpy() * span * keep))
+    top = float(max(np.percentile(e[keep], 99) for _, e in errors)) or 1.0  # one scale for errors and std
+    panels += [(title, arr, 0.0, top, unit, metal) for title, arr in errors]
+    return panels
+
+
 def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, padding: int = 2) -> Path:
     """Write images ``(B, 1, H, W)`` in ``[0, 1]`` (clipped) as one 8-bit grayscale PNG grid, atomically."""
     imgs = images.detach().float().cpu().clamp(0, 1)

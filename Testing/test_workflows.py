@@ -193,3 +193,22 @@ def test_a_missing_data_folder_says_how_to_make_it(tmp_path, capsys):
                "--steps", "1"])
     err = capsys.readouterr().err
     assert rc == 2 and "scorerecon prepare-data --output data" in err
+
+
+def test_evaluate_writes_a_comparison_figure_per_slice(tmp_path):
+    """evaluate --output (issue 19 item 5): besides the table and JSON, one figure per slice with every method in
+    the CT windows, |error| and std on one scale."""
+    from PIL import Image as PILImage
+
+    from ScoreReconLib.cli import main
+    from ScoreReconLib.resources import resource_path
+
+    out = tmp_path / "ev"
+    assert main(["evaluate", "--model", "default-ct", "--data", str(resource_path("samples", "ct_head_sample.nrrd")),
+                 "--task", "sparse-ct", "--n-images", "1", "--steps", "2", "--samples", "2", "--size", "64",
+                 "--output", str(out)]) == 0
+    figures = sorted((out / "figures").glob("*.png"))
+    assert [f.name for f in figures] == ["00_ct_head_sample_nrrd.png"]
+    with PILImage.open(figures[0]) as img:  # 4 columns (reference, FBP, TV, ScoreRecon) × 3 rows of 64² at scale 2
+        assert img.size == (4 * 128, 3 * (128 + 16))
+    assert (out / "table.md").exists() and (out / "results.json").exists()

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_folder(args.output, "--output")
     from ..datasources import sample_path
     from ..evaluation import CLASSICAL, image_case_from_array, make_case, run_classical, run_score, task_modality
-    from ..figures import panel_figure
+    from ..figures import comparison_panels, panel_figure
     from ..networks import load_prior
     from ..utils import resolve_device, seed_everything
 
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     if score_rec.extra.get("std") is not None:
         files.append(save("scorerecon-std", score_rec.extra["std"], physical=False))
 
-    fig_panels = demo_panels(case, records, score_rec, norm, modality)
+    fig_panels = comparison_panels(case, records, score_rec, norm, modality)
     fig = panel_figure(fig_panels, out / "demo.png", columns=4)
     files.append(fig.name)
 
@@ -123,34 +123,3 @@ def run(args: argparse.Namespace) -> int:
     files.append("metrics.json")
     print(f"\nwrote {', '.join(files)} to {out}/")
     return 0
-
-
-#: display windows (low, high) of the CT demo figure in HU: soft tissue (W 400 / L 40) and bone (W 2000 / L 500)
-CT_WINDOWS = {"soft tissue": (-160.0, 240.0), "bone": (-500.0, 1500.0)}
-
-
-def demo_panels(case, records, score_rec, norm, modality: str) -> list[tuple]:
-    """The demo figure's panels, in physical units with colour bars: every method's image (FBP / zero-filled,
-    the classical methods and ScoreRecon beside the reference) in the soft-tissue and bone windows for CT or the
-    image's range for MRI, then |error| of the best classical method and of ScoreRecon and the calibrated
-    posterior std on one common scale; metal outlined in red."""
-    unit = "HU" if modality == "CT" else "a.u."
-    span = float(norm.high - norm.low)
-    ref = norm.inverse(case.x[0, 0].numpy())
-    images = [("reference", ref)] + [(r.method if r.method == "ScoreRecon" else r.method.upper(),
-                                      norm.inverse(r.extra["image"][0, 0].numpy())) for r in records]
-    metal = None if case.score_mask is None else ~case.score_mask[0, 0].numpy().astype(bool)
-    keep = np.ones_like(ref, bool) if metal is None else ~metal
-    windows = CT_WINDOWS if modality == "CT" else {"": (0.0, float(np.percentile(ref[keep], 99.5)) or 1.0)}
-    panels: list[tuple] = []
-    for name, (lo, hi) in windows.items():
-        for title, arr in images:
-            panels.append((f"{title} {name}".strip(), arr, lo, hi, unit, metal))
-    best = max(records[:-1], key=lambda r: r.psnr)
-    errors = [(f"|err| {best.method.upper()}", np.abs(norm.inverse(best.extra["image"][0, 0].numpy()) - ref) * keep),
-              ("|err| ScoreRecon", np.abs(norm.inverse(score_rec.extra["image"][0, 0].numpy()) - ref) * keep)]
-    if score_rec.extra.get("std") is not None:
-        errors.append(("posterior std (calibrated)", score_rec.extra["std"][0, 0].numpy() * span * keep))
-    top = float(max(np.percentile(e[keep], 99) for _, e in errors)) or 1.0  # one scale for errors and std
-    panels += [(title, arr, 0.0, top, unit, metal) for title, arr in errors]
-    return panels

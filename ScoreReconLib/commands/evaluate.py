@@ -56,7 +56,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="image grid N x N (default: the model's working size; a patch prior takes any N, a whole-image "
                         "prior only its training size)")
     add_device_option(p)
-    p.add_argument("--output", default=None, help="write the table (Markdown) and a JSON of all records here")
+    p.add_argument("--output", default=None,
+                   help="write the table (Markdown), a JSON of all records and, with the score method, one figure "
+                        "per slice (figures/NAME.png: every method in the soft-tissue and bone windows for CT, "
+                        "|error| and posterior std on one scale, colour bars in HU / MR units) here")
     add_threads_option(p)
     p.set_defaults(func=run)
 
@@ -74,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         summarize,
         task_modality,
     )
+    from ..figures import comparison_panels, panel_figure
     from ..networks import load_prior
     from ..utils import atomic_path, check_output_folder, resolve_device
 
@@ -90,8 +94,10 @@ def run(args: argparse.Namespace) -> int:
     slices = load_slices(args.data, modality, prior.size_for(args.size), args.n_images, args.per_volume,
                          normalization=prior.normalization if modality == "CT" else None)
     records = []
+    figures = []
     for i, (name, x) in enumerate(slices):
         case = make_case(name, x, args.task, seed=args.seed + i, noise=args.noise, **task_options(args))
+        case_records = []
         for m in methods:
             if m == "score":
                 rec = run_score(case, prior, sampler=args.sampler, samples=args.samples, seed=args.seed + i,
@@ -100,8 +106,16 @@ def run(args: argparse.Namespace) -> int:
             else:
                 rec = run_classical(case, m)
             records.append(rec)
+            case_records.append(rec)
             print(f"[{i + 1}/{len(slices)}] {name} {rec.method}: {rec.psnr:.2f} dB, SSIM {rec.ssim:.3f}, "
                   f"{rec.seconds:.1f} s", file=sys.stderr)
+        if args.output and "score" in methods and len(methods) > 1:  # the score record last, as the panels expect
+            order = [r for r in case_records if not r.method.startswith("score")] + \
+                [r for r in case_records if r.method.startswith("score")]
+            figures.append((f"{i:02d}_{_safe(name)}", comparison_panels(case, order, order[-1], prior.normalization,
+                                                                          modality), len(methods) + 1))
+            for r in case_records:
+                r.extra.pop("image", None)  # the figure has what it needs; free the images
     summary = summarize(records)
     table = markdown_table(summary, f"{args.task} {task_options(args)} on {len(slices)} slices of {args.data}")
     print(table)
@@ -110,7 +124,15 @@ def run(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         with atomic_path(out / "table.md") as tmp:
             tmp.write_text(table + "\n", encoding="utf-8")
+        for stem, panels, columns in figures:
+            (out / "figures").mkdir(exist_ok=True)
+            panel_figure(panels, out / "figures" / f"{stem}.png", columns=columns)
         save_json({"task": args.task, "options": task_options(args), "model": args.model, "summary": summary,
                    "records": [{"case": r.case, "method": r.method, "psnr": r.psnr, "ssim": r.ssim,
                                 "seconds": r.seconds} for r in records]}, out / "results.json")
     return 0
+
+
+def _safe(name: str) -> str:
+    """A file-name stem for a slice name such as ``colin27_t1.nrrd[33]``."""
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)[:80]
