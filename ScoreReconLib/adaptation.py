@@ -49,12 +49,15 @@ class LoRAConv2d(nn.Module):
     def __init__(self, base: nn.Conv2d, rank: int = LORA_RANK, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.base = base
+        # built and initialised on the CPU (``generator`` is a CPU generator), then moved beside the base
         self.down = nn.Conv2d(base.in_channels, rank, base.kernel_size, base.stride, base.padding, base.dilation,
-                              bias=False).to(base.weight.device)
-        self.up = nn.Conv2d(rank, base.out_channels, 1, bias=False).to(base.weight.device)
+                              bias=False)
+        self.up = nn.Conv2d(rank, base.out_channels, 1, bias=False)
         with torch.no_grad():
             nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5), generator=generator)
         nn.init.zeros_(self.up.weight)
+        self.down.to(base.weight.device, base.weight.dtype)
+        self.up.to(base.weight.device, base.weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) + self.up(self.down(x))
