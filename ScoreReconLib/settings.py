@@ -53,8 +53,6 @@ TUNABLE = ("steps", "lam", "snr", "cg_iters", "eta", "noise_rate", "tv_weight", 
 #: settings of the same names); the other fields are the samplers' internals
 USER_OPTIONS = ("method", "steps", "lam", "snr", "samples", "tv_weight", "init", "t_start", "init_weight",
                 "noise_std", "noise_scale", "final_lam", "z_tv", "z_shared_noise", "adapt", "adapt_steps")
-#: fields that apply to the proximal sampler only (an error for another sampler when set away from their default)
-PROXIMAL_ONLY = ("tv_weight", "z_tv", "z_shared_noise", "final_lam")
 
 
 @dataclass(frozen=True)
@@ -143,20 +141,8 @@ def _validate(v: dict[str, Any]) -> None:
     v["samples"] = check_count(v["samples"], "--samples", MAX_SAMPLES)
     v["corrector_steps"] = check_count(v["corrector_steps"], "corrector_steps", 100)
     v["z_tv_iters"] = check_count(v["z_tv_iters"], "z_tv_iters", MAX_SOLVER_ITERATIONS)
-    tv = _number(v, "tv_weight", "--tv-weight")
-    if tv < 0:
-        raise ScoreReconError(f"--tv-weight must be >= 0 (0 = no TV term), got {v['tv_weight']}; try 1e-4")
-    if tv > 0 and method != "proximal":
-        raise ScoreReconError(f"--tv-weight applies only to the proximal sampler, not '{method}'; "
-                              "use --sampler proximal or drop --tv-weight")
-    v["tv_weight"] = tv
-    z = _number(v, "z_tv", "--z-tv")
-    if z < 0:
-        raise ScoreReconError(f"--z-tv must be >= 0 (0 = slices independent), got {v['z_tv']}; try 0.01")
-    if z > 0 and method != "proximal":
-        raise ScoreReconError(f"--z-tv applies only to the proximal sampler, not '{method}'; "
-                              "use --sampler proximal or drop --z-tv")
-    v["z_tv"] = z
+    _proximal_weight(v, "tv_weight", "--tv-weight", "no TV term", "1e-4")
+    _proximal_weight(v, "z_tv", "--z-tv", "slices independent", "0.01")
     if not isinstance(v["z_shared_noise"], bool):
         raise ScoreReconError(f"z_shared_noise must be True or False, got {v['z_shared_noise']!r}")
     if v["z_shared_noise"] and method != "proximal":
@@ -180,6 +166,18 @@ def _validate(v: dict[str, Any]) -> None:
     if v["adapt"] not in ADAPT_MODES:
         raise ScoreReconError(f"--adapt must be one of {', '.join(ADAPT_MODES)}, got {v['adapt']!r}")
     v["adapt_steps"] = check_count(v["adapt_steps"], "--adapt-steps", MAX_ADAPT_STEPS, minimum=0)
+
+
+def _proximal_weight(v: dict, key: str, flag: str, zero: str, example: str) -> None:
+    """Check and normalise a proximal-only weight ``v[key]``: a finite number >= 0 (``zero``: what 0 means), and
+    0 for any other sampler."""
+    weight = _number(v, key, flag)
+    if weight < 0:
+        raise ScoreReconError(f"{flag} must be >= 0 (0 = {zero}), got {v[key]}; try {example}")
+    if weight > 0 and v["method"] != "proximal":
+        raise ScoreReconError(f"{flag} applies only to the proximal sampler, not '{v['method']}'; "
+                              f"use --sampler proximal or drop {flag}")
+    v[key] = weight
 
 
 def _number(v: dict, key: str, flag: str) -> float:
