@@ -57,11 +57,7 @@ class ParallelBeamGeometry(_KeyedGeometry):
 
     def __init__(self, image_size: int, n_angles: int | None = None, arc: float = math.pi,
                  n_det: int | None = None) -> None:
-        image_size = as_int(image_size, "image_size")
-        if image_size < MIN_IMAGE_SIZE:
-            raise ScoreReconError(
-                f"CT image size {image_size} is too small; use images of at least "
-                f"{MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE} pixels")
+        image_size = check_image_size(image_size)
         n_angles = image_size if n_angles is None else as_int(n_angles, "n_angles")
         if n_angles < 1:
             raise ScoreReconError(f"n_angles must be at least 1, got {n_angles}; pass a positive angle count")
@@ -135,11 +131,7 @@ class FanBeamGeometry(_KeyedGeometry):
     def __init__(self, image_size: int, source_distance: float, detector_distance: float,
                  n_angles: int | None = None, arc: float = 2.0 * math.pi, detector: str = "curved",
                  n_det: int | None = None) -> None:
-        image_size = as_int(image_size, "image_size")
-        if image_size < MIN_IMAGE_SIZE:
-            raise ScoreReconError(
-                f"CT image size {image_size} is too small; use images of at least "
-                f"{MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE} pixels")
+        image_size = check_image_size(image_size)
         if detector not in DETECTORS:
             raise ScoreReconError(f"unknown fan-beam detector '{detector}'; choose one of {', '.join(DETECTORS)}")
         radius = math.sqrt(2.0) * image_size / 2.0 + 1.0
@@ -258,6 +250,16 @@ def as_int(value: Any, name: str) -> int:
             return int(value)
         raise ScoreReconError(f"{name} must be a whole number, got {value!r}")
     return int(value)
+
+
+def check_image_size(image_size: Any) -> int:
+    """``image_size`` as an int of at least :data:`MIN_IMAGE_SIZE` pixels (the CT geometries' smallest image)."""
+    image_size = as_int(image_size, "image_size")
+    if image_size < MIN_IMAGE_SIZE:
+        raise ScoreReconError(
+            f"CT image size {image_size} is too small; use images of at least "
+            f"{MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE} pixels")
+    return image_size
 
 
 def check_sinogram(s: torch.Tensor, geometry: Geometry, what: str = "sinogram") -> None:
