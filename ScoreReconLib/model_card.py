@@ -75,6 +75,14 @@ def with_tuned(recommended: dict, folder: Path) -> dict:
     return {**rec, **{k: v for k, v in side.items() if k != "tasks"}, "tasks": tasks}
 
 
+def checkpoint_folder(path: str | Path) -> Path:
+    """The checkpoint folder ``path`` names: itself, or the folder of its ``model.safetensors`` / ``config.json``."""
+    folder = Path(path)
+    if folder.is_file() and folder.name in (WEIGHTS_FILE, CONFIG_FILE):
+        folder = folder.parent
+    return folder
+
+
 def model_folder(name_or_path: str | Path) -> Path:
     """The checkpoint folder of ``default-ct`` / ``default-mri`` (shipped) or of a path (a file in it names it)."""
     name = str(name_or_path)
@@ -82,10 +90,7 @@ def model_folder(name_or_path: str | Path) -> Path:
         from .resources import resource_path
 
         return resource_path("models", name)
-    folder = Path(name).expanduser()
-    if folder.is_file() and folder.name in (WEIGHTS_FILE, CONFIG_FILE):
-        folder = folder.parent
-    return folder
+    return checkpoint_folder(Path(name).expanduser())
 
 
 @dataclass(frozen=True)

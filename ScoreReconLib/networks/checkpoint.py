@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import ScoreReconError
-from ..model_card import DEFAULT_PRIORS, with_tuned
+from ..model_card import DEFAULT_PRIORS, checkpoint_folder, model_folder, with_tuned
 from ..sde import sde_from_dict
 from .config import read_config, read_config_json
 from .files import CONFIG_FILE, TRAINING_STATE_FILE, TUNED_FILE, WEIGHTS_FILE
@@ -115,9 +115,7 @@ def load_checkpoint(folder: str | Path, device: torch.device | str = "cpu", trus
     The weights and the config must match their checksums (``weights_sha256``, ``config_sha256``);
     a checkpoint without them is refused unless ``trust_unverified`` (CLI ``--trust-unverified``,
     or ``SCORERECON_TRUST_UNVERIFIED=1``)."""
-    folder = Path(folder)
-    if folder.is_file() and folder.name in (WEIGHTS_FILE, CONFIG_FILE):
-        folder = folder.parent
+    folder = checkpoint_folder(folder)
     if not folder.is_dir():
         raise ScoreReconError(
             f"model {folder} does not exist; give a checkpoint folder (model.safetensors + config.json) "
@@ -149,10 +147,8 @@ def load_prior(name_or_path: str | Path, device: torch.device | str = "cpu", tru
     """Load ``"default-ct"``/``"default-mri"`` (from ``Resources/models``) or a checkpoint folder
     (``trust_unverified``: see :func:`load_checkpoint`)."""
     name = str(name_or_path)
-    if name in DEFAULT_PRIORS:
-        from ..resources import resource_path
-
-        prior = load_checkpoint(resource_path("models", name), device)
+    if name in DEFAULT_PRIORS:  # shipped and signed: no trust override needed
+        prior = load_checkpoint(model_folder(name), device)
         prior.config["name"] = name
         return prior
-    return load_checkpoint(Path(name_or_path).expanduser(), device, trust_unverified)
+    return load_checkpoint(model_folder(name), device, trust_unverified)
