@@ -278,8 +278,8 @@ def reconstruct(y: torch.Tensor, operator: MeasurementOperator, prior, method: s
 
         ctx = SamplerContext(slice_generators(seed, k, first_slice, y.shape[0], dev), prog, cancel,
                              x_init=shared.x_init, measured_noise_std=shared.measured_noise_std)
-        with torch.no_grad():
-            outs.append(sampler(prior, operator, y, settings, ctx).float())
+        with torch.no_grad():  # nothing is received from outside the coil maps' support: 0 there
+            outs.append(operator.restrict_to_support(sampler(prior, operator, y, settings, ctx).float()))
         shared.measured_noise_std = ctx.measured_noise_std  # estimated by the first sample if not before
         nfe = ctx.nfe
     stack = torch.stack(outs)

@@ -26,6 +26,7 @@ from helpers import (
 
 from ScoreReconLib.data import Image, ct_normalization
 from ScoreReconLib.errors import ScoreReconError
+from ScoreReconLib.operators.mri import fft2c
 from ScoreReconLib.measurement import (
     MEASUREMENT_FORMAT_VERSION,
     Measurement,
@@ -57,7 +58,8 @@ TASK_OPTIONS = {
 @pytest.mark.parametrize("task", list(TASK_OPTIONS))
 def test_simulate_matches_operator_and_round_trips(tmp_path, task):
     img = volume(modality="MR" if task == "mri" else "CT")
-    m, ref, extra = simulate(img, task, seed=3, **TASK_OPTIONS[task])
+    zero_phase = {"phase": "zero"} if task == "mri" else {}  # a real image: y = A x exactly
+    m, ref, extra = simulate(img, task, seed=3, **TASK_OPTIONS[task], **zero_phase)
     assert m.task == task and m.n_slices == 3 and m.image_size == 32
     assert ref.shape == (3, 1, 32, 32) and ref.dtype == torch.float32
     assert m.y.dtype == (np.complex64 if task == "mri" else np.float32)
@@ -123,7 +125,7 @@ def test_metal_found_in_image_is_used():
 @pytest.mark.parametrize("task", ["sparse-ct", "mri"])
 def test_noise_level_and_seed(task):
     img = volume(32, 2, "MR" if task == "mri" else "CT")
-    clean, _, _ = simulate(img, task, noise=0.0, seed=1)
+    clean, ref, _ = simulate(img, task, noise=0.0, seed=1)
     noisy, _, _ = simulate(img, task, noise=0.02, seed=1)
     again, _, _ = simulate(img, task, noise=0.02, seed=1)
     other, _, _ = simulate(img, task, noise=0.02, seed=2)
@@ -131,7 +133,8 @@ def test_noise_level_and_seed(task):
     assert not np.array_equal(noisy.y, other.y)
     mask = np.broadcast_to(clean.operator().mask.numpy() > 0, clean.y.shape)
     for s in range(2):
-        peak = np.abs(clean.y[s][mask[s]]).max()
+        # CT: the largest measured value; MRI: the k-space peak of the magnitude image (one σ per acquisition)
+        peak = np.abs(fft2c(ref[s:s + 1]).numpy()).max() if task == "mri" else np.abs(clean.y[s][mask[s]]).max()
         assert noisy.noise_std[s] == pytest.approx(0.02 * peak, rel=1e-5)
         eps = (noisy.y[s] - clean.y[s])[mask[s]]
         assert np.all((noisy.y[s] - clean.y[s])[~mask[s]] == 0)

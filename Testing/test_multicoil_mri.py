@@ -149,13 +149,18 @@ def test_sense_and_rss_baselines():
 # --------------------------------------------------------------------------- measurement files
 def test_simulate_multicoil_measurement_round_trip(tmp_path):
     img = Image((mr_ellipse()[0, 0].numpy() * 80.0), (0.7, 0.7))
-    m, ref, _ = simulate(img, "mri", acceleration=4, center_fraction=0.1, coils=4, seed=5)
+    m, ref, _ = simulate(img, "mri", acceleration=4, center_fraction=0.1, coils=4, seed=5, phase="zero")
     assert m.y.shape == (1, 4, N, N) and m.coils == 4
     path = save_measurement(tmp_path / "k.npz", m)
     back = load_measurement(path)
     op = back.operator()
     assert isinstance(op, MultiCoilMRI) and op.coils == 4
     assert torch.allclose(op.A(ref), back.y_tensor(), atol=1e-5)
+    # with the image phase (the default) the file carries the phase estimated from the data: A x ≈ y
+    m, ref, _ = simulate(img, "mri", acceleration=4, center_fraction=0.1, coils=4, seed=5)
+    op = load_measurement(save_measurement(tmp_path / "p.npz", m)).operator()
+    y = m.y_tensor()
+    assert op.phase is not None and float((op.A(ref) - y).norm() / y.norm()) < 0.2
     with pytest.raises(ScoreReconError, match="--coils"):
         simulate(img, "sparse-ct", coils=4)
 
@@ -164,8 +169,8 @@ def test_cli_simulate_coils_and_reconstruct(tmp_path, capsys):
     src = tmp_path / "img.npy"
     np.save(src, mr_ellipse()[0, 0].numpy() * 50.0)
     rc, out, _ = cli(["simulate", "--task", "mri", "--coils", "4", "--acceleration", "3", "--center-fraction",
-                      "0.12", "--input", src, "--output", tmp_path / "k.npz"], capsys)
-    assert rc == 0 and "4 coils" in out
+                      "0.12", "--phase", "zero", "--input", src, "--output", tmp_path / "k.npz"], capsys)
+    assert rc == 0 and "4 coils" in out and "zero phase" in out
     psnr = {}
     for method in ("zero-filled", "rss", "sense", "tv"):
         rc, out, err = cli(["reconstruct", "--input", tmp_path / "k.npz", "--output", tmp_path / f"{method}.nrrd",
@@ -173,7 +178,9 @@ def test_cli_simulate_coils_and_reconstruct(tmp_path, capsys):
                             "--metrics-json", tmp_path / f"{method}.json"], capsys)
         assert rc == 0, err
         psnr[method] = json.loads((tmp_path / f"{method}.json").read_text())["psnr"]
-    assert psnr["tv"] > psnr["sense"] > psnr["zero-filled"]
+    # maps that vanish outside the object (a receive array's, as ESPIRiT would give): noise-free SENSE is near
+    # exact at 3x with 4 coils; TV and SENSE both far above the zero-filled coil combination
+    assert psnr["sense"] > psnr["zero-filled"] + 10 and psnr["tv"] > psnr["zero-filled"] + 5
 
 
 # --------------------------------------------------------------------------------- HDF5 import

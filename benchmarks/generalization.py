@@ -91,7 +91,6 @@ _early_threads()
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
-import math  # noqa: E402
 import platform  # noqa: E402
 import shlex  # noqa: E402
 import subprocess  # noqa: E402
@@ -117,7 +116,7 @@ from ScoreReconLib.baselines import classical_reconstruct  # noqa: E402
 from ScoreReconLib.data import Normalization, ct_normalization, mr_normalization, read_image, save_json  # noqa: E402
 from ScoreReconLib.errors import ScoreReconError  # noqa: E402
 from ScoreReconLib.evaluation import METAL_HU, EvalCase, list_images, make_case, resize_square  # noqa: E402
-from ScoreReconLib.measurement import add_measurement_noise  # noqa: E402
+from ScoreReconLib.measurement import add_measurement_noise, crop_kspace  # noqa: E402
 from ScoreReconLib.metrics import score_slices  # noqa: E402
 from ScoreReconLib.operators.base import MeasurementOperator  # noqa: E402
 from ScoreReconLib.operators.ct import JosephProjector, ParallelBeamGeometry  # noqa: E402
@@ -245,19 +244,9 @@ def ct_fine_sinogram(op: MeasurementOperator, x_fine: torch.Tensor) -> torch.Ten
 
 
 def mri_fine_kspace(op: MeasurementOperator, x_fine: torch.Tensor) -> torch.Tensor:
-    """Full (unmasked) k-space on ``op``'s grid from the fine image's centred orthonormal FFT.
-
-    Keeps the central N² block (DC stays at index N//2), scales by N/F so the orthonormal transforms
-    agree, and multiplies by exp(+2πi k·δ), δ the offset (in fields of view) between the coarse and
-    fine FFT origins (pixel N//2 vs F//2 under align_corners=False resampling)."""
-    n, f = op.image_size, x_fine.shape[-1]
-    k = fft2c(x_fine.to(torch.float32))
-    a = f // 2 - n // 2
-    k = k[..., a:a + n, a:a + n] * (n / f)
-    delta = (n // 2 + 0.5) / n - (f // 2 + 0.5) / f
-    freq = torch.arange(n, dtype=torch.float64) - n // 2
-    phase = torch.exp(2j * math.pi * delta * (freq[:, None] + freq[None, :])).to(torch.complex64)
-    return k * phase.to(k.device)
+    """Full (unmasked) k-space on ``op``'s grid from the fine image's centred orthonormal FFT
+    (:func:`ScoreReconLib.measurement.crop_kspace`)."""
+    return crop_kspace(fft2c(x_fine.to(torch.float32)), op.image_size)
 
 
 def fine_size(s: Slice, size: int) -> int:

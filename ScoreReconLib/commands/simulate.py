@@ -19,8 +19,11 @@ from ..errors import ScoreReconError
 from ..measurement import (
     CT_GEOMETRIES,
     DEFAULT_DETECTOR_DISTANCE_MM,
+    DEFAULT_PHASE,
     DEFAULT_SOURCE_DISTANCE_MM,
     MRI_MASKS,
+    PHASE_KINDS,
+    SIMULATED_MAPS,
     check_measurement_output,
     save_measurement,
     simulate,
@@ -69,8 +72,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mr.add_argument("--coils", type=int, default=1, metavar="K",
                     help="mri: receive coils; K > 1 simulates multi-coil k-space with smooth synthetic coil maps "
                          "(seeded by --seed; default 1 = single-coil)")
+    mr.add_argument("--phase", choices=PHASE_KINDS, default=DEFAULT_PHASE,
+                    help="mri: image phase, 'smooth' (a seeded smooth phase as a scanner records, the default; "
+                         "the file carries the phase estimated from the k-space centre) or 'zero' (a real image)")
+    mr.add_argument("--maps", choices=SIMULATED_MAPS, default="true",
+                    help="mri, --coils 2 or more: coil maps the file carries, 'true' (those that made the data, "
+                         "default) or estimated from the simulated data as an import would ('auto', 'espirit' "
+                         "(needs sigpy), 'lowres')")
     p.add_argument("--noise", type=float, default=0.0,
-                   help="Gaussian noise std relative to the largest measured |y| of each slice (default 0)")
+                   help="Gaussian noise std relative to the largest measured |y| of each slice (CT) or to the "
+                        "k-space peak of the image, one std for all coils (MRI) (default 0)")
     p.add_argument("--seed", type=int, default=0, help="seed for noise, random masks and metal (default 0)")
     p.add_argument("--size", type=int, default=None, metavar="N",
                    help="resample slices to N x N (needed for non-square images)")
@@ -91,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         metal_threshold=args.metal_threshold, n_metal=args.n_metal, acceleration=args.acceleration,
         center_fraction=args.center_fraction, mask=args.mask, noise=args.noise, seed=args.seed, size=args.size,
         geometry=args.geometry, source_distance=args.source_distance, detector_distance=args.detector_distance,
-        detector=args.detector, coils=args.coils,
+        detector=args.detector, coils=args.coils, phase=args.phase, maps=args.maps,
     )
     mismatch = modality_mismatch(image, task_modality(args.task), args.input)  # after the input's own checks
     if mismatch:
@@ -103,8 +114,12 @@ def run(args: argparse.Namespace) -> int:
         "sparse-ct": f"{args.views} views",
         "limited-angle-ct": f"{args.arc:g} degree arc",
         "metal-ct": f"metal {m.metal.get('source', '?')} ({m.metal.get('pixels', 0)} px)",
-        "mri": f"{args.acceleration:g}x {args.mask}" + (f", {m.coils} coils" if m.coils > 1 else ""),
+        "mri": f"{args.acceleration:g}x {args.mask}" + (f", {m.coils} coils" if m.coils > 1 else "")
+        + (f", {args.phase} phase" if args.task == "mri" else ""),
     }[m.task]
+    errors = m.options.get("phase_error_rad")
+    if errors:
+        what += f" (phase estimate off by {max(errors):.3f} rad RMS at most)"
     if m.options.get("geometry") == "fan":
         what += (f", fan beam ({m.options['detector']} detector, source {m.options['source_distance_mm']:g} mm, "
                  f"detector {m.options['detector_distance_mm']:g} mm)")

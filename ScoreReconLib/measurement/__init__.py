@@ -12,13 +12,15 @@ On disk it is one ``.npz`` (``np.savez_compressed``, written atomically, read wi
 operator array and optionally ``metal_mask``.
 
 Noise model (:func:`simulate`, :func:`add_measurement_noise`): per slice ``s``, ``σ_s = noise × max |y_s|``
-over the measured entries; CT adds real Gaussian noise ``σ_s · N(0, 1)``, MRI complex Gaussian noise
+over the measured entries (MRI: ``noise ×`` the k-space peak of the magnitude image, one σ for all coils
+of the slice, :mod:`.mri_acquisition`); CT adds real Gaussian noise ``σ_s · N(0, 1)``, MRI complex Gaussian noise
 ``σ_s · (N(0, 1) + i N(0, 1)) / √2`` (so ``E|ε|² = σ_s²``), on measured entries only.
 
 Modules: :mod:`.record` (the record and its constants), :mod:`.fileformat` (save / load),
 :mod:`.checks` (header and consistency checks of a file), :mod:`.geometry` (CT source geometry
-options), :mod:`.slices` (images to normalised slices), :mod:`.noise` (the noise adder) and
-:mod:`.simulation` (:func:`simulate`). Every public name is importable from this package.
+options), :mod:`.slices` (images to normalised slices), :mod:`.noise` (the noise adder),
+:mod:`.mri_acquisition` (MRI as a scanner acquires it: image phase, receive coils, noise per
+acquisition) and :mod:`.simulation` (:func:`simulate`). Every public name is importable from this package.
 """
 
 from __future__ import annotations
@@ -31,6 +33,18 @@ from .geometry import (
     ct_geometry_options,
     fan_distances_mm,
     pixel_size_mm,
+)
+from .mri_acquisition import (
+    DEFAULT_PHASE,
+    PHASE_KINDS,
+    SIMULATED_MAPS,
+    KspaceAcquisition,
+    crop_kspace,
+    kspace_peak,
+    object_support,
+    phase_error,
+    simulate_kspace,
+    smooth_phase,
 )
 from .noise import add_measurement_noise
 from .record import (
@@ -50,6 +64,16 @@ from .slices import REFERENCE_GRID_TOLERANCE, normalization_for, normalize_slice
 __all__ = [
     "CT_GEOMETRIES",
     "CT_TASKS",
+    "DEFAULT_PHASE",
+    "PHASE_KINDS",
+    "SIMULATED_MAPS",
+    "KspaceAcquisition",
+    "crop_kspace",
+    "kspace_peak",
+    "object_support",
+    "phase_error",
+    "simulate_kspace",
+    "smooth_phase",
     "DEFAULT_DETECTOR_DISTANCE_MM",
     "DEFAULT_SOURCE_DISTANCE_MM",
     "MAX_COILS",

@@ -11,7 +11,8 @@ import torch
 
 
 def add_measurement_noise(y: torch.Tensor, mask: torch.Tensor, noise: float, seed: int, *,
-                          per_slice: bool = True) -> tuple[torch.Tensor, list[float]]:
+                          per_slice: bool = True, peak: torch.Tensor | None = None
+                          ) -> tuple[torch.Tensor, list[float]]:
     """``y`` plus seeded Gaussian noise of relative level ``noise`` on its measured entries.
 
     ``y``: full-layout measurements ``(S, C, ...)`` with zeros where nothing was measured, real (CT
@@ -24,7 +25,9 @@ def add_measurement_noise(y: torch.Tensor, mask: torch.Tensor, noise: float, see
     ``y``. With ``per_slice`` (the default, what :func:`simulate` and the measurement files record)
     each slice ``s`` along axis 0 gets its own ``σ_s`` from its own peak; with ``per_slice=False`` one σ
     from the peak of the whole tensor applies to every slice and coil (what
-    :func:`ScoreReconLib.evaluation.make_case` and the benchmarks use). Real ``y`` gets ``σ · N(0, 1)``,
+    :func:`ScoreReconLib.evaluation.make_case` and the benchmarks use). ``peak`` ``(S,)`` replaces the
+    measured peak of each slice by a reference of its own (MRI: the k-space peak of the magnitude image,
+    one σ for every coil of an acquisition, :mod:`.mri_acquisition`). Real ``y`` gets ``σ · N(0, 1)``,
     complex ``y`` gets ``σ · (N(0, 1) + i N(0, 1)) / √2`` (so ``E|ε|² = σ²``).
 
     ``seed`` seeds the CPU ``torch.Generator`` of the draws, used as given: callers offset their own
@@ -39,10 +42,16 @@ def add_measurement_noise(y: torch.Tensor, mask: torch.Tensor, noise: float, see
     if not noise > 0:
         return y, [0.0] * s
     measured = torch.broadcast_to(mask.to(y.device) > 0, y.shape)
-    if per_slice:
+    if peak is not None:
+        std = noise * torch.as_tensor(peak, dtype=torch.float32).reshape(-1).to(y.device)
+        if std.numel() != s:
+            raise ValueError(f"peak holds {std.numel()} values for {s} slices")
+        scale: torch.Tensor | float = std.reshape(s, *([1] * (y.ndim - 1)))
+        stds = [float(v) for v in std]
+    elif per_slice:
         peak = (y.abs() * measured).reshape(s, -1).amax(dim=1)
         std = noise * peak
-        scale: torch.Tensor | float = std.reshape(s, *([1] * (y.ndim - 1))).to(torch.float32)
+        scale = std.reshape(s, *([1] * (y.ndim - 1))).to(torch.float32)
         stds = [float(v) for v in std]
     else:
         scale = noise * float((y.abs() * measured).max())

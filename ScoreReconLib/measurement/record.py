@@ -109,7 +109,7 @@ class Measurement:
         """Rebuild the operator, for all slices or for ``slices`` (metal-ct masks differ per slice)."""
         arrays = dict(self.operator_arrays)
         n = self.n_slices
-        if slices is not None and (self.task == "metal-ct" or self.coils > 1):
+        if slices is not None and (self.task == "metal-ct" or self.operator_spec.get("coils") is not None):
             arrays = {k: (v[slices] if v.ndim == 4 and v.shape[0] == n else v) for k, v in arrays.items()}
         try:
             op = operator_from_spec(self.operator_spec, arrays, device=device)

@@ -13,6 +13,7 @@ from ..data import DEFAULT_CT_WINDOW, Image, Normalization, ct_normalization
 from ..errors import ScoreReconError
 from ..operators import TASKS, build_operator
 from .geometry import ct_geometry_options
+from .mri_acquisition import DEFAULT_PHASE, KspaceAcquisition, check_acquisition, simulate_kspace
 from .noise import add_measurement_noise
 from .record import CT_TASKS, MAX_COILS, MAX_IMAGE_SIZE, MRI_MASKS, Measurement
 from .slices import normalization_for, normalize_slices, prepare_slices
@@ -109,19 +110,25 @@ def simulate(
     detector_distance: float | None = None,
     detector: str = "curved",
     coils: int = 1,
+    phase: str = DEFAULT_PHASE,
+    maps: str = "true",
 ) -> tuple[Measurement, torch.Tensor, dict[str, Any]]:
     """Simulate ``task`` measurements of ``image`` (a slice or a volume, sliced along axis 0).
 
     Returns ``(measurement, reference, extra)``: ``reference`` is the clean normalised target
     ``(S, 1, N, N)`` float32 (for metal-ct with inserted metal, the image *without* the metal);
     ``extra`` holds ``"image_measured"`` (the normalised image that was projected, with metal),
-    ``"metal_mask"`` ((S,1,N,N) bool or None) and ``"noise_std"`` (per slice).
+    ``"metal_mask"`` ((S,1,N,N) bool or None), ``"noise_std"`` (per slice) and ``"mri"`` (MRI: the
+    :class:`~.mri_acquisition.KspaceAcquisition` with the true maps and phase; else None).
 
     Options: sparse-ct ``views`` of ``n_angles`` (default N) over 180°; limited-angle-ct ``arc``
     degrees; metal-ct uses metal above ``metal_threshold`` HU if the image has any, else inserts
     ``n_metal`` random dense objects of ``metal_hu`` HU inside the body (seeded by ``seed``);
-    mri ``acceleration``, ``center_fraction`` and ``mask`` kind, and ``coils`` > 1 for multi-coil k-space
-    with :func:`~ScoreReconLib.coils.synthetic_maps` (seeded by ``seed``). CT ``geometry`` "parallel" (full
+    mri ``acceleration``, ``center_fraction`` and ``mask`` kind, ``coils`` > 1 for multi-coil k-space
+    with :func:`~ScoreReconLib.coils.receive_coil_maps` (seeded by ``seed``), the image ``phase``
+    ("smooth", the default, or "zero") and the ``maps`` the file carries ("true", or estimated from the
+    data: "auto", "espirit", "lowres"), as :mod:`.mri_acquisition` describes; MRI ``noise`` is relative to
+    the slice's k-space peak, one σ for all its coils. CT ``geometry`` "parallel" (full
     set over 180°) or "fan" (full set over 360°, default 2N source angles; ``source_distance`` and
     ``detector_distance`` in mm, see :func:`ct_geometry_options`; ``detector`` "curved" or "flat");
     for fan beam ``arc`` may reach 360. ``noise`` is relative, per slice (:func:`add_measurement_noise`).
@@ -138,6 +145,10 @@ def simulate(
         geo_opts, geo_record = ct_geometry_options(image, geometry, source_distance, detector_distance, detector)
     elif geometry != "parallel" or source_distance is not None or detector_distance is not None:
         raise ScoreReconError("--geometry / --source-distance / --detector-distance apply to CT tasks only")
+    if task == "mri":
+        check_acquisition(phase, maps, int(coils) if isinstance(coils, int) else 1)
+    elif maps != "true":
+        raise ScoreReconError(f"--maps applies to --task mri with --coils 2 or more, not {task}; drop --maps")
     _validate_options(task, n, views, arc, n_angles, acceleration, center_fraction, mask, noise, n_metal,
                       fan=geo_opts.get("geometry") == "fan")
     if isinstance(coils, bool) or int(coils) != coils or not 1 <= coils <= MAX_COILS:
@@ -150,6 +161,7 @@ def simulate(
     options: dict[str, Any] = {}
     metal_info: dict = {}
     metal_mask: torch.Tensor | None = None
+    acq: KspaceAcquisition | None = None
     x_measured = x
     if task == "sparse-ct":
         options = {"views": int(views), "n_angles": n_angles, **geo_record}
@@ -163,24 +175,19 @@ def simulate(
         x_measured, metal_mask, metal_info = _metal_masks(x, float(metal_threshold), int(n_metal),
                                                           float(metal_hu), int(seed))
         op = build_operator(task, n, metal_mask=metal_mask, n_angles=n_angles, device=device, **geo_opts)
-    elif coils > 1:
-        from ..coils import synthetic_maps
-        from ..operators.multicoil import build_multicoil_operator
-
-        options = {"acceleration": float(acceleration), "center_fraction": float(center_fraction), "mask": mask,
-                   "coils": int(coils)}
-        op = build_multicoil_operator(synthetic_maps(n, int(coils), int(seed)), acceleration=float(acceleration),
-                                      center_fraction=float(center_fraction), mask=mask, seed=int(seed),
-                                      device=device, maps_source="synthetic")
     else:
-        options = {"acceleration": float(acceleration), "center_fraction": float(center_fraction), "mask": mask}
-        op = build_operator(task, n, acceleration=float(acceleration), center_fraction=float(center_fraction),
-                            mask=mask, seed=int(seed), device=device)
+        acq = simulate_kspace(x, coils=int(coils), phase=phase, maps=maps, acceleration=float(acceleration),
+                              center_fraction=float(center_fraction), mask=mask, noise=float(noise), seed=int(seed),
+                              noise_seed=int(seed) + SIMULATE_NOISE_SEED_OFFSET, device=device)
+        op, y, noise_std, options = acq.operator, acq.y, acq.noise_std, acq.options
+        if phase != "zero":
+            options["phase_error_rad"] = [round(v, 4) for v in acq.phase_error]
 
-    with torch.no_grad():
-        full = torch.cat([op.T(x_measured[i:i + _CHUNK]) for i in range(0, x.shape[0], _CHUNK)])
-        y = op.mask_apply(full)
-        y, noise_std = add_measurement_noise(y, op.mask, float(noise), int(seed) + SIMULATE_NOISE_SEED_OFFSET)
+    if task != "mri":
+        with torch.no_grad():
+            full = torch.cat([op.T(x_measured[i:i + _CHUNK]) for i in range(0, x.shape[0], _CHUNK)])
+            y = op.mask_apply(full)
+            y, noise_std = add_measurement_noise(y, op.mask, float(noise), int(seed) + SIMULATE_NOISE_SEED_OFFSET)
     y_np = y.cpu().numpy()
     y_np = y_np.astype(np.complex64) if task == "mri" else y_np.astype(np.float32)
 
@@ -204,5 +211,6 @@ def simulate(
         "image_measured": x_measured.cpu(),
         "metal_mask": None if metal_mask is None else metal_mask.cpu(),
         "noise_std": noise_std,
+        "mri": acq,
     }
     return m, x.cpu(), extra

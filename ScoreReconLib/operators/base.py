@@ -105,6 +105,19 @@ class MeasurementOperator(ABC):
         """Simple classical reconstruction from ``y`` (subclasses override: FBP, zero-filled IFFT)."""
         return self.T_inv(self.mask_apply(y))
 
+    def image_support(self) -> torch.Tensor | None:
+        """Pixels the measurement can see, ``(1 or B, 1, N, N)`` bool, or None for every pixel (the default).
+
+        Multi-coil MRI with maps that vanish outside the object returns where they do not."""
+        return None
+
+    def restrict_to_support(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` ``(B, 1, N, N)`` with 0 outside :meth:`image_support` (``x`` itself when there is none)."""
+        support = self.image_support()
+        if support is None:
+            return x
+        return x * support.to(device=x.device, dtype=x.real.dtype if x.is_complex() else x.dtype)
+
     def mask_apply(self, m: torch.Tensor) -> torch.Tensor:
         mask = self.mask.to(m.device)
         return m * mask.to(m.real.dtype if m.is_complex() else m.dtype)

@@ -97,7 +97,8 @@ class MultiCoilMRI(MeasurementOperator):
             p = _as_tensor(phase).to(torch.float32)
             if p.ndim == 3:
                 p = p[:, None]
-            if p.ndim != 4 or p.shape[1] != 1 or tuple(p.shape[-2:]) != (n, n) or p.shape[0] not in (1, s.shape[0]):
+            if (p.ndim != 4 or p.shape[1] != 1 or tuple(p.shape[-2:]) != (n, n)
+                    or (s.shape[0] > 1 and p.shape[0] not in (1, s.shape[0]))):
                 raise ScoreReconError(f"phase must have shape ({s.shape[0]} or 1, 1, {n}, {n}), got {tuple(p.shape)}")
             self._phase = p.to(dev)
         self._mask = m.reshape(1, 1, n, n).to(dev)
@@ -122,19 +123,31 @@ class MultiCoilMRI(MeasurementOperator):
         return self._eff
 
     @property
+    def coil_maps(self) -> torch.Tensor:
+        """The coil maps as given, without the folded-in phase: (1 or B, C, N, N) complex64."""
+        return self._maps
+
+    @property
     def phase(self) -> torch.Tensor | None:
         """The folded-in phase (1 or B, 1, N, N) in radians, or None."""
         return self._phase
 
     @property
     def per_slice(self) -> bool:
-        """True when the maps differ per batch item (then use :meth:`batch_subset` for a sub-batch)."""
-        return self._maps.shape[0] > 1
+        """True when the maps or the phase differ per batch item (then use :meth:`batch_subset` for a sub-batch)."""
+        return self._eff.shape[0] > 1
 
     @property
     def batch_items(self) -> int:
-        """Images the operator is made for: the maps' batch size (1 = any batch shares the maps)."""
-        return int(self._maps.shape[0])
+        """Images the operator is made for: the maps' (or phase's) batch size (1 = any batch shares them)."""
+        return int(self._eff.shape[0])
+
+    def image_support(self) -> torch.Tensor | None:
+        """Where the maps see the object: ``(1 or B, 1, N, N)`` bool, or None when they cover every pixel.
+
+        Nothing is received from outside it, so reconstructions set the image to 0 there."""
+        inside = self._coverage > 1e-8
+        return None if bool(inside.all()) else inside
 
     @property
     def acceleration(self) -> float:
@@ -234,7 +247,8 @@ class MultiCoilMRI(MeasurementOperator):
         if not self.per_slice:
             return self
         phase = None if self._phase is None else (self._phase[index] if self._phase.shape[0] > 1 else self._phase)
-        return MultiCoilMRI(self._maps[index], self._mask, phase, self.image_domain, self.cg_iterations, self.kind,
+        maps = self._maps[index] if self._maps.shape[0] > 1 else self._maps
+        return MultiCoilMRI(maps, self._mask, phase, self.image_domain, self.cg_iterations, self.kind,
                             self.requested_acceleration, self.center_fraction, self.seed, self.maps_source,
                             self._mask.device)
 
