@@ -44,8 +44,13 @@ from .utils import check_cancel
 #: weight with the best mean PSNR over the validation subjects' noise-free 128² measurements
 #: MRI by sampling pattern: "mri-1d" (Cartesian lines: equispaced, random) and "mri-2d" (points: Poisson disc,
 #: 2-D variable density); see :func:`operator_kind`
+#: MRI with several coils ("-coils") or one coil and an estimated image phase ("-phase", :func:`weight_kind`) from
+#: the realistic simulation (smooth phase, receive-coil maps, fine grid; ``benchmarks/mri_realism.py --part floor``,
+#: *mri-realism-floor*): one coil needs far stronger TV there, the phase estimate's error acting like noise
 NOISE_FREE_WEIGHT: dict[str, float] = {"sparse-ct": 1e-4, "limited-angle-ct": 1e-4, "metal-ct": 1e-5,
-                                       "mri-1d": 1e-3, "mri-2d": 1e-4}
+                                       "mri-1d": 1e-3, "mri-2d": 1e-4,
+                                       "mri-1d-phase": 3.16e-2, "mri-2d-phase": 1e-2,
+                                       "mri-1d-coils": 3.16e-3, "mri-2d-coils": 1e-3}
 #: target of the discrepancy principle, mean measured-row residual = τ σ_y², per modality
 DISCREPANCY_FACTOR: dict[str, float] = {"CT": 0.95, "MR": 0.5, "other": 0.95}
 #: σ_y / peak |y| at or below which data count as noise-free. CT: the sinogram estimate reads at most 0.03 %
@@ -109,10 +114,22 @@ def operator_kind(op: MeasurementOperator) -> str:
     return "mri-1d" if lines else "mri-2d"
 
 
-def noise_free_weight(op: MeasurementOperator, method: str, regularizer: str = "tv") -> float:
-    """The noise-free weight of the operator's kind (:data:`NOISE_FREE_WEIGHT`, :func:`operator_kind`); the
-    method's fixed default for the wavelet regulariser and for tasks without a validated value."""
+def weight_kind(op: MeasurementOperator) -> str:
+    """The key of :data:`NOISE_FREE_WEIGHT`: :func:`operator_kind`, for MRI followed by "-coils" (several coils) or
+    "-phase" (one coil with an image phase estimated from the data folded in, as ``simulate`` and ``import-kspace``
+    make); the plain kind for single-coil data without a phase."""
     kind = operator_kind(op)
+    if op.task != "mri":
+        return kind
+    if int(getattr(op, "coils", 1)) > 1:
+        return f"{kind}-coils"
+    return f"{kind}-phase" if getattr(op, "phase", None) is not None else kind
+
+
+def noise_free_weight(op: MeasurementOperator, method: str, regularizer: str = "tv") -> float:
+    """The noise-free weight of the operator's kind (:data:`NOISE_FREE_WEIGHT`, :func:`weight_kind`); the
+    method's fixed default for the wavelet regulariser and for tasks without a validated value."""
+    kind = weight_kind(op)
     if regularizer == "tv" and kind in NOISE_FREE_WEIGHT:
         return NOISE_FREE_WEIGHT[kind]
     return float(_default(default_key(method, regularizer), op, "weight", None))
@@ -288,4 +305,5 @@ def check_discrepancy(op: MeasurementOperator, x: torch.Tensor, y: torch.Tensor,
 
 
 __all__ = ["AUTO", "DISCREPANCY_BAND", "DISCREPANCY_FACTOR", "NOISE_FREE_LEVEL", "NOISE_FREE_WEIGHT", "WeightChoice",
-           "check_discrepancy", "choose_weight", "measured_count", "noise_free_weight", "operator_kind"]
+           "check_discrepancy", "choose_weight", "measured_count", "noise_free_weight", "operator_kind",
+           "weight_kind"]

@@ -53,7 +53,7 @@ from ScoreReconLib.networks import load_prior  # noqa: E402
 from ScoreReconLib.noise import estimate_noise_std, looks_noise_free  # noqa: E402
 from ScoreReconLib.operators.mri import ifft2c  # noqa: E402
 from ScoreReconLib.operators.multicoil import MultiCoilMRI  # noqa: E402
-from ScoreReconLib.parameter_choice import choose_weight, operator_kind  # noqa: E402
+from ScoreReconLib.parameter_choice import choose_weight, weight_kind  # noqa: E402
 from ScoreReconLib.reconstruction import reconstruct  # noqa: E402
 
 TEST = ["heldout/mri/itk_t1_head.nrrd", "heldout/mri/pydicom_data_abdomen_mr.nrrd"]
@@ -120,7 +120,7 @@ def part_phase(data: Path) -> list[dict]:
 def part_floor(data: Path) -> list[dict]:
     out = []
     for s, x, task, coils, noise, acq in cases(data, VALIDATION["MR"], "validation"):
-        row = {"image": s.name, "task": task.key, "coils": coils, "noise": noise, "kind": operator_kind(acq.operator),
+        row = {"image": s.name, "task": task.key, "coils": coils, "noise": noise, "kind": weight_kind(acq.operator),
                "psnr": {}}
         for w in GRID:
             img = classical_reconstruct("cs", acq.y, acq.operator, weight=w, regularizer="tv")
@@ -234,10 +234,11 @@ def md_phase(rs: list[dict]) -> str:
 
 
 def floor_choice(rs: list[dict]) -> dict[str, float]:
-    """Per mask kind, the grid weight with the best mean PSNR over the validation cases."""
+    """Per weight kind, the grid weight with the best mean PSNR over the noise-free validation cases (the floor the
+    discrepancy search raises from, as ``benchmarks/auto_weight.py`` chose the zero-phase floors)."""
     out = {}
     for kind in sorted({r["kind"] for r in rs}):
-        sub = [r for r in rs if r["kind"] == kind]
+        sub = [r for r in rs if r["kind"] == kind and r["noise"] == 0]
         mean = {w: float(np.mean([r["psnr"][w] for r in sub])) for w in sub[0]["psnr"]}
         out[kind] = float(max(mean, key=mean.get))
     return out
@@ -245,17 +246,19 @@ def floor_choice(rs: list[dict]) -> dict[str, float]:
 
 def md_floor(rs: list[dict]) -> str:
     ws = list(rs[0]["psnr"])
-    lines = ["CS-TV PSNR (dB) on the weight grid with the estimated phase, validation subjects only. The best mean "
-             "weight per mask kind (bold) is the floor of phase-estimated operators.", "",
+    lines = ["CS-TV PSNR (dB) on the weight grid with the estimated phase, validation subjects only (bold: each "
+             "row's best). The best mean weight over the noise-free rows of a kind is its floor "
+             "(`parameter_choice.NOISE_FREE_WEIGHT`, kind from `weight_kind`: `-phase` one coil with an estimated "
+             "phase, `-coils` several coils).", "",
              "| image | task | coils | noise | " + " | ".join(ws) + " |", "|---" * (4 + len(ws)) + "|"]
     for r in rs:
         best = max(r["psnr"], key=r["psnr"].get)
         cells = [f"**{v:.2f}**" if w == best else f"{v:.2f}" for w, v in r["psnr"].items()]
         lines.append(f"| {r['image']} | {r['task']} | {r['coils']} | {r['noise']:g} | " + " | ".join(cells) + " |")
     for kind, w in floor_choice(rs).items():
-        sub = [r for r in rs if r["kind"] == kind]
+        sub = [r for r in rs if r["kind"] == kind and r["noise"] == 0]
         mean = {k: float(np.mean([r["psnr"][k] for r in sub])) for k in ws}
-        lines.append(f"\n{kind}: mean PSNR by weight " + ", ".join(f"{k} {v:.2f}" for k, v in mean.items())
+        lines.append(f"\n{kind}: mean noise-free PSNR by weight " + ", ".join(f"{k} {v:.2f}" for k, v in mean.items())
                      + f" → floor **{w:g}**.")
     return "\n".join(lines)
 
