@@ -220,6 +220,35 @@ def absorb_phase(maps: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> tor
     return torch.angle(combined).to(torch.float32)
 
 
+#: pixels above this fraction of the calibration image's maximum count in :func:`phase_inconsistency`
+PHASE_CHECK_LEVEL = 0.1
+
+
+def phase_inconsistency(y: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor) -> float:
+    """How far the data are from a real image under the folded-in phase: ``‖Im u‖ / ‖Re u‖`` (unitless).
+
+    ``u = Σ_c conj(S_c) x_c`` is the coil-combined image of the fully sampled centre (its columns over the
+    whole readout for 1-D masks, :func:`calibration_rows`; the largest block symmetric about DC, so a real
+    image's is real) without a window, ``S_c`` the operator's maps with the estimated phase folded in
+    (``op.maps``), over pixels above :data:`PHASE_CHECK_LEVEL` of its largest magnitude. The phase was
+    estimated from the same centre under a Hann window, so this reads the phase detail the estimate smoothed
+    away (and noise): about the RMS phase error in radians when small. 0 when nothing is measured there."""
+    width = calibration_width(mask)
+    if width < 3:
+        return 0.0
+    rows = calibration_rows(mask, width)
+    n, h = y.shape[-1], y.shape[-2]
+    hw, hr = (width - 1) // 2, (rows - 1) // 2  # a band symmetric about DC: a real image's is real
+    band = torch.zeros_like(y)
+    band[..., h // 2 - hr:h // 2 + hr + 1, n // 2 - hw:n // 2 + hw + 1] = \
+        y[..., h // 2 - hr:h // 2 + hr + 1, n // 2 - hw:n // 2 + hw + 1]
+    u = (maps.to(y.device).conj() * ifft2c(band.to(torch.complex64))).sum(dim=1)
+    mag = u.abs()
+    keep = mag > PHASE_CHECK_LEVEL * mag.amax(dim=(-2, -1), keepdim=True)
+    re = float((u.real[keep] ** 2).sum())
+    return math.sqrt(float((u.imag[keep] ** 2).sum()) / re) if re > 0 else 0.0
+
+
 # ----------------------------------------------------------------------------------- baselines
 def rss_reconstruct(y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Root-sum-of-squares of the zero-filled coil images: (B, C, N, N) → (B, 1, N, N) float32."""
@@ -262,6 +291,7 @@ def sigpy_l1_wavelet(y: torch.Tensor, op, weight: float, iters: int = 100) -> to
     return torch.from_numpy(np.stack(out).astype(np.float32))[:, None].to(y.device)
 
 
-__all__ = ["LOOP_RADIUS", "MAP_METHODS", "RING_RADIUS", "absorb_phase", "calibration_rows", "calibration_width",
-           "espirit_maps", "estimate_maps", "lowres_maps", "receive_coil_maps", "rss_reconstruct",
-           "sense_reconstruct", "sigpy_available", "sigpy_l1_wavelet", "synthetic_maps"]
+__all__ = ["LOOP_RADIUS", "MAP_METHODS", "PHASE_CHECK_LEVEL", "RING_RADIUS", "absorb_phase", "calibration_rows",
+           "calibration_width", "espirit_maps", "estimate_maps", "lowres_maps", "phase_inconsistency",
+           "receive_coil_maps", "rss_reconstruct", "sense_reconstruct", "sigpy_available", "sigpy_l1_wavelet",
+           "synthetic_maps"]

@@ -201,3 +201,27 @@ def test_espirit_gives_zero_maps_for_an_empty_slice():
     acq = simulate_kspace(x, coils=4, acceleration=1, seed=0)
     maps = espirit_maps(acq.y, 12)
     assert bool(torch.isfinite(torch.view_as_real(maps)).all()) and float(maps[1].abs().max()) == 0.0
+
+
+def test_phase_inconsistency_reads_the_phase_the_estimate_missed_and_sets_the_one_coil_weight():
+    from ScoreReconLib.coils import phase_inconsistency
+    from ScoreReconLib.parameter_choice import NOISE_FREE_WEIGHT, PHASE_WEIGHT_FACTOR, noise_free_weight
+
+    x = phantom(128)
+    real = simulate_kspace(x, coils=1, phase="zero", acceleration=4, seed=1)
+    ones = torch.ones(1, 1, 128, 128, dtype=torch.complex64)
+    assert phase_inconsistency(real.y, real.operator.mask, ones) < 1e-3  # a real image: nothing left over
+    smooth = simulate_kspace(x, coils=1, acceleration=4, seed=1)
+    op = smooth.operator
+    rho = phase_inconsistency(smooth.y, op.mask, op.maps)
+    assert 0.005 < rho < 0.5
+    # the same data under a phase off by a ramp read a larger inconsistency
+    ramp = torch.linspace(-0.6, 0.6, 128).reshape(1, 1, 1, 128)
+    worse = MultiCoilMRI(ones, op.mask[0, 0], op.phase + ramp)
+    assert phase_inconsistency(smooth.y, op.mask, worse.maps) > 1.5 * rho
+    expected = max(NOISE_FREE_WEIGHT["mri-1d"], PHASE_WEIGHT_FACTOR * rho**2)
+    assert noise_free_weight(op, "tv", "tv", smooth.y) == pytest.approx(expected)
+    # several coils and the zero-phase single coil keep their fixed values
+    multi = simulate_kspace(x, coils=4, acceleration=4, seed=1).operator
+    assert noise_free_weight(multi, "tv", "tv", None) == NOISE_FREE_WEIGHT["mri-1d-coils"]
+    assert noise_free_weight(real.operator, "tv", "tv", real.y) == NOISE_FREE_WEIGHT["mri-1d"]

@@ -45,7 +45,13 @@ import torch  # noqa: E402
 from auto_weight import VALIDATION  # noqa: E402
 
 from ScoreReconLib.baselines import classical_reconstruct  # noqa: E402
-from ScoreReconLib.coils import _calibration_kspace, calibration_width, espirit_maps, sigpy_available  # noqa: E402
+from ScoreReconLib.coils import (  # noqa: E402
+    _calibration_kspace,
+    calibration_width,
+    espirit_maps,
+    phase_inconsistency,
+    sigpy_available,
+)
 from ScoreReconLib.data import ct_normalization  # noqa: E402
 from ScoreReconLib.measurement import phase_error, simulate_kspace  # noqa: E402
 from ScoreReconLib.metrics import score_slices  # noqa: E402
@@ -121,7 +127,7 @@ def part_floor(data: Path) -> list[dict]:
     out = []
     for s, x, task, coils, noise, acq in cases(data, VALIDATION["MR"], "validation"):
         row = {"image": s.name, "task": task.key, "coils": coils, "noise": noise, "kind": weight_kind(acq.operator),
-               "psnr": {}}
+               "rho": phase_inconsistency(acq.y, acq.operator.mask, acq.operator.maps), "psnr": {}}
         for w in GRID:
             img = classical_reconstruct("cs", acq.y, acq.operator, weight=w, regularizer="tv")
             row["psnr"][str(w)] = score_slices(img, x).psnr
@@ -233,6 +239,23 @@ def md_phase(rs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def grid_psnr(grid: dict, w: float) -> float:
+    """PSNR at weight ``w`` read off a {weight: PSNR} grid, log-linear in the weight, clamped at the ends."""
+    ws = np.array([float(k) for k in grid])
+    return float(np.interp(np.log10(np.clip(w, ws.min(), ws.max())), np.log10(ws), np.array(list(grid.values()))))
+
+
+def phase_rule_losses(rs: list[dict]) -> list[str]:
+    """Mean / largest loss against each case's best grid weight of the one-coil phase rules, all validation cases."""
+    sub = [r for r in rs if r["kind"].endswith("-phase")]
+    lines = []
+    for label, weight in ([(f"{c:g} · ρ²", lambda r, c=c: c * r["rho"] ** 2) for c in (0.5, 1.0, 2.0)]
+                          + [(f"fixed {w:g}", lambda r, w=w: w) for w in (1e-2, 3.16e-2)]):
+        loss = [max(r["psnr"].values()) - grid_psnr(r["psnr"], weight(r)) for r in sub]
+        lines.append(f"| {label} | {np.mean(loss):.2f} | {np.max(loss):.2f} |")
+    return lines
+
+
 def floor_choice(rs: list[dict]) -> dict[str, float]:
     """Per weight kind, the grid weight with the best mean PSNR over the noise-free validation cases (the floor the
     discrepancy search raises from, as ``benchmarks/auto_weight.py`` chose the zero-phase floors)."""
@@ -250,12 +273,19 @@ def md_floor(rs: list[dict]) -> str:
              "row's best). The best mean weight over the noise-free rows of a kind is its floor "
              "(`parameter_choice.NOISE_FREE_WEIGHT`, kind from `weight_kind`: `-phase` one coil with an estimated "
              "phase, `-coils` several coils).", "",
-             "| image | task | coils | noise | " + " | ".join(ws) + " |", "|---" * (4 + len(ws)) + "|"]
+             "| image | task | coils | noise | ρ | " + " | ".join(ws) + " |", "|---" * (5 + len(ws)) + "|"]
     for r in rs:
         best = max(r["psnr"], key=r["psnr"].get)
         cells = [f"**{v:.2f}**" if w == best else f"{v:.2f}" for w, v in r["psnr"].items()]
-        lines.append(f"| {r['image']} | {r['task']} | {r['coils']} | {r['noise']:g} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['image']} | {r['task']} | {r['coils']} | {r['noise']:g} | {r['rho']:.3f} | "
+                     + " | ".join(cells) + " |")
+    lines += ["", "One coil with an estimated phase: the rules for its weight, PSNR loss (dB) against each case's best "
+              f"grid weight over the {sum(r['kind'].endswith('-phase') for r in rs)} validation cases, noisy and "
+              "noise-free (ρ: `coils.phase_inconsistency`; the library uses `PHASE_WEIGHT_FACTOR` · ρ², at least the "
+              "zero-phase floor):", "", "| rule | mean loss | largest loss |", "|---|---|---|"] + phase_rule_losses(rs)
     for kind, w in floor_choice(rs).items():
+        if kind.endswith("-phase"):
+            continue
         sub = [r for r in rs if r["kind"] == kind and r["noise"] == 0]
         mean = {k: float(np.mean([r["psnr"][k] for r in sub])) for k in ws}
         lines.append(f"\n{kind}: mean noise-free PSNR by weight " + ", ".join(f"{k} {v:.2f}" for k, v in mean.items())
