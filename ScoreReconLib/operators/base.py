@@ -151,7 +151,7 @@ class MeasurementOperator(ABC):
         gamma0 = gamma.clone()
         tiny = torch.finfo(torch.float32).tiny
         for _ in range(int(iterations)):
-            q = self.mask_apply(self.T(p))
+            q = self.A(p)
             qq = _inner(q, q)
             alpha = torch.where(qq > tiny, gamma / qq.clamp_min(tiny), torch.zeros_like(qq))
             d = d + alpha * p

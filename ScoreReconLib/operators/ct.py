@@ -34,6 +34,7 @@ from .geometry import (
     FanBeamGeometry,
     Geometry,
     ParallelBeamGeometry,
+    ViewSubsetGeometry,
     as_int,
     check_sinogram,
     make_geometry,
@@ -134,7 +135,7 @@ class CTOperator(MeasurementOperator):
             raise ScoreReconError(f"unknown CT proximal solver '{solver}'; choose one of {', '.join(SOLVERS)}")
         if lam == 0:
             return x
-        residual = self.mask_apply(y_hat - self.T(x))
+        residual = self.mask_apply(y_hat) - self.A(x)
         if solver == "fbp":
             step = self.T_inv(residual)
         else:
@@ -197,6 +198,36 @@ class _ViewSubsetCT(CTOperator):
         m = torch.zeros(1, 1, n, 1, dtype=torch.float32)
         m[0, 0, torch.from_numpy(self.views), 0] = 1.0
         self._mask = m.to(self.device)
+        self._measured_projector: Projector | None = None
+
+    @property
+    def measured_projector(self) -> Projector:
+        """A projector of the measured views only (:class:`ViewSubsetGeometry`, same backend rule; built on first
+        use): what :meth:`A` and :meth:`A_adjoint` compute, instead of every view of the full set."""
+        if len(self.views) == self.geometry.n_angles:
+            return self.projector
+        if self._measured_projector is None or self._measured_projector.device != self.device:
+            self._measured_projector = make_projector(ViewSubsetGeometry(self.geometry, self.views), self.backend,
+                                                      self.device)
+        return self._measured_projector
+
+    def A(self, x: torch.Tensor) -> torch.Tensor:
+        """``Λ ⊙ T x`` in full layout, projecting the measured views only (zeros elsewhere)."""
+        self.check_image(x)
+        check_finite(x, "the CT image")
+        sub = self.measured_projector
+        if sub is self.projector:
+            return self.T(x)
+        out = x.new_zeros((x.shape[0], 1, self.geometry.n_angles, self.geometry.n_det), dtype=torch.float32)
+        out[:, :, torch.as_tensor(self.views, device=x.device)] = sub.forward(x)
+        return out
+
+    def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """``Tᴴ (Λ ⊙ y)``, back-projecting the measured views only."""
+        sub = self.measured_projector
+        if sub is self.projector:
+            return self.T_adjoint(self.mask_apply(y))
+        return sub.adjoint(y[:, :, torch.as_tensor(self.views, device=y.device)].to(torch.float32))
 
     @property
     def mask(self) -> torch.Tensor:
@@ -205,6 +236,8 @@ class _ViewSubsetCT(CTOperator):
 
     def _move_masks(self, device: torch.device) -> None:
         self._mask = self._mask.to(device)
+        if self._measured_projector is not None:
+            self._measured_projector = self._measured_projector.to(device)
 
     @property
     def view_weights(self) -> torch.Tensor:
@@ -472,7 +505,8 @@ __all__ = [
     "BACKENDS", "DETECTORS", "FILTERS", "GEOMETRIES", "MATRIX_FREE_CHUNK_ELEMENTS", "MAX_DET_PER_PIXEL",
     "MIN_IMAGE_SIZE", "PROJECTOR_FORMAT_VERSION", "REBIN_MODE", "SOLVERS", "STATS", "STORED_MATRIX_MAX_BYTES",
     "TRACE_THRESHOLD", "CTOperator", "FanBeamGeometry", "Geometry", "JosephProjector", "LimitedAngleCT",
-    "MatrixFreeJosephProjector", "MetalTraceCT", "ParallelBeamGeometry", "Projector", "SparseViewCT", "auto_backend",
+    "MatrixFreeJosephProjector", "MetalTraceCT", "ParallelBeamGeometry", "Projector", "SparseViewCT",
+    "ViewSubsetGeometry", "auto_backend",
     "build_ct_operator", "build_joseph_matrix", "cache_dir", "cache_path", "clear_memo", "ct_operator_from_spec",
     "fan_fbp", "fbp", "fbp_filter", "filter_sinogram", "interpolate_trace", "joseph_matrices", "make_geometry",
     "make_projector", "metal_mask_from_image", "random_metal_mask", "rebin_to_parallel", "rebinned_geometry",

@@ -225,8 +225,52 @@ class FanBeamGeometry(_KeyedGeometry):
                 f"detector_distance={self.detector_distance:.6g}, detector={self.detector!r})")
 
 
-#: either geometry
-Geometry = ParallelBeamGeometry | FanBeamGeometry
+class ViewSubsetGeometry(_KeyedGeometry):
+    """The views ``views`` (sorted distinct indices) of a parallel- or fan-beam ``parent``: its sinogram rows
+    are the parent's rows ``views``, so a projector built on it computes only the measured views of a
+    sparse-view or limited-angle scan (23 of 512 views: 1/22 of the work). Every other attribute is the
+    parent's (``kind``, ``n_det``, fan distances)."""
+
+    def __init__(self, parent: ParallelBeamGeometry | FanBeamGeometry, views: np.ndarray) -> None:
+        v = np.asarray(views, dtype=np.int64).reshape(-1)
+        if v.size < 1 or v.min() < 0 or v.max() >= parent.n_angles or np.unique(v).size != v.size:
+            raise ScoreReconError(f"views must be distinct indices in [0, {parent.n_angles - 1}]")
+        self.parent = parent
+        self.views = np.sort(v)
+        self.n_angles = int(self.views.size)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "parent":  # not set yet (copy / unpickle): no recursion
+            raise AttributeError(name)
+        return getattr(self.parent, name)
+
+    @property
+    def angles(self) -> np.ndarray:
+        """The measured views' angles in radians, shape (n_angles,), float64."""
+        return self.parent.angles[self.views]
+
+    @property
+    def sinogram_shape(self) -> tuple[int, int]:
+        """``(n_angles, n_det)`` of the measured views."""
+        return self.n_angles, self.parent.n_det
+
+    def rays(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(θ, t)`` of the measured views' bins: the parent's rows ``views``."""
+        theta, t = self.parent.rays()
+        return theta[self.views], t[self.views]
+
+    def to_dict(self) -> dict:
+        return {**self.parent.to_dict(), "views": self.views.tolist()}
+
+    def _key_fields(self) -> dict:
+        return {"parent": self.parent.key(), "views": self.views.tolist()}
+
+    def __repr__(self) -> str:
+        return f"ViewSubsetGeometry({self.parent!r}, {self.n_angles} views)"
+
+
+#: any geometry a projector takes
+Geometry = ParallelBeamGeometry | FanBeamGeometry | ViewSubsetGeometry
 
 
 def make_geometry(image_size: int, kind: str = "parallel", n_angles: int | None = None,
@@ -287,5 +331,6 @@ def check_square_image(x: torch.Tensor, geometry: Geometry) -> None:
 
 __all__ = [
     "DETECTORS", "GEOMETRIES", "MAX_DET_PER_PIXEL", "MIN_IMAGE_SIZE", "FanBeamGeometry", "Geometry",
-    "ParallelBeamGeometry", "as_int", "check_sinogram", "check_square_image", "make_geometry",
+    "ParallelBeamGeometry", "ViewSubsetGeometry", "as_int", "check_sinogram", "check_square_image",
+    "make_geometry",
 ]
