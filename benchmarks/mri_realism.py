@@ -294,7 +294,8 @@ def md_floor(rs: list[dict]) -> str:
 
 def md_peers(rs: list[dict], bart_line: str) -> str:
     names = list(dict.fromkeys(k for r in rs for k in r["methods"]))
-    lines = [f"Test subjects only, PSNR dB / SSIM (seconds per slice; best-weight rows: the weight). {bart_line}", ""]
+    lines = [f"Test subjects only, PSNR dB / SSIM (seconds per slice; best-weight columns: the weight and the seconds "
+             f"of that solve). {bart_line}", ""]
     for coils in COILS:
         sub = [r for r in rs if r["coils"] == coils]
         if not sub:
@@ -309,7 +310,9 @@ def md_peers(rs: list[dict], bart_line: str) -> str:
                 if v is None:
                     cells.append("—")
                     continue
-                extra = f" ({v['weight']:g})" if "best" in n else (f" ({v['seconds']:.1f} s)" if "seconds" in v else "")
+                secs = f"{v['seconds']:.1f} s" if "seconds" in v else ""
+                extra = f" ({v['weight']:g}; {secs})" if "best" in n and secs else (
+                    f" ({v['weight']:g})" if "best" in n else (f" ({secs})" if secs else ""))
                 cells.append(f"{v['psnr']:.2f} / {v['ssim']:.3f}{extra}")
             lines.append(f"| {r['image']} | {r['task']} | {r['noise']:g} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -341,14 +344,16 @@ def main() -> None:
                 saved[part] = part_peers(data, bart)
             else:
                 saved[part] = {"noise": part_noise, "phase": part_phase, "floor": part_floor}[part](data)
+            saved.setdefault("commands", {})[part] = cmd.replace("--from-json", "").strip()
+            saved.setdefault("minutes", {})[part] = round((time.time() - t0) / 60, 1)
             path.write_text(json.dumps(saved))
         if part == "peers":
             bart_line = saved.get("bart", "")
         body = {"noise": md_noise, "phase": md_phase, "floor": md_floor}[part](saved[part]) if part != "peers" \
             else md_peers(saved[part], bart_line)
-        minutes = (time.time() - t0) / 60
-        _results.update_section(f"mri-realism-{part}", f"{body}\n\nWall time {minutes:.1f} min ({args.threads} "
-                                f"thread(s)).", cmd)
+        minutes = saved.get("minutes", {}).get(part, (time.time() - t0) / 60)
+        _results.update_section(f"mri-realism-{part}", f"{body}\n\nWall time {minutes:.1f} min.",
+                                saved.get("commands", {}).get(part, cmd))
 
 
 if __name__ == "__main__":
