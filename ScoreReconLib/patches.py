@@ -135,15 +135,34 @@ class TileGrid:
         return full[:, :, top:top + self.height, left:left + self.width]
 
 
+#: CPU: tile pixels scored per network call (32 tiles of 32²). Small chunks keep the activations in the cache: at
+#: 512² (289 tiles) one evaluation took 2.57 s in chunks of 32 tiles against 4.03 s in chunks of 256, the same
+#: at 128² and 256² (``benchmarks/RESULTS.md``, *tile-chunks*); the scores agree to float rounding
+CPU_TILE_CHUNK_PIXELS = 32 * 32 * 32
+#: CUDA: tiles per network call (a GPU wants large batches)
+CUDA_TILE_CHUNK = 256
+
+
+def tile_chunk(patch: int, device: torch.device) -> int:
+    """Tiles of ``patch``² scored per network call on ``device``: :data:`CPU_TILE_CHUNK_PIXELS` worth on a CPU,
+    :data:`CUDA_TILE_CHUNK` on a GPU."""
+    if device.type == "cuda":
+        return CUDA_TILE_CHUNK
+    return max(1, CPU_TILE_CHUNK_PIXELS // (int(patch) ** 2))
+
+
 def tiled_score(patch_score, x: torch.Tensor, t: torch.Tensor, std: torch.Tensor, patch: int,
                 offset: tuple[int, int], generator: torch.Generator | None = None,
-                max_batch: int = 256) -> torch.Tensor:
+                max_batch: int | None = None) -> torch.Tensor:
     """Whole-image score of ``x`` ``(B, 1, H, W)`` from a patch network, one tile grid at ``offset``.
 
     ``patch_score(tiles, t_tiles, coords)`` scores ``(N, 1, P, P)`` tiles at times ``(N,)`` with
     coordinate channels ``(N, 2, P, P)``; ``std`` ``(B,)`` is the noise std ``sigma(t)`` used to fill
-    the padding with fresh noise drawn from ``generator``. Tiles are scored in chunks of ``max_batch``.
+    the padding with fresh noise drawn from ``generator``. Tiles are scored in chunks of ``max_batch``
+    (default :func:`tile_chunk` for ``x``'s device).
     """
+    if max_batch is None:
+        max_batch = tile_chunk(patch, x.device)
     b, _, h, w = x.shape
     grid = TileGrid(h, w, patch, offset)
     tiles, coords = grid.split(x, std, generator)

@@ -81,6 +81,30 @@ def test_tiled_score_reproduces_exact_score_of_a_patch_local_prior():
         torch.testing.assert_close(got, want)
 
 
+def test_tiles_are_scored_in_cache_sized_chunks_on_a_cpu_and_the_chunking_does_not_change_the_score():
+    from ScoreReconLib.patches import CPU_TILE_CHUNK_PIXELS, CUDA_TILE_CHUNK, tile_chunk
+
+    assert tile_chunk(32, torch.device("cpu")) == CPU_TILE_CHUNK_PIXELS // 32**2 == 32
+    assert tile_chunk(64, torch.device("cpu")) == 8 and tile_chunk(4096, torch.device("cpu")) == 1
+    assert tile_chunk(32, torch.device("cuda")) == CUDA_TILE_CHUNK
+    calls = []
+    exact, net = _position_gaussian(lambda u, v: 0.4 + 0.2 * u * v, s0=0.2)
+
+    def counting(tiles, t, coords):
+        calls.append(tiles.shape[0])
+        return net(tiles, t, coords)
+
+    x = torch.randn(1, 1, 200, 200, generator=torch.Generator().manual_seed(2))
+    sigma = torch.tensor([0.5])
+    default = tiled_score(counting, x, sigma, sigma, 32, (3, 5), generator=torch.Generator().manual_seed(3))
+    assert max(calls) == tile_chunk(32, x.device) and len(calls) > 1  # 64 tiles of 32²: two calls
+    calls.clear()
+    one_call = tiled_score(counting, x, sigma, sigma, 32, (3, 5), generator=torch.Generator().manual_seed(3),
+                           max_batch=10_000)
+    assert len(calls) == 1
+    torch.testing.assert_close(default, one_call)
+
+
 def test_tiled_score_drops_padding_scores_and_fills_padding_with_noise():
     seen = {}
 
