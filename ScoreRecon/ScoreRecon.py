@@ -95,6 +95,7 @@ from ScoreReconModuleLib.settings import (  # noqa: E402, F401
     MIN_IMAGE_SIZE,
     MODEL_CHOICES,
     MRI_MASKS,
+    MRI_PHASES,
     OVERLAYS,
     RANGES,
     SAMPLERS,
@@ -193,6 +194,7 @@ class ScoreReconParameterNode:
     acceleration: Annotated[float, WithinRange(*RANGES["acceleration"]), Default(DEFAULTS.acceleration)]
     centerFraction: Annotated[float, WithinRange(*RANGES["centerFraction"]), Default(DEFAULTS.centerFraction)]
     maskKind: Annotated[str, Choice(MRI_MASKS), Default(DEFAULTS.maskKind)]
+    imagePhase: Annotated[str, Choice(MRI_PHASES), Default(DEFAULTS.imagePhase)]
     noise: Annotated[float, WithinRange(*RANGES["noise"]), Default(DEFAULTS.noise)]
     # reconstruction
     method: Annotated[str, Choice(METHODS), Default(DEFAULTS.method)]
@@ -668,7 +670,8 @@ class ScoreReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             ((ui.viewsLabel, ui.viewsSpinBox), task == "sparse-ct"),
             ((ui.arcLabel, ui.arcSliderWidget), task == "limited-angle-ct"),
             ((ui.metalThresholdLabel, ui.metalThresholdSliderWidget), task == "metal-ct"),
-            ((ui.accelerationLabel, ui.accelerationSliderWidget), task == "mri" and mode == "image"),
+            ((ui.accelerationLabel, ui.accelerationSliderWidget, ui.imagePhaseLabel, ui.imagePhaseComboBox),
+             task == "mri" and mode == "image"),
             ((ui.centerFractionLabel, ui.centerFractionSliderWidget, ui.maskKindLabel, ui.maskKindComboBox),
              task == "mri" and mode in ("image", "kspace")),
             ((ui.noiseLabel, ui.noiseSliderWidget), mode == "image"),

@@ -14,6 +14,8 @@ CT_TASKS = ("sparse-ct", "limited-angle-ct", "metal-ct")
 MODALITIES = ("CT", "MR")
 #: MRI sampling-mask kinds (1-D lines: equispaced, random; 2-D points: variable-density, poisson)
 MRI_MASKS = ("equispaced", "random", "variable-density", "poisson")
+#: image phase of simulated MRI (``simulate --phase``): a smooth phase as a scanner records it, or none
+MRI_PHASES = ("smooth", "zero")
 #: smallest image side the library accepts (pixels)
 MIN_IMAGE_SIZE = 16
 #: classical reconstruction methods (``scorerecon reconstruct --method``; ``score`` is the score prior)

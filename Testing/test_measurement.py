@@ -26,7 +26,6 @@ from helpers import (
 
 from ScoreReconLib.data import Image, ct_normalization
 from ScoreReconLib.errors import ScoreReconError
-from ScoreReconLib.operators.mri import fft2c
 from ScoreReconLib.measurement import (
     MEASUREMENT_FORMAT_VERSION,
     Measurement,
@@ -37,6 +36,7 @@ from ScoreReconLib.measurement import (
     save_measurement,
     simulate,
 )
+from ScoreReconLib.operators.mri import fft2c
 
 
 def volume(n: int = 32, slices: int = 3, modality: str = "CT") -> Image:

@@ -376,6 +376,12 @@ def test_cli_arguments(sr):
     sim = s.simulateArgs("in.nrrd", "m.npz")
     assert sim[:7] == ["simulate", "--task", "mri", "--input", "in.nrrd", "--output", "m.npz"]
     assert {"--acceleration", "--center-fraction", "--mask"} <= set(sim) and "--views" not in sim
+    assert sim[sim.index("--phase") + 1] == "smooth"  # the default: MRI as a scanner records it
+    real = sr.ScoreReconSettings(task="mri", imagePhase="zero").simulateArgs("in.nrrd", "m.npz")
+    assert real[real.index("--phase") + 1] == "zero"
+    with pytest.raises(sr.ScoreReconModuleError, match="imagePhase"):
+        sr.ScoreReconSettings(task="mri", imagePhase="random").validate()
+    assert "--phase" not in sr.ScoreReconSettings(task="sparse-ct").simulateArgs("in.nrrd", "s.npz")
     classical = s.reconstructArgs("m.npz", "o.nrrd", "zero-filled", "ref.nrrd", "m.json")
     assert not {"--model", "--sampler", "--steps", "--samples", "--std-output"} & set(classical)
     assert classical[classical.index("--progress-format") + 1] == "json"

@@ -14,6 +14,7 @@ from ScoreReconLib.vocabulary import (  # noqa: F401  (re-exported to the module
     CT_TASKS,
     MIN_IMAGE_SIZE,
     MRI_MASKS,
+    MRI_PHASES,
     TASKS,
     classical_methods_for,
 )
@@ -97,7 +98,8 @@ class ScoreReconSettings:
     ``kspaceSlices`` "A:B" imports slices A..B-1 ("" = all). ``threads``: CPU threads of every
     ``scorerecon`` process of the run (0 = the CLI's default, the idle cores). ``weight``: the TV / CS
     regularisation weight, "auto" (chosen from the measurement) or a number. ``adapt``: test-time adaptation of
-    the prior for the score method ("none" or "lora", ``reconstruct --adapt``).
+    the prior for the score method ("none" or "lora", ``reconstruct --adapt``). ``imagePhase``: MRI simulated
+    from an image, "smooth" (a scanner-like image phase, ``simulate --phase``) or "zero" (a real image).
     """
 
     task: str = "sparse-ct"
@@ -107,6 +109,7 @@ class ScoreReconSettings:
     acceleration: float = 8.0
     centerFraction: float = 0.08
     maskKind: str = "equispaced"
+    imagePhase: str = "smooth"
     noise: float = 0.0
     size: int = 0
     sinogramUnits: str = "normalized"
@@ -175,6 +178,7 @@ class ScoreReconSettings:
         choose("sampler", self.sampler, SAMPLERS)
         choose("adapt", self.adapt, ADAPT_MODES)
         choose("maskKind", self.maskKind, MRI_MASKS)
+        choose("imagePhase", self.imagePhase, MRI_PHASES)
         choose("sinogramUnits", self.sinogramUnits, SINOGRAM_UNITS)
         choose("geometry", self.geometry, CT_GEOMETRIES)
         choose("detector", self.detector, DETECTORS)
@@ -254,7 +258,8 @@ class ScoreReconSettings:
             args += self.geometryArgs()
         else:
             args += ["--acceleration", repr(float(self.acceleration)),
-                     "--center-fraction", repr(float(self.centerFraction)), "--mask", self.maskKind]
+                     "--center-fraction", repr(float(self.centerFraction)), "--mask", self.maskKind,
+                     "--phase", self.imagePhase]
         if self.size:
             args += ["--size", str(int(self.size))]
         return args + self.threadsArgs()

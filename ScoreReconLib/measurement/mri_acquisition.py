@@ -36,10 +36,11 @@ from ..errors import ScoreReconError
 from ..operators import build_operator
 from ..operators.base import MeasurementOperator
 from ..operators.mri import fft2c, make_mask
+from ..vocabulary import MRI_PHASES
 from .noise import add_measurement_noise
 
-#: values of ``phase``
-PHASE_KINDS = ("smooth", "zero")
+#: values of ``phase`` (:data:`ScoreReconLib.vocabulary.MRI_PHASES`)
+PHASE_KINDS = MRI_PHASES
 #: the phase simulate uses unless told
 DEFAULT_PHASE = "smooth"
 #: values of ``maps``: the maps that made the data, or estimated from them (:data:`ScoreReconLib.coils.MAP_METHODS`)
