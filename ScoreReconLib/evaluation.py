@@ -148,10 +148,24 @@ def load_slices(data: str | Path, modality: str, size: int, n_slices: int = 8, p
 
 def make_case(name: str, x: torch.Tensor, task: str, seed: int = 0, noise: float = 0.0,
               **task_options) -> EvalCase:
-    """Build the operator for ``task`` and simulate ``y`` for the normalised image ``x`` (1,1,N,N)."""
+    """Build the operator for ``task`` and simulate ``y`` for the normalised image ``x`` (1,1,N,N).
+
+    MRI ``phase="smooth"`` simulates single-coil k-space as a scanner records it
+    (:func:`~ScoreReconLib.measurement.simulate_kspace`: a smooth image phase, the operator carrying the phase
+    estimated from the k-space centre; noise relative to the image's k-space peak); without it (or "zero") the
+    real image, as the benchmarks' tables were made."""
     size = x.shape[-1]
     score_mask = None
     x_ref = x
+    phase = task_options.pop("phase", "zero")
+    if task == "mri" and phase != "zero":
+        from .measurement import simulate_kspace
+
+        acq = simulate_kspace(x, phase=phase, acceleration=float(task_options.get("acceleration", 8.0)),
+                              center_fraction=float(task_options.get("center_fraction", 0.08)),
+                              mask=task_options.get("mask", "equispaced"), noise=noise, seed=seed,
+                              noise_seed=seed + 1, device=x.device)
+        return EvalCase(name, x_ref, acq.operator, acq.y, None)
     if task == "metal-ct":
         from .operators.ct import random_metal_mask
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..operators import TASKS  # every task the CLI simulates has a demo
 from ..threads import add_threads_option
-from ..vocabulary import SAMPLER_NAMES
+from ..vocabulary import MRI_PHASES, SAMPLER_NAMES
 from .options import add_device_option, add_trust_option
 
 
@@ -32,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--views", type=int, default=23, help="sparse-ct: projection views (default 23)")
     p.add_argument("--arc", type=float, default=90.0, help="limited-angle-ct: arc in degrees (default 90)")
     p.add_argument("--acceleration", type=float, default=8.0, help="mri: undersampling factor (default 8)")
+    p.add_argument("--phase", choices=MRI_PHASES, default=MRI_PHASES[0],
+                   help="mri: image phase, smooth (as a scanner records it, default) or zero (a real image)")
     p.add_argument("--noise", type=float, default=0.0,
                    help="measurement noise std as a fraction of the largest |measurement| (e.g. 0.01 = 1 %%; "
                         "default 0, noise-free)")
@@ -74,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
     size = prior.size_for(args.size)
     x, norm, pixel_mm = image_case_from_array(image, size, modality)
     opts = {"sparse-ct": {"views": args.views}, "limited-angle-ct": {"arc": args.arc}, "metal-ct": {},
-            "mri": {"acceleration": args.acceleration, "center_fraction": 0.08, "mask": "equispaced"}}[args.task]
+            "mri": {"acceleration": args.acceleration, "center_fraction": 0.08, "mask": "equispaced",
+                    "phase": args.phase}}[args.task]
     if not (args.noise >= 0 and np.isfinite(args.noise)):
         from ..errors import ScoreReconError
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..threads import add_threads_option
-from ..vocabulary import MRI_MASKS, SAMPLER_NAMES, TASKS
+from ..vocabulary import MRI_MASKS, MRI_PHASES, SAMPLER_NAMES, TASKS
 from .options import add_device_option, add_trust_option
 
 
@@ -19,6 +19,9 @@ def add_task_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--acceleration", type=float, default=8.0, help="mri: acceleration (default 8)")
     p.add_argument("--center-fraction", type=float, default=0.08, help="mri: fully sampled centre (default 0.08)")
     p.add_argument("--mask", default="equispaced", choices=MRI_MASKS)
+    p.add_argument("--phase", default=MRI_PHASES[0], choices=MRI_PHASES,
+                   help="mri: image phase of the simulated k-space, smooth (as a scanner records it, the default; "
+                        "the reconstructions use the phase estimated from the k-space centre) or zero (a real image)")
     p.add_argument("--noise", type=float, default=0.0, help="relative measurement noise (default 0)")
     p.add_argument("--n-images", type=int, default=8, help="number of test slices (default 8)")
     p.add_argument("--per-volume", type=int, default=3, help="slices taken from each volume (default 3)")
@@ -30,7 +33,8 @@ def task_options(args: argparse.Namespace) -> dict:
     if args.task == "limited-angle-ct":
         return {"arc": args.arc}
     if args.task == "mri":
-        return {"acceleration": args.acceleration, "center_fraction": args.center_fraction, "mask": args.mask}
+        return {"acceleration": args.acceleration, "center_fraction": args.center_fraction, "mask": args.mask,
+                "phase": args.phase}
     return {}
 
 
