@@ -184,9 +184,8 @@ def simulate(
             options["phase_error_rad"] = [round(v, 4) for v in acq.phase_error]
 
     if task != "mri":
-        with torch.no_grad():
-            full = torch.cat([op.T(x_measured[i:i + _CHUNK]) for i in range(0, x.shape[0], _CHUNK)])
-            y = op.mask_apply(full)
+        with torch.no_grad():  # A: the measured views only for sparse-view and limited-angle CT
+            y = torch.cat([op.A(x_measured[i:i + _CHUNK]) for i in range(0, x.shape[0], _CHUNK)])
             y, noise_std = add_measurement_noise(y, op.mask, float(noise), int(seed) + SIMULATE_NOISE_SEED_OFFSET)
     y_np = y.cpu().numpy()
     y_np = y_np.astype(np.complex64) if task == "mri" else y_np.astype(np.float32)
