@@ -25,6 +25,21 @@ def early_setup(argv: list[str] | None = None) -> None:
 early_setup()
 
 
+def data_threads_args(description: str):
+    """Parse the common ``--data`` (the prepared data root) and ``--threads`` (torch's CPU threads, applied here)
+    of a benchmark script; returns the arguments."""
+    import argparse
+
+    import torch
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--data", default=str(ROOT / "data"))
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    return args
+
+
 def modality_benchmark(description: str, section: str, default_json: str, records, markdown,
                        extra_args=None) -> None:
     """The ``main()`` of a per-modality validation benchmark: ``--only CT|MR``, ``--data``, ``--threads``, ``--json``

@@ -15,13 +15,11 @@ from __future__ import annotations
 import _setup  # first: --threads before torch loads, the repository importable
 
 ROOT = _setup.ROOT
-import argparse  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import _results  # noqa: E402
 import generalization as G  # noqa: E402
-import torch  # noqa: E402
 
 from ScoreReconLib.data import ct_normalization  # noqa: E402
 from ScoreReconLib.evaluation import CLASSICAL, make_case, run_classical, run_score  # noqa: E402
@@ -35,11 +33,7 @@ OUT = ROOT / "benchmarks" / "figures"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(ROOT / "data"))
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = _setup.data_threads_args(__doc__.splitlines()[0])
     t0 = time.time()
     OUT.mkdir(exist_ok=True)
     lines = []

@@ -16,7 +16,6 @@ from __future__ import annotations
 import _setup  # first: --threads before torch loads, the repository importable
 
 ROOT = _setup.ROOT
-import argparse  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -120,11 +119,7 @@ def reconstruction_rows(data: Path) -> list[str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(ROOT / "data"))
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = _setup.data_threads_args(__doc__.splitlines()[0])
     t0 = time.time()
     lines = ["Sparse-view CT, 23 of N views (parallel beam), one image, best of 3, seconds. *full set*: every view "
              "projected then masked (before); *measured views*: `ViewSubsetGeometry` (now). The measured views' "
