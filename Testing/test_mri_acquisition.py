@@ -225,3 +225,15 @@ def test_phase_inconsistency_reads_the_phase_the_estimate_missed_and_sets_the_on
     multi = simulate_kspace(x, coils=4, acceleration=4, seed=1).operator
     assert noise_free_weight(multi, "tv", "tv", None) == NOISE_FREE_WEIGHT["mri-1d-coils"]
     assert noise_free_weight(real.operator, "tv", "tv", real.y) == NOISE_FREE_WEIGHT["mri-1d"]
+
+
+def test_simulate_warns_when_the_estimated_phase_is_far_off(tmp_path, capsys):
+    src = tmp_path / "img.npy"
+    np.save(src, phantom()[0, 0].numpy() * 50.0)
+    args = ["simulate", "--task", "mri", "--acceleration", "4", "--seed", "1", "--input", src, "--output"]
+    rc, _, err = cli(args + [tmp_path / "narrow.npz", "--center-fraction", "0.04"], capsys)  # a 3-column centre
+    m = load_measurement(tmp_path / "narrow.npz")
+    assert rc == 0 and max(m.options["phase_error_rad"]) > 0.2
+    assert "warning: the image phase estimated" in err and "--center-fraction" in err
+    rc, _, err = cli(args + [tmp_path / "real.npz", "--center-fraction", "0.04", "--phase", "zero"], capsys)
+    assert rc == 0 and "warning" not in err

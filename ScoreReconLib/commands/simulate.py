@@ -14,6 +14,8 @@ import argparse
 import math
 import sys
 
+import numpy as np
+
 from ..data import modality_mismatch, read_image
 from ..errors import ScoreReconError
 from ..measurement import (
@@ -31,6 +33,10 @@ from ..measurement import (
 )
 from ..operators import TASKS
 from ..threads import add_threads_option
+
+#: RMS phase error (radians) of the estimated image phase above which simulate warns (on the validation slices
+#: a 6-line centre gave up to 0.49 rad, a 10-line one 0.05–0.16; ``benchmarks/RESULTS.md``, *mri-realism-phase*)
+PHASE_ERROR_WARNING = 0.2
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -120,6 +126,12 @@ def run(args: argparse.Namespace) -> int:
     errors = m.options.get("phase_error_rad")
     if errors:
         what += f" (phase estimate off by {max(errors):.3f} rad RMS at most)"
+        if max(errors) > PHASE_ERROR_WARNING:
+            worst = int(np.argmax(errors))
+            print(f"scorerecon simulate: warning: the image phase estimated from the fully sampled k-space centre "
+                  f"is off by {errors[worst]:.2f} rad RMS on slice {worst}; real-valued reconstructions of this file "
+                  "will be smoothed to hide it. A wider centre (raise --center-fraction) estimates it better; "
+                  "--phase zero simulates a real image", file=sys.stderr, flush=True)
     if m.options.get("geometry") == "fan":
         what += (f", fan beam ({m.options['detector']} detector, source {m.options['source_distance_mm']:g} mm, "
                  f"detector {m.options['detector_distance_mm']:g} mm)")
