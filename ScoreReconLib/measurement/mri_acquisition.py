@@ -192,7 +192,7 @@ def simulate_kspace(x: torch.Tensor, *, coils: int = 1, phase: str = DEFAULT_PHA
     maps and support evaluated on that grid) and its k-space cropped to N² (:func:`crop_kspace`), so the data
     are not made by the operator that reconstructs them."""
     from ..coils import absorb_phase, estimate_maps, receive_coil_maps
-    from ..operators.multicoil import MultiCoilMRI
+    from ..operators.multicoil import MultiCoilMRI, build_multicoil_operator
 
     check_acquisition(phase, maps, int(coils))
     s_count, n = int(x.shape[0]), int(x.shape[-1])
@@ -230,8 +230,8 @@ def simulate_kspace(x: torch.Tensor, *, coils: int = 1, phase: str = DEFAULT_PHA
     if maps != "true":
         file_maps, source = estimate_maps(y, lam, maps)
     est_phase = absorb_phase(file_maps, y, lam) if phase != "zero" else None
-    op = MultiCoilMRI(file_maps, lam, est_phase, kind=mask, acceleration=float(acceleration),
-                      center_fraction=float(center_fraction), seed=int(seed), maps_source=source, device=device)
+    op = build_multicoil_operator(file_maps, float(acceleration), float(center_fraction), mask, int(seed), device,
+                                  phase=est_phase, maps_source=source)  # the same mask, its kind's canonical name
     if int(coils) > 1 and maps != "true":
         options["maps"] = source
     errors = phase_error(op, true_maps, true_phase, x) if phase != "zero" else [0.0] * s_count
