@@ -15,26 +15,25 @@ _PREDICTORS: dict[str, type[Predictor]] = {}
 _CORRECTORS: dict[str, type[Corrector]] = {}
 
 
-def register_predictor(name: str):
-    """Class decorator adding a predictor under ``name``."""
+def _registrar(table: dict, name: str):
+    """Class decorator adding a class to ``table`` under ``name`` (and naming it)."""
 
     def deco(cls):
-        _PREDICTORS[name] = cls
+        table[name] = cls
         cls.name = name
         return cls
 
     return deco
+
+
+def register_predictor(name: str):
+    """Class decorator adding a predictor under ``name``."""
+    return _registrar(_PREDICTORS, name)
 
 
 def register_corrector(name: str):
     """Class decorator adding a corrector under ``name``."""
-
-    def deco(cls):
-        _CORRECTORS[name] = cls
-        cls.name = name
-        return cls
-
-    return deco
+    return _registrar(_CORRECTORS, name)
 
 
 def get_predictor(name: str) -> type[Predictor]:
