@@ -35,7 +35,7 @@ from scipy import ndimage
 from ..errors import ScoreReconError
 from ..operators import build_operator
 from ..operators.base import MeasurementOperator
-from ..operators.mri import fft2c, make_mask
+from ..operators.mri import fft2c
 from ..vocabulary import MRI_PHASES
 from .noise import add_measurement_noise
 
@@ -220,8 +220,9 @@ def simulate_kspace(x: torch.Tensor, *, coils: int = 1, phase: str = DEFAULT_PHA
             y = op.mask_apply(op.T(x) if fine is None else _fine_kspace(fine, 1, phase, seed, n))
         y, stds = add_measurement_noise(y, op.mask, float(noise), int(noise_seed), peak=peaks)
         return KspaceAcquisition(op, y, stds, options, true_maps, true_phase, [0.0] * s_count)
-    lam = make_mask(mask, n, float(acceleration), float(center_fraction), int(seed)).to(device)
-    received = MultiCoilMRI(true_maps, lam, image_domain="complex", device=device)
+    received = build_multicoil_operator(true_maps, float(acceleration), float(center_fraction), mask, int(seed),
+                                        device, image_domain="complex")
+    lam = received.mask[0, 0]
     with torch.no_grad():
         xc = x.to(torch.complex64) * torch.polar(torch.ones_like(true_phase), true_phase)
         y = received.mask_apply(received.T(xc) if fine is None else _fine_kspace(fine, coils, phase, seed, n))
@@ -230,8 +231,8 @@ def simulate_kspace(x: torch.Tensor, *, coils: int = 1, phase: str = DEFAULT_PHA
     if maps != "true":
         file_maps, source = estimate_maps(y, lam, maps)
     est_phase = absorb_phase(file_maps, y, lam) if phase != "zero" else None
-    op = build_multicoil_operator(file_maps, float(acceleration), float(center_fraction), mask, int(seed), device,
-                                  phase=est_phase, maps_source=source)  # the same mask, its kind's canonical name
+    op = MultiCoilMRI(file_maps, lam, est_phase, kind=received.kind, acceleration=received.requested_acceleration,
+                      center_fraction=received.center_fraction, seed=received.seed, maps_source=source, device=device)
     if int(coils) > 1 and maps != "true":
         options["maps"] = source
     errors = phase_error(op, true_maps, true_phase, x) if phase != "zero" else [0.0] * s_count

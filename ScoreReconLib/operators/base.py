@@ -91,6 +91,11 @@ class MeasurementOperator(ABC):
     def A(self, x: torch.Tensor) -> torch.Tensor:
         """Forward model ``Λ ⊙ T x`` in full layout."""
         self.check_image(x)
+        return self._forward_measured(x)
+
+    def _forward_measured(self, x: torch.Tensor) -> torch.Tensor:
+        """``Λ ⊙ T x`` without :meth:`A`'s input checks: what the iterative solvers call every iteration.
+        Operators that can compute the measured rows alone override it."""
         return self.mask_apply(self.T(x))
 
     def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:
@@ -151,7 +156,7 @@ class MeasurementOperator(ABC):
         gamma0 = gamma.clone()
         tiny = torch.finfo(torch.float32).tiny
         for _ in range(int(iterations)):
-            q = self.A(p)
+            q = self._forward_measured(p)
             qq = _inner(q, q)
             alpha = torch.where(qq > tiny, gamma / qq.clamp_min(tiny), torch.zeros_like(qq))
             d = d + alpha * p

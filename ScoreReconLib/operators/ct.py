@@ -113,7 +113,7 @@ class CTOperator(MeasurementOperator):
         """Forward model ``Λ ⊙ T x`` (full layout); rejects NaN/inf input."""
         self.check_image(x)
         check_finite(x, "the CT image")
-        return self.mask_apply(self.T(x))
+        return self._forward_measured(x)
 
     def check_measurement(self, y: torch.Tensor, what: str | None = None) -> None:
         """Raise :class:`ScoreReconError` unless ``y`` is a finite full-layout sinogram batch."""
@@ -198,12 +198,14 @@ class _ViewSubsetCT(CTOperator):
         m = torch.zeros(1, 1, n, 1, dtype=torch.float32)
         m[0, 0, torch.from_numpy(self.views), 0] = 1.0
         self._mask = m.to(self.device)
+        self._view_index = torch.from_numpy(self.views).to(self.device)
         self._measured_projector: Projector | None = None
 
     @property
     def measured_projector(self) -> Projector:
         """A projector of the measured views only (:class:`ViewSubsetGeometry`, same backend rule; built on first
-        use): what :meth:`A` and :meth:`A_adjoint` compute, instead of every view of the full set."""
+        use): what :meth:`A` (through ``_forward_measured``) and :meth:`A_adjoint` compute, instead of every view of
+        the full set."""
         if len(self.views) == self.geometry.n_angles:
             return self.projector
         if self._measured_projector is None or self._measured_projector.device != self.device:
@@ -211,15 +213,13 @@ class _ViewSubsetCT(CTOperator):
                                                       self.device)
         return self._measured_projector
 
-    def A(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward_measured(self, x: torch.Tensor) -> torch.Tensor:
         """``Λ ⊙ T x`` in full layout, projecting the measured views only (zeros elsewhere)."""
-        self.check_image(x)
-        check_finite(x, "the CT image")
         sub = self.measured_projector
         if sub is self.projector:
             return self.T(x)
         out = x.new_zeros((x.shape[0], 1, self.geometry.n_angles, self.geometry.n_det), dtype=torch.float32)
-        out[:, :, torch.as_tensor(self.views, device=x.device)] = sub.forward(x)
+        out[:, :, self._view_index.to(x.device)] = sub.forward(x)
         return out
 
     def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:
@@ -227,7 +227,7 @@ class _ViewSubsetCT(CTOperator):
         sub = self.measured_projector
         if sub is self.projector:
             return self.T_adjoint(self.mask_apply(y))
-        return sub.adjoint(y[:, :, torch.as_tensor(self.views, device=y.device)].to(torch.float32))
+        return sub.adjoint(y[:, :, self._view_index.to(y.device)].to(torch.float32))
 
     @property
     def mask(self) -> torch.Tensor:
@@ -236,6 +236,7 @@ class _ViewSubsetCT(CTOperator):
 
     def _move_masks(self, device: torch.device) -> None:
         self._mask = self._mask.to(device)
+        self._view_index = self._view_index.to(device)
         if self._measured_projector is not None:
             self._measured_projector = self._measured_projector.to(device)
 

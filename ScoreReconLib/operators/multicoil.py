@@ -110,6 +110,8 @@ class MultiCoilMRI(MeasurementOperator):
             s = s * torch.polar(torch.ones_like(self._phase), self._phase)
         self._eff = s
         self._coverage = (s.abs() ** 2).sum(dim=1, keepdim=True)
+        inside = self._coverage > 1e-8
+        self._support = None if bool(inside.all()) else inside
 
     # ------------------------------------------------------------------------------- properties
     @property
@@ -146,8 +148,7 @@ class MultiCoilMRI(MeasurementOperator):
         """Where the maps see the object: ``(1 or B, 1, N, N)`` bool, or None when they cover every pixel.
 
         Nothing is received from outside it, so reconstructions set the image to 0 there."""
-        inside = self._coverage > 1e-8
-        return None if bool(inside.all()) else inside
+        return self._support
 
     @property
     def acceleration(self) -> float:
