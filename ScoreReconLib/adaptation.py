@@ -114,6 +114,7 @@ def adapt_prior(prior, op: MeasurementOperator, y: torch.Tensor, x_start: torch.
     t0 = time.perf_counter()
     adapted = copy.copy(prior)
     adapted.model = copy.deepcopy(prior.model)
+    adapted.model.precision = "fp32"  # the adapters are fitted in float32; sampling then runs in prior.precision
     gen = torch.Generator(device=y.device).manual_seed(int(seed))
     params = add_lora(adapted.model, LORA_RANK, torch.Generator().manual_seed(int(seed)))
     record.parameters = sum(p.numel() for p in params)
@@ -144,5 +145,6 @@ def adapt_prior(prior, op: MeasurementOperator, y: torch.Tensor, x_start: torch.
             progress(step + 1, int(steps), f"adapting the prior (χ² {record.chi2[-1]:.2f})")
     record.stopped = record.stopped or "steps"
     adapted.model.eval().requires_grad_(False)
+    adapted.model.precision = prior.precision
     record.seconds = time.perf_counter() - t0
     return adapted, record

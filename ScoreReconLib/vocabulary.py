@@ -24,6 +24,8 @@ CLASSICAL_METHODS = ("fbp", "tv", "zero-filled", "cs", "sense", "rss")
 SAMPLER_NAMES = ("proximal", "song2021", "fast")
 #: test-time adaptation of the prior (``--adapt``): none, or low-rank adapters fitted to the measurement
 ADAPT_MODES = ("none", "lora")
+#: arithmetic of the score network (``--precision``): auto (bf16 on a CPU with native bf16, else fp32), fp32, bf16
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def classical_methods_for(task: str) -> tuple[str, ...]:

@@ -359,15 +359,19 @@ def test_batch_size_does_not_change_the_result(tmp_path, capsys, task):
     for bs in (1, 2, 3):
         out = tmp_path / f"r{bs}.npy"
         rc, lines = run(["reconstruct", "--input", tmp_path / "m.npz", "--output", out, "--method", "score",
-                         "--batch-size", bs, "--seed", "5", "--samples", "2", "--progress-format", "none"], capsys)
+                         "--batch-size", bs, "--seed", "5", "--samples", "2", "--progress-format", "none",
+                         "--precision", "fp32"], capsys)  # bf16 kernels may round differently per batch size
         assert rc == 0, lines
         outs[bs] = np.load(out)
     scale = 3000.0 if task != "mri" else float(np.abs(outs[1]).max())
+    # a batch's projections round differently from a slice's (matrix products of another shape, ~1e-7), and the
+    # sampler's score at small noise amplifies that to about 1e-3 of the range: equal up to that, not bit for bit
     for bs in (2, 3):
-        assert np.abs(outs[bs] - outs[1]).max() / scale < 1e-3, bs
+        assert np.abs(outs[bs] - outs[1]).max() / scale < 2.5e-3, bs
     rc, _ = run(["reconstruct", "--input", tmp_path / "m.npz", "--output", tmp_path / "other.npy", "--method",
-                 "score", "--batch-size", "3", "--seed", "6", "--samples", "2", "--progress-format", "none"], capsys)
-    assert rc == 0 and np.abs(np.load(tmp_path / "other.npy") - outs[1]).max() / scale > 1e-3  # the seed matters
+                 "score", "--batch-size", "3", "--seed", "6", "--samples", "2", "--progress-format", "none",
+                 "--precision", "fp32"], capsys)
+    assert rc == 0 and np.abs(np.load(tmp_path / "other.npy") - outs[1]).max() / scale > 1e-2  # the seed matters
 
 
 def test_reference_on_another_grid_is_named(tmp_path, capsys):

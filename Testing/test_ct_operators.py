@@ -392,6 +392,10 @@ def test_view_subset_operators_project_only_the_measured_views(task, options, ba
     y = torch.randn_like(full)
     torch.testing.assert_close(op.A_adjoint(y), op.T_adjoint(op.mask_apply(y)), atol=1e-3, rtol=1e-4)
     assert _rel_adjoint_error(op.A, op.A_adjoint, x, y * op.mask) < 1e-5
+    # A_dagger (FBP) filters and back-projects the measured views only: the same image as FBP over the full set
+    full_fbp = ct.fbp(op.mask_apply(y), op.geometry, op.filter, op.view_weights, projector=op.projector,
+                      coverage=None if op._reweight else op.mask.reshape(-1))
+    torch.testing.assert_close(op.A_dagger(y), full_fbp, atol=1e-4, rtol=1e-4)
 
 
 def test_view_subset_geometry_checks_and_keys():

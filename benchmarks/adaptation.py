@@ -39,32 +39,37 @@ NOISE = {"CT": 0.01, "MR": 0.001}
 MODELS = {"CT": "default-ct", "MR": "default-mri"}
 
 
+def role_subjects(modality: str, data: Path):
+    """(role, slice) for the central slice of every validation, then every test subject of ``modality``."""
+    for role, rels in (("validation", VALIDATION[modality]), ("test", TEST[modality])):
+        for rel in rels:
+            yield role, G.load_subject(data / rel, modality, role, 1, ct_normalization())[0]
+
+
 def records(modality: str, data: Path, args) -> list[dict]:
     prior = load_prior(MODELS[modality])
     out = []
-    for role, rels in (("validation", VALIDATION[modality]), ("test", TEST[modality])):
-        for rel in rels:
-            s = G.load_subject(data / rel, modality, role, 1, ct_normalization())[0]
-            for key in TASKS[modality]:
-                task = next(t for t in G.TASKS[modality] if t.key == key)
-                for noise in (NOISE[modality], 0.0):
-                    c = make_case(s.name, s.at(128), task.task, seed=G.case_seed(s, task), noise=noise,
-                                  **task.opts())
-                    rec = {"role": role, "image": s.name, "task": key, "noise": noise}
-                    for label, extra in (("default", {}), ("lora", {"adapt": "lora",
-                                                                    "adapt_steps": args.adapt_steps})):
-                        t0 = time.perf_counter()
-                        res = reconstruct_volume(c.y, c.op, prior, seed=0, **extra)
-                        sc = score_slices(res.mean, c.x, c.score_mask)
-                        rec[label] = {"psnr": sc.psnr, "ssim": sc.ssim, "seconds": time.perf_counter() - t0}
-                        if res.adaptation is not None:
-                            rec[label].update(steps=res.adaptation["steps"], stopped=res.adaptation["stopped"],
-                                              chi2_first=res.adaptation["chi2_first"])
-                    out.append(rec)
-                    d, a = rec["default"], rec["lora"]
-                    print(f"[{time.strftime('%H:%M:%S')}] {role} {s.name} {key} noise {noise:g}: default "
-                          f"{d['psnr']:.2f} dB {d['seconds']:.0f} s, lora {a['psnr']:.2f} dB {a['seconds']:.0f} s "
-                          f"({a.get('steps')} steps, {a.get('stopped')})", flush=True)
+    for role, s in role_subjects(modality, data):
+        for key in TASKS[modality]:
+            task = next(t for t in G.TASKS[modality] if t.key == key)
+            for noise in (NOISE[modality], 0.0):
+                c = make_case(s.name, s.at(128), task.task, seed=G.case_seed(s, task), noise=noise,
+                              **task.opts())
+                rec = {"role": role, "image": s.name, "task": key, "noise": noise}
+                for label, extra in (("default", {}), ("lora", {"adapt": "lora",
+                                                                "adapt_steps": args.adapt_steps})):
+                    t0 = time.perf_counter()
+                    res = reconstruct_volume(c.y, c.op, prior, seed=0, **extra)
+                    sc = score_slices(res.mean, c.x, c.score_mask)
+                    rec[label] = {"psnr": sc.psnr, "ssim": sc.ssim, "seconds": time.perf_counter() - t0}
+                    if res.adaptation is not None:
+                        rec[label].update(steps=res.adaptation["steps"], stopped=res.adaptation["stopped"],
+                                          chi2_first=res.adaptation["chi2_first"])
+                out.append(rec)
+                d, a = rec["default"], rec["lora"]
+                print(f"[{time.strftime('%H:%M:%S')}] {role} {s.name} {key} noise {noise:g}: default "
+                      f"{d['psnr']:.2f} dB {d['seconds']:.0f} s, lora {a['psnr']:.2f} dB {a['seconds']:.0f} s "
+                      f"({a.get('steps')} steps, {a.get('stopped')})", flush=True)
     return out
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from ..operators import TASKS  # every task the CLI simulates has a demo
 from ..threads import add_threads_option
 from ..vocabulary import MRI_PHASES, SAMPLER_NAMES
-from .options import add_device_option, add_trust_option
+from .options import add_device_option, add_precision_option, add_trust_option
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", default="scorerecon-demo", help="output folder (default: ./scorerecon-demo)")
     p.add_argument("--model", default=None, help="default-ct / default-mri (by task) or a checkpoint folder")
     add_trust_option(p)
+    add_precision_option(p)
     p.add_argument("--input", default=None, help="use this image instead of the shipped sample")
     p.add_argument("--sampler", choices=SAMPLER_NAMES, default="proximal",
                    help="proximal (default; the model's recommended settings, see reconstruct --help), "
@@ -68,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         raise ScoreReconError("--model is empty; give default-ct, default-mri or a checkpoint folder, or leave it out")
     model = args.model or ("default-mri" if modality == "MR" else "default-ct")
     prior = load_prior(model, device=device, trust_unverified=args.trust_unverified)
+    prior.precision = getattr(args, "precision", "auto")
     src = Path(args.input) if args.input else sample_path(args.task)
     image = read_image(src)
     if image.array.ndim == 3:  # a volume (or a (1, H, W) stack): its middle slice, 2-D geometry

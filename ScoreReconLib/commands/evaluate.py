@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..threads import add_threads_option
 from ..vocabulary import MRI_MASKS, MRI_PHASES, SAMPLER_NAMES, TASKS
-from .options import add_device_option, add_trust_option
+from .options import add_device_option, add_precision_option, add_trust_option
 
 
 def add_task_options(p: argparse.ArgumentParser) -> None:
@@ -43,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__)
     p.add_argument("--model", required=True, help="default-ct, default-mri or a checkpoint folder")
     add_trust_option(p)
+    add_precision_option(p)
     p.add_argument("--data", required=True, help="folder of held-out images or volumes (or one file)")
     add_task_options(p)
     p.add_argument("--methods", default=None,
@@ -89,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         check_output_folder(args.output, "--output")
     device = resolve_device(args.device)
     prior = load_prior(args.model, device=device, trust_unverified=args.trust_unverified)
+    prior.precision = getattr(args, "precision", "auto")
     modality = task_modality(args.task)
     methods = args.methods.split(",") if args.methods else [*CLASSICAL[args.task], "score"]
     for m in methods:

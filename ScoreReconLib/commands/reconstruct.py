@@ -46,7 +46,7 @@ from ..settings import ADAPT_MODES, INITS, SAMPLER_NAMES, USER_OPTIONS
 from ..threads import add_threads_option
 from ..utils import resolve_device
 from .engine import Engine, check_method, make_engine
-from .options import add_device_option, add_trust_option
+from .options import add_device_option, add_precision_option, add_trust_option
 from .outputs import DISAGREEMENT_LEVEL, choice_line, disagreement_map, write_complex, write_residual, write_volume
 from .planning import Job, Staging, plan_jobs, shard
 from .progress import Progress
@@ -128,6 +128,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--model", default=None,
                    help="default-ct, default-mri or a checkpoint folder (default: the task's default model)")
     add_trust_option(s)
+    add_precision_option(s)
     s.add_argument("--sampler", choices=SAMPLERS, default=None,
                    help="proximal (Song et al. 2022), fast (DDS-style) or song2021; "
                         + _default_help("sampler", "proximal"))
@@ -344,7 +345,7 @@ def reconstruct_job(job: Job, engine: Engine, batch_size: int, seed: int, progre
         settings = engine.settings_for(m.task)
         record.update({"nfe": result.nfe, "nfe_per_sample": result.nfe, "nfe_per_slice": result.nfe * settings.samples,
                        "seed": seed, "model": engine.model_name, **settings.record(),
-                       "std_scale": result.settings["std_scale"]})
+                       "std_scale": result.settings["std_scale"], "precision": engine.prior.effective_precision})
         record.update({k: fixed[k] for k in ("init_weight", "noise_std") if fixed[k] is not None})
         if result.adaptation is not None:
             record["adaptation"] = result.adaptation

@@ -7,7 +7,7 @@ import sys
 import time
 
 from ..threads import add_threads_option
-from .options import add_device_option, add_trust_option
+from .options import add_device_option, add_precision_option, add_trust_option
 
 
 def register(subparsers) -> None:
@@ -18,6 +18,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--model", required=True, help="checkpoint folder, or default-ct / default-mri")
     add_trust_option(p)
+    add_precision_option(p)
     p.add_argument("--n", type=int, default=16, help="number of samples (default 16)")
     p.add_argument("--output", required=True, help="PNG file to write")
     p.add_argument("--steps", type=int, default=None,
@@ -52,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_path(args.output, "--output")
     device = resolve_device(args.device)
     prior = load_prior(args.model, device, trust_unverified=args.trust_unverified)
+    prior.precision = getattr(args, "precision", "auto")
     steps = args.steps if args.steps is not None else min(int(prior.recommended.get("steps", 1000)), 1000)
     if steps < 2:
         raise ScoreReconError(f"--steps {steps} is too few; use at least 10 (the prior's default is tuned)")

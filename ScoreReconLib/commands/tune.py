@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..threads import add_threads_option
 from .evaluate import add_task_options, task_options
-from .options import add_device_option, add_trust_option
+from .options import add_device_option, add_precision_option, add_trust_option
 
 
 def _floats(text: str) -> list[float]:
@@ -27,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__)
     p.add_argument("--model", required=True, help="checkpoint folder (or default-ct / default-mri)")
     add_trust_option(p)
+    add_precision_option(p)
     p.add_argument("--data", required=True, help="validation images (not the test images)")
     add_task_options(p)
     p.add_argument("--sampler", choices=("proximal", "fast"), default="proximal",
@@ -56,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     prior = load_prior(args.model, device=device, trust_unverified=args.trust_unverified)
+    prior.precision = getattr(args, "precision", "auto")
     model_dir = Path(prior.config.get("path", args.model))
     if not args.dry_run:
         from ..utils import check_output_path

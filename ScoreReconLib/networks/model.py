@@ -19,6 +19,7 @@ from torch import nn
 
 from ..errors import ScoreReconError
 from ..sde import SDE, VESDE, VPSDE
+from .precision import network_autocast
 
 #: default network shape (MONAI DiffusionModelUNet arguments plus ``input_scaling``)
 DEFAULT_NETWORK: dict = {
@@ -118,6 +119,9 @@ class ScoreModel(nn.Module):
 
         self.sde = sde
         self.network = network_config(network)
+        #: arithmetic of the UNet's layers (:mod:`~ScoreReconLib.networks.precision`): fp32 for training; a
+        #: :class:`~ScoreReconLib.networks.prior.Prior` sets its own (default "auto")
+        self.precision = "fp32"
         cfg = self.network
         heads = [min(cfg["num_head_channels"], c) for c in cfg["channels"]]
         self.unet = DiffusionModelUNet(
@@ -146,7 +150,9 @@ class ScoreModel(nn.Module):
                 raise ScoreReconError(f"a patch score network needs coordinate channels (B, 2, H, W) matching x "
                                       f"{tuple(x.shape)}; got {got}")
             x_in = torch.cat([x_in, coords.to(x_in)], 1)
-        out = self.unet(x_in, 999.0 * t)
+        with network_autocast(self.precision, x.device):
+            out = self.unet(x_in, 999.0 * t)
+        out = out.to(x.dtype)
         if isinstance(self.sde, VPSDE):
             return -out / std
         return out / std

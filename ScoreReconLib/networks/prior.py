@@ -10,6 +10,7 @@ from ..errors import ScoreReconError
 from ..patches import random_offset, tiled_score
 from ..sde import SDE
 from .model import ScoreModel
+from .precision import check_precision, resolve_precision
 
 #: prior kinds: a whole-image network, or a position-aware patch network (:mod:`ScoreReconLib.patches`)
 PRIOR_KINDS = ("patch", "whole")
@@ -38,7 +39,23 @@ class Prior:
         self.patch_size: int | None = spec.get("patch_size")
         self.device = torch.device("cpu")
         self.model.eval().requires_grad_(False)
+        self.precision = "auto"
         self.to(device)
+
+    @property
+    def precision(self) -> str:
+        """The network's arithmetic: "auto" (default: bf16 autocast on a CPU with native bf16, else fp32),
+        "fp32" or "bf16" (:mod:`~ScoreReconLib.networks.precision`)."""
+        return self.model.precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        self.model.precision = check_precision(value)
+
+    @property
+    def effective_precision(self) -> str:
+        """"fp32" or "bf16": what :attr:`precision` means on this prior's device."""
+        return resolve_precision(self.precision, self.device)
 
     def to(self, device: torch.device | str) -> Prior:
         """Move the network to ``device``; returns self."""

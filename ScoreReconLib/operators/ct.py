@@ -249,9 +249,18 @@ class _ViewSubsetCT(CTOperator):
     def A_dagger(self, y: torch.Tensor) -> torch.Tensor:
         """FBP from the measured views only."""
         self.check_measurement(y)
+        weights = self.view_weights.to(y.device)
+        sub = self.measured_projector
+        if self.geometry.kind == "parallel" and sub is not self.projector:
+            # parallel beam filters each view on its own, so the unmeasured (zero-weighted) views add nothing:
+            # filter and back-project the measured views only (the same image as fbp over the full set)
+            index = self._view_index.to(y.device)
+            filtered = filter_sinogram(y[:, :, index].to(torch.float32), self.filter)
+            filtered = filtered * weights[index].view(1, 1, -1, 1)
+            return sub.adjoint(filtered) * (self.geometry.arc / self.geometry.n_angles)
         coverage = None if self._reweight else self._mask.reshape(-1).to(y.device)
-        return fbp(self.mask_apply(y), self.geometry, self.filter, self.view_weights.to(y.device),
-                   projector=self.projector, coverage=coverage)
+        return fbp(self.mask_apply(y), self.geometry, self.filter, weights, projector=self.projector,
+                   coverage=coverage)
 
     def arrays(self) -> dict:
         return {"views": self.views.copy()}
