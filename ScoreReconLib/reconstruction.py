@@ -230,7 +230,8 @@ def reconstruct(y: torch.Tensor, operator: MeasurementOperator, prior, method: s
 
     Batch item ``b`` is slice ``first_slice + b`` of a volume: its noise comes from its own stream
     (:func:`slice_generators`), so with ``noise_std`` and ``init_weight`` fixed for the volume (as
-    :func:`reconstruct_volume` does) a slice's result does not depend on the batch size.
+    :func:`reconstruct_volume` does) a slice's noise does not depend on the batch size (its image only by float
+    rounding, which the sampler amplifies to about 1e-3 of the range).
     """
     t0 = time.perf_counter()
     check_compatible(operator, prior)
@@ -331,7 +332,8 @@ def reconstruct_volume(y: torch.Tensor, operator: MeasurementOperator, prior, ba
     The settings are resolved once (``settings``, or :func:`resolve_settings` of ``method`` and ``options`` as in
     :func:`reconstruct`) and the noise level and classical start weight fixed once for the volume
     (:func:`fix_volume_settings`); every slice draws from its own stream (``derive_seed(seed, slice_index,
-    sample)``), so without the 3-D options the result of a slice does not depend on ``batch_size``.
+    sample)``), so without the 3-D options a slice's noise does not depend on ``batch_size`` (its image only by
+    float rounding, amplified by the sampler to about 1e-3 of the range).
     ``progress(done, S, message)`` is called per finished batch (in slices); ``step_progress(done, total, message)``
     after every sampler step, counted in slice-steps (``total = S · steps · samples``). ``cancel`` stops between
     sampler steps. Other ``options`` of :func:`reconstruct` (``device``, ``std_scale``) are passed on.
