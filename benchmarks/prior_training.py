@@ -125,7 +125,10 @@ def main() -> None:
              f"*val loss*: σ²-weighted denoising loss of {int(val['x0'].shape[0])} fixed patches of "
              f"{', '.join(val['describe'].get('sources', [])) or 'the --val-data'}; "
              f"*PSNR*: the default score reconstruction (the shipped prior's recommended settings for every row) on "
-             f"the validation subjects {subjects}, 128², noisy, mean over subjects per task.", "",
+             f"the validation subjects {subjects}, 128², noisy, mean over subjects per task. Step 0 is the prior "
+             f"shipped before the run (kept in git history); intermediate rows were measured on weight snapshots the "
+             f"repository does not keep (8.7 MB each); the last row is the checkpoint shipped from the run when "
+             f"its mean validation PSNR is the best.", "",
              "| step | val loss | mean PSNR | " + " | ".join(tasks) + " |", "|---" * (3 + len(tasks)) + "|"]
     for r in rows:
         lines.append(f"| {r['step']} | {r['val_loss']:.5f} | {r['psnr']['mean']:.3f} | "
