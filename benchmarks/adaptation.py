@@ -73,6 +73,20 @@ def records(modality: str, data: Path, args) -> list[dict]:
     return out
 
 
+def role_summaries(recs: list[dict], base: str, new: str, digits: int = 2, ratio_digits: int = 1) -> list[str]:
+    """One line per role (validation, test) with records: the mean, min and max PSNR change ``new`` − ``base``
+    and the mean ratio of their seconds."""
+    lines = []
+    for role in ("validation", "test"):
+        rs = [r for r in recs if r["role"] == role]
+        if rs:
+            d = [r[new]["psnr"] - r[base]["psnr"] for r in rs]
+            cost = np.mean([r[new]["seconds"] / r[base]["seconds"] for r in rs])
+            lines.append(f"\n{role}: mean Δ {np.mean(d):+.{digits}f} dB (min {min(d):+.{digits}f}, max "
+                         f"{max(d):+.{digits}f}) at {cost:.{ratio_digits}f}× the seconds, {len(rs)} cases.")
+    return lines
+
+
 def markdown(modality: str, recs: list[dict]) -> str:
     lines = [f"**{modality}** (128², default score vs `--adapt lora`, same seed; Δ = lora − default)", "",
              "| role | image | task | noise | default PSNR / SSIM | lora PSNR / SSIM | Δ dB | adapter steps (stop) "
@@ -82,12 +96,7 @@ def markdown(modality: str, recs: list[dict]) -> str:
         lines.append(f"| {r['role']} | {r['image']} | {r['task']} | {r['noise']:g} | {d['psnr']:.2f} / "
                      f"{d['ssim']:.3f} | {a['psnr']:.2f} / {a['ssim']:.3f} | {a['psnr'] - d['psnr']:+.2f} | "
                      f"{a.get('steps')} ({a.get('stopped')}) | {d['seconds']:.0f} / {a['seconds']:.0f} |")
-    for role in ("validation", "test"):
-        deltas = [r["lora"]["psnr"] - r["default"]["psnr"] for r in recs if r["role"] == role]
-        cost = [r["lora"]["seconds"] / r["default"]["seconds"] for r in recs if r["role"] == role]
-        if deltas:
-            lines.append(f"\n{role}: mean Δ {np.mean(deltas):+.2f} dB (min {min(deltas):+.2f}, max "
-                         f"{max(deltas):+.2f}) at {np.mean(cost):.1f}× the seconds, {len(deltas)} cases.")
+    lines += role_summaries(recs, "default", "lora")
     val = [r["lora"]["psnr"] - r["default"]["psnr"] for r in recs if r["role"] == "validation"]
     if val:
         keep = np.mean(val) <= 0.1

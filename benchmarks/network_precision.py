@@ -23,7 +23,7 @@ from pathlib import Path  # noqa: E402
 
 import generalization as G  # noqa: E402
 import numpy as np  # noqa: E402
-from adaptation import MODELS, NOISE, role_subjects  # noqa: E402
+from adaptation import MODELS, NOISE, role_subjects, role_summaries  # noqa: E402
 
 from ScoreReconLib.data import Image, read_image  # noqa: E402
 from ScoreReconLib.evaluation import make_case  # noqa: E402
@@ -101,12 +101,7 @@ def markdown(modality: str, recs: list[dict]) -> str:
         lines.append(f"| {r['role']} | {r['image']} | {r['task']} | {a['psnr']:.2f} / {a['ssim']:.3f} | "
                      f"{b['psnr']:.2f} / {b['ssim']:.3f} | {b['psnr'] - a['psnr']:+.3f} | "
                      f"{a['seconds']:.1f} / {b['seconds']:.1f} |")
-    for role in ("validation", "test"):
-        rs = [r for r in recs if r["role"] == role]
-        d = np.array([r["bf16"]["psnr"] - r["fp32"]["psnr"] for r in rs])
-        ratio = np.mean([r["bf16"]["seconds"] / r["fp32"]["seconds"] for r in rs])
-        lines.append(f"\n{role}: mean Δ {d.mean():+.3f} dB (min {d.min():+.3f}, max {d.max():+.3f}) at {ratio:.2f}× "
-                     f"the seconds, {len(rs)} cases.")
+    lines += role_summaries(recs, "fp32", "bf16", digits=3, ratio_digits=2)
     lines.append("\n" + decision(recs)[1] + ".")
     return "\n".join(lines)
 

@@ -68,8 +68,7 @@ def run(args: argparse.Namespace) -> int:
 
         raise ScoreReconError("--model is empty; give default-ct, default-mri or a checkpoint folder, or leave it out")
     model = args.model or ("default-mri" if modality == "MR" else "default-ct")
-    prior = load_prior(model, device=device, trust_unverified=args.trust_unverified)
-    prior.precision = getattr(args, "precision", "auto")
+    prior = load_prior(model, device=device, trust_unverified=args.trust_unverified, precision=args.precision)
     src = Path(args.input) if args.input else sample_path(args.task)
     image = read_image(src)
     if image.array.ndim == 3:  # a volume (or a (1, H, W) stack): its middle slice, 2-D geometry

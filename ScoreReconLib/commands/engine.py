@@ -112,8 +112,7 @@ def make_engine(args: argparse.Namespace, measurements: list[Measurement], devic
     if args.model is not None and not str(args.model).strip():
         raise ScoreReconError("--model is empty; give default-ct, default-mri or a checkpoint folder, or leave it out")
     model = args.model or ("default-ct" if modalities == {"CT"} else "default-mri")
-    prior = load_prior(model, device=device, trust_unverified=args.trust_unverified)
-    prior.precision = getattr(args, "precision", "auto")
+    prior = load_prior(model, device=device, trust_unverified=args.trust_unverified, precision=args.precision)
     for m in measurements:
         prior.check_compatible(m.image_size, m.modality)
         problem = normalization_mismatch(m.normalization, prior.normalization)

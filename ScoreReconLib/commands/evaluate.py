@@ -89,8 +89,7 @@ def run(args: argparse.Namespace) -> int:
     if args.output:
         check_output_folder(args.output, "--output")
     device = resolve_device(args.device)
-    prior = load_prior(args.model, device=device, trust_unverified=args.trust_unverified)
-    prior.precision = getattr(args, "precision", "auto")
+    prior = load_prior(args.model, device=device, trust_unverified=args.trust_unverified, precision=args.precision)
     modality = task_modality(args.task)
     methods = args.methods.split(",") if args.methods else [*CLASSICAL[args.task], "score"]
     for m in methods:

@@ -52,8 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_output_path(args.output, "--output")
     device = resolve_device(args.device)
-    prior = load_prior(args.model, device, trust_unverified=args.trust_unverified)
-    prior.precision = getattr(args, "precision", "auto")
+    prior = load_prior(args.model, device, trust_unverified=args.trust_unverified, precision=args.precision)
     steps = args.steps if args.steps is not None else min(int(prior.recommended.get("steps", 1000)), 1000)
     if steps < 2:
         raise ScoreReconError(f"--steps {steps} is too few; use at least 10 (the prior's default is tuned)")

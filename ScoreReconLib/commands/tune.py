@@ -56,8 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from ..utils import resolve_device
 
     device = resolve_device(args.device)
-    prior = load_prior(args.model, device=device, trust_unverified=args.trust_unverified)
-    prior.precision = getattr(args, "precision", "auto")
+    prior = load_prior(args.model, device=device, trust_unverified=args.trust_unverified, precision=args.precision)
     model_dir = Path(prior.config.get("path", args.model))
     if not args.dry_run:
         from ..utils import check_output_path

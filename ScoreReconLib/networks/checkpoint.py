@@ -143,12 +143,16 @@ def load_checkpoint(folder: str | Path, device: torch.device | str = "cpu", trus
 
 
 
-def load_prior(name_or_path: str | Path, device: torch.device | str = "cpu", trust_unverified: bool = False) -> Prior:
+def load_prior(name_or_path: str | Path, device: torch.device | str = "cpu", trust_unverified: bool = False,
+               precision: str = "auto") -> Prior:
     """Load ``"default-ct"``/``"default-mri"`` (from ``Resources/models``) or a checkpoint folder
-    (``trust_unverified``: see :func:`load_checkpoint`)."""
+    (``trust_unverified``: see :func:`load_checkpoint`); ``precision`` is the network's arithmetic
+    (:attr:`Prior.precision`: "auto", "fp32" or "bf16")."""
     name = str(name_or_path)
     if name in DEFAULT_PRIORS:  # shipped and signed: no trust override needed
         prior = load_checkpoint(model_folder(name), device)
         prior.config["name"] = name
-        return prior
-    return load_checkpoint(model_folder(name), device, trust_unverified)
+    else:
+        prior = load_checkpoint(model_folder(name), device, trust_unverified)
+    prior.precision = precision
+    return prior
