@@ -155,6 +155,14 @@ def test_transplant_zero_inits_coordinate_channels():
     assert torch.all(out["conv.weight"][:, 0] == 1) and torch.all(out["conv.weight"][:, 1:] == 0)
 
 
+def test_transplant_keeps_the_intensity_channel_for_a_network_without_coordinates():
+    src = {"conv.weight": torch.arange(4 * 3 * 9, dtype=torch.float32).reshape(4, 3, 3, 3), "b": torch.ones(4)}
+    tgt = {"conv.weight": torch.empty(4, 1, 3, 3), "b": torch.empty(4)}
+    out = transplant_state(src, tgt)
+    assert out["conv.weight"].shape == (4, 1, 3, 3)
+    torch.testing.assert_close(out["conv.weight"], src["conv.weight"][:, :1])
+
+
 # --------------------------------------------------------------- train / load / reconstruct
 def test_patch_prior_trains_saves_and_loads(trained_patch_prior):
     out, res = trained_patch_prior
@@ -169,6 +177,35 @@ def test_patch_prior_trains_saves_and_loads(trained_patch_prior):
     torch.testing.assert_close(prior.score(x, 0.5, generator=g1), prior.score(x, 0.5, generator=g2))
     with pytest.raises(ScoreReconError, match="coordinate channels"):
         prior.model(x, torch.full((2,), 0.5))
+
+
+def test_patch_prior_without_coordinates_fine_tunes_from_one_with_them(trained_patch_prior, tmp_path):
+    out, _ = trained_patch_prior
+    data = json.loads((out / CONFIG_FILE).read_text())["training"]["data"]
+    plain = tmp_path / "plain"
+    res = train(TrainConfig(data=data, output=str(plain), image_size=32, steps=4, batch_size=8, modality="MR",
+                            device="cpu", show_progress=False, checkpoint_every=0, warmup=1, log_every=2,
+                            prior="patch", patch_size=8, init_from=str(out), coordinates=False))
+    assert np.isfinite(res.final_loss)
+    assert json.loads((plain / CONFIG_FILE).read_text())["network"]["coord_channels"] == 0
+    prior = load_prior(plain)
+    assert prior.kind == "patch" and prior.model.unet.conv_in.conv.in_channels == 1
+    # no position input: a patch scores the same wherever it lies in the field of view
+    tile = torch.rand(1, 1, 8, 8)
+    t = torch.full((1,), 0.3)
+    here, there = torch.zeros(1, 2, 8, 8), torch.full((1, 2, 8, 8), 0.7)
+    torch.testing.assert_close(prior.model(tile, t, here), prior.model(tile, t, there))
+    op = build_operator("mri", 32, acceleration=4)
+    x = torch.zeros(1, 1, 32, 32)
+    x[..., 8:24, 8:24] = 0.5
+    rec = reconstruct(op.A(x), op, prior, steps=3, snr=0.0, seed=0)
+    assert torch.isfinite(rec.mean).all()
+
+
+def test_no_coordinates_is_refused_for_a_whole_image_prior(tmp_path):
+    with pytest.raises(ScoreReconError, match="--no-coordinates applies to --prior patch"):
+        train(TrainConfig(data=str(tmp_path), output=str(tmp_path / "o"), prior="whole", coordinates=False,
+                          device="cpu", show_progress=False))
 
 
 def test_patch_prior_resume_continues_the_same_run(trained_patch_prior, tmp_path):

@@ -50,6 +50,9 @@ def register(subparsers) -> None:
                    help="patch (default): a position-aware patch network that reconstructs any image size; whole: "
                         "a whole-image network for --size images only")
     p.add_argument("--patch-size", type=int, default=32, help="patch side in pixels for --prior patch (default 32)")
+    p.add_argument("--no-coordinates", dest="coordinates", action="store_false",
+                   help="--prior patch: leave out the two field-of-view coordinate channels (a translation-invariant "
+                        "patch network; by default the network sees where in the field of view each patch lies)")
     p.add_argument("--scale-range", type=float, nargs=2, metavar=("LOW", "HIGH"), default=(0.5, 2.0),
                    help="patch priors: canvas sizes from LOW*size to HIGH*size pixels per field of view are "
                         "drawn in training (pixel-size augmentation; default 0.5 2.0)")
@@ -116,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
         sample_every=args.sample_every, resume=args.resume, seed=args.seed, device=args.device, amp=args.amp,
         num_workers=args.num_workers, description=args.description, show_progress=not args.quiet,
         init_from=args.init_from, trust_unverified=args.trust_unverified, prior=args.prior, patch_size=args.patch_size,
+        coordinates=args.coordinates,
         scale_range=tuple(args.scale_range), val_data=args.val_data,
     )
     result = train(cfg)

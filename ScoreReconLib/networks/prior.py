@@ -162,8 +162,9 @@ def prior_spec(config: dict) -> dict:
                                       "such as 128; fix the config") from None
             if not 16 <= spec["default_size"] <= 4096:
                 raise ScoreReconError(f"prior.default_size {spec['default_size']} must be from 16 to 4096 pixels")
-        if isinstance(net, dict) and int(net.get("coord_channels", 0)) != 2:
-            raise ScoreReconError("a patch prior's network must have coord_channels = 2; the config is inconsistent")
+        if isinstance(net, dict) and int(net.get("coord_channels", 0)) not in (0, 2):
+            raise ScoreReconError("a patch prior's network must have coord_channels 2 (field-of-view coordinates) "
+                                  "or 0 (trained with --no-coordinates); the config is inconsistent")
     elif isinstance(net, dict) and int(net.get("coord_channels", 0)) != 0:
         raise ScoreReconError("a whole-image prior's network must have coord_channels = 0; the config is inconsistent")
     return spec

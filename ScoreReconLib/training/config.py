@@ -68,6 +68,9 @@ class TrainConfig:
     prior: str = "patch"
     #: patch side in pixels (patch priors)
     patch_size: int = DEFAULT_PATCH_SIZE
+    #: patch priors: feed each pixel's field-of-view coordinates as two extra input channels (False: a
+    #: translation-invariant patch network that sees intensities only)
+    coordinates: bool = True
     #: canvas-size range of patch training relative to the stored ``image_size`` grid (pixel-size augmentation)
     scale_range: tuple[float, float] = (0.5, 2.0)
     #: intensity gain range of patch training (None: 0.95–1.05 for CT, 0.85–1.15 for MR)
@@ -96,6 +99,7 @@ def validate_config(cfg: TrainConfig) -> None:
     lo, hi = (float(v) for v in cfg.scale_range)
     checks = [
         (cfg.prior in ("patch", "whole"), f"--prior {cfg.prior} must be patch or whole"),
+        (cfg.prior == "patch" or cfg.coordinates, "--no-coordinates applies to --prior patch only"),
         (cfg.prior != "patch" or 4 <= cfg.patch_size <= cfg.image_size,
          f"--patch-size {cfg.patch_size} must lie in [4, --size {cfg.image_size}]"),
         (math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= hi,

@@ -43,12 +43,13 @@ def choose_sde_and_network(cfg: TrainConfig, saved_cfg: dict | None, init: Prior
     shape (unless ``cfg.sigma_max`` is given); or ``cfg``'s, with a VE ``sigma_max`` measured on the data.
     Records the VE ``sigma_max`` in ``cfg``."""
     is_patch = cfg.prior == "patch"
+    coord_channels = 2 if is_patch and cfg.coordinates else 0
     if saved_cfg is not None:
         sde = sde_from_dict(saved_cfg["sde"])
         network = saved_cfg["network"]
     elif init is not None and cfg.sigma_max is None:  # keep the starting network's noise scale and shape
         sde = init.sde
-        network = network_config({**init.model.network, "coord_channels": 2 if is_patch else 0})
+        network = network_config({**init.model.network, "coord_channels": coord_channels})
     else:
         sigma_max = cfg.sigma_max
         if cfg.sde.lower() == "ve" and sigma_max is None:
@@ -56,7 +57,7 @@ def choose_sde_and_network(cfg: TrainConfig, saved_cfg: dict | None, init: Prior
                          else estimate_sigma_max(dataset.slices, seed=cfg.seed))
         sde = make_sde(cfg, sigma_max)
         base = dict(init.model.network) if init is not None else dict(cfg.network)
-        network = network_config({**base, "coord_channels": 2 if is_patch else 0})
+        network = network_config({**base, "coord_channels": coord_channels})
     if isinstance(sde, VESDE):
         cfg.sigma_max = sde.sigma_max
     return sde, network
@@ -86,13 +87,18 @@ def build_model(cfg: TrainConfig, sde: SDE, network: dict, init: Prior | None, d
 def transplant_state(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``source`` weights shaped for ``target``: a whole-image network's first convolution gets zero
     weights for the patch network's two coordinate channels, so the patch network starts as the
-    whole-image denoiser applied to each patch; every other tensor is copied as it is."""
+    whole-image denoiser applied to each patch; a patch network without coordinates (``--no-coordinates``)
+    keeps the intensity channel's weights of a network with them; every other tensor is copied as it is."""
     out = dict(source)
     for k, v in source.items():
         want = target.get(k)
-        if want is not None and v.ndim == 4 and want.ndim == 4 and v.shape[1] < want.shape[1] \
-                and v.shape[0] == want.shape[0] and v.shape[2:] == want.shape[2:]:
+        if want is None or v.ndim != 4 or want.ndim != 4 or v.shape[0] != want.shape[0] \
+                or v.shape[2:] != want.shape[2:] or v.shape[1] == want.shape[1]:
+            continue
+        if v.shape[1] < want.shape[1]:
             w = torch.zeros_like(want)
             w[:, : v.shape[1]] = v
             out[k] = w
+        else:
+            out[k] = v[:, : want.shape[1]].clone()
     return out
