@@ -97,8 +97,12 @@ def test_fan_rays_follow_the_geometry():
 
 def test_auto_backend_picks_by_stored_size():
     assert ct.auto_backend(ct.ParallelBeamGeometry(128)) == "joseph"
-    assert ct.auto_backend(ct.ParallelBeamGeometry(512, 512)) == "matrix-free"
-    assert ct.auto_backend(ct.FanBeamGeometry(512, 1400.0, 1100.0, 512)) == "matrix-free"
+    # full scans at 512²: the symmetry's base views fit (1/4 of a 180° parallel scan, 1/8 of a fan turn)
+    assert ct.auto_backend(ct.ParallelBeamGeometry(512, 512)) == "joseph-symmetric"
+    assert ct.auto_backend(ct.FanBeamGeometry(512, 1400.0, 1100.0, 512)) == "joseph-symmetric"
+    # angles without the square's symmetry (a 127° arc of 512 views) and a larger image go matrix-free
+    assert ct.auto_backend(ct.ParallelBeamGeometry(512, 512, arc=2.2)) == "matrix-free"
+    assert ct.auto_backend(ct.ParallelBeamGeometry(1024, 1024)) == "matrix-free"
     assert ct.stored_matrix_bytes(ct.ParallelBeamGeometry(256, 256)) <= ct.STORED_MATRIX_MAX_BYTES
     op = build_operator("sparse-ct", 64, views=8, backend="matrix-free")
     assert op.projector.name == "matrix-free" and op.spec()["backend"] == "matrix-free"

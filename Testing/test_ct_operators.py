@@ -373,7 +373,7 @@ def test_torch_radon_matches_joseph():
 
 
 # ------------------------------------------------------------------------- measured views only
-@pytest.mark.parametrize("backend", ["joseph", "matrix-free"])
+@pytest.mark.parametrize("backend", ["joseph", "joseph-symmetric", "matrix-free"])
 @pytest.mark.parametrize("task,options", [
     ("sparse-ct", {"views": 7}),
     ("limited-angle-ct", {"arc": 60.0}),

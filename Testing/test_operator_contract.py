@@ -28,6 +28,9 @@ FAN = {"geometry": "fan", "source_distance": 80.0, "detector_distance": 40.0}
 KINDS: dict[str, Callable[[], MeasurementOperator]] = {
     "sparse-ct": lambda: build_operator("sparse-ct", N, views=8),
     "sparse-ct-matrix-free": lambda: build_operator("sparse-ct", N, views=8, backend="matrix-free"),
+    "metal-ct-symmetric": lambda: build_operator("metal-ct", N, metal_mask=random_metal_mask(N, 2, seed=1),
+                                                 backend="joseph-symmetric"),
+    "fan-beam-ct-symmetric": lambda: build_operator("sparse-ct", N, views=12, backend="joseph-symmetric", **FAN),
     "limited-angle-ct": lambda: build_operator("limited-angle-ct", N, arc=60.0),
     "metal-ct": lambda: build_operator("metal-ct", N, metal_mask=random_metal_mask(N, 2, seed=1)),
     "fan-beam-ct": lambda: build_operator("sparse-ct", N, views=12, **FAN),

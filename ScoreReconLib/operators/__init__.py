@@ -22,9 +22,9 @@ def build_operator(task: str, image_size: int, **options: Any) -> MeasurementOpe
     metal-ct ``metal_mask`` ((B,1,H,W) bool), ``n_angles``; mri ``acceleration``,
     ``center_fraction``, ``mask`` kind ("equispaced", "random", "variable-density", "poisson"), ``seed``.
     CT also: ``solver`` ("cg" or "fbp" for the proximal step), ``cg_iterations``, ``backend`` ("auto",
-    "joseph", "matrix-free", "torch-radon"), ``filter`` (FBP filter), ``dilation`` (metal trace), ``geometry``
-    ("parallel" or "fan" with ``source_distance``, ``detector_distance`` in pixels and ``detector``). Common:
-    ``device``.
+    "joseph", "joseph-symmetric", "matrix-free", "torch-radon"), ``filter`` (FBP filter), ``dilation`` (metal
+    trace), ``geometry`` ("parallel" or "fan" with ``source_distance``, ``detector_distance`` in pixels and
+    ``detector``). Common: ``device``.
     """
     if task in CT_TASKS:
         from . import ct

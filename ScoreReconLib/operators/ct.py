@@ -44,6 +44,7 @@ from .projectors import (
     BACKENDS,
     MATRIX_FREE_CHUNK_ELEMENTS,
     STORED_MATRIX_MAX_BYTES,
+    SYMMETRIC_MATRIX_MAX_BYTES,
     JosephProjector,
     MatrixFreeJosephProjector,
     Projector,
@@ -514,7 +515,8 @@ def ct_operator_from_spec(spec: dict, arrays: dict[str, np.ndarray], device: Any
 __all__ = [
     "BACKENDS", "DETECTORS", "FILTERS", "GEOMETRIES", "MATRIX_FREE_CHUNK_ELEMENTS", "MAX_DET_PER_PIXEL",
     "MIN_IMAGE_SIZE", "PROJECTOR_FORMAT_VERSION", "REBIN_MODE", "SOLVERS", "STATS", "STORED_MATRIX_MAX_BYTES",
-    "TRACE_THRESHOLD", "CTOperator", "FanBeamGeometry", "Geometry", "JosephProjector", "LimitedAngleCT",
+    "SYMMETRIC_MATRIX_MAX_BYTES", "TRACE_THRESHOLD", "CTOperator", "FanBeamGeometry", "Geometry", "JosephProjector",
+    "LimitedAngleCT",
     "MatrixFreeJosephProjector", "MetalTraceCT", "ParallelBeamGeometry", "Projector", "SparseViewCT",
     "ViewSubsetGeometry", "auto_backend",
     "build_ct_operator", "build_joseph_matrix", "cache_dir", "cache_path", "clear_memo", "ct_operator_from_spec",

@@ -12,7 +12,9 @@ ray crosses, weighted by the path length per step), parallel or fan beam:
   and CUDA.
 
 :func:`make_projector` with ``backend="auto"`` picks the stored matrix while its estimated size is
-at most :data:`STORED_MATRIX_MAX_BYTES`, else the matrix-free projector (torch-radon on CUDA when it
+at most :data:`STORED_MATRIX_MAX_BYTES`, then the stored matrix of the few views from which the square
+grid's symmetries give all others (:class:`~.symmetric.SymmetricJosephProjector`) up to
+:data:`SYMMETRIC_MATRIX_MAX_BYTES`, else the matrix-free projector (torch-radon on CUDA when it
 imports: :mod:`.torch_radon_backend`). Sinograms are ``(B, 1, n_angles, n_det)`` float32; images
 ``(B, 1, N, N)`` float32.
 """
@@ -30,12 +32,18 @@ from . import torch_radon_backend as trb
 from .geometry import Geometry, check_sinogram, check_square_image
 from .system_matrix import joseph_matrices, stored_matrix_bytes
 
-#: projector backends accepted by the CT operators ("joseph": stored matrix; "matrix-free": on the fly)
-BACKENDS = ("auto", "joseph", "matrix-free", "torch-radon")
+#: projector backends accepted by the CT operators ("joseph": stored matrix; "joseph-symmetric": the stored
+#: matrix of the views the square grid's symmetries do not give, :mod:`.symmetric`; "matrix-free": on the fly)
+BACKENDS = ("auto", "joseph", "joseph-symmetric", "matrix-free", "torch-radon")
 #: ``backend="auto"`` uses the stored matrix (A and Aᵀ) while its estimated size is at most this many
 #: bytes (256² with 256 angles: ~0.46 GB; building it peaks at ~9× that); larger geometries go
 #: matrix-free. See benchmarks/RESULTS.md ("clinical-ct") for the speed of both.
 STORED_MATRIX_MAX_BYTES = 512 * 2**20
+#: above that, ``backend="auto"`` stores the matrix of the symmetry's base views only
+#: (:class:`~.symmetric.SymmetricJosephProjector`) while its estimated size is at most this many bytes: 512²
+#: with 512 parallel views (a full 180° scan) ~0.9 GB, with 512 fan views over a full turn ~0.5 GB, 40–60×
+#: faster than matrix-free (benchmarks/RESULTS.md, "symmetric-projector"); larger geometries go matrix-free
+SYMMETRIC_MATRIX_MAX_BYTES = 1280 * 2**20
 #: working-set bound of the matrix-free projector: sampled values per chunk (float32 elements)
 MATRIX_FREE_CHUNK_ELEMENTS = 1 << 23
 
@@ -254,18 +262,24 @@ class MatrixFreeJosephProjector:
 
 def auto_backend(geometry: Geometry, device: torch.device | str = "cpu") -> str:
     """The backend ``"auto"`` picks: torch-radon on CUDA (parallel beam, when importable), else the
-    stored matrix up to :data:`STORED_MATRIX_MAX_BYTES`, else matrix-free."""
+    stored matrix up to :data:`STORED_MATRIX_MAX_BYTES`, else the stored matrix of the symmetry's base
+    views up to :data:`SYMMETRIC_MATRIX_MAX_BYTES`, else matrix-free."""
+    from .symmetric import symmetric_matrix_bytes
+
     device = torch.device(device)
     if device.type == "cuda" and geometry.kind == "parallel" and trb.torch_radon_available():
         return "torch-radon"
-    return "joseph" if stored_matrix_bytes(geometry) <= STORED_MATRIX_MAX_BYTES else "matrix-free"
+    if stored_matrix_bytes(geometry) <= STORED_MATRIX_MAX_BYTES:
+        return "joseph"
+    return "joseph-symmetric" if symmetric_matrix_bytes(geometry) <= SYMMETRIC_MATRIX_MAX_BYTES else "matrix-free"
 
 
 def make_projector(geometry: Geometry, backend: str = "auto",
                    device: torch.device | str = "cpu") -> Projector:
     """Projector for ``geometry`` on ``device``.
 
-    ``backend``: "joseph" (stored sparse matrix), "matrix-free" (computed on the fly),
+    ``backend``: "joseph" (stored sparse matrix), "joseph-symmetric" (the stored matrix of the views the
+    pixel grid's symmetries do not give, :mod:`.symmetric`), "matrix-free" (computed on the fly),
     "torch-radon" (optional CUDA package, parallel beam only; error if missing) or "auto"
     (:func:`auto_backend`).
     """
@@ -281,10 +295,15 @@ def make_projector(geometry: Geometry, backend: str = "auto",
         return trb.TorchRadonProjector(geometry, device)
     if backend == "matrix-free":
         return MatrixFreeJosephProjector(geometry, device)
+    if backend == "joseph-symmetric":
+        from .symmetric import SymmetricJosephProjector
+
+        return SymmetricJosephProjector(geometry, device)
     return JosephProjector(geometry, device)
 
 
 __all__ = [
-    "BACKENDS", "MATRIX_FREE_CHUNK_ELEMENTS", "STORED_MATRIX_MAX_BYTES", "JosephProjector",
+    "BACKENDS", "MATRIX_FREE_CHUNK_ELEMENTS", "STORED_MATRIX_MAX_BYTES", "SYMMETRIC_MATRIX_MAX_BYTES",
+    "JosephProjector",
     "MatrixFreeJosephProjector", "Projector", "auto_backend", "make_projector",
 ]
