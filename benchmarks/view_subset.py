@@ -103,15 +103,15 @@ def reconstruction_rows(data: Path) -> list[str]:
         out = {}
         for label in ("measured views", "full set"):
             c = make_case(s.name, s.at(n), task.task, seed=G.case_seed(s, task), noise=0.01, **task.opts())
-            original = ct._ViewSubsetCT.measured_projector
-            if label == "full set":
-                ct._ViewSubsetCT.measured_projector = property(lambda self: self.projector)
+            original = ct._ViewSubsetCT.all_views
+            if label == "full set":  # as before the measured-view projector: every view projected, then masked
+                ct._ViewSubsetCT.all_views = property(lambda self: True)
             try:
                 t0 = time.perf_counter()
                 res = reconstruct(c.y, c.op, prior, seed=0)
                 out[label] = (score_slices(res.mean, c.x).psnr, time.perf_counter() - t0, res.mean)
             finally:
-                ct._ViewSubsetCT.measured_projector = original
+                ct._ViewSubsetCT.all_views = original
         (pm, tm, im), (pf, tf, imf) = out["measured views"], out["full set"]
         rows.append(f"| {n}² | {pm:.2f} | {tm:.1f} | {pf:.2f} | {tf:.1f} | {float((im - imf).abs().max()):.1e} |")
         print(rows[-1], flush=True)

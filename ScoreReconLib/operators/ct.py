@@ -92,7 +92,24 @@ class CTOperator(MeasurementOperator):
         self.backend = backend
         self.filter = filter
         self.device = torch.device(device)
-        self.projector: Projector = make_projector(self.geometry, backend, self.device)
+        if backend not in BACKENDS:
+            raise ScoreReconError(f"unknown CT backend '{backend}'; choose one of {', '.join(BACKENDS)}")
+        self._projector: Projector | None = None
+        if backend == "torch-radon":  # asked for by name: say now if it cannot serve
+            self._projector = make_projector(self.geometry, backend, self.device)
+
+    @property
+    def projector(self) -> Projector:
+        """The full-set projector (:func:`make_projector` with this operator's backend), made on first use: a
+        sparse-view or limited-angle scan projects its measured views with :attr:`measured_projector` and may
+        never need it (at 512² the full set's stored matrix would take 0.9 GB)."""
+        if self._projector is None:
+            self._projector = make_projector(self.geometry, self.backend, self.device)
+        return self._projector
+
+    @projector.setter
+    def projector(self, value: Projector) -> None:
+        self._projector = value
 
     # -------------------------------------------------------------------------------- transform
     def T(self, x: torch.Tensor) -> torch.Tensor:
@@ -147,7 +164,8 @@ class CTOperator(MeasurementOperator):
     def to(self, device: torch.device | str) -> CTOperator:
         """Move the projector and masks to ``device`` (returns self)."""
         self.device = torch.device(device)
-        self.projector = self.projector.to(self.device)
+        if self._projector is not None:
+            self._projector = self._projector.to(self.device)
         self._move_masks(self.device)
         return self
 
@@ -203,11 +221,16 @@ class _ViewSubsetCT(CTOperator):
         self._measured_projector: Projector | None = None
 
     @property
+    def all_views(self) -> bool:
+        """Every view of the full set is measured (the measured-view projector is the full-set one)."""
+        return len(self.views) == self.geometry.n_angles
+
+    @property
     def measured_projector(self) -> Projector:
         """A projector of the measured views only (:class:`ViewSubsetGeometry`, same backend rule; built on first
         use): what :meth:`A` (through ``_forward_measured``) and :meth:`A_adjoint` compute, instead of every view of
         the full set."""
-        if len(self.views) == self.geometry.n_angles:
+        if self.all_views:
             return self.projector
         if self._measured_projector is None or self._measured_projector.device != self.device:
             self._measured_projector = make_projector(ViewSubsetGeometry(self.geometry, self.views), self.backend,
@@ -216,19 +239,18 @@ class _ViewSubsetCT(CTOperator):
 
     def _forward_measured(self, x: torch.Tensor) -> torch.Tensor:
         """``Λ ⊙ T x`` in full layout, projecting the measured views only (zeros elsewhere)."""
+        if self.all_views:
+            return self.mask_apply(self.T(x))
         sub = self.measured_projector
-        if sub is self.projector:
-            return self.T(x)
         out = x.new_zeros((x.shape[0], 1, self.geometry.n_angles, self.geometry.n_det), dtype=torch.float32)
         out[:, :, self._view_index.to(x.device)] = sub.forward(x)
         return out
 
     def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:
         """``Tᴴ (Λ ⊙ y)``, back-projecting the measured views only."""
-        sub = self.measured_projector
-        if sub is self.projector:
+        if self.all_views:
             return self.T_adjoint(self.mask_apply(y))
-        return sub.adjoint(y[:, :, self._view_index.to(y.device)].to(torch.float32))
+        return self.measured_projector.adjoint(y[:, :, self._view_index.to(y.device)].to(torch.float32))
 
     @property
     def mask(self) -> torch.Tensor:
@@ -251,8 +273,8 @@ class _ViewSubsetCT(CTOperator):
         """FBP from the measured views only."""
         self.check_measurement(y)
         weights = self.view_weights.to(y.device)
-        sub = self.measured_projector
-        if self.geometry.kind == "parallel" and sub is not self.projector:
+        if self.geometry.kind == "parallel" and not self.all_views:
+            sub = self.measured_projector
             # parallel beam filters each view on its own, so the unmeasured (zero-weighted) views add nothing:
             # filter and back-project the measured views only (the same image as fbp over the full set)
             index = self._view_index.to(y.device)
