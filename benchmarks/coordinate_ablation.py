@@ -62,6 +62,12 @@ def test_cases(modality: str, data: Path) -> list:
     return out
 
 
+def first_layer_norms(prior) -> list[float]:
+    """Frobenius norms of the first convolution's weights per input channel: intensity, then u, v if present."""
+    w = prior.model.unet.conv_in.conv.weight.detach()
+    return [float(w[:, i].norm()) for i in range(w.shape[1])]
+
+
 def arm_label(prior) -> str:
     return "coordinates" if int(prior.model.network["coord_channels"]) else "no coordinates"
 
@@ -113,6 +119,12 @@ def main() -> None:
     for r in rows[1:]:
         lines += ["", f"Validation loss of `{r['label']}` ({r['arm']}) at every checkpoint: "
                   + ", ".join(f"{s}: {v:.5f}" for s, v in sorted(r["curve"].items())) + "."]
+    norms = first_layer_norms(shipped)
+    if len(norms) == 3:
+        lines += ["", f"How much the shipped prior uses the coordinates: norms of its first convolution's weights per "
+                      f"input channel: intensity {norms[0]:.3f}, u {norms[1]:.3f}, v {norms[2]:.3f} "
+                      f"({100 * max(norms[1:]) / norms[0]:.1f} % of the intensity channel's; the coordinate weights "
+                      "started at zero when the patch prior was made from a whole-image one)."]
     with_c = [r for r in rows[1:] if r["arm"] == "coordinates"]
     without = [r for r in rows[1:] if r["arm"] == "no coordinates"]
     if with_c and without:
