@@ -36,30 +36,16 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import _results  # noqa: E402
-import generalization as G  # noqa: E402
 import torch  # noqa: E402
-from adaptation import MODELS, NOISE  # noqa: E402
+from adaptation import MODELS  # noqa: E402
 from auto_weight import VALIDATION  # noqa: E402
 from prior_training import cases, evaluate, log, val_log  # noqa: E402
 from std_calibration import TEST  # noqa: E402
 
-from ScoreReconLib.data import ct_normalization  # noqa: E402
-from ScoreReconLib.evaluation import make_case  # noqa: E402
 from ScoreReconLib.networks import load_prior  # noqa: E402
 
 #: a run without coordinates must beat the run with them by more than this (mean validation PSNR, dB)
 MARGIN_DB = 0.02
-
-
-def test_cases(modality: str, data: Path) -> list:
-    """(task key, case) of the held-out test subjects, as :func:`prior_training.cases` builds the validation ones."""
-    out = []
-    for rel in TEST[modality]:
-        s = G.load_subject(data / rel, modality, "test", 1, ct_normalization())[0]
-        for task in G.TASKS[modality]:
-            out.append((task.key, make_case(s.name, s.at(128), task.task, seed=G.case_seed(s, task),
-                                            noise=NOISE[modality], **task.opts())))
-    return out
 
 
 def first_layer_norms(prior) -> list[float]:
@@ -84,7 +70,7 @@ def main() -> None:
     tag = "ct" if args.modality == "CT" else "mri"
     data = Path(args.data)
     shipped = load_prior(MODELS[args.modality])
-    val_cases, tests = cases(args.modality, data), test_cases(args.modality, data)
+    val_cases, tests = cases(args.modality, data), cases(args.modality, data, TEST[args.modality])
     rows = [{"label": f"shipped {MODELS[args.modality]} (step 0)", "arm": arm_label(shipped), "steps": 0,
              "val_loss": None, "curve": {}, "validation": evaluate(shipped, shipped, args.modality, val_cases),
              "test": evaluate(shipped, shipped, args.modality, tests)}]

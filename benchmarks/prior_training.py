@@ -60,9 +60,11 @@ def val_log(run: Path) -> dict[int, float]:
         return {int(r["step"]): float(r["val_loss"]) for r in csv.DictReader(fh)}
 
 
-def cases(modality: str, data: Path) -> list:
+def cases(modality: str, data: Path, subjects: list[str] | None = None) -> list:
+    """(task key, case) of every task for ``subjects`` (paths under ``data``; default the validation subjects),
+    128², noisy, one slice each."""
     out = []
-    for rel in VALIDATION[modality]:
+    for rel in VALIDATION[modality] if subjects is None else subjects:
         s = G.load_subject(data / rel, modality, "validation", 1, ct_normalization())[0]
         for task in G.TASKS[modality]:
             out.append((task.key, make_case(s.name, s.at(128), task.task, seed=G.case_seed(s, task),
