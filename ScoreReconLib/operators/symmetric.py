@@ -21,6 +21,7 @@ rounding. Geometries without such symmetry keep every view as a base view (no sa
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -81,7 +82,13 @@ def symmetry_plan(geometry: Geometry) -> SymmetryPlan:
     """The base views of ``geometry`` and, for every view, the base view, symmetry and bin order it follows from.
 
     Greedy in view order: a view becomes a base view unless a symmetry maps the rays of an earlier base view
-    onto its own (same or reversed bin order)."""
+    onto its own (same or reversed bin order). Memoised per geometry (0.2 s at 512² with 512 views); the arrays
+    are read-only."""
+    return _plan(geometry)
+
+
+@lru_cache(maxsize=16)
+def _plan(geometry: Geometry) -> SymmetryPlan:
     theta, t = geometry.rays()  # (n_angles, n_det) each: the line x cos θ + y sin θ = t of every bin
     u = np.stack([np.cos(theta), np.sin(theta)], axis=-1)
     tie = np.any(np.abs(np.abs(u[..., 0]) - np.abs(u[..., 1])) <= _TOL, axis=1)  # a 45° ray in the view
@@ -116,7 +123,10 @@ def symmetry_plan(geometry: Geometry) -> SymmetryPlan:
             found = (len(base), 0, False)
             base.append(k)
         source[k], transform[k], reverse[k] = found
-    return SymmetryPlan(np.asarray(base, dtype=np.int64), source, transform, reverse)
+    arrays = [np.asarray(base, dtype=np.int64), source, transform, reverse]
+    for a in arrays:
+        a.flags.writeable = False
+    return SymmetryPlan(*arrays)
 
 
 def pixel_permutation(n: int, q: np.ndarray) -> np.ndarray:
