@@ -410,3 +410,16 @@ def test_view_subset_geometry_checks_and_keys():
             ct.ViewSubsetGeometry(g, bad)
     full = build_operator("sparse-ct", 32, views=32)  # every view measured: the full projector itself
     assert full.measured_projector is full.projector
+
+
+def test_sparse_view_operator_never_builds_the_full_set_projector():
+    """A, Aᴴ, A† (parallel beam) and the proximal step of a sparse-view scan use the measured views only, so the
+    full set's projector (at 512² a 0.9 GB stored matrix) is made on first use of T, not before."""
+    op = build_operator("sparse-ct", 32, views=8)
+    x = shepp_logan(32)
+    y = op.A(x)
+    op.A_adjoint(y)
+    op.A_dagger(y)
+    op.proximal(x, y, 1.0)
+    assert op._projector is None
+    assert op.T(x).shape == y.shape and op._projector is not None
