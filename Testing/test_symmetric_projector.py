@@ -79,3 +79,14 @@ def test_sparse_and_metal_operators_take_the_backend():
     x = shepp_logan(32)
     torch.testing.assert_close(op.A(x), ref.A(x), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(op.A_dagger(op.A(x)), ref.A_dagger(ref.A(x)), rtol=1e-4, atol=1e-4)
+
+
+def test_sparse_mm_in_column_groups_equals_one_product(monkeypatch):
+    from ScoreReconLib.operators import system_matrix
+
+    a = ct.JosephProjector(ct.ParallelBeamGeometry(16, 8)).matrix
+    cols = torch.rand(256, 7, generator=torch.Generator().manual_seed(0))
+    whole = system_matrix.sparse_mm(a, cols)
+    monkeypatch.setattr(system_matrix, "DENSE_BLOCK_BYTES", 256 * 4 * 3)  # groups of 3 columns
+    torch.testing.assert_close(system_matrix.sparse_mm(a, cols), whole)
+    torch.testing.assert_close(system_matrix.sparse_mm(a, cols[:, :1]), whole[:, :1])

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from ..errors import ScoreReconError
 from . import torch_radon_backend as trb
 from .geometry import Geometry, check_sinogram, check_square_image
-from .system_matrix import joseph_matrices, stored_matrix_bytes
+from .system_matrix import joseph_matrices, sparse_mm, stored_matrix_bytes
 
 #: projector backends accepted by the CT operators ("joseph": stored matrix; "joseph-symmetric": the stored
 #: matrix of the views the square grid's symmetries do not give, :mod:`.symmetric`; "matrix-free": on the fly)
@@ -90,8 +90,7 @@ class JosephProjector:
         a, _ = self._mats(x.device)
         b = x.shape[0]
         cols = x.reshape(b, -1).to(torch.float32).t().contiguous()
-        out = torch.sparse.mm(a, cols) if b > 1 else torch.mv(a, cols[:, 0])[:, None]
-        return out.t().reshape(b, 1, self.geometry.n_angles, self.geometry.n_det)
+        return sparse_mm(a, cols).t().reshape(b, 1, self.geometry.n_angles, self.geometry.n_det)
 
     def adjoint(self, s: torch.Tensor) -> torch.Tensor:
         """Back-project (B, 1, n_angles, n_det) sinograms with the exact transpose → (B, 1, N, N)."""

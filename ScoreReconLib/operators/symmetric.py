@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .geometry import Geometry, ViewSubsetGeometry, check_sinogram, check_square_image
-from .system_matrix import stored_matrix_bytes
+from .system_matrix import sparse_mm, stored_matrix_bytes
 
 #: the eight symmetries of the square as 2×2 integer matrices acting on (x, y) pixel-centre coordinates
 _D4 = [np.array(m, dtype=np.int64) for m in (
@@ -194,7 +194,7 @@ class SymmetricJosephProjector:
         flat = x.reshape(b, -1).to(torch.float32)
         # columns: every used symmetry's image of every batch item, (N², n_sym·B)
         cols = flat[:, self._perm].permute(2, 1, 0).reshape(flat.shape[1], -1).contiguous()
-        y = torch.sparse.mm(self._base.matrix, cols).reshape(-1, len(self._slot), b)
+        y = sparse_mm(self._base.matrix, cols).reshape(-1, len(self._slot), b)
         out = y[self._rows, self._slots]  # (n_angles·n_det, B)
         return out.t().reshape(b, 1, self.geometry.n_angles, self.geometry.n_det)
 
