@@ -41,8 +41,9 @@ BACKENDS = ("auto", "joseph", "joseph-symmetric", "matrix-free", "torch-radon")
 STORED_MATRIX_MAX_BYTES = 512 * 2**20
 #: above that, ``backend="auto"`` stores the matrix of the symmetry's base views only
 #: (:class:`~.symmetric.SymmetricJosephProjector`) while its estimated size is at most this many bytes: 512²
-#: with 512 parallel views (a full 180° scan) ~0.9 GB, with 512 fan views over a full turn ~0.5 GB, 40–60×
-#: faster than matrix-free (benchmarks/RESULTS.md, "symmetric-projector"); larger geometries go matrix-free
+#: with 512 parallel views (a full 180° scan) ~0.9 GB, with 512 fan views over a full turn ~0.5 GB; 17–25×
+#: faster than matrix-free and 10–14× faster than astra's CPU projectors there (benchmarks/RESULTS.md,
+#: "symmetric-projector"); larger geometries go matrix-free
 SYMMETRIC_MATRIX_MAX_BYTES = 1280 * 2**20
 #: working-set bound of the matrix-free projector: sampled values per chunk (float32 elements)
 MATRIX_FREE_CHUNK_ELEMENTS = 1 << 23

@@ -8,14 +8,14 @@ maps onto it. The Joseph weights (:mod:`.system_matrix`) obey the same symmetry 
 exception is a ray at exactly 45° to the axes, where Joseph's tie rule (step over rows) does not
 turn with ``Q``, so such views are never mapped by a ``Q`` that swaps the axes.
 
-:func:`symmetry_plan` finds the smallest set of *base* views from which every view of a geometry
-follows (a view whose rays are the ``Q``-images of a base view's rays, in the same or reversed bin
+:func:`symmetry_plan` finds, greedily in view order, a small set of *base* views from which every view of a
+geometry follows (a view whose rays are the ``Q``-images of a base view's rays, in the same or reversed bin
 order); :class:`SymmetricJosephProjector` stores the Joseph matrix of the base views only, projects
 the ``Q``-transformed images with it in one sparse product and gathers each view's bins. For the
 usual full scans (parallel beam, n angles over 180° with n divisible by 4; fan beam, a full turn
-with n divisible by 4) the base is about an eighth (parallel) or a quarter to an eighth (fan) of
-the views, and so is the stored matrix; the result equals the full stored matrix's up to float
-rounding. Geometries without such symmetry keep every view as a base view (no saving, same result).
+with n divisible by 4) the base is about a quarter (parallel: a 180° turn only reverses a view's
+bins) or an eighth (fan) of the views, and so is the stored matrix; the result equals the full stored
+matrix's up to float rounding. Geometries without such symmetry keep every view as a base view (no saving, same result).
 """
 
 from __future__ import annotations

@@ -191,7 +191,7 @@ def _remember(key: tuple[str, str], value: tuple[torch.Tensor, torch.Tensor]) ->
 
 
 #: a CPU sparse × dense product gathers rows of the dense block at random; it keeps this many bytes of it per pass
-#: (at 512² a block of 16 image columns, 16.8 MB, made the forward product 8× slower than two blocks of 8 on this
+#: (at 512² a block of 16 image columns, 16.8 MB, made the forward product 4× slower than two blocks of 8 on this
 #: project's 2-core EPYC; at 128² and 256² every batch fits and nothing changes)
 DENSE_BLOCK_BYTES = 8 * 2**20
 
