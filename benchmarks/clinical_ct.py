@@ -181,7 +181,9 @@ def part_operators(args: argparse.Namespace) -> None:
             "Stored sparse matrix (A and Aᵀ) vs matrix-free, parallel beam, median of 3 (matrix-free 1):\n\n"
             + "\n".join(small) + f"\n\n`backend=\"auto\"` keeps the stored matrix up to "
             f"{ct.STORED_MATRIX_MAX_BYTES / 2**20:.0f} MB of estimated matrix (256² with 256 angles), "
-            "above that the matrix-free projector.")
+            "above that the stored matrix of the views the pixel grid's symmetries do not give up to "
+            f"{ct.SYMMETRIC_MATRIX_MAX_BYTES / 2**20:.0f} MB (512² full scans; section *symmetric-projector*), "
+            "then the matrix-free projector.")
     print(text)
     if not args.no_write:
         update_section("clinical-ct operators", text, "python benchmarks/clinical_ct.py --part operators")
