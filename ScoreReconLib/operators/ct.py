@@ -49,6 +49,7 @@ from .projectors import (
     MatrixFreeJosephProjector,
     Projector,
     auto_backend,
+    check_backend,
     make_projector,
 )
 from .system_matrix import (
@@ -92,8 +93,7 @@ class CTOperator(MeasurementOperator):
         self.backend = backend
         self.filter = filter
         self.device = torch.device(device)
-        if backend not in BACKENDS:
-            raise ScoreReconError(f"unknown CT backend '{backend}'; choose one of {', '.join(BACKENDS)}")
+        check_backend(backend)
         self._projector: Projector | None = None
         if backend == "torch-radon":  # asked for by name: say now if it cannot serve
             self._projector = make_projector(self.geometry, backend, self.device)

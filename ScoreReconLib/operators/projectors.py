@@ -274,6 +274,12 @@ def auto_backend(geometry: Geometry, device: torch.device | str = "cpu") -> str:
     return "joseph-symmetric" if symmetric_matrix_bytes(geometry) <= SYMMETRIC_MATRIX_MAX_BYTES else "matrix-free"
 
 
+def check_backend(backend: str) -> None:
+    """Raise :class:`ScoreReconError` unless ``backend`` is one of :data:`BACKENDS`."""
+    if backend not in BACKENDS:
+        raise ScoreReconError(f"unknown CT backend '{backend}'; choose one of {', '.join(BACKENDS)}")
+
+
 def make_projector(geometry: Geometry, backend: str = "auto",
                    device: torch.device | str = "cpu") -> Projector:
     """Projector for ``geometry`` on ``device``.
@@ -283,8 +289,7 @@ def make_projector(geometry: Geometry, backend: str = "auto",
     "torch-radon" (optional CUDA package, parallel beam only; error if missing) or "auto"
     (:func:`auto_backend`).
     """
-    if backend not in BACKENDS:
-        raise ScoreReconError(f"unknown CT backend '{backend}'; choose one of {', '.join(BACKENDS)}")
+    check_backend(backend)
     device = torch.device(device)
     if backend == "auto":
         backend = auto_backend(geometry, device)
@@ -304,6 +309,6 @@ def make_projector(geometry: Geometry, backend: str = "auto",
 
 __all__ = [
     "BACKENDS", "MATRIX_FREE_CHUNK_ELEMENTS", "STORED_MATRIX_MAX_BYTES", "SYMMETRIC_MATRIX_MAX_BYTES",
-    "JosephProjector",
+    "JosephProjector", "check_backend",
     "MatrixFreeJosephProjector", "Projector", "auto_backend", "make_projector",
 ]

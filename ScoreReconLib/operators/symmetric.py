@@ -179,6 +179,7 @@ class SymmetricJosephProjector:
         self._rows = torch.as_tensor(np.concatenate(rows), device=self.device)
         slots = np.repeat([self._slot[int(q)] for q in self.plan.transform], n_det)
         self._slots = torch.as_tensor(slots, device=self.device)
+        self._on_device: dict[torch.device, SymmetricJosephProjector] = {}
 
     @property
     def stored_views(self) -> int:
@@ -215,8 +216,13 @@ class SymmetricJosephProjector:
         return out.reshape(b, 1, n, n)
 
     def to(self, device: torch.device | str) -> SymmetricJosephProjector:
-        """This projector on ``device``."""
-        return self if torch.device(device) == self.device else SymmetricJosephProjector(self.geometry, device)
+        """This projector on ``device`` (kept, so input on another device does not rebuild it every call)."""
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        if device not in self._on_device:
+            self._on_device[device] = SymmetricJosephProjector(self.geometry, device)
+        return self._on_device[device]
 
 
 __all__ = ["SymmetricJosephProjector", "SymmetryPlan", "pixel_permutation", "symmetric_matrix_bytes",
