@@ -34,19 +34,10 @@ from ScoreReconLib.data import ct_normalization  # noqa: E402
 from ScoreReconLib.evaluation import make_case  # noqa: E402
 from ScoreReconLib.metrics import score_slices  # noqa: E402
 from ScoreReconLib.networks import load_prior  # noqa: E402
-from ScoreReconLib.noise import estimate_noise_std, looks_noise_free  # noqa: E402
 from ScoreReconLib.reconstruction import reconstruct  # noqa: E402
 from ScoreReconLib.sampling.consistency import classical_init  # noqa: E402
 
 T_STARTS = (0.02, 0.05, 0.1, 0.2)
-
-
-def start_image(case) -> torch.Tensor:
-    """The classical start exactly as ``reconstruct`` makes it (noise-free data: the task's noise-free weight)."""
-    sigma = float(estimate_noise_std(case.op, case.y))
-    if looks_noise_free(case.op, case.y):
-        sigma = 0.0
-    return classical_init(case.op, case.y, None, None, sigma)
 
 
 def main() -> None:
@@ -73,7 +64,7 @@ def main() -> None:
                         return score_slices(x, _c.x, _c.score_mask).psnr
 
                     row = {"role": role, "image": s.name, "task": task.key, "noise": noise,
-                           "start": psnr(start_image(c)),
+                           "start": psnr(classical_init(c.op, c.y)),  # the start reconstruct() makes
                            "score": {t: psnr(reconstruct(c.y, c.op, prior, seed=0, t_start=t).mean) for t in T_STARTS}}
                     rows.append(row)
                     print(f"[{time.strftime('%H:%M:%S')}] {role} {s.name} {task.key} noise {noise:g}: start "

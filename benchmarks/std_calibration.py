@@ -71,7 +71,7 @@ def ratios(modality: str, rel: str, task, prior, data: Path, seed: int, residual
         clean = make_case(s.name, s.at(128), task.task, seed=G.case_seed(s, task), noise=0.0, **task.opts())
         sigma_true = NOISE[modality] * float(clean.op.mask_apply(clean.y).abs().max())
         sigma_est = float(estimate_noise_std(c.op, c.y))
-        start = classical_init(c.op, c.y, None, None, sigma_est)
+        start = classical_init(c.op, c.y)  # as reconstruct() makes it (data that look noise-free: that weight)
         extra = {"chi2_score": chi2(c, res.mean, sigma_true, sigma_est),
                  "chi2_start": chi2(c, start, sigma_true, sigma_est), "sigma_ratio": sigma_est / sigma_true}
     truth, mean, std = c.x[0, 0], res.mean[0, 0], res.std[0, 0]
