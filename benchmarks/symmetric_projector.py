@@ -135,8 +135,7 @@ def main() -> None:
             "cache when cold, read from it when warm). Peak RSS added: growth of the process's maximum resident "
             "set from just before the projector was made, through one forward and one adjoint of the batch.")
     if metal is not None:
-        m = metal["metrics"]
-        psnr = m.get("psnr", m.get("slices", [{}])[0].get("psnr") if isinstance(m.get("slices"), list) else None)
+        psnr = metal["metrics"]["psnr"]  # the metrics JSON's mean over slices (None without a reference)
         text += ("\n\nOne 512² metal-artifact slice end to end, the CLI defaults (`scorerecon simulate --task metal-ct "
                  "--input data/heldout/ct/pydicom_head_ct.nrrd --output m.npz --noise 0.01`, then `scorerecon "
                  "reconstruct --input m.npz --method score --output r.nrrd --reference "

@@ -131,7 +131,7 @@ def _plan(geometry: Geometry) -> SymmetryPlan:
 
 def pixel_permutation(n: int, q: np.ndarray) -> np.ndarray:
     """Flat indices ``perm`` (N²,) with ``(f ∘ Q)[i] = f[perm[i]]`` for an ``n × n`` image, row ``r`` at
-    ``y = c − r`` and column ``c`` at ``x = c − c₀`` (c₀ = (n − 1)/2: the Joseph matrix's convention)."""
+    ``y = c₀ − r`` and column ``c`` at ``x = c − c₀`` (c₀ = (n − 1)/2: the Joseph matrix's convention)."""
     r, c = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
     xy2 = np.stack([2 * c - (n - 1), (n - 1) - 2 * r], axis=-1).reshape(-1, 2)  # doubled: stays integral
     q_xy2 = xy2 @ q.T
