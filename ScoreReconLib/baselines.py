@@ -53,9 +53,10 @@ DEFAULTS: dict[str, dict[str, dict[str, float]]] = {
     "cs-wavelet": {"MR": {"weight": 3e-4, "iters": 300}},
 }
 #: PDHG iterations of a full solve where the data dual steps in the ramp metric (CT measuring every view,
-#: :func:`~ScoreReconLib.operators.preconditioning.fits`): it converges there in about 100 (metal CT at 128²,
-#: 256² and 512², ``benchmarks/tv_preconditioning.py``) where the plain metric took 300 at 128² and over 1000 at 256²
-PRECONDITIONED_ITERS = 100
+#: :func:`~ScoreReconLib.operators.preconditioning.fits`): metal CT came within 0.02 dB of convergence in 200 at
+#: 512² (100 at 128², where 100 left 0.2–0.3 dB at 512²; ``benchmarks/tv_preconditioning.py``); the plain metric
+#: had not converged in 300 at 256² and 512² and needed over 1000 at 256²
+PRECONDITIONED_ITERS = 200
 
 
 # ------------------------------------------------------------------------------------- helpers
