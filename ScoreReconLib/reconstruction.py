@@ -173,7 +173,7 @@ def fix_volume_settings(y: torch.Tensor, operator: MeasurementOperator,
     that σ_y, so that every batch — of any size — uses the same values. Values already set are kept.
     """
     from .noise import estimate_noise_std, looks_noise_free
-    from .parameter_choice import choose_weight
+    from .parameter_choice import choose_weight, start_weight
 
     changes: dict = {}
     sigma = settings.noise_std
@@ -188,8 +188,8 @@ def fix_volume_settings(y: torch.Tensor, operator: MeasurementOperator,
         block, op = central_block(y, operator, WEIGHT_CHOICE_SLICES)
         picked = choose_weight(block, op, "cs" if operator.task == "mri" else "tv",
                                noise_std=0.0 if noise_free else sigma)
-        changes["init_weight"] = float(picked.weight)
-        choice = picked.to_dict()
+        changes["init_weight"] = start_weight(picked, op)
+        choice = {**picked.to_dict(), "start_weight": changes["init_weight"]}
     return (dataclasses.replace(settings, **changes) if changes else settings), choice
 
 

@@ -13,12 +13,15 @@ shipped design (channels 32,64,128,128, attention at the last level only, one re
 
 At every checkpoint (every ``--checkpoint-every`` steps, and when the budget ends) the EMA weights' denoising loss
 on the fixed validation patches of other subjects (``--val-data``, as ``train`` logs it to ``val_log.csv``) is
-read against the training seconds it took. The EMA decay is 0.99 for every arm (0.999, the default, would
+read against the CPU time it took: steps × the design's seconds per step timed alone (the wall clock of the runs
+is shared with whatever else the machine does). The EMA decay is 0.99 for every arm (0.999, the default, would
 average over more steps than a short run makes).
 
-Rule, fixed before the runs: another design replaces the shipped one only if its validation loss at the end of
-the budget is below the shipped arm's by more than :data:`MARGIN` (relative); the patch-size arm is reported
-but not chosen on this loss alone, because its validation patches are not the other arms'.
+Rule, fixed before the runs: another design is named as learning more per CPU hour only if its validation loss
+at the largest CPU time every arm covered is below the shipped arm's there by more than :data:`MARGIN`
+(relative); the patch-size arm is reported but not chosen on this loss alone, because its validation patches are
+not the other arms'. A named design is the one to train the next prior from scratch with; the shipped priors
+(9,000+ steps) are replaced only by a prior that beats them on validation.
 Writes the "architecture-search-<ct|mri>" section of RESULTS.md and its JSON. Resumable: an arm whose folder
 holds a finished record (``arm.json``) is not trained again.
 
@@ -106,10 +109,41 @@ def curve(out: Path) -> list[dict]:
     return points
 
 
-def loss_at(points: list[dict], seconds: float) -> float | None:
-    """The validation loss of the last checkpoint made within ``seconds`` of training."""
-    done = [p for p in points if p["seconds"] is not None and p["seconds"] <= seconds]
-    return done[-1]["val_loss"] if done else None
+def loss_at_step(points: list[dict], step: float) -> float | None:
+    """The validation loss at ``step``, linear between the checkpoints around it (None before the first one or
+    after the last one)."""
+    for a, b in zip(points, points[1:], strict=False):
+        if a["step"] <= step <= b["step"]:
+            frac = (step - a["step"]) / (b["step"] - a["step"])
+            return a["val_loss"] + frac * (b["val_loss"] - a["val_loss"])
+    if points and abs(points[-1]["step"] - step) < 1e-6:
+        return points[-1]["val_loss"]
+    return None
+
+
+def clean_seconds_per_step(name: str, modality: str, root: Path, data: Path, steps: int = 30) -> float:
+    """Seconds per training step of an arm's design, timed alone (steps 10 to ``steps`` of a fresh run without
+    validation or checkpoints in between): the wall-clock budget of the runs is shared with whatever else the
+    machine did, this is not. Cached in the arm's folder."""
+    cache = root / name / "clean_seconds_per_step.json"
+    if cache.exists():
+        return float(json.loads(cache.read_text())["seconds_per_step"])
+    network, patch = ARMS[name]
+    out = root / f"_timing_{name}"
+    if out.exists():
+        for f in sorted(out.rglob("*"), reverse=True):
+            f.unlink() if f.is_file() else f.rmdir()
+        out.rmdir()
+    cfg = TrainConfig(data=str(data / DATA[modality][0]), output=str(out), image_size=256, steps=steps,
+                      batch_size=16, lr=2e-4, warmup=100, ema=0.99, axis="all", seed=1, modality=modality,
+                      scale_range=(0.4, 2.2), checkpoint_every=0, network=dict(network), patch_size=patch,
+                      show_progress=False)
+    train(cfg)
+    with open(out / "loss_log.csv") as fh:
+        seconds = {int(r["step"]): float(r["seconds"]) for r in csv.DictReader(fh)}
+    rate = (seconds[steps] - seconds[10]) / (steps - 10)
+    cache.write_text(json.dumps({"seconds_per_step": rate, "steps": [10, steps]}))
+    return rate
 
 
 def main() -> None:
@@ -131,34 +165,58 @@ def main() -> None:
         records.append(train_arm(name, args.modality, args.minutes, root, Path(args.data), args.checkpoint_every))
         last = records[-1]["curve"][-1]
         print(f"  {last['step']} steps, val loss {last['val_loss']:.5f}", flush=True)
-    marks = [args.minutes * 60 * f for f in (0.25, 0.5, 0.75)]
+    for r in records:
+        r["clean_seconds_per_step"] = clean_seconds_per_step(r["arm"], args.modality, root, Path(args.data))
+    # the largest CPU budget every arm covered, in clean seconds (steps made × clean seconds per step)
+    budget = min(r["curve"][-1]["step"] * r["clean_seconds_per_step"] for r in records)
+    marks = [budget * f for f in (0.25, 0.5, 1.0)]
     lines = [f"Each arm trains from scratch for {args.minutes:g} min of wall clock on one thread (same data, seed, "
-             "batch 16, lr 2e-4, warm-up 100, scale range 0.4–2.2, EMA 0.99), one after the other. *val loss*: "
-             "the EMA weights' denoising loss on the fixed validation patches of other subjects "
-             f"(`{DATA[args.modality][1]}`), at the last checkpoint within the time.", "",
-             "| arm | channels | attention | res blocks | patch | parameters | s / step | steps | "
-             + " | ".join(f"val loss at {m / 60:.1f} min" for m in marks) + " | val loss at the end | vs shipped |",
-             "|---" * (10 + len(marks)) + "|"]
+             "batch 16, lr 2e-4, warm-up 100, scale range 0.4–2.2, EMA 0.99), one after the other, on a machine "
+             "shared with other work, so the steps an arm made in its minutes depend on what else ran. The "
+             "comparison therefore counts CPU time as steps × *clean s / step*, each design's seconds per step "
+             "timed alone (steps 10–30 of a fresh run). *val loss*: the EMA weights' denoising loss on the fixed "
+             f"validation patches of other subjects (`{DATA[args.modality][1]}`), read off the checkpoints (every "
+             f"{args.checkpoint_every} steps) by linear interpolation at the step the CPU time reaches.", "",
+             "| arm | channels | attention | res blocks | patch | parameters | clean s / step | steps made | "
+             + " | ".join(f"val loss at {m / 60:.1f} CPU min" for m in marks) + " | vs shipped (at the full budget) "
+             "| val loss at the last step |", "|---" * (10 + len(marks)) + "|"]
     base = next((r for r in records if r["arm"] == "shipped"), None)
-    base_loss = base["curve"][-1]["val_loss"] if base else None
+
+    def at_budget(r: dict, seconds: float) -> float | None:
+        return loss_at_step(r["curve"], seconds / r["clean_seconds_per_step"])
+
+    base_loss = at_budget(base, budget) if base else None
     for r in records:
         net, pts = r["network"], r["curve"]
-        last = pts[-1]
-        rate = last["seconds"] / last["step"] if last["step"] and last["seconds"] else float("nan")
-        cells = [f"{v:.5f}" if v is not None else "–" for v in (loss_at(pts, m) for m in marks)]
-        rel = f"{(last['val_loss'] / base_loss - 1) * 100:+.1f} %" if base_loss else "–"
+        cells = [f"{v:.5f}" if v is not None else "–" for v in (at_budget(r, m) for m in marks)]
+        own = at_budget(r, budget)
+        rel = f"{(own / base_loss - 1) * 100:+.1f} %" if base_loss and own else "–"
         att = ",".join("1" if a else "0" for a in net["attention_levels"])
         lines.append(f"| {r['arm']} | {','.join(map(str, net['channels']))} | {att} | {net['num_res_blocks']} | "
-                     f"{r['patch_size']} | {r['parameters'] / 1e6:.2f} M | {rate:.2f} | {last['step']} | "
-                     + " | ".join(cells) + f" | {last['val_loss']:.5f} | {rel} |")
+                     f"{r['patch_size']} | {r['parameters'] / 1e6:.2f} M | {r['clean_seconds_per_step']:.2f} | "
+                     f"{pts[-1]['step']} | " + " | ".join(cells) + f" | {rel} | {pts[-1]['val_loss']:.5f} |")
     if base_loss is not None:
         rivals = [r for r in records if r["arm"] not in ("shipped", "patch64")
-                  and r["curve"][-1]["val_loss"] < base_loss * (1 - MARGIN)]
-        best = min(rivals, key=lambda r: r["curve"][-1]["val_loss"]) if rivals else None
-        verdict = (f"Rule (another design must be more than {MARGIN:.0%} below the shipped arm's final validation "
-                   "loss; the patch-size arm is not chosen on this loss): "
-                   + (f"**{best['arm']}** learns more per CPU hour." if best else "the shipped design stays."))
-        lines += ["", verdict]
+                  and (at_budget(r, budget) or float("inf")) < base_loss * (1 - MARGIN)]
+        best = min(rivals, key=lambda r: at_budget(r, budget)) if rivals else None
+        verdict = (f"Rule (another design must be more than {MARGIN:.0%} below the shipped arm's validation loss at "
+                   "the same CPU time; the patch-size arm is not chosen on this loss): "
+                   + (f"**{best['arm']}** learns more per CPU hour in this budget." if best
+                      else "the shipped design stays."))
+        per_step = []
+        for r in records:
+            if r["arm"] in ("shipped", "patch64"):
+                continue
+            step = min(r["curve"][-1]["step"], base["curve"][-1]["step"]) // 100 * 100
+            own, ref = loss_at_step(r["curve"], step), loss_at_step(base["curve"], step)
+            if own and ref:
+                cost = r["clean_seconds_per_step"] / base["clean_seconds_per_step"]
+                per_step.append(f"{r['arm']} {(own / ref - 1) * 100:+.1f} % at step {step} ({cost:.2f}× the seconds "
+                                "per step)")
+        lines += ["", verdict, "", "Per step, against the shipped design: " + "; ".join(per_step) + ". One seed and "
+                  "a short run from scratch, where the validation loss still falls by 1–4 % per 100 steps, so "
+                  "differences of a few per cent are a direction for the next prior trained from scratch, not a "
+                  "reason to retrain the shipped priors (9,000+ steps, validation loss about 0.02)."]
     lines += ["", f"Wall time: {(time.time() - t0) / 60:.1f} min (arms already trained are read back)."]
     cmd = f"python benchmarks/{Path(sys.argv[0]).name} " + " ".join(sys.argv[1:])
     _results.update_section(f"architecture-search-{'ct' if args.modality == 'CT' else 'mri'}", "\n".join(lines), cmd)

@@ -39,6 +39,9 @@ def choice_line(choice: dict) -> str:
     text = (f"auto weight {choice['weight']:.3g} ({choice['rule']}; residual {res_text}, target "
             f"{choice['target']:.2f} σ_y²; σ_y {choice['noise_std']:.4g} {choice['noise_source']}; "
             f"{choice['solves']} solve(s), {choice['seconds']:.1f} s)")
+    start = choice.get("start_weight")
+    if start is not None and start != choice["weight"]:
+        text += f"; the score method starts from weight {start:.3g} (the task's start rule)"
     return text
 
 

@@ -134,17 +134,19 @@ def classical_init(op: MeasurementOperator, y: torch.Tensor, weight: float | Non
 
     ``weight`` as ``--method tv/cs --weight``; ``None`` → chosen from ``y`` by
     :func:`~ScoreReconLib.parameter_choice.choose_weight` (the task's noise-free weight, raised by the
-    discrepancy principle with ``noise_std`` — estimated when None); 300 PDHG iterations.
+    discrepancy principle with ``noise_std`` — estimated when None) and
+    :func:`~ScoreReconLib.parameter_choice.start_weight` (the task's start rule, if it has one); the method's
+    default PDHG iterations.
     """
     from ..baselines import classical_reconstruct
-    from ..parameter_choice import choose_weight
+    from ..parameter_choice import choose_weight, start_weight
 
     method = "cs" if op.task == "mri" else "tv"
     if weight is None:
         choice = choose_weight(y, op, method, noise_std=noise_std, cancel=cancel)
-        if choice.image is not None:
+        weight = start_weight(choice, op)
+        if choice.image is not None and weight == choice.weight:
             return choice.image.float()
-        weight = choice.weight
     return classical_reconstruct(method, y, op, cancel=cancel, weight=weight).float()
 
 
