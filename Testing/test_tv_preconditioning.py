@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from helpers import SHEPP_LIKE_ELLIPSES, blurred_ellipses
 
 from ScoreReconLib.baselines import PRECONDITIONED_ITERS, _pdhg, make_regularizer, tv_reconstruct
+from ScoreReconLib.commands.outputs import choice_line
 from ScoreReconLib.operators import build_operator, ct, preconditioning
 from ScoreReconLib.operators.base import operator_norm
+from ScoreReconLib.parameter_choice import START_RULES, WeightChoice, choose_weight, start_weight
+from ScoreReconLib.sampling import classical_init
 
 
 def _metal(n=48, noise=0.01, seed=0):
@@ -78,3 +82,28 @@ def test_metal_tv_runs_the_preconditioned_iteration_count_by_default():
     assert torch.equal(default, explicit)
     sparse = build_operator("sparse-ct", 32, views=8)
     assert tv_reconstruct(sparse.A(torch.zeros(1, 1, 32, 32)), sparse, weight=1e-3, iters=3).shape == (1, 1, 32, 32)
+
+
+def _choice(rule, weight):
+    return WeightChoice(weight=weight, rule=rule, noise_std=0.1, noise_source="estimated", residual=0.95, target=0.95,
+                        measured=10, solves=3, seconds=0.1)
+
+
+def test_score_start_weight_follows_the_metal_start_rule_only():
+    _, metal, _ = _metal(32)
+    sparse = build_operator("sparse-ct", 32, views=8)
+    rule = START_RULES["metal-ct"]
+    assert start_weight(_choice("discrepancy", 4.6e-4), metal) == pytest.approx(4.6e-4 * rule["factor"])
+    assert start_weight(_choice("noise-free", 1e-5), metal) == rule["noise_free"]
+    assert start_weight(_choice("noise unknown", 1e-5), metal) == 1e-5
+    assert start_weight(_choice("discrepancy", 4.6e-4), sparse) == 4.6e-4
+    text = choice_line({**_choice("discrepancy", 4.6e-4).to_dict(), "start_weight": 2.3e-4})
+    assert "starts from weight 0.00023" in text
+    assert "starts from" not in choice_line(_choice("discrepancy", 4.6e-4).to_dict())
+
+
+def test_classical_start_on_metal_is_tv_at_the_start_weight():
+    _, op, y = _metal(32)
+    start = classical_init(op, y)
+    weight = start_weight(choose_weight(y, op, "tv"), op)
+    assert torch.equal(start, tv_reconstruct(y, op, weight=weight))
