@@ -194,20 +194,21 @@ class PDHGState:
 
 def _pdhg(y: torch.Tensor, op: MeasurementOperator, reg: _TV | _Wavelet, weight: float, iters: int, nonneg: bool,
           x0: torch.Tensor | None, progress: ProgressFn | None, cancel: threading.Event | None,
-          label: str, state: PDHGState | None = None, precondition: bool = True) -> PDHGState:
+          label: str, state: PDHGState | None = None, precondition: bool | str = True) -> PDHGState:
     """Chambolle–Pock for min ½‖Ãx − ỹ‖² + weight·R(Kx) with Ã = A/‖A‖, ỹ = y/‖A‖.
 
     Starts from ``state`` (its duals; the regulariser's dual rescaled to this weight's ball) when given,
     else from ``x0`` or ``op.A_dagger(y)`` with zero duals. CT's data dual steps in the ramp-filter metric of
-    :mod:`~ScoreReconLib.operators.preconditioning` (``precondition=False``: the plain metric; the same
-    solution, reached in several times more iterations at 256² and above). Returns the final state."""
+    :mod:`~ScoreReconLib.operators.preconditioning` where it fits (``precondition=False``: the plain metric; the
+    same solution, reached in several times more iterations at 256² and above; ``"force"``: the ramp metric on
+    any CT operator, for comparisons). Returns the final state."""
     if not math.isfinite(float(weight)) or weight < 0:
         raise ScoreReconError(f"regularisation weight {weight} must be ≥ 0; use e.g. 1e-3")
     if int(iters) < 1:
         raise ScoreReconError(f"iters = {iters} must be at least 1; use e.g. 300")
     s = operator_norm(op, device=y.device)
     yn = op.mask_apply(y) / s
-    metric = ramp_metric(op, y.device) if precondition else None
+    metric = ramp_metric(op, y.device, force=precondition == "force") if precondition else None
     if state is not None:
         x = state.x.detach().float().clone()
     else:

@@ -25,9 +25,9 @@ def early_setup(argv: list[str] | None = None) -> None:
 early_setup()
 
 
-def data_threads_args(description: str):
+def data_threads_args(description: str, extra=None):
     """Parse the common ``--data`` (the prepared data root) and ``--threads`` (torch's CPU threads, applied here)
-    of a benchmark script; returns the arguments."""
+    of a benchmark script, and what ``extra(parser)`` adds; returns the arguments."""
     import argparse
 
     import torch
@@ -35,6 +35,8 @@ def data_threads_args(description: str):
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--data", default=str(ROOT / "data"))
     ap.add_argument("--threads", type=int, default=1)
+    if extra is not None:
+        extra(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     return args
