@@ -55,7 +55,7 @@ DEFAULTS: dict[str, dict[str, dict[str, float]]] = {
 #: PDHG iterations of a full solve where the data dual steps in the ramp metric (CT measuring every view,
 #: :func:`~ScoreReconLib.operators.preconditioning.fits`): metal CT came within 0.02 dB of convergence in 200 at
 #: 512² (100 at 128², where 100 left 0.2–0.3 dB at 512²; ``benchmarks/tv_preconditioning.py``); the plain metric
-#: had not converged in 300 at 256² and 512² and needed over 1000 at 256²
+#: had not converged in 300 at 256² and 512² and needed about 1000 at 256²
 PRECONDITIONED_ITERS = 200
 
 
