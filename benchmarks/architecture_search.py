@@ -36,6 +36,7 @@ ROOT = _setup.ROOT
 import argparse  # noqa: E402
 import csv  # noqa: E402
 import json  # noqa: E402
+import shutil  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -130,10 +131,7 @@ def clean_seconds_per_step(name: str, modality: str, root: Path, data: Path, ste
         return float(json.loads(cache.read_text())["seconds_per_step"])
     network, patch = ARMS[name]
     out = root / f"_timing_{name}"
-    if out.exists():
-        for f in sorted(out.rglob("*"), reverse=True):
-            f.unlink() if f.is_file() else f.rmdir()
-        out.rmdir()
+    shutil.rmtree(out, ignore_errors=True)
     cfg = TrainConfig(data=str(data / DATA[modality][0]), output=str(out), image_size=256, steps=steps,
                       batch_size=16, lr=2e-4, warmup=100, ema=0.99, axis="all", seed=1, modality=modality,
                       scale_range=(0.4, 2.2), checkpoint_every=0, network=dict(network), patch_size=patch,

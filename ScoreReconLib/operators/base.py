@@ -36,23 +36,34 @@ def batch_items(op: MeasurementOperator) -> int:
     return int(mask.shape[0]) if mask.ndim == 4 else 1
 
 
+def largest_eigenvalue(op: MeasurementOperator, normal, iters: int, seed: int,
+                       device: torch.device | str | None = None) -> float:
+    """The largest eigenvalue of the image-space operator ``normal`` (e.g. ``AᴴA``; images shaped as ``op``'s) by
+    ``iters`` power iterations from a seeded random image; stops early and returns 0 or a non-finite value as soon
+    as one appears."""
+    gen = torch.Generator().manual_seed(seed)
+    v = torch.randn((batch_items(op), 1, op.image_size, op.image_size), generator=gen)
+    v = v.to(device if device is not None else op.mask.device)
+    v = v / v.norm()
+    lam = 0.0
+    for _ in range(iters):
+        w = normal(v)
+        lam = float(w.norm())
+        if lam == 0.0 or not math.isfinite(lam):
+            return lam
+        v = w / lam
+    return lam
+
+
 def operator_norm(op: MeasurementOperator, iters: int = NORM_ITERS, device: torch.device | str | None = None) -> float:
     """‖A‖ (largest singular value) by power iteration on AᴴA with a fixed seed; cached per operator (1 % above
     the estimate: power iteration approaches from below)."""
     cached = _NORM_CACHE.get(op)
     if cached is not None:
         return cached
-    gen = torch.Generator().manual_seed(1234)
-    v = torch.randn((batch_items(op), 1, op.image_size, op.image_size), generator=gen)
-    v = v.to(device if device is not None else op.mask.device)
-    v = v / v.norm()
-    lam = 0.0
-    for _ in range(iters):
-        w = op.A_adjoint(op.A(v))
-        lam = float(w.norm())
-        if lam == 0.0:
-            raise ScoreReconError("the operator maps everything to zero (empty mask?); check the sampling mask")
-        v = w / lam
+    lam = largest_eigenvalue(op, lambda v: op.A_adjoint(op.A(v)), iters, 1234, device)
+    if lam == 0.0:
+        raise ScoreReconError("the operator maps everything to zero (empty mask?); check the sampling mask")
     norm = math.sqrt(lam) * 1.01
     _NORM_CACHE[op] = norm
     return norm

@@ -24,7 +24,7 @@ import weakref
 
 import torch
 
-from .base import MeasurementOperator, batch_items, operator_norm
+from .base import MeasurementOperator, largest_eigenvalue, operator_norm
 
 #: power iterations for ‖Aᵀ R A‖
 PRECONDITIONER_NORM_ITERS = 30
@@ -87,16 +87,10 @@ def ramp_metric(op: MeasurementOperator, device: torch.device | str | None = Non
         n_det = int(op.measurement_shape(1)[-1])
         unit = RampMetric(n_det, 1.0, device)
         norm = operator_norm(op, device=device)
-        gen = torch.Generator().manual_seed(4321)
-        v = torch.randn((batch_items(op), 1, op.image_size, op.image_size), generator=gen).to(device)
-        v = v / v.norm()
-        lam = 0.0
-        for _ in range(PRECONDITIONER_NORM_ITERS):
-            w = op.A_adjoint(unit.apply(op.A(v)))
-            lam = float(w.norm())
-            if not math.isfinite(lam) or lam <= 0.0:
-                return None
-            v = w / lam
+        lam = largest_eigenvalue(op, lambda v: op.A_adjoint(unit.apply(op.A(v))), PRECONDITIONER_NORM_ITERS, 4321,
+                                 device)
+        if not math.isfinite(lam) or lam <= 0.0:
+            return None
         # ‖Ãᵀ(cR)Ã‖ = c·‖AᵀRA‖/‖A‖² = 1, with 1 % margin (power iteration approaches from below)
         cached = RampMetric(n_det, norm**2 / (lam * 1.01), device)
         _CACHE[op] = cached

@@ -252,12 +252,18 @@ class MatrixFreeJosephProjector:
 
     def to(self, device: torch.device | str) -> MatrixFreeJosephProjector:
         """This projector on ``device`` (kept, so repeated calls on another device build it once)."""
-        device = torch.device(device)
-        if device == self.device:
-            return self
-        if device not in self._on_device:
-            self._on_device[device] = MatrixFreeJosephProjector(self.geometry, device)
-        return self._on_device[device]
+        return copy_on_device(self, device)
+
+
+def copy_on_device(projector, device: torch.device | str):
+    """``projector`` (with ``geometry``, ``device`` and an ``_on_device`` dict) made for ``device`` once and kept
+    in that dict, so input on another device does not rebuild it on every call; itself when already there."""
+    device = torch.device(device)
+    if device == projector.device:
+        return projector
+    if device not in projector._on_device:
+        projector._on_device[device] = type(projector)(projector.geometry, device)
+    return projector._on_device[device]
 
 
 def auto_backend(geometry: Geometry, device: torch.device | str = "cpu") -> str:

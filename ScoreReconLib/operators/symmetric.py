@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .geometry import Geometry, ViewSubsetGeometry, check_sinogram, check_square_image
+from .projectors import copy_on_device
 from .system_matrix import sparse_mm, stored_matrix_bytes
 
 #: the eight symmetries of the square as 2×2 integer matrices acting on (x, y) pixel-centre coordinates
@@ -217,12 +218,7 @@ class SymmetricJosephProjector:
 
     def to(self, device: torch.device | str) -> SymmetricJosephProjector:
         """This projector on ``device`` (kept, so input on another device does not rebuild it every call)."""
-        device = torch.device(device)
-        if device == self.device:
-            return self
-        if device not in self._on_device:
-            self._on_device[device] = SymmetricJosephProjector(self.geometry, device)
-        return self._on_device[device]
+        return copy_on_device(self, device)
 
 
 __all__ = ["SymmetricJosephProjector", "SymmetryPlan", "pixel_permutation", "symmetric_matrix_bytes",
