@@ -91,7 +91,7 @@ def test_kspace_that_falls_with_the_radius_looks_noise_free():
     choice treats it as noise-free; white noise reads the same in every ring."""
     from ScoreReconLib.noise import kspace_looks_noise_free
     from ScoreReconLib.operators import build_operator
-    from ScoreReconLib.parameter_choice import NOISE_FREE_WEIGHT, choose_weight
+    from ScoreReconLib.parameter_choice import NOISE_FREE_WEIGHT, WEIGHT_RULES, choose_weight, noise_class
 
     n = 128
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, n), torch.linspace(-1, 1, n), indexing="ij")
@@ -106,7 +106,13 @@ def test_kspace_that_falls_with_the_radius_looks_noise_free():
         noisy = clean + 0.002 * float(clean.abs().max()) * noise.to(clean.dtype) / 2**0.5 * op.mask
         assert kspace_looks_noise_free(clean, op.mask)
         assert not kspace_looks_noise_free(noisy, op.mask)
-        choice = choose_weight(clean, op, "cs")
-        assert choice.rule == "noise-free"
-        assert choice.weight == NOISE_FREE_WEIGHT["mri-1d" if mask == "equispaced" else "mri-2d"]
-        assert choose_weight(noisy, op, "cs").rule == "discrepancy"
+        assert noise_class(clean, op) == "noise-free" and noise_class(noisy, op) == "noisy"
+        # MRI chooses by cross-validation in both classes (WEIGHT_RULES); the discrepancy rule, where it is set,
+        # keeps the noise-free weight for the noise-free data and raises it for the noisy
+        assert choose_weight(clean, op, "cs").rule == "cross-validation"
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setitem(WEIGHT_RULES, "MR", dict.fromkeys(("noisy", "noise-free", "unknown"), "discrepancy"))
+            choice = choose_weight(clean, op, "cs")
+            assert choice.rule == "noise-free"
+            assert choice.weight == NOISE_FREE_WEIGHT["mri-1d" if mask == "equispaced" else "mri-2d"]
+            assert choose_weight(noisy, op, "cs").rule == "discrepancy"

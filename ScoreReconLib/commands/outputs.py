@@ -15,6 +15,7 @@ from ..data import (
 from ..errors import ScoreReconError
 from ..measurement import Measurement
 from ..operators.base import MeasurementOperator
+from ..parameter_choice import describe_choice
 
 #: |score − classical| / std above which the prior added structure the data do not demand (the 90 % band)
 DISAGREEMENT_LEVEL = 1.645
@@ -33,12 +34,9 @@ def disagreement_map(op: MeasurementOperator, y: torch.Tensor, mean: torch.Tenso
 
 
 def choice_line(choice: dict) -> str:
-    """One line for an automatic weight choice record (:meth:`WeightChoice.to_dict`)."""
-    res = choice.get("final_residual", choice.get("residual"))
-    res_text = "n/a" if res is None else f"{res:.2f} σ_y²"
-    text = (f"auto weight {choice['weight']:.3g} ({choice['rule']}; residual {res_text}, target "
-            f"{choice['target']:.2f} σ_y²; σ_y {choice['noise_std']:.4g} {choice['noise_source']}; "
-            f"{choice['solves']} solve(s), {choice['seconds']:.1f} s)")
+    """One line for an automatic weight choice record (:meth:`WeightChoice.to_dict`), with the score method's start
+    weight where its task's start rule changed it."""
+    text = describe_choice(choice)
     start = choice.get("start_weight")
     if start is not None and start != choice["weight"]:
         text += f"; the score method starts from weight {start:.3g} (the task's start rule)"
