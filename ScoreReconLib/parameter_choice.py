@@ -1,7 +1,8 @@
 """The regularisation weight of TV / CS chosen from the measurement itself, without ground truth.
 
 ``weight="auto"`` (the default of ``tv``, ``cs`` and the score method's classical start) runs
-:func:`choose_weight`:
+:func:`choose_weight`, which applies the rule :data:`WEIGHT_RULES` names for the modality and for what the data's
+noise looks like (:func:`noise_class`): CT the discrepancy rule (1–3), MRI cross-validation (4).
 
 1. ``σ_y``, the noise std of one measured entry, from :func:`~ScoreReconLib.noise.estimate_noise_std`
    (or as given), and ``m``, the number of measured entries.
@@ -16,6 +17,9 @@
    in (log w, log residual). Every probe warm-starts PDHG (primal and duals) from the nearest solved
    weight, so the search costs about three solves. A weight below the noise-free one is never chosen:
    the residual is already at or above the target there, and lower weights only fit noise.
+4. **Cross-validation** (:func:`cross_validated_weight`): measured views or outer k-space lines / points
+   (:mod:`~ScoreReconLib.operators.holdout`) held out in turn; the weight whose reconstructions from the rest
+   predict them best. It needs no noise level; operators without such units (metal CT) use 1–3.
 
 ``τ`` (:data:`DISCREPANCY_FACTOR`) is below 1 because TV reconstructions after a finite number of PDHG
 iterations leave less than the noise in the residual only slowly; its value per modality, like the
@@ -79,9 +83,12 @@ WEIGHT_RULES: dict[str, dict[str, str]] = {
     "other": {"noisy": "discrepancy", "noise-free": "discrepancy", "unknown": "discrepancy"},
 }
 #: cross-validation: the measured units (views, k-space lines or points) split into CV_FOLDS folds, the first
-#: CV_SCORED of them held out in turn (each time 1 / CV_FOLDS of the units)
+#: CV_SCORED of them held out in turn (each time 1 / CV_FOLDS of the units); more folds where those would hold out
+#: fewer than CV_MIN_HELD units in all. 0: off. 8 (four folds for 8× 1-D MRI at 128², eleven outer lines) did not
+#: help on the validation subjects and cost 1.5× (``benchmarks/weight_rules.py --cv-min-held 8``)
 CV_FOLDS = 5
 CV_SCORED = 2
+CV_MIN_HELD = 0
 #: cross-validation weights: from CV_TOP down in steps of √10 to CV_BOTTOM. Below 1e-4 PDHG's primal step stops
 #: growing with 1 / √w, and a cold-started full solve (what the chosen weight gives when passed back) falls behind
 #: what the search's warm-started probes reach (validation, noise-free: CT 23 views 38.6 dB cold at 1e-5 against
@@ -212,6 +219,18 @@ def _held_out_error(op: MeasurementOperator, x: torch.Tensor, y: torch.Tensor, h
     return float((r.abs() ** 2).sum()) / max(count, 1)
 
 
+def _held_units(held: torch.Tensor) -> int:
+    """Units in a held-out mask: views (CT, one entry each in the (1, 1, A, 1) mask), lines or points (MRI plane)."""
+    plane = held.reshape(-1, *held.shape[-2:])[0] > 0
+    if held.shape[-1] == 1:
+        return int(plane.sum())
+    if bool((plane == plane[:1, :]).all()):  # whole columns
+        return int(plane.any(0).sum())
+    if bool((plane == plane[:, :1]).all()):  # whole rows
+        return int(plane.any(1).sum())
+    return int(plane.sum())
+
+
 def _log_parabola_minimum(points: list[tuple[float, float]], i: int) -> float:
     """The weight at the minimum of the parabola in log w through ``points[i]`` and its neighbours (the point's
     own weight at an end of the list, or where the three do not bend upward), kept within half a step of it."""
@@ -248,6 +267,9 @@ def cross_validated_weight(y: torch.Tensor, op: MeasurementOperator, reg, nonneg
     if masks is None:
         return None
     measured = (op.mask > 0).float().cpu()
+    units = [_held_units(measured - keep) for keep in masks]
+    while scored < folds and sum(units[:scored]) < CV_MIN_HELD:
+        scored += 1
     chains = []
     for keep in masks[:scored]:
         held = measured - keep
@@ -276,7 +298,7 @@ def cross_validated_weight(y: torch.Tensor, op: MeasurementOperator, reg, nonneg
     best = min(range(len(errors)), key=errors.__getitem__)
     weight = float(f"{_log_parabola_minimum(curve, best):.3g}")
     unit = "views" if op.task.endswith("-ct") else ("outer lines" if operator_kind(op) == "mri-1d" else "outer points")
-    held_out = f"{scored} × {100 // folds} % of the measured {unit} held out"
+    held_out = f"{len(chains)} × {100 // folds} % of the measured {unit} held out"
     return weight, curve, solves, held_out
 
 

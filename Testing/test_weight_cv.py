@@ -157,6 +157,24 @@ def test_choose_weight_records_the_cross_validation(monkeypatch):
     assert PC.choose_weight(metal.A(phantom), metal, "tv").rule == "noise-free"
 
 
+def test_few_units_per_fold_can_score_more_folds(monkeypatch):
+    """With CV_MIN_HELD set (off by default), 8× 1-D MRI at 128² (eleven outer lines, two or three per fold) scores
+    enough folds to hold out that many lines in all."""
+    x = blurred_ellipses(128, SHEPP_LIKE_ELLIPSES)
+    op = build_operator("mri", 128, acceleration=8, mask="equispaced", center_fraction=0.04)
+    y = op.A(x)
+    _, curve, probes, _ = PC.cross_validated_weight(y, op, _TV())
+    assert probes == PC.CV_SCORED * len(curve)
+    monkeypatch.setattr(PC, "CV_MIN_HELD", 8)
+    _, curve, probes, held_out = PC.cross_validated_weight(y, op, _TV())
+    chains = probes // len(curve)
+    assert probes == chains * len(curve) and chains > PC.CV_SCORED
+    assert held_out.startswith(f"{chains} × 20 %") and "outer lines" in held_out
+    masks = holdout_masks(op, PC.CV_FOLDS)
+    assert sum(PC._held_units((op.mask > 0).float() - m) for m in masks[:chains]) >= 8
+    assert sum(PC._held_units((op.mask > 0).float() - m) for m in masks[:chains - 1]) < 8
+
+
 def test_noise_class_reads_the_data():
     x = blurred_ellipses(48, SHEPP_LIKE_ELLIPSES)
     op = build_operator("sparse-ct", 48, views=23)
