@@ -15,6 +15,7 @@ noise alone causes), so "more flicker than the noise" has a yardstick. Writes th
 RESULTS.md and benchmarks/weight-flicker.json.
 
     python benchmarks/weight_flicker.py --threads 1          # ~6 min on 2 cores
+    python benchmarks/weight_flicker.py --threads 1 --only MR   # MRI only (~1 min), CT rows kept
 """
 
 from __future__ import annotations
@@ -137,10 +138,16 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "weight-flicker.json"))
+    ap.add_argument("--only", choices=("CT", "MR"), default=None,
+                    help="rerun one modality; the other's records are kept from --json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    records = [r for m in ("CT", "MR") for r in run(m, Path(args.data), args.slices, args.seed)]
+    modalities = ("CT", "MR") if args.only is None else (args.only,)
+    path = Path(args.json)
+    kept = [r for r in json.loads(path.read_text()) if r["modality"] not in modalities] if path.exists() else []
+    fresh = [r for m in modalities for r in run(m, Path(args.data), args.slices, args.seed)]
+    records = sorted(kept + fresh, key=lambda r: r["modality"] != "CT")  # CT rows first, as before
     Path(args.json).write_text(json.dumps(records, indent=1))
     cmd = "python benchmarks/weight_flicker.py " + " ".join(sys.argv[1:])
     _results.update_section("weight-flicker", markdown(records) + f"\n\nWall time: {(time.time() - t0) / 60:.1f} min.",
