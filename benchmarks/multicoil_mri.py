@@ -126,11 +126,11 @@ def timing_run(prior, size: int, seed: int = 0) -> dict:
 
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
-    choice = choose_weight(y, op, "cs")  # what reconstruct() runs first for its CS-TV start, timed alone
-    choice_seconds = time.perf_counter() - t0
-    t0 = time.perf_counter()
     res = reconstruct(y, op, prior, seed=seed)
     seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    choice = choose_weight(y, op, "cs")  # what reconstruct() ran first for its CS-TV start, timed again alone
+    choice_seconds = time.perf_counter() - t0
     _sc = score_slices(res.mean, x, None)
     p, s = _sc.psnr, _sc.ssim
     return {"size": size, "seconds": seconds, "nfe": res.nfe, "samples": res.settings["samples"],
@@ -165,7 +165,7 @@ def main(argv=None) -> None:
               f"steps, {t['nfe']} network evaluations per sample, CS-TV start), CPU, {t['threads']} thread(s): "
               f"**{t['seconds']:.1f} s** wall (goal < 60 s; PSNR {t['psnr']:.2f} dB), of which the start's weight "
               f"choice ({t['choice_rule']}, {t['choice_solves']} solves) about {t['choice_seconds']:.1f} s (timed "
-              f"alone before the run). Load average before / after: "
+              f"again alone after the run). Load average before / after: "
               f"{t['load_before']:.1f} / {t['load_after']:.1f} (the 2 cores were shared with other jobs). "
               f"Commit {git_commit()}.")
         print(md)
