@@ -99,6 +99,8 @@ CV_BOTTOM = 1e-4
 #: weights after the smallest error both raise it by more than CV_RISE (relative)
 CV_FLAT = 0.01
 CV_RISE = 0.1
+#: PDHG iterations of each warm-started cross-validation probe
+CV_PROBE_ITERS = PROBE_ITERS
 
 
 @dataclass
@@ -248,7 +250,7 @@ def _log_parabola_minimum(points: list[tuple[float, float]], i: int) -> float:
 
 
 def cross_validated_weight(y: torch.Tensor, op: MeasurementOperator, reg, nonneg: bool = True,
-                           cancel: threading.Event | None = None, iters: int = PROBE_ITERS, folds: int = CV_FOLDS,
+                           cancel: threading.Event | None = None, iters: int | None = None, folds: int = CV_FOLDS,
                            scored: int = CV_SCORED, seed: int = 0, label: str = "weight choice"
                            ) -> tuple[float, list[tuple[float, float]], int, str] | None:
     """The weight whose reconstructions from part of the measured units best predict the units held out.
@@ -263,6 +265,7 @@ def cross_validated_weight(y: torch.Tensor, op: MeasurementOperator, reg, nonneg
     """
     from .operators.holdout import HoldoutOperator, holdout_masks
 
+    iters = CV_PROBE_ITERS if iters is None else int(iters)
     masks = holdout_masks(op, folds, seed)
     if masks is None:
         return None
@@ -364,7 +367,7 @@ def choose_weight(y: torch.Tensor, op: MeasurementOperator, method: str = "tv", 
             w, curve, probes, held_out = cv
             final = solve(w, full_iters, None)
             residual = mean_residual(op, final.x, y, m) / sigma**2 if sigma > 0 else float("nan")
-            solves = 1 + math.ceil(probes * PROBE_ITERS / full_iters)
+            solves = 1 + math.ceil(probes * CV_PROBE_ITERS / full_iters)
             return WeightChoice(w, "cross-validation", sigma, source, residual, tau, m, solves,
                                 time.perf_counter() - t0, None, final.x, held_out, curve)
     base = solve(w_floor, full_iters, None)

@@ -143,15 +143,21 @@ def markdown(modality: str, records: list[dict]) -> str:
 
 def _records(modality: str, data: Path, args) -> list[dict]:
     PC.CV_MIN_HELD = args.cv_min_held
+    PC.CV_PROBE_ITERS = args.cv_probe_iters
     return records(modality, data, args)
 
 
+def _options(ap) -> None:
+    ap.add_argument("--cv-min-held", type=int, default=PC.CV_MIN_HELD,
+                    help="score more folds until this many units are held out in all (a variant; pass --json "
+                         "elsewhere so that the shipped records stay)")
+    ap.add_argument("--cv-probe-iters", type=int, default=PC.CV_PROBE_ITERS,
+                    help="PDHG iterations per cross-validation probe (a variant, as --cv-min-held)")
+
+
 def main() -> None:
-    _setup.modality_benchmark(
-        __doc__.splitlines()[0], "weight-rule-validation", "weight-rules.json", _records, markdown,
-        lambda ap: ap.add_argument("--cv-min-held", type=int, default=PC.CV_MIN_HELD,
-                                   help="score more folds until this many units are held out in all (a variant; "
-                                        "pass --json elsewhere so that the shipped records stay)"))
+    _setup.modality_benchmark(__doc__.splitlines()[0], "weight-rule-validation", "weight-rules.json", _records,
+                              markdown, _options)
 
 
 if __name__ == "__main__":
