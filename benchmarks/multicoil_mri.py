@@ -131,12 +131,23 @@ def timing_run(prior, size: int, seed: int = 0) -> dict:
     t0 = time.perf_counter()
     choice = choose_weight(y, op, "cs")  # what reconstruct() ran first for its CS-TV start, timed again alone
     choice_seconds = time.perf_counter() - t0
+    from ScoreReconLib import parameter_choice
+
+    saved = dict(parameter_choice.WEIGHT_RULES["MR"])
+    parameter_choice.WEIGHT_RULES["MR"] = dict.fromkeys(saved, "discrepancy")  # the rule MRI used before, to compare
+    try:
+        t0 = time.perf_counter()
+        other = choose_weight(y, op, "cs")
+        other_seconds = time.perf_counter() - t0
+    finally:
+        parameter_choice.WEIGHT_RULES["MR"] = saved
     _sc = score_slices(res.mean, x, None)
     p, s = _sc.psnr, _sc.ssim
     return {"size": size, "seconds": seconds, "nfe": res.nfe, "samples": res.settings["samples"],
             "steps": res.settings["steps"], "psnr": p, "ssim": s, "load_before": load_before,
             "load_after": os.getloadavg()[0], "threads": torch.get_num_threads(),
-            "choice_seconds": choice_seconds, "choice_rule": choice.rule, "choice_solves": choice.solves}
+            "choice_seconds": choice_seconds, "choice_rule": choice.rule, "choice_solves": choice.solves,
+            "other_seconds": other_seconds, "other_rule": other.rule}
 
 
 def main(argv=None) -> None:
@@ -165,7 +176,8 @@ def main(argv=None) -> None:
               f"steps, {t['nfe']} network evaluations per sample, CS-TV start), CPU, {t['threads']} thread(s): "
               f"**{t['seconds']:.1f} s** wall (goal < 60 s; PSNR {t['psnr']:.2f} dB), of which the start's weight "
               f"choice ({t['choice_rule']}, {t['choice_solves']} solves) about {t['choice_seconds']:.1f} s (timed "
-              f"again alone after the run). Load average before / after: "
+              f"again alone after the run; the discrepancy rule ({t['other_rule']}) took {t['other_seconds']:.1f} s "
+              f"on the same slice). Load average before / after: "
               f"{t['load_before']:.1f} / {t['load_after']:.1f} (the 2 cores were shared with other jobs). "
               f"Commit {git_commit()}.")
         print(md)
