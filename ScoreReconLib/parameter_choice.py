@@ -118,7 +118,7 @@ class WeightChoice:
     weight: float
     rule: str  # "discrepancy" | "noise-free" | "noise unknown"
     noise_std: float
-    noise_source: str  # "estimated" | "given"
+    noise_source: str  # "estimated" | "given" | "not estimable" (σ_y then 0)
     residual: float
     target: float
     measured: int
@@ -153,7 +153,9 @@ def describe_choice(record: dict) -> str:
         how = f"cross-validation, {record.get('held_out')}; residual {res_text}"
     else:
         how = f"{record['rule']}; residual {res_text}, target {record['target']:.2f} σ_y²"
-    return (f"auto weight {record['weight']:.3g} ({how}; σ_y {record['noise_std']:.4g} {record['noise_source']}; "
+    sigma = ("σ_y not estimable" if record["noise_source"] == "not estimable"
+             else f"σ_y {record['noise_std']:.4g} {record['noise_source']}")
+    return (f"auto weight {record['weight']:.3g} ({how}; {sigma}; "
             f"{record['solves']} solve(s), {record['seconds']:.1f} s)")
 
 
@@ -349,7 +351,7 @@ def choose_weight(y: torch.Tensor, op: MeasurementOperator, method: str = "tv", 
         unknown = not noise_estimable(op, y)
         noise_std = 0.0 if unknown else float(estimate_noise_std(op, y))
         signal_floor = not unknown and looks_noise_free(op, y)  # MRI: the estimate read the signal's tail
-        source = "estimated"
+        source = "not estimable" if unknown else "estimated"
     elif not (math.isfinite(float(noise_std)) and noise_std >= 0):
         raise ScoreReconError(f"noise_std must be a finite number >= 0, got {noise_std}")
     sigma = float(noise_std)

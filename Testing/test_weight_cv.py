@@ -184,3 +184,17 @@ def test_noise_class_reads_the_data():
     assert PC.noise_class(clean, op) == "noise-free"
     assert PC.noise_class(noisy, op) == "noisy"
     assert PC.noise_class(noisy, op, noise_std=0.0) == "noise-free"
+
+
+def test_mri_noise_not_estimable_still_cross_validates():
+    """Too few outer k-space points for a noise estimate (16², Poisson 4×): MRI needs none; the line says so and no
+    warning is raised, where the discrepancy rule would warn and fall back."""
+    from ScoreReconLib.noise import noise_estimable
+
+    op = build_operator("mri", 16, acceleration=4, mask="poisson")
+    y = op.A(blurred_ellipses(16, SHEPP_LIKE_ELLIPSES))
+    assert not noise_estimable(op, y)
+    choice = PC.choose_weight(y, op, "cs")
+    assert choice.rule == "cross-validation" and choice.warning is None
+    assert choice.noise_source == "not estimable" and "σ_y not estimable" in choice.line()
+    assert math.isnan(choice.residual) and choice.to_dict()["residual"] is None
