@@ -62,8 +62,8 @@ PHASE_WEIGHT_FACTOR = 1.0
 #: target of the discrepancy principle, mean measured-row residual = τ σ_y², per modality
 DISCREPANCY_FACTOR: dict[str, float] = {"CT": 0.95, "MR": 0.5, "other": 0.95}
 #: σ_y / peak |y| at or below which data count as noise-free. CT: the sinogram estimate reads at most 0.03 %
-#: of the peak on noise-free data; MR: 0 (the k-space estimate's floor, 0.02–0.1 %, overlaps real noise levels,
-#: and the discrepancy search from the noise-free weight handles both)
+#: of the peak on noise-free data; MR: 0 (the k-space estimate's floor, 0.02–0.1 %, overlaps real noise levels;
+#: MRI weights come from cross-validation, which needs no noise level, and the score method reads the class)
 NOISE_FREE_LEVEL: dict[str, float] = {"CT": 5e-4, "MR": 0.0, "other": 0.0}
 #: PDHG iterations of each warm-started probe of the search
 PROBE_ITERS = 100
@@ -85,7 +85,8 @@ WEIGHT_RULES: dict[str, dict[str, str]] = {
 #: cross-validation: the measured units (views, k-space lines or points) split into CV_FOLDS folds, the first
 #: CV_SCORED of them held out in turn (each time 1 / CV_FOLDS of the units); more folds where those would hold out
 #: fewer than CV_MIN_HELD units in all. 0: off. 8 (four folds for 8× 1-D MRI at 128², eleven outer lines) did not
-#: help on the validation subjects and cost 1.5× (``benchmarks/weight_rules.py --cv-min-held 8``)
+#: help on the validation subjects and cost 1.5× (``benchmarks/weight_rules.py --cv-min-held 8``; measured with
+#: 100-iteration probes, before the grid reached CV_BOTTOM and mirror pairs were held out together)
 CV_FOLDS = 5
 CV_SCORED = 2
 CV_MIN_HELD = 0
@@ -101,7 +102,8 @@ CV_FLAT = 0.01
 CV_RISE = 0.1
 #: PDHG iterations of each warm-started cross-validation probe: on the MRI validation cases 50 lost 0.06 dB (noisy)
 #: and 0.21 dB (noise-free) on average to the best grid weight, 100 lost 0.12 and 0.21, at 1.5× the seconds
-#: (``benchmarks/weight_rules.py --cv-probe-iters 100``)
+#: (``benchmarks/weight_rules.py --cv-probe-iters 100``; measured before the grid reached CV_BOTTOM and before
+#: mirror pairs were held out together)
 CV_PROBE_ITERS = 50
 
 
@@ -109,14 +111,16 @@ CV_PROBE_ITERS = 50
 class WeightChoice:
     """What :func:`choose_weight` chose and why.
 
-    ``residual``: mean measured-row residual ‖Λ(A x − y)‖² / m at the chosen weight's probe, in units of
-    σ_y² (NaN when σ_y = 0); ``target``: τ (the discrepancy target in the same units); ``image``: the
-    reconstruction at the chosen weight with the method's full iterations from a cold start when the search
-    computed it (the noise-free weight), else None.
+    ``residual``: mean measured-row residual ‖Λ(A x − y)‖² / m at the chosen weight's probe (cross-validation:
+    of its full solve), in units of σ_y² (NaN when σ_y = 0 or not estimable); ``target``: τ (the discrepancy
+    target in the same units; not used by cross-validation); ``image``: the reconstruction at the chosen weight
+    with the method's full iterations from a cold start when the search computed it (the noise-free weight,
+    cross-validation), else None; ``held_out`` and ``curve`` (cross-validation only): what was held out, and the
+    mean held-out error at each weight probed.
     """
 
     weight: float
-    rule: str  # "discrepancy" | "noise-free" | "noise unknown"
+    rule: str  # "discrepancy" | "noise-free" | "noise unknown" | "cross-validation"
     noise_std: float
     noise_source: str  # "estimated" | "given" | "not estimable" (σ_y then 0)
     residual: float
@@ -150,7 +154,7 @@ def describe_choice(record: dict) -> str:
     res = record.get("final_residual", record.get("residual"))
     res_text = "n/a" if res is None or (isinstance(res, float) and math.isnan(res)) else f"{res:.2f} σ_y²"
     if record["rule"] == "cross-validation":
-        how = f"cross-validation, {record.get('held_out')}; residual {res_text}"
+        how = f"cross-validation, {record.get('held_out') or 'held-out units'}; residual {res_text}"
     else:
         how = f"{record['rule']}; residual {res_text}, target {record['target']:.2f} σ_y²"
     sigma = ("σ_y not estimable" if record["noise_source"] == "not estimable"
@@ -284,8 +288,9 @@ def cross_validated_weight(y: torch.Tensor, op: MeasurementOperator, reg, nonneg
         chains.append([HoldoutOperator(op, keep.to(op.mask.device)), held, count, None])
     curve: list[tuple[float, float]] = []
     solves = 0
-    w = CV_TOP
-    while w >= CV_BOTTOM:
+    steps = round(2 * math.log10(CV_TOP / CV_BOTTOM))  # whole half-decades: CV_BOTTOM itself is probed
+    for k in range(steps + 1):
+        w = CV_TOP * 10.0 ** (-k / 2)
         error = 0.0
         for chain in chains:
             check_cancel(cancel)
@@ -300,7 +305,6 @@ def cross_validated_weight(y: torch.Tensor, op: MeasurementOperator, reg, nonneg
             break
         if best <= len(errors) - 3 and min(errors[-2:]) > (1.0 + CV_RISE) * errors[best]:
             break
-        w /= math.sqrt(10.0)
     errors = [e for _, e in curve]
     best = min(range(len(errors)), key=errors.__getitem__)
     weight = float(f"{_log_parabola_minimum(curve, best):.3g}")
@@ -317,8 +321,11 @@ def noise_class(y: torch.Tensor, op: MeasurementOperator, noise_std: float | Non
     """What the noise of ``y`` looks like to :func:`choose_weight`, the key of :data:`WEIGHT_RULES`: "unknown" (it
     cannot be estimated), "noise-free" (σ_y at most :data:`NOISE_FREE_LEVEL` of the peak, 0, or MRI k-space whose
     outer rings fall with the radius) or "noisy"."""
+    y = _check_y(y, op)
     kind = _modality(op)
     signal_floor = False
+    if noise_std is not None and not (math.isfinite(float(noise_std)) and noise_std >= 0):
+        raise ScoreReconError(f"noise_std must be a finite number >= 0, got {noise_std}")
     if noise_std is None:
         if not noise_estimable(op, y):
             return "unknown"

@@ -198,3 +198,30 @@ def test_mri_noise_not_estimable_still_cross_validates():
     assert choice.rule == "cross-validation" and choice.warning is None
     assert choice.noise_source == "not estimable" and "σ_y not estimable" in choice.line()
     assert math.isnan(choice.residual) and choice.to_dict()["residual"] is None
+
+
+@pytest.mark.parametrize("mask", ["poisson", "random"])
+def test_mri_units_go_with_their_kspace_mirror(mask):
+    """A real image's k-space is Hermitian: no held-out outer entry may keep its mirror (−k) in the kept set, or it
+    would be fitted, not predicted."""
+    from ScoreReconLib.operators.holdout import _mirror
+
+    op = build_operator("mri", 64, acceleration=4, mask=mask, center_fraction=0.08)
+    n = 64
+    measured = op.mask.reshape(n, n) > 0
+    for keep in holdout_masks(op, folds=5):
+        k = keep.reshape(n, n) > 0
+        held = torch.nonzero(measured & ~k)
+        mirror_r, mirror_c = _mirror(held[:, 0], n), _mirror(held[:, 1], n)
+        assert not bool(k[mirror_r, mirror_c].any())
+
+
+def test_the_search_reaches_its_bottom_weight():
+    """Noise-free data, whose held-out error keeps falling with the weight: the last weight probed is CV_BOTTOM
+    itself (whole half-decades, no floating-point drift past it)."""
+    op = build_operator("mri", 64, acceleration=4, mask="poisson")
+    _, curve, _, _ = PC.cross_validated_weight(op.A(blurred_ellipses(64, SHEPP_LIKE_ELLIPSES)), op, _TV())
+    weights = [w for w, _ in curve]
+    assert weights[0] == PC.CV_TOP
+    assert all(math.isclose(a / b, math.sqrt(10.0)) for a, b in zip(weights, weights[1:], strict=False))
+    assert len(weights) == 7 and math.isclose(weights[-1], PC.CV_BOTTOM)

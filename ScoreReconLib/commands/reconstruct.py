@@ -118,8 +118,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c = p.add_argument_group("tv / cs methods")
     c.add_argument("--weight", type=_weight_arg, default=None, metavar="auto|W",
                    help="regularisation weight relative to ||A||^2, or auto (default): chosen from the measurement "
-                        "(the task's noise-free weight, raised by the discrepancy principle until the residual "
-                        "matches the noise; once per file from its central slices); the choice is printed and "
+                        "(CT: the task's noise-free weight, raised by the discrepancy principle until the residual "
+                        "matches the noise; MRI: cross-validation on held-out k-space lines or points; once per "
+                        "file from its central slices); the choice is printed and "
                         "recorded in --metrics-json, and passing that number back reproduces the image")
     c.add_argument("--iters", type=int, default=None, help="PDHG iterations (default 300)")
     c.add_argument("--regularizer", choices=("tv", "wavelet", "sigpy-wavelet"), default=None,

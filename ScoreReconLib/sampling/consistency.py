@@ -133,8 +133,9 @@ def classical_init(op: MeasurementOperator, y: torch.Tensor, weight: float | Non
     """The reconstruction ``init="classical"`` starts from: TV (CT) or CS-TV (MRI) → (B, 1, N, N) float32.
 
     ``weight`` as ``--method tv/cs --weight``; ``None`` → chosen from ``y`` by
-    :func:`~ScoreReconLib.parameter_choice.choose_weight` (the task's noise-free weight, raised by the
-    discrepancy principle with ``noise_std`` — estimated when None) and
+    :func:`~ScoreReconLib.parameter_choice.choose_weight` (CT: the task's noise-free weight, raised by the
+    discrepancy principle with ``noise_std`` — estimated when None; MRI: cross-validation, which needs no noise
+    level; ``noise_std`` = 0 still marks the data noise-free) and
     :func:`~ScoreReconLib.parameter_choice.start_weight` (the task's start rule, if it has one); the method's
     default PDHG iterations.
     """
