@@ -190,6 +190,8 @@ def fix_volume_settings(y: torch.Tensor, operator: MeasurementOperator,
                                noise_std=0.0 if noise_free else sigma)
         changes["init_weight"] = start_weight(picked, op)
         choice = {**picked.to_dict(), "start_weight": changes["init_weight"]}
+        if settings.noise_std is None:  # σ_y was estimated here and handed on, not given by the user
+            choice.update(noise_std=sigma, noise_source="estimated")
     return (dataclasses.replace(settings, **changes) if changes else settings), choice
 
 

@@ -225,3 +225,16 @@ def test_the_search_reaches_its_bottom_weight():
     assert weights[0] == PC.CV_TOP
     assert all(math.isclose(a / b, math.sqrt(10.0)) for a, b in zip(weights, weights[1:], strict=False))
     assert len(weights) == 7 and math.isclose(weights[-1], PC.CV_BOTTOM)
+
+
+def test_volume_start_choice_reports_the_estimated_noise_as_estimated():
+    """The score method fixes σ_y once per volume and hands it (0 for noise-free data) to the weight choice; the
+    record says it was estimated, not given by the user."""
+    from ScoreReconLib.reconstruction import fix_volume_settings
+    from ScoreReconLib.settings import SamplerSettings
+
+    op = build_operator("mri", 64, acceleration=4, mask="poisson")
+    y = op.A(blurred_ellipses(64, SHEPP_LIKE_ELLIPSES))
+    settings, choice = fix_volume_settings(y, op, SamplerSettings(steps=5, lam=1.0, init="classical"))
+    assert choice is not None and choice["noise_source"] == "estimated"
+    assert choice["noise_std"] == settings.noise_std and "given" not in PC.describe_choice(choice)
