@@ -313,56 +313,71 @@ def cross_validated_weight(y: torch.Tensor, op: MeasurementOperator, reg, nonneg
     return weight, curve, solves, held_out
 
 
-def _noise_class(unknown: bool, clean: bool) -> str:
-    return "unknown" if unknown else ("noise-free" if clean else "noisy")
+@dataclass(frozen=True)
+class _NoiseReading:
+    """σ_y of ``y`` as :func:`choose_weight` reads it: ``sigma`` (0 when not estimable), ``source`` ("given",
+    "estimated", "not estimable"), ``peak`` (the largest |y| over coils) and ``clean`` (the data count as
+    noise-free: σ_y at most :data:`NOISE_FREE_LEVEL` of the peak, 0, or MRI k-space whose outer rings fall with the
+    radius)."""
+
+    sigma: float
+    source: str
+    peak: float
+    clean: bool
+
+    @property
+    def noise_class(self) -> str:
+        """The key of :data:`WEIGHT_RULES`."""
+        return "unknown" if self.source == "not estimable" else ("noise-free" if self.clean else "noisy")
+
+
+def _read_noise(y: torch.Tensor, op: MeasurementOperator, noise_std: float | None) -> _NoiseReading:
+    """:class:`_NoiseReading` of a checked ``y``: ``noise_std`` if given (finite, ≥ 0), else estimated."""
+    signal_floor = False
+    if noise_std is None:
+        if noise_estimable(op, y):
+            source, sigma = "estimated", float(estimate_noise_std(op, y))
+            signal_floor = looks_noise_free(op, y)  # MRI: the estimate read the signal's tail
+        else:
+            source, sigma = "not estimable", 0.0
+    elif not (math.isfinite(float(noise_std)) and noise_std >= 0):
+        raise ScoreReconError(f"noise_std must be a finite number >= 0, got {noise_std}")
+    else:
+        source, sigma = "given", float(noise_std)
+    peak = float(y.abs().pow(2).sum(dim=1).sqrt().max())
+    clean = sigma <= NOISE_FREE_LEVEL[_modality(op)] * peak or sigma <= 0 or signal_floor
+    return _NoiseReading(sigma, source, peak, clean)
 
 
 def noise_class(y: torch.Tensor, op: MeasurementOperator, noise_std: float | None = None) -> str:
     """What the noise of ``y`` looks like to :func:`choose_weight`, the key of :data:`WEIGHT_RULES`: "unknown" (it
     cannot be estimated), "noise-free" (σ_y at most :data:`NOISE_FREE_LEVEL` of the peak, 0, or MRI k-space whose
     outer rings fall with the radius) or "noisy"."""
-    y = _check_y(y, op)
-    kind = _modality(op)
-    signal_floor = False
-    if noise_std is not None and not (math.isfinite(float(noise_std)) and noise_std >= 0):
-        raise ScoreReconError(f"noise_std must be a finite number >= 0, got {noise_std}")
-    if noise_std is None:
-        if not noise_estimable(op, y):
-            return "unknown"
-        noise_std = float(estimate_noise_std(op, y))
-        signal_floor = looks_noise_free(op, y)
-    peak = float(y.abs().pow(2).sum(dim=1).sqrt().max())
-    return _noise_class(False, noise_std <= NOISE_FREE_LEVEL[kind] * peak or noise_std <= 0 or signal_floor)
+    return _read_noise(_check_y(y, op), op, noise_std).noise_class
 
 
 def choose_weight(y: torch.Tensor, op: MeasurementOperator, method: str = "tv", regularizer: str = "tv",
                   noise_std: float | None = None, iters: int | None = None, levels: int = 3, nonneg: bool = True,
-                  cancel: threading.Event | None = None) -> WeightChoice:
+                  cancel: threading.Event | None = None, rule: str | None = None) -> WeightChoice:
     """Choose the ``method`` ("tv" or "cs") weight for the measurements ``y`` (B, ...) of ``op``.
 
     One weight for the whole batch (the slices of a volume share it). ``noise_std``: σ_y of one measured
-    entry if known (else estimated). ``iters``: PDHG iterations of a full solve (default 300).
+    entry if known (else estimated). ``iters``: PDHG iterations of a full solve (default 300). ``rule``:
+    "discrepancy" or "cross-validation" instead of what :data:`WEIGHT_RULES` names for the data (comparisons).
     """
     if method not in ("tv", "cs"):
         raise ScoreReconError(f"automatic weights exist for tv and cs, not '{method}'")
+    if rule not in (None, "discrepancy", "cross-validation"):
+        raise ScoreReconError(f"unknown weight rule '{rule}'; use 'discrepancy' or 'cross-validation'")
     t0 = time.perf_counter()
     y = _check_y(y, op)
     kind = _modality(op)
     reg = make_regularizer(op, regularizer, levels)
     full_iters = int(_default(default_key(method, regularizer), op, "iters", iters))
     m = measured_count(op, y)
-    source = "given"
-    unknown = False
-    signal_floor = False
-    if noise_std is None:
-        unknown = not noise_estimable(op, y)
-        noise_std = 0.0 if unknown else float(estimate_noise_std(op, y))
-        signal_floor = not unknown and looks_noise_free(op, y)  # MRI: the estimate read the signal's tail
-        source = "not estimable" if unknown else "estimated"
-    elif not (math.isfinite(float(noise_std)) and noise_std >= 0):
-        raise ScoreReconError(f"noise_std must be a finite number >= 0, got {noise_std}")
-    sigma = float(noise_std)
-    peak = float(y.abs().pow(2).sum(dim=1).sqrt().max())
+    reading = _read_noise(y, op, noise_std)
+    sigma, source, peak, clean = reading.sigma, reading.source, reading.peak, reading.clean
+    unknown = source == "not estimable"
     tau = DISCREPANCY_FACTOR[kind]
     w_floor = noise_free_weight(op, method, regularizer, y)
     label = f"{method} weight choice"
@@ -371,8 +386,7 @@ def choose_weight(y: torch.Tensor, op: MeasurementOperator, method: str = "tv", 
         check_cancel(cancel)
         return _pdhg(y, op, reg, w, n, nonneg, None, None, cancel, label, state=start)
 
-    clean = sigma <= NOISE_FREE_LEVEL[kind] * peak or sigma <= 0 or signal_floor
-    if peak > 0 and WEIGHT_RULES[kind][_noise_class(unknown, clean)] == "cross-validation":
+    if peak > 0 and (rule or WEIGHT_RULES[kind][reading.noise_class]) == "cross-validation":
         cv = cross_validated_weight(y, op, reg, nonneg, cancel, label=label)
         if cv is not None:
             w, curve, probes, held_out = cv

@@ -238,3 +238,17 @@ def test_volume_start_choice_reports_the_estimated_noise_as_estimated():
     settings, choice = fix_volume_settings(y, op, SamplerSettings(steps=5, lam=1.0, init="classical"))
     assert choice is not None and choice["noise_source"] == "estimated"
     assert choice["noise_std"] == settings.noise_std and "given" not in PC.describe_choice(choice)
+
+
+def test_a_rule_can_be_asked_for_whatever_the_table_says(monkeypatch):
+    """``rule=`` overrides WEIGHT_RULES for one call (the benchmarks compare rules this way) and gives what setting
+    the table would give; an unknown rule is refused."""
+    op = build_operator("mri", 48, acceleration=4, mask="poisson")
+    y = op.A(blurred_ellipses(48, SHEPP_LIKE_ELLIPSES))
+    asked = PC.choose_weight(y, op, "cs", rule="discrepancy")
+    monkeypatch.setitem(PC.WEIGHT_RULES, "MR", dict.fromkeys(("noisy", "noise-free", "unknown"), "discrepancy"))
+    tabled = PC.choose_weight(y, op, "cs")
+    assert asked.rule == tabled.rule in ("noise-free", "discrepancy") and asked.weight == tabled.weight
+    assert PC.choose_weight(y, op, "cs", rule="cross-validation").rule == "cross-validation"
+    with pytest.raises(ScoreReconError, match="unknown weight rule"):
+        PC.choose_weight(y, op, "cs", rule="gcv")
