@@ -107,3 +107,26 @@ def test_classical_start_on_metal_is_tv_at_the_start_weight():
     start = classical_init(op, y)
     weight = start_weight(choose_weight(y, op, "tv"), op)
     assert torch.equal(start, tv_reconstruct(y, op, weight=weight))
+
+
+@pytest.mark.parametrize("task, kw", [("sparse-ct", {"views": 12}), ("mri", {"acceleration": 4})])
+def test_small_weights_converge_because_the_primal_step_keeps_growing_as_one_over_root_weight(task, kw, monkeypatch):
+    """At w = 1e-6 a 200-iteration cold solve lies closer to the converged TV solution with ρ = 1/√w (1000)
+    than with the step capped at 100, the cap that left the validation subjects' noise-free solves unconverged."""
+    from ScoreReconLib import baselines
+
+    n, w = 24, 1e-6
+    x = blurred_ellipses(n, SHEPP_LIKE_ELLIPSES)
+    op = build_operator(task, n, **kw)
+    y = op.A(x.to(torch.complex64) if task == "mri" else x)
+    reg = make_regularizer(op, "tv")
+    reference = _pdhg(y, op, reg, w, 1500, True, None, None, None, "tv").x
+
+    def gap(cap: float) -> float:
+        monkeypatch.setattr(baselines, "RHO_CAP", cap)
+        return float((_pdhg(y, op, reg, w, 200, True, None, None, None, "tv").x - reference).norm() / reference.norm())
+
+    shipped = baselines.RHO_CAP
+    assert shipped >= 1.0 / w**0.5
+    capped, uncapped = gap(100.0), gap(shipped)
+    assert uncapped < 0.8 * capped, (uncapped, capped)

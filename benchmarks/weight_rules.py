@@ -139,6 +139,7 @@ def markdown(modality: str, records: list[dict]) -> str:
 def _records(modality: str, data: Path, args) -> list[dict]:
     PC.CV_MIN_HELD = args.cv_min_held
     PC.CV_PROBE_ITERS = args.cv_probe_iters
+    PC.CV_BOTTOM = args.cv_bottom
     return records(modality, data, args)
 
 
@@ -148,6 +149,8 @@ def _options(ap) -> None:
                          "elsewhere so that the shipped records stay)")
     ap.add_argument("--cv-probe-iters", type=int, default=PC.CV_PROBE_ITERS,
                     help="PDHG iterations per cross-validation probe (a variant, as --cv-min-held)")
+    ap.add_argument("--cv-bottom", type=float, default=PC.CV_BOTTOM,
+                    help="smallest weight cross-validation probes (a variant, as --cv-min-held)")
 
 
 def main() -> None:
