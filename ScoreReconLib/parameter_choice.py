@@ -2,7 +2,8 @@
 
 ``weight="auto"`` (the default of ``tv``, ``cs`` and the score method's classical start) runs
 :func:`choose_weight`, which applies the rule :data:`WEIGHT_RULES` names for the modality and for what the data's
-noise looks like (:func:`noise_class`): CT the discrepancy rule (1–3), MRI cross-validation (4).
+noise looks like (:func:`noise_class`): CT the discrepancy rule (1–3), except noisy CT images of at least
+:data:`LARGE_IMAGE` pixels a side, and MRI: cross-validation (4).
 
 1. ``σ_y``, the noise std of one measured entry, from :func:`~ScoreReconLib.noise.estimate_noise_std`
    (or as given), and ``m``, the number of measured entries.
@@ -75,13 +76,21 @@ MAX_WEIGHT = 1.0
 #: (:func:`noise_class`: "noisy", "noise-free", or "unknown" where it cannot be estimated): "discrepancy" (the
 #: task's noise-free weight, raised by the discrepancy principle on noisy data; the noise-free weight with a warning
 #: where the noise is unknown) or "cross-validation" (:func:`cross_validated_weight`; operators without hold-out
-#: units, metal CT, fall back to "discrepancy"). Chosen on the validation subjects only
-#: (``benchmarks/weight_rules.py``, *weight-rule-validation*; docs/baselines.md says why)
+#: units, metal CT, fall back to "discrepancy"); "CT-large" for CT images of at least :data:`LARGE_IMAGE` pixels a
+#: side. Chosen on the validation subjects only (``benchmarks/weight_rules.py``, *weight-rule-validation*, at 128²;
+#: ``benchmarks/auto_weight_native.py``, *auto-weight-native*, at 256² and 512²; docs/baselines.md says why)
 WEIGHT_RULES: dict[str, dict[str, str]] = {
     "CT": {"noisy": "discrepancy", "noise-free": "discrepancy", "unknown": "discrepancy"},
+    "CT-large": {"noisy": "cross-validation", "noise-free": "discrepancy", "unknown": "discrepancy"},
     "MR": {"noisy": "cross-validation", "noise-free": "cross-validation", "unknown": "cross-validation"},
     "other": {"noisy": "discrepancy", "noise-free": "discrepancy", "unknown": "discrepancy"},
 }
+#: images with at least this many pixels a side take the rules of "<modality>-large" where WEIGHT_RULES has them
+#: (:func:`weight_rule`). CT, noisy: on the validation subjects at 23 views, 1 % noise, the discrepancy rule lost
+#: 0.12 dB on average against the best grid weight at 128², 0.40 at 256² and 0.69 at 512² (1.29 on the native 512²
+#: spine, whose fine detail the best weight leaves in the residual), cross-validation 0.39, 0.11 and 0.08
+#: (``benchmarks/auto_weight_native.py``, *auto-weight-native*)
+LARGE_IMAGE = 256
 #: cross-validation: the measured units (views, k-space lines or points) split into CV_FOLDS folds, the first
 #: CV_SCORED of them held out in turn (each time 1 / CV_FOLDS of the units); more folds where those would hold out
 #: fewer than CV_MIN_HELD units in all. 0: off. 8 (four folds for 8× 1-D MRI at 128², eleven outer lines) did not
@@ -358,6 +367,15 @@ def noise_class(y: torch.Tensor, op: MeasurementOperator, noise_std: float | Non
     return _read_noise(_check_y(y, op), op, noise_std).noise_class
 
 
+def weight_rule(op: MeasurementOperator, noise_class: str) -> str:
+    """The rule :data:`WEIGHT_RULES` names for ``op``'s modality, image size (:data:`LARGE_IMAGE`) and
+    ``noise_class`` (:func:`noise_class`): "discrepancy" or "cross-validation"."""
+    kind = _modality(op)
+    if op.image_size >= LARGE_IMAGE and f"{kind}-large" in WEIGHT_RULES:
+        kind = f"{kind}-large"
+    return WEIGHT_RULES[kind][noise_class]
+
+
 def choose_weight(y: torch.Tensor, op: MeasurementOperator, method: str = "tv", regularizer: str = "tv",
                   noise_std: float | None = None, iters: int | None = None, levels: int = 3, nonneg: bool = True,
                   cancel: threading.Event | None = None, rule: str | None = None) -> WeightChoice:
@@ -388,7 +406,7 @@ def choose_weight(y: torch.Tensor, op: MeasurementOperator, method: str = "tv", 
         check_cancel(cancel)
         return _pdhg(y, op, reg, w, n, nonneg, None, None, cancel, label, state=start)
 
-    if peak > 0 and (rule or WEIGHT_RULES[kind][reading.noise_class]) == "cross-validation":
+    if peak > 0 and (rule or weight_rule(op, reading.noise_class)) == "cross-validation":
         cv = cross_validated_weight(y, op, reg, nonneg, cancel, label=label)
         if cv is not None:
             w, curve, probes, held_out = cv
@@ -451,10 +469,10 @@ def choose_weight(y: torch.Tensor, op: MeasurementOperator, method: str = "tv", 
 #: the score method's classical start where it differs from the automatic TV / CS weight, per operator kind
 #: (:func:`weight_kind`): ``factor`` × the discrepancy weight on noisy data, ``noise_free`` on noise-free data.
 #: Metal CT, chosen on the CT validation subjects at 128² (``benchmarks/start_weight.py``, *start-weight-metal*):
-#: the sampler does best from a start at half the TV-optimal weight on noisy data (mean score PSNR 36.43 dB at
-#: ×0.5 against 36.04 at ×1) and from a smoother start than TV's own noise-free weight (43.49 at 4e-5 against
-#: 42.89 at 1e-5)
-START_RULES: dict[str, dict[str, float]] = {"metal-ct": {"factor": 0.5, "noise_free": 4e-5}}
+#: the sampler does best from a start at half the TV-optimal weight on noisy data (mean score PSNR 36.41 dB at
+#: ×0.5 against 36.08 at ×1) and from a smoother start than TV's own noise-free weight (43.85 at 1e-5 against
+#: 43.68 at 3.16e-6 and 43.63 at 4e-5, the value before PDHG's small-weight step was fixed)
+START_RULES: dict[str, dict[str, float]] = {"metal-ct": {"factor": 0.5, "noise_free": 1e-5}}
 
 
 def start_weight(choice: WeightChoice, op: MeasurementOperator) -> float:
@@ -492,19 +510,14 @@ def check_discrepancy(op: MeasurementOperator, x: torch.Tensor, y: torch.Tensor,
     y = _check_y(y, op)
     kind = _modality(op)
     m = measured_count(op, y)
-    given = noise_std is not None
-    signal_floor = False
-    if noise_std is None:
-        if not noise_estimable(op, y):
-            return {"residual": None, "residual_per_slice": None, "noise_std": None, "band": list(DISCREPANCY_BAND),
-                    "verdict": "noise unknown", "warning": None}
-        noise_std = float(estimate_noise_std(op, y))
-        signal_floor = looks_noise_free(op, y)
-    sigma = float(noise_std)
-    peak = float(y.abs().pow(2).sum(dim=1).sqrt().max())
+    reading = _read_noise(y, op, noise_std)
+    if reading.source == "not estimable":
+        return {"residual": None, "residual_per_slice": None, "noise_std": None, "band": list(DISCREPANCY_BAND),
+                "verdict": "noise unknown", "warning": None}
+    sigma, peak = reading.sigma, reading.peak
     record = {"residual": None, "residual_per_slice": None, "noise_std": sigma, "band": list(DISCREPANCY_BAND),
               "verdict": "noise-free data", "warning": None}
-    if sigma <= 0 or sigma <= NOISE_FREE_LEVEL[kind] * peak or signal_floor:
+    if reading.clean:
         return record
     r = op.mask_apply(op.A(x.to(y.device)) - y) if residual is None else residual
     per_entry = r.abs().pow(2).flatten(1).sum(1)
@@ -513,7 +526,7 @@ def check_discrepancy(op: MeasurementOperator, x: torch.Tensor, y: torch.Tensor,
     ratio = float(per_entry.sum()) / max(m, 1) / sigma**2
     record["residual"] = ratio
     lo, hi = DISCREPANCY_BAND
-    if ratio < lo and not given and sigma <= ESTIMATE_FLOOR[kind] * peak:
+    if ratio < lo and reading.source == "estimated" and sigma <= ESTIMATE_FLOOR[kind] * peak:
         record["verdict"] = "below the noise estimate"
     elif ratio < lo:
         record["verdict"] = "fits the noise"
@@ -529,7 +542,8 @@ def check_discrepancy(op: MeasurementOperator, x: torch.Tensor, y: torch.Tensor,
     return record
 
 
-__all__ = ["AUTO", "CV_FOLDS", "CV_SCORED", "DISCREPANCY_BAND", "DISCREPANCY_FACTOR", "NOISE_FREE_LEVEL",
-           "NOISE_FREE_WEIGHT", "PHASE_WEIGHT_FACTOR", "START_RULES", "WEIGHT_RULES", "WeightChoice",
-           "check_discrepancy", "choose_weight", "cross_validated_weight", "describe_choice", "measured_count",
-           "noise_class", "noise_free_weight", "operator_kind", "start_weight", "weight_kind"]
+__all__ = ["AUTO", "CV_FOLDS", "CV_SCORED", "DISCREPANCY_BAND", "DISCREPANCY_FACTOR", "LARGE_IMAGE",
+           "NOISE_FREE_LEVEL", "NOISE_FREE_WEIGHT", "PHASE_WEIGHT_FACTOR", "START_RULES", "WEIGHT_RULES",
+           "WeightChoice", "check_discrepancy", "choose_weight", "cross_validated_weight", "describe_choice",
+           "measured_count", "noise_class", "noise_free_weight", "operator_kind", "start_weight", "weight_kind",
+           "weight_rule"]

@@ -159,6 +159,10 @@ def test_discrepancy_check_tells_noise_fitting_from_signal_left(task, kw, rel):
     assert clean["verdict"] == ("noise-free data" if task != "mri" else "below the noise estimate")
     assert clean["warning"] is None
     json.dumps(truth)  # JSON-ready, as metrics.json records it
+    # σ_y is read as choose_weight reads it: a NaN or negative σ_y is refused, not turned into a verdict
+    for bad in (float("nan"), -1.0):
+        with pytest.raises(ScoreReconError, match="noise_std must be a finite number"):
+            check_discrepancy(op, x, y, bad)
 
 
 def test_mri_noise_free_weight_follows_the_sampling_pattern():

@@ -252,3 +252,26 @@ def test_a_rule_can_be_asked_for_whatever_the_table_says(monkeypatch):
     assert PC.choose_weight(y, op, "cs", rule="cross-validation").rule == "cross-validation"
     with pytest.raises(ScoreReconError, match="unknown weight rule"):
         PC.choose_weight(y, op, "cs", rule="gcv")
+
+
+def test_noisy_ct_images_from_the_large_size_up_choose_by_cross_validation(monkeypatch):
+    """WEIGHT_RULES["CT-large"]: noisy CT of at least LARGE_IMAGE pixels a side is cross-validated, smaller noisy CT
+    and noise-free CT of any size keep the discrepancy path, and metal CT (nothing to hold out) falls back to it."""
+    assert PC.LARGE_IMAGE == 256
+    assert PC.weight_rule(build_operator("sparse-ct", 256, views=23), "noisy") == "cross-validation"
+    assert PC.weight_rule(build_operator("sparse-ct", 128, views=23), "noisy") == "discrepancy"
+    assert PC.weight_rule(build_operator("sparse-ct", 512, views=23), "noise-free") == "discrepancy"
+    assert PC.weight_rule(build_operator("mri", 64, acceleration=4), "noisy") == "cross-validation"
+    # the same path at a size a test can afford: the threshold lowered to 32
+    monkeypatch.setattr(PC, "LARGE_IMAGE", 32)
+    x = blurred_ellipses(32, SHEPP_LIKE_ELLIPSES)
+    g = torch.Generator().manual_seed(0)
+    noisy = {}
+    for name in ("sparse", "metal"):
+        op = _ops()[name]
+        y = op.A(x)
+        noisy[name] = (y + 0.01 * float(y.abs().max()) * torch.randn(y.shape, generator=g) * op.mask, op)
+        choice = PC.choose_weight(*noisy[name], "tv")
+        assert choice.rule == ("cross-validation" if name == "sparse" else "discrepancy"), (name, choice.rule)
+    monkeypatch.setattr(PC, "LARGE_IMAGE", 64)
+    assert PC.choose_weight(*noisy["sparse"], "tv").rule == "discrepancy"

@@ -1,13 +1,13 @@
-"""Does the automatic TV weight, chosen on 128² slices, hold at 512² (issue 22's PSNR goal at native size)?
+"""Which rule chooses the TV weight of noisy CT at 256² and 512² (issue 22's PSNR goal at native size)?
 
 For the CT validation subjects that have 512² content (the spine CT, native 512²; the InVesalius slice, 256²
-resampled to 512²) and at 128², sparse-view CT with 23 views, 1 % noise (as benchmarks/generalization.py): the
-weight ``parameter_choice.choose_weight`` picks (the discrepancy principle with the validated factor) and its TV
-PSNR, and the weight cross-validation over held-out views picks (``choose_weight(rule="cross-validation")``),
-against a grid of weights. Validation subjects only; nothing is tuned here. Writes the
-"auto-weight-native" section of RESULTS.md.
+resampled to 512²) at 512², 256² and 128², sparse-view CT with 23 and 8 views and limited-angle CT (90°), 1 % noise
+(as benchmarks/generalization.py): the weights the discrepancy principle (with the factor validated at 128²) and
+cross-validation over held-out views pick (``choose_weight(rule=...)``) and their TV PSNR, against a grid of
+weights. ``parameter_choice.WEIGHT_RULES["CT-large"]`` and ``LARGE_IMAGE`` follow from this table. Validation
+subjects only; nothing is tuned here. Writes the "auto-weight-native" section of RESULTS.md.
 
-    python benchmarks/auto_weight_native.py --threads 1      # ~15 min on this project's CPU
+    python benchmarks/auto_weight_native.py --threads 1      # ~30 min on this project's CPU
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import _setup  # first: --threads before torch loads, the repository importable
 
 ROOT = _setup.ROOT
+import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -22,30 +23,35 @@ from pathlib import Path  # noqa: E402
 import _results  # noqa: E402
 import generalization as G  # noqa: E402
 
+from ScoreReconLib import parameter_choice as PC  # noqa: E402
 from ScoreReconLib.baselines import classical_reconstruct  # noqa: E402
 from ScoreReconLib.data import ct_normalization  # noqa: E402
 from ScoreReconLib.evaluation import make_case  # noqa: E402
 from ScoreReconLib.metrics import score_slices  # noqa: E402
+from ScoreReconLib.operators import build_operator  # noqa: E402
 from ScoreReconLib.parameter_choice import choose_weight  # noqa: E402
 
 SUBJECTS = ("heldout/ct/pydicom_data_spine_ct.nrrd", "ct/invesalius_cranium.nrrd")
 SIZES = (512, 256, 128)
-GRID = (1e-4, 2e-4, 3.2e-4, 5e-4, 7e-4, 1e-3, 1.4e-3, 2e-3, 3e-3)
+GRID = (1e-4, 2e-4, 3.2e-4, 5e-4, 7e-4, 1e-3, 1.4e-3, 2e-3, 3e-3, 5e-3, 1e-2)
+TASKS = ("sparse23", "sparse8", "limited90")
 
 
 def main() -> None:
     args = _setup.data_threads_args(__doc__.splitlines()[0])
     t0 = time.time()
-    task = next(t for t in G.TASKS["CT"] if t.key == "sparse23")
-    lines = ["TV PSNR (dB) on a weight grid and at the automatic weight, sparse-view CT 23 views, 1 % noise, same "
-             "operator, validation subjects (bold: the row's best).", "",
-             "| image | size | auto weight | auto PSNR | loss dB | cross-validation weight | PSNR | loss dB | "
-             + " | ".join(f"{w:g}" for w in GRID) + " |", "|---" * (8 + len(GRID)) + "|"]
-    for rel in SUBJECTS:
+    tasks = [t for t in G.TASKS["CT"] if t.key in TASKS]
+    lines = ["TV PSNR (dB) on a weight grid and at the weight of each rule, 1 % noise, same operator, validation "
+             "subjects (bold: the row's best).", "",
+             "| task | image | size | discrepancy weight | PSNR | loss dB | cross-validation weight | PSNR | loss dB | "
+             + " | ".join(f"{w:g}" for w in GRID) + " |", "|---" * (9 + len(GRID)) + "|"]
+    losses: dict[tuple[str, int], dict[str, list[float]]] = {
+        (t.key, size): {"discrepancy": [], "cross-validation": []} for t in tasks for size in SIZES}
+    for task, rel in ((t, r) for t in tasks for r in SUBJECTS):
         s = G.load_subject(Path(args.data) / rel, "CT", "validation", 1, ct_normalization())[0]
         for size in SIZES:
             c = make_case(s.name, s.at(size), task.task, seed=G.case_seed(s, task), noise=0.01, **task.opts())
-            choice = choose_weight(c.y, c.op, "tv")
+            choice = choose_weight(c.y, c.op, "tv", rule="discrepancy")
             auto = score_slices(classical_reconstruct("tv", c.y, c.op, weight=choice.weight), c.x, c.score_mask).psnr
             cv = choose_weight(c.y, c.op, "tv", rule="cross-validation")
             cv_psnr = score_slices(cv.image if cv.image is not None else classical_reconstruct(
@@ -54,9 +60,23 @@ def main() -> None:
                     for w in GRID}
             best = max(grid.values())
             cells = [f"**{p:.2f}**" if p == best else f"{p:.2f}" for p in grid.values()]
-            lines.append(f"| {s.name} | {size}² | {choice.weight:.3g} | {auto:.2f} | {best - auto:.2f} | "
+            losses[task.key, size]["discrepancy"].append(best - auto)
+            losses[task.key, size]["cross-validation"].append(best - cv_psnr)
+            lines.append(f"| {task.key} | {s.name} | {size}² | {choice.weight:.3g} | {auto:.2f} | {best - auto:.2f} | "
                          f"{cv.weight:.3g} | {cv_psnr:.2f} | {best - cv_psnr:.2f} | " + " | ".join(cells) + " |")
             print(lines[-1], flush=True)
+    lines += ["", "Mean loss against each row's best grid weight (dB), and the rule shipped for noisy CT at that size "
+              f"(`WEIGHT_RULES`, `LARGE_IMAGE` = {PC.LARGE_IMAGE}):", "",
+              "| task | size | discrepancy | cross-validation | shipped |", "|---|---|---|---|---|"]
+    for size in SIZES:
+        shipped = PC.weight_rule(build_operator("sparse-ct", size, views=23), "noisy")
+        for key in [*(t.key for t in tasks), "all"]:
+            rows = [v for (k, sz), v in losses.items() if sz == size and key in (k, "all")]
+            mean = {rule: statistics.mean(x for v in rows for x in v[rule]) for rule in ("discrepancy",
+                                                                                         "cross-validation")}
+            label = "**all**" if key == "all" else key
+            lines.append(f"| {label} | {size}² | {mean['discrepancy']:.2f} | {mean['cross-validation']:.2f} | "
+                         f"{shipped} |")
     cmd = f"python benchmarks/{Path(sys.argv[0]).name} " + " ".join(sys.argv[1:])
     _results.update_section("auto-weight-native", "\n".join(lines)
                             + f"\n\nWall time: {(time.time() - t0) / 60:.1f} min.", cmd)
