@@ -3,7 +3,7 @@
 ``weight="auto"`` (the default of ``tv``, ``cs`` and the score method's classical start) runs
 :func:`choose_weight`, which applies the rule :data:`WEIGHT_RULES` names for the modality and for what the data's
 noise looks like (:func:`noise_class`): CT the discrepancy rule (1–3), except noisy CT images of at least
-:data:`LARGE_IMAGE` pixels a side, and MRI: cross-validation (4).
+:data:`LARGE_IMAGE` pixels a side with at least :data:`LARGE_IMAGE_MIN_VIEWS` views, and MRI: cross-validation (4).
 
 1. ``σ_y``, the noise std of one measured entry, from :func:`~ScoreReconLib.noise.estimate_noise_std`
    (or as given), and ``m``, the number of measured entries.
@@ -85,12 +85,16 @@ WEIGHT_RULES: dict[str, dict[str, str]] = {
     "MR": {"noisy": "cross-validation", "noise-free": "cross-validation", "unknown": "cross-validation"},
     "other": {"noisy": "discrepancy", "noise-free": "discrepancy", "unknown": "discrepancy"},
 }
-#: images with at least this many pixels a side take the rules of "<modality>-large" where WEIGHT_RULES has them
-#: (:func:`weight_rule`). CT, noisy: on the validation subjects at 23 views, 1 % noise, the discrepancy rule lost
-#: 0.12 dB on average against the best grid weight at 128², 0.40 at 256² and 0.69 at 512² (1.29 on the native 512²
-#: spine, whose fine detail the best weight leaves in the residual), cross-validation 0.39, 0.11 and 0.08
-#: (``benchmarks/auto_weight_native.py``, *auto-weight-native*)
+#: images with at least LARGE_IMAGE pixels a side take the rules of "<modality>-large" where WEIGHT_RULES has
+#: them (:func:`weight_rule`); CT only where at least LARGE_IMAGE_MIN_VIEWS views are measured. CT, noisy, on the
+#: validation subjects (``benchmarks/auto_weight_native.py``, *auto-weight-native*; mean loss against the best grid
+#: weight): 23 views, the discrepancy rule lost 0.12 dB at 128², 0.40 at 256² and 0.69 at 512² (1.29 on the native
+#: 512² spine, whose fine detail the best weight leaves in the residual), cross-validation 0.39, 0.11 and 0.08;
+#: 90° arc (256 views at 512²) likewise (spine 512²: 1.25 against 0.03). With 8 views (one or two held out per
+#: fold) cross-validation lost more at every size, so LARGE_IMAGE_MIN_VIEWS lies between 8 and 23 (16: untested
+#: in between)
 LARGE_IMAGE = 256
+LARGE_IMAGE_MIN_VIEWS = 16
 #: cross-validation: the measured units (views, k-space lines or points) split into CV_FOLDS folds, the first
 #: CV_SCORED of them held out in turn (each time 1 / CV_FOLDS of the units); more folds where those would hold out
 #: fewer than CV_MIN_HELD units in all. 0: off. 8 (four folds for 8× 1-D MRI at 128², eleven outer lines) did not
@@ -368,12 +372,14 @@ def noise_class(y: torch.Tensor, op: MeasurementOperator, noise_std: float | Non
 
 
 def weight_rule(op: MeasurementOperator, noise_class: str) -> str:
-    """The rule :data:`WEIGHT_RULES` names for ``op``'s modality, image size (:data:`LARGE_IMAGE`) and
-    ``noise_class`` (:func:`noise_class`): "discrepancy" or "cross-validation"."""
+    """The rule :data:`WEIGHT_RULES` names for ``op``'s modality, image size (:data:`LARGE_IMAGE`; CT: and number
+    of measured views, :data:`LARGE_IMAGE_MIN_VIEWS`) and ``noise_class`` (:func:`noise_class`): "discrepancy" or
+    "cross-validation"."""
     kind = _modality(op)
-    if op.image_size >= LARGE_IMAGE and f"{kind}-large" in WEIGHT_RULES:
-        kind = f"{kind}-large"
-    return WEIGHT_RULES[kind][noise_class]
+    large = op.image_size >= LARGE_IMAGE and f"{kind}-large" in WEIGHT_RULES
+    if large and kind == "CT":
+        large = int((op.mask > 0).sum()) >= LARGE_IMAGE_MIN_VIEWS if op.mask.shape[-1] == 1 else False
+    return WEIGHT_RULES[f"{kind}-large" if large else kind][noise_class]
 
 
 def choose_weight(y: torch.Tensor, op: MeasurementOperator, method: str = "tv", regularizer: str = "tv",
@@ -543,7 +549,7 @@ def check_discrepancy(op: MeasurementOperator, x: torch.Tensor, y: torch.Tensor,
 
 
 __all__ = ["AUTO", "CV_FOLDS", "CV_SCORED", "DISCREPANCY_BAND", "DISCREPANCY_FACTOR", "LARGE_IMAGE",
-           "NOISE_FREE_LEVEL", "NOISE_FREE_WEIGHT", "PHASE_WEIGHT_FACTOR", "START_RULES", "WEIGHT_RULES",
-           "WeightChoice", "check_discrepancy", "choose_weight", "cross_validated_weight", "describe_choice",
-           "measured_count", "noise_class", "noise_free_weight", "operator_kind", "start_weight", "weight_kind",
-           "weight_rule"]
+           "LARGE_IMAGE_MIN_VIEWS", "NOISE_FREE_LEVEL", "NOISE_FREE_WEIGHT", "PHASE_WEIGHT_FACTOR", "START_RULES",
+           "WEIGHT_RULES", "WeightChoice", "check_discrepancy", "choose_weight", "cross_validated_weight",
+           "describe_choice", "measured_count", "noise_class", "noise_free_weight", "operator_kind", "start_weight",
+           "weight_kind", "weight_rule"]

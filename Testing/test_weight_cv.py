@@ -255,15 +255,21 @@ def test_a_rule_can_be_asked_for_whatever_the_table_says(monkeypatch):
 
 
 def test_noisy_ct_images_from_the_large_size_up_choose_by_cross_validation(monkeypatch):
-    """WEIGHT_RULES["CT-large"]: noisy CT of at least LARGE_IMAGE pixels a side is cross-validated, smaller noisy CT
-    and noise-free CT of any size keep the discrepancy path, and metal CT (nothing to hold out) falls back to it."""
+    """WEIGHT_RULES["CT-large"]: noisy CT of at least LARGE_IMAGE pixels a side and LARGE_IMAGE_MIN_VIEWS views is
+    cross-validated; smaller noisy CT, fewer views and noise-free CT of any size keep the discrepancy path, and
+    metal CT (nothing to hold out) falls back to it."""
     assert PC.LARGE_IMAGE == 256
     assert PC.weight_rule(build_operator("sparse-ct", 256, views=23), "noisy") == "cross-validation"
     assert PC.weight_rule(build_operator("sparse-ct", 128, views=23), "noisy") == "discrepancy"
     assert PC.weight_rule(build_operator("sparse-ct", 512, views=23), "noise-free") == "discrepancy"
+    assert PC.weight_rule(build_operator("limited-angle-ct", 256, arc=90.0), "noisy") == "cross-validation"
+    # too few views to hold out (8: one or two per fold) keep the discrepancy rule at any size
+    assert PC.LARGE_IMAGE_MIN_VIEWS > 8
+    assert PC.weight_rule(build_operator("sparse-ct", 512, views=8), "noisy") == "discrepancy"
     assert PC.weight_rule(build_operator("mri", 64, acceleration=4), "noisy") == "cross-validation"
-    # the same path at a size a test can afford: the threshold lowered to 32
+    # the same path at a size a test can afford: the thresholds lowered to 32² and the 12 views of _ops()
     monkeypatch.setattr(PC, "LARGE_IMAGE", 32)
+    monkeypatch.setattr(PC, "LARGE_IMAGE_MIN_VIEWS", 12)
     x = blurred_ellipses(32, SHEPP_LIKE_ELLIPSES)
     g = torch.Generator().manual_seed(0)
     noisy = {}
