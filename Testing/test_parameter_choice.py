@@ -13,7 +13,14 @@ from ScoreReconLib.baselines import classical_reconstruct, tv_reconstruct
 from ScoreReconLib.errors import ScoreReconError
 from ScoreReconLib.metrics import psnr
 from ScoreReconLib.operators import build_operator
-from ScoreReconLib.parameter_choice import NOISE_FREE_WEIGHT, choose_weight, mean_residual, measured_count
+from ScoreReconLib.parameter_choice import (
+    NOISE_FREE_WEIGHT,
+    NOISE_FREE_WEIGHT_BY_VIEWS,
+    choose_weight,
+    mean_residual,
+    measured_count,
+    noise_free_weight,
+)
 
 
 def _noisy(op, x, rel, seed=0):
@@ -68,7 +75,7 @@ def test_noise_free_data_take_the_noise_free_weight():
     op = build_operator("sparse-ct", 48, views=23)
     choice = choose_weight(op.A(x), op, "tv")
     assert choice.rule == "noise-free"
-    assert choice.weight == NOISE_FREE_WEIGHT["sparse-ct"]
+    assert choice.weight == noise_free_weight(op, "tv") == NOISE_FREE_WEIGHT_BY_VIEWS["sparse-ct"][23]
     assert choice.image is not None
 
 
@@ -175,3 +182,17 @@ def test_mri_noise_free_weight_follows_the_sampling_pattern():
         assert operator_kind(op) == kind
         assert noise_free_weight(op, "cs") == NOISE_FREE_WEIGHT[kind]
     assert operator_kind(build_operator("sparse-ct", 32, views=8)) == "sparse-ct"
+
+
+def test_sparse_view_noise_free_weight_follows_the_number_of_views():
+    """Fewer views leave more to the regulariser: the validated weights at 8 and 23 views, log-log interpolated
+    between and held outside; limited-angle and metal CT keep their own."""
+    table = NOISE_FREE_WEIGHT_BY_VIEWS["sparse-ct"]
+    w = {v: noise_free_weight(build_operator("sparse-ct", 64, views=v), "tv") for v in (4, 8, 12, 23, 40)}
+    assert w[8] == table[8] and w[23] == table[23] and w[4] == table[8] and w[40] == table[23]
+    assert table[23] < w[12] < table[8]
+    # log-log: 12 views lies at log(12/8)/log(23/8) of the way from 8 to 23
+    frac = math.log(12 / 8) / math.log(23 / 8)
+    assert math.log(w[12]) == pytest.approx(math.log(table[8]) + frac * math.log(table[23] / table[8]), abs=1e-2)
+    assert noise_free_weight(build_operator("limited-angle-ct", 64, arc=90.0), "tv") == NOISE_FREE_WEIGHT[
+        "limited-angle-ct"]

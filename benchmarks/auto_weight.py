@@ -4,8 +4,9 @@ For every validation image and task, noisy (CT 1 %, MRI 0.1 % of max|y|, as benc
 noise-free, 128², same operator: the TV (CT) / CS-TV (MRI) reconstruction on a half-decade weight grid
 (10^-6.5 … 10^-1), its PSNR against the truth and its mean measured-row residual. Then, from these records only:
 
-- the noise-free weight of each task (``NOISE_FREE_WEIGHT``): the grid weight with the best mean loss against
-  each image's best weight, over the noise-free cases of the task's operator kind;
+- the noise-free weight of each task (``NOISE_FREE_WEIGHT``; sparse-view CT per number of views,
+  ``NOISE_FREE_WEIGHT_BY_VIEWS``): the grid weight with the best mean loss against each image's best weight, over
+  the noise-free cases of the task's operator kind (and view count);
 - the discrepancy factor τ of each modality (``DISCREPANCY_FACTOR``): the candidate whose rule — the noise-free
   weight, raised until residual = τ σ̂² with σ̂ the library's noise estimate, read off the grid by log-linear
   interpolation — loses least PSNR against the best grid weight, mean over the noisy cases. The rule keeps the
@@ -34,12 +35,13 @@ import generalization as G  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from ScoreReconLib import parameter_choice as PC  # noqa: E402
 from ScoreReconLib.baselines import classical_reconstruct  # noqa: E402
 from ScoreReconLib.data import ct_normalization  # noqa: E402
 from ScoreReconLib.evaluation import make_case  # noqa: E402
 from ScoreReconLib.metrics import score_slices  # noqa: E402
 from ScoreReconLib.noise import estimate_noise_std, looks_noise_free  # noqa: E402
-from ScoreReconLib.parameter_choice import DISCREPANCY_FACTOR, NOISE_FREE_LEVEL, NOISE_FREE_WEIGHT  # noqa: E402
+from ScoreReconLib.parameter_choice import DISCREPANCY_FACTOR, NOISE_FREE_LEVEL  # noqa: E402
 
 VALIDATION = {
     "CT": ["heldout/ct/pydicom_ct_small.nrrd", "heldout/ct/pydicom_data_spine_ct.nrrd", "ct/invesalius_cranium.nrrd"],
@@ -86,12 +88,24 @@ def cases(records: list[dict], noisy: bool) -> dict:
     return {k: sorted(v, key=lambda r: r["weight"]) for k, v in out.items()}
 
 
+#: the key of each task's noise-free weight: the operator kind, and for sparse-view CT its number of views
+#: (``parameter_choice.NOISE_FREE_WEIGHT_BY_VIEWS``)
+FLOOR_KEY = {**OP_TASK, "sparse23": "sparse-ct, 23 views", "sparse8": "sparse-ct, 8 views"}
+
+
+def shipped_floor(key: str) -> float:
+    """The shipped noise-free weight of a :data:`FLOOR_KEY` value."""
+    if key.startswith("sparse-ct, "):
+        return PC.NOISE_FREE_WEIGHT_BY_VIEWS["sparse-ct"][int(key.split(", ")[1].split()[0])]
+    return PC.NOISE_FREE_WEIGHT.get(key, float("nan"))
+
+
 def noise_free_weights(records: list[dict]) -> dict[str, tuple[float, float, float]]:
-    """{operator task: (weight, mean loss, max loss)} over the noise-free cases."""
+    """{FLOOR_KEY: (weight, mean loss, max loss)} over the noise-free cases."""
     out = {}
     cs = cases(records, noisy=False)
-    for op_task in dict.fromkeys(OP_TASK[k[1]] for k in cs):
-        mine = [v for k, v in cs.items() if OP_TASK[k[1]] == op_task]
+    for op_task in dict.fromkeys(FLOOR_KEY[k[1]] for k in cs):
+        mine = [v for k, v in cs.items() if FLOOR_KEY[k[1]] == op_task]
         loss = {w: [max(r["psnr"] for r in v) - next(r["psnr"] for r in v if r["weight"] == w) for v in mine]
                 for w in GRID}
         w = min(loss, key=lambda w: np.mean(loss[w]))
@@ -122,7 +136,10 @@ def rule_weight(rs: list[dict], floor: float, tau: float, level: float) -> float
 def rule_losses(records: list[dict], floors: dict, tau: float, level: float, noisy: bool) -> list[tuple]:
     out = []
     for (image, task), rs in cases(records, noisy).items():
-        lw = rule_weight(rs, floors[OP_TASK[task]], tau, level)
+        floor = floors[FLOOR_KEY[task]]
+        if noisy and OP_TASK[task] in PC.NOISE_FREE_WEIGHT_BY_VIEWS:  # as choose_weight: the kind's one weight
+            floor = PC.NOISE_FREE_WEIGHT[OP_TASK[task]]
+        lw = rule_weight(rs, floor, tau, level)
         p = float(np.interp(lw, np.log10([r["weight"] for r in rs]), [r["psnr"] for r in rs]))
         best = max(rs, key=lambda r: r["psnr"])
         out.append((image, task, best["weight"], best["psnr"], 10**lw, p, best["psnr"] - p))
@@ -136,10 +153,10 @@ def markdown(modality: str, records: list[dict]) -> str:
     lines = [f"**{modality}** (validation: {', '.join(Path(p).name for p in VALIDATION[modality])}; noise "
              f"{NOISE[modality]:g} × max|y|)", "",
              "Noise-free weight per operator (grid weight with the least mean loss on the noise-free cases):", "",
-             "| task | chosen weight | mean loss dB | max loss dB | shipped NOISE_FREE_WEIGHT |",
+             "| task | chosen weight | mean loss dB | max loss dB | shipped (NOISE_FREE_WEIGHT, _BY_VIEWS) |",
              "|---|---|---|---|---|"]
     for k, (w, mean, mx) in nf.items():
-        lines.append(f"| {k} | {w:.3g} | {mean:.2f} | {mx:.2f} | {NOISE_FREE_WEIGHT.get(k, float('nan')):.3g} |")
+        lines.append(f"| {k} | {w:.3g} | {mean:.2f} | {mx:.2f} | {shipped_floor(k):.3g} |")
     lines += ["", "Discrepancy factor τ (rule: the noise-free weight, raised until residual = τ σ̂²; PSNR loss against "
               "the best grid weight):", "", "| τ | noisy mean loss dB | noisy max | noise-free mean | noise-free max |",
               "|---|---|---|---|---|"]
