@@ -218,11 +218,19 @@ def noise_free_weight(op: MeasurementOperator, method: str, regularizer: str = "
 
         rho = phase_inconsistency(y, op.mask, op.maps)
         return max(NOISE_FREE_WEIGHT[operator_kind(op)], PHASE_WEIGHT_FACTOR * rho**2)
-    if regularizer == "tv" and kind in NOISE_FREE_WEIGHT_BY_VIEWS and op.mask.shape[-1] == 1:
-        return _by_views(NOISE_FREE_WEIGHT_BY_VIEWS[kind], int((op.mask > 0).sum()))
+    views = measured_views(op)
+    if regularizer == "tv" and kind in NOISE_FREE_WEIGHT_BY_VIEWS and views is not None:
+        return _by_views(NOISE_FREE_WEIGHT_BY_VIEWS[kind], views)
     if regularizer == "tv" and kind in NOISE_FREE_WEIGHT:
         return NOISE_FREE_WEIGHT[kind]
     return float(_default(default_key(method, regularizer), op, "weight", None))
+
+
+def measured_views(op: MeasurementOperator) -> int | None:
+    """How many views a view-selecting CT operator (sparse-view, limited-angle: ``op.views``) measures; None for
+    operators that select no views (metal CT, MRI)."""
+    views = getattr(op, "views", None)
+    return None if views is None else len(views)
 
 
 def _by_views(table: dict[int, float], views: int) -> float:
@@ -400,7 +408,7 @@ def weight_rule(op: MeasurementOperator, noise_class: str) -> str:
     kind = _modality(op)
     large = op.image_size >= LARGE_IMAGE and f"{kind}-large" in WEIGHT_RULES
     if large and kind == "CT":
-        large = int((op.mask > 0).sum()) >= LARGE_IMAGE_MIN_VIEWS if op.mask.shape[-1] == 1 else False
+        large = (measured_views(op) or 0) >= LARGE_IMAGE_MIN_VIEWS
     return WEIGHT_RULES[f"{kind}-large" if large else kind][noise_class]
 
 
@@ -578,5 +586,5 @@ def check_discrepancy(op: MeasurementOperator, x: torch.Tensor, y: torch.Tensor,
 __all__ = ["AUTO", "CV_FOLDS", "CV_SCORED", "DISCREPANCY_BAND", "DISCREPANCY_FACTOR", "LARGE_IMAGE",
            "LARGE_IMAGE_MIN_VIEWS", "NOISE_FREE_LEVEL", "NOISE_FREE_WEIGHT", "NOISE_FREE_WEIGHT_BY_VIEWS",
            "PHASE_WEIGHT_FACTOR", "START_RULES", "WEIGHT_RULES", "WeightChoice", "check_discrepancy",
-           "choose_weight", "cross_validated_weight", "describe_choice", "measured_count", "noise_class",
-           "noise_free_weight", "operator_kind", "start_weight", "weight_kind", "weight_rule"]
+           "choose_weight", "cross_validated_weight", "describe_choice", "measured_count", "measured_views",
+           "noise_class", "noise_free_weight", "operator_kind", "start_weight", "weight_kind", "weight_rule"]

@@ -41,6 +41,7 @@ from ScoreReconLib.data import ct_normalization  # noqa: E402
 from ScoreReconLib.evaluation import make_case  # noqa: E402
 from ScoreReconLib.metrics import score_slices  # noqa: E402
 from ScoreReconLib.noise import estimate_noise_std, looks_noise_free  # noqa: E402
+from ScoreReconLib.operators import build_operator  # noqa: E402
 from ScoreReconLib.parameter_choice import DISCREPANCY_FACTOR, NOISE_FREE_LEVEL  # noqa: E402
 
 VALIDATION = {
@@ -88,16 +89,18 @@ def cases(records: list[dict], noisy: bool) -> dict:
     return {k: sorted(v, key=lambda r: r["weight"]) for k, v in out.items()}
 
 
-#: the key of each task's noise-free weight: the operator kind, and for sparse-view CT its number of views
+#: views of the sparse-view tasks, whose noise-free weight goes by the number of views
 #: (``parameter_choice.NOISE_FREE_WEIGHT_BY_VIEWS``)
-FLOOR_KEY = {**OP_TASK, "sparse23": "sparse-ct, 23 views", "sparse8": "sparse-ct, 8 views"}
+VIEWS = {"sparse23": 23, "sparse8": 8}
+#: the key of each task's noise-free weight: the operator kind, and for sparse-view CT its number of views
+FLOOR_KEY = {t: f"{kind}, {VIEWS[t]} views" if t in VIEWS else kind for t, kind in OP_TASK.items()}
 
 
-def shipped_floor(key: str) -> float:
-    """The shipped noise-free weight of a :data:`FLOOR_KEY` value."""
-    if key.startswith("sparse-ct, "):
-        return PC.NOISE_FREE_WEIGHT_BY_VIEWS["sparse-ct"][int(key.split(", ")[1].split()[0])]
-    return PC.NOISE_FREE_WEIGHT.get(key, float("nan"))
+def shipped_floor(task: str) -> float:
+    """The noise-free weight the library ships for ``task``."""
+    if task in VIEWS:
+        return PC.noise_free_weight(build_operator(OP_TASK[task], 128, views=VIEWS[task]), "tv")
+    return PC.NOISE_FREE_WEIGHT.get(OP_TASK[task], float("nan"))
 
 
 def noise_free_weights(records: list[dict]) -> dict[str, tuple[float, float, float]]:
@@ -155,8 +158,9 @@ def markdown(modality: str, records: list[dict]) -> str:
              "Noise-free weight per operator (grid weight with the least mean loss on the noise-free cases):", "",
              "| task | chosen weight | mean loss dB | max loss dB | shipped (NOISE_FREE_WEIGHT, _BY_VIEWS) |",
              "|---|---|---|---|---|"]
+    task_of = {key: task for task, key in FLOOR_KEY.items()}
     for k, (w, mean, mx) in nf.items():
-        lines.append(f"| {k} | {w:.3g} | {mean:.2f} | {mx:.2f} | {shipped_floor(k):.3g} |")
+        lines.append(f"| {k} | {w:.3g} | {mean:.2f} | {mx:.2f} | {shipped_floor(task_of[k]):.3g} |")
     lines += ["", "Discrepancy factor τ (rule: the noise-free weight, raised until residual = τ σ̂²; PSNR loss against "
               "the best grid weight):", "", "| τ | noisy mean loss dB | noisy max | noise-free mean | noise-free max |",
               "|---|---|---|---|---|"]
