@@ -6,7 +6,7 @@ view 23 and 8, 90° arc, metal) and CS-TV (MRI: 4×, 8× 1-D, 8× Poisson), 128�
 weights 1e-4 … 1e-6 with the cap at 100 and at the shipped value. Validation subjects only
 (benchmarks/auto_weight.VALIDATION). Writes the "pdhg-step-cap" section of RESULTS.md.
 
-    python benchmarks/pdhg_step_cap.py --threads 1      # ~12 min on this project's CPU
+    python benchmarks/pdhg_step_cap.py --threads 2      # ~2 min on this project's CPU
 """
 
 from __future__ import annotations
